@@ -1,0 +1,1 @@
+"""Code shared by the collector, the API and subscriber scripts (wire protocol, config)."""

@@ -1,0 +1,61 @@
+"""Test policy shared by every test module.
+
+A test that needs something this machine lacks (root, bpftrace, docker) calls
+``require(condition, what_to_do)``: it skips on a developer's machine but FAILS in CI
+(``CI=true``), so a missing prerequisite can never pass silently. As a second guard,
+a CI session with any skipped test exits non-zero.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(condition: bool, what: str) -> None:
+    """Skip (developer machine) or fail (CI) when ``condition`` is false; ``what`` says how to fix it."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"missing prerequisite in CI: {what}", pytrace=False)
+    pytest.skip(what)
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def have(cmd: str) -> bool:
+    return shutil.which(cmd) is not None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def root_and_bpftrace():
+    require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
+    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-host.sh does it)")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not IN_CI:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
+    if skipped:
+        print(f"\nCI: {skipped} test(s) skipped; in CI every test must run", file=sys.stderr)
+        session.exitstatus = 1

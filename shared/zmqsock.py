@@ -17,18 +17,36 @@ SUB_RCVHWM = 10_000
 SUB_MAXMSGSIZE = 64 * 1024 * 1024
 
 
-def make_publisher(ctx: zmq.Context, endpoint: str, *, sndhwm: int = PUB_SNDHWM) -> zmq.Socket:
+def make_publisher(ctx: zmq.Context, endpoint: str, *, sndhwm: int = PUB_SNDHWM,
+                   curve_server=None) -> zmq.Socket:
+    """A bound PUB socket; ``curve_server`` (shared.curve.ServerKeys) turns on CurveZMQ.
+
+    With Curve, a ZAP authenticator must already run on ``ctx`` (shared.curve.start_authenticator).
+    """
     sock = ctx.socket(zmq.PUB)
     sock.setsockopt(zmq.SNDHWM, sndhwm)
     sock.setsockopt(zmq.LINGER, 0)
+    if curve_server is not None:
+        sock.setsockopt(zmq.CURVE_SECRETKEY, curve_server.secret)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, curve_server.public)
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
     sock.bind(endpoint)
     return sock
 
 
 def make_subscriber(ctx: zmq.Context, endpoint: str, topics: Iterable[str] = ("",), *,
-                    rcvhwm: int = SUB_RCVHWM, maxmsgsize: int = SUB_MAXMSGSIZE) -> zmq.Socket:
-    """A SUB socket connected to ``endpoint`` (ZeroMQ reconnects by itself if the publisher goes away)."""
+                    rcvhwm: int = SUB_RCVHWM, maxmsgsize: int = SUB_MAXMSGSIZE,
+                    curve_client=None) -> zmq.Socket:
+    """A SUB socket connected to ``endpoint`` (ZeroMQ reconnects by itself if the publisher goes away).
+
+    ``curve_client`` (shared.curve.ClientKeys, e.g. ``shared.curve.client_from_env()``) turns on
+    CurveZMQ; a collector that does not know this key lets nothing through.
+    """
     sock = ctx.socket(zmq.SUB)
+    if curve_client is not None:
+        sock.setsockopt(zmq.CURVE_SERVERKEY, curve_client.server_public)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, curve_client.public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, curve_client.secret)
     sock.setsockopt(zmq.RCVHWM, rcvhwm)
     sock.setsockopt(zmq.MAXMSGSIZE, maxmsgsize)
     sock.setsockopt(zmq.LINGER, 0)

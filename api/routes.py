@@ -1,0 +1,232 @@
+"""Every HTTP route of the API, declared in one table (ROUTES), and the Bottle app built from it.
+
+Handlers raise ``BadRequest`` (or a domain error) and ``_json_errors`` turns it into
+``{"error": "..."}`` with its status. Bottle's own errors (404, 405 with ``Allow``, 500) are
+answered as JSON too, never as Bottle's HTML pages.
+"""
+from __future__ import annotations
+
+import functools
+import hmac
+import json
+from dataclasses import dataclass
+from typing import Callable
+from urllib.parse import parse_qs
+
+import bottle
+
+from api import metrics, openapi
+from api.httplog import RequestStats
+from api.iplist import IPList, ListFull
+from api.sse import EventStream
+from api.stream import StreamHub, StreamStats, TooManyStreams
+from api import validation
+from api.validation import BadRequest
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int
+    max_items: int
+    max_events_limit: int
+    default_events_limit: int
+    sse_heartbeat_s: float
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: str        # name of the Api method
+    usage: str          # shown by GET /apis
+
+
+ROUTES = (
+    Route("GET", "/apis", "apis", "GET: this list of endpoints and how to use them"),
+    Route("POST", "/add_ips", "add_ips",
+          'POST {"add_ips": [1, 2, 3]}: add IPs (integers 0..4294967295 or IPv4/IPv6 strings); '
+          "all or nothing, an address already present is not added again"),
+    Route("POST", "/print_all_ips", "print_all_ips", 'POST {"print_all_ips": true}: the whole list, in insertion order'),
+    Route("POST", "/clear_ip_list", "clear_ip_list", 'POST {"clear_ip_list": true}: empty the list'),
+    Route("GET", "/stats", "stats",
+          "GET: totals per syscall, top processes by calls and bytes, events/s, collector status, connected"),
+    Route("GET", "/events", "events",
+          "GET ?limit=&pid=&comm=&syscall=: the most recent events (bounded buffer), filtered"),
+    Route("GET", "/events/stream", "events_stream",
+          "GET ?pid=&comm=&syscall=: live Server-Sent Events, one event per data: line"),
+    Route("GET", "/metrics", "metrics", "GET: Prometheus text exposition"),
+    Route("GET", "/healthz", "healthz", "GET: 200 while the API is up; says whether the collector is connected"),
+    Route("GET", "/openapi.json", "openapi", "GET: the OpenAPI 3 description of every endpoint"),
+)
+
+JSON = "application/json"
+
+
+def _error(status: int, message: str, **headers) -> str:
+    bottle.response.status = status
+    bottle.response.content_type = JSON
+    for name, value in headers.items():
+        bottle.response.set_header(name.replace("_", "-"), value)
+    return json.dumps({"error": message})
+
+
+def _ok(text: str, content_type: str = JSON) -> str:
+    bottle.response.content_type = content_type
+    return text
+
+
+def _json_errors(handler: Callable) -> Callable:
+    @functools.wraps(handler)
+    def wrapped(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except BadRequest as exc:
+            if exc.status == 401:  # the challenge header RFC 6750 asks for
+                return _error(401, exc.message, WWW_Authenticate='Bearer realm="syswatch"')
+            return _error(exc.status, exc.message)
+        except ListFull as exc:
+            return _error(409, str(exc))
+        except TooManyStreams as exc:
+            return _error(503, str(exc), Retry_After="5")
+    return wrapped
+
+
+class Api:
+    """The handlers; each one small, over the IP list and the stream's stats model."""
+
+    def __init__(self, iplist: IPList, stats: StreamStats, hub: StreamHub, requests: RequestStats,
+                 limits: Limits, token: str | None):
+        self.iplist, self.stream, self.hub, self.requests = iplist, stats, hub, requests
+        self.limits = limits
+        self._token = token.encode() if token else None
+        self._openapi = json.dumps(openapi.document(limits.max_items, limits.max_events_limit,
+                                                    limits.default_events_limit), indent=1)
+
+    # --- request helpers ---------------------------------------------------------------------
+    def _check_token(self) -> None:
+        if self._token is None:
+            return
+        given = bottle.request.environ.get("HTTP_AUTHORIZATION", "")
+        scheme, _, value = given.partition(" ")
+        ok = scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode("latin-1"), self._token)
+        if not ok:
+            what = "missing" if not given else "wrong or malformed"
+            raise BadRequest(f"{what} bearer token: this API requires 'Authorization: Bearer <token>' "
+                             f"on POST requests (the token of SYSWATCH_TOKEN / --token-file)", 401)
+
+    def _body(self) -> dict:
+        """The POST body as a JSON object, after the token, Content-Type and size checks."""
+        self._check_token()
+        env = bottle.request.environ
+        validation.check_content_type(env.get("CONTENT_TYPE"))
+        limit = self.limits.max_body_bytes
+        try:
+            length = int(env.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            raise BadRequest("the Content-Length header is not a number") from None
+        if length > limit:
+            raise BadRequest(f"request body of {length} bytes is larger than {limit} bytes "
+                             f"(server option --max-body-bytes)", 413)
+        raw = env["wsgi.input"].read(length) if length > 0 else b""
+        return validation.parse_json_object(raw)
+
+    def _query(self) -> dict:
+        try:
+            return parse_qs(bottle.request.environ.get("QUERY_STRING", ""), keep_blank_values=True,
+                            strict_parsing=False, errors="strict", max_num_fields=16)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise BadRequest(f"query string is not valid: {exc}") from None
+
+    # --- seed-compatible endpoints -------------------------------------------------------------
+    def apis(self):
+        return _ok(json.dumps({"available_apis": [r.path for r in ROUTES],
+                               "usage": {r.path: r.usage for r in ROUTES}}))
+
+    def add_ips(self):
+        entries = validation.entries(self._body(), self.limits.max_items)
+        result = self.iplist.add(entries)
+        return _ok(json.dumps({"message": "IPs added successfully", "added_ips": result.added,
+                               "ignored_ips": result.ignored, "total_ips": result.total}))
+
+    def print_all_ips(self):
+        validation.require_true(self._body(), "print_all_ips")
+        ips, total = self.iplist.all_json()
+        return _ok('{"message": "All IPs retrieved successfully", "ips": %s, "total_ips": %d}' % (ips, total))
+
+    def clear_ip_list(self):
+        validation.require_true(self._body(), "clear_ip_list")
+        self.iplist.clear()
+        return _ok(json.dumps({"message": "IP list cleared successfully", "total_ips": 0}))
+
+    # --- the stream ------------------------------------------------------------------------------
+    def stats(self):
+        s = self.stream.snapshot()
+        return _ok(json.dumps({
+            "connected": s["connected"], "collector": self.stream.endpoint,
+            "last_message_age_s": s["last_message_age_s"], "events_per_s": s["events_per_s"],
+            "events_received": s["events_received"],
+            "totals": {sc: {"calls": s["calls"][sc], "bytes": s["bytes"][sc]} for sc in s["calls"]},
+            "top_processes_by_calls": s["top_by_calls"], "top_processes_by_bytes": s["top_by_bytes"],
+            "collector_status": s["status"],
+            "api": {"messages_received": s["messages"], "malformed_messages": s["malformed"],
+                    "last_malformed_reason": s["last_malformed"], "sse_dropped_events": s["sse_dropped"],
+                    "events_not_received": s["events_not_received"], "event_streams": self.hub.count(),
+                    "recent_events_buffered": s["recent_len"], "recent_events_capacity": s["recent_capacity"],
+                    "processes_tracked": s["procs_tracked"], "processes_evicted": s["procs_evicted"]},
+        }))
+
+    def events(self):
+        flt, limit = validation.event_query(self._query(), ("limit",), self.limits.max_events_limit,
+                                            self.limits.default_events_limit)
+        events = self.stream.recent_events(flt, limit)
+        return _ok(json.dumps({"events": events, "count": len(events)}, separators=(",", ":")))
+
+    def events_stream(self):
+        flt, _ = validation.event_query(self._query())
+        bottle.response.content_type = "text/event-stream; charset=utf-8"
+        bottle.response.set_header("Cache-Control", "no-cache")
+        bottle.response.set_header("X-Accel-Buffering", "no")
+        if bottle.request.method == "HEAD":
+            return ""  # waitress would iterate an endless body it never sends: answer headers only
+        client = self.hub.open(flt)
+        shown = ", ".join(f"{k}={v}" for k, v in flt._asdict().items() if v is not None) or "none"
+        return EventStream(self.hub, client, self.limits.sse_heartbeat_s,
+                           f"syswatch event stream (filters: {validation.printable(shown)})")
+
+    def metrics(self):
+        text = metrics.render(self.stream.snapshot(), self.requests.snapshot(), self.iplist.count(),
+                              self.hub.count())
+        return _ok(text, metrics.CONTENT_TYPE)
+
+    def healthz(self):
+        return _ok(json.dumps({"status": "ok", "collector_connected": self.stream.connected(),
+                               "collector": self.stream.endpoint}))
+
+    def openapi(self):
+        return _ok(self._openapi)
+
+
+def build_app(api: Api) -> bottle.Bottle:
+    app = bottle.Bottle()  # catchall on: an unexpected error is a JSON 500, never a traceback page
+    for r in ROUTES:
+        app.route(r.path, r.method, _json_errors(getattr(api, r.handler)))
+
+    def error_page(err: bottle.HTTPError) -> str:
+        """Bottle's errors (404, 405, 500...) as JSON; 405 keeps the Allow header Bottle set."""
+        status = err.status_code
+        bottle.response.content_type = JSON
+        if status == 404:
+            message = (f"no such endpoint: {validation.printable(bottle.request.path)}; "
+                       f"GET /apis lists the endpoints")
+        elif status == 405:
+            allow = bottle.response.headers.get("Allow", "")
+            message = (f"method {validation.printable(bottle.request.method)} is not allowed on "
+                       f"{validation.printable(bottle.request.path)}; allowed: {allow}")
+        elif status >= 500:
+            message = "internal error; the server log has the details"
+        else:
+            message = validation.printable(str(err.body))
+        return json.dumps({"error": message})
+
+    app.default_error_handler = error_page
+    return app

@@ -1,0 +1,221 @@
+"""syswatch API server: the seed's IP-list endpoints (SQLite) and live views of the collector's stream.
+
+    python -m api.server [--host H] [--port P] [--collector ENDPOINT] [--db FILE] [--token-file FILE] ...
+
+Bottle app (api/routes.py) served by waitress (multi-threaded); one background thread subscribes
+to the collector (api/stream.py). Flags beat environment variables, which beat defaults.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import string
+import sys
+import textwrap
+
+from shared import curve, protocol
+from shared.config import env_default
+
+EPILOG = textwrap.dedent("""\
+    environment (a flag beats its variable, which beats the default):
+      SYSWATCH_HOST, SYSWATCH_PORT, SYSWATCH_COLLECTOR, SYSWATCH_DB, SYSWATCH_TOKEN (the token itself),
+      SYSWATCH_MAX_BODY_BYTES, SYSWATCH_MAX_ITEMS, SYSWATCH_MAX_IPS, SYSWATCH_MAX_STREAMS,
+      SYSWATCH_RECENT_EVENTS, SYSWATCH_STREAM_QUEUE, SYSWATCH_THREADS, SYSWATCH_MAX_CONNECTIONS,
+      SYSWATCH_CHANNEL_TIMEOUT
+      SYSWATCH_CURVE_SERVER_KEY + SYSWATCH_CURVE_CLIENT_KEY: subscribe with CurveZMQ (shared/curve.py)
+
+    examples:
+      python -m api.server                                  # 127.0.0.1:8080, collector tcp://127.0.0.1:5556
+      python -m api.server --host 0.0.0.0 --port 9080       # listen on every interface, port 9080
+      python -m api.server --db /var/lib/syswatch/ips.sqlite3
+      python -m api.server --collector tcp://10.0.0.5:5556  # a collector on another host
+      SYSWATCH_TOKEN=s3cret python -m api.server            # POSTs need: Authorization: Bearer s3cret
+      python -m api.server --token-file /run/secrets/syswatch_token
+      python -m api.server --max-items 1000 --max-ips 50000 # tighter IP list limits
+
+      curl -s localhost:8080/apis
+      curl -s -X POST localhost:8080/add_ips -H 'Content-Type: application/json' -d '{"add_ips": [1, 2, 3]}'
+      curl -s 'localhost:8080/events?limit=5&syscall=write'
+      curl -sN localhost:8080/events/stream?comm=dd
+    """)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"must be at least 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"a TCP port is 0..65535, got {value}")
+    return value
+
+
+def _arg_type(convert):
+    """argparse type from a converter, keeping the converter's message."""
+    def parse(text):
+        try:
+            return convert(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    parse.__name__ = convert.__name__.lstrip("_")
+    return parse
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m api.server", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="syswatch API: the IP list (SQLite) and live views of the collector's syscall stream.")
+    add = p.add_argument
+    pos, port = _arg_type(_positive), _arg_type(_port)
+    add("--host", default=env_default("SYSWATCH_HOST", "127.0.0.1"),
+        help="address to listen on (default: %(default)s)")
+    add("--port", type=port, default=env_default("SYSWATCH_PORT", 8080, _port),
+        help="TCP port to listen on (default: %(default)s)")
+    add("--collector", default=env_default("SYSWATCH_COLLECTOR", protocol.DEFAULT_ENDPOINT),
+        help="the collector's ZeroMQ PUB endpoint (default: %(default)s)")
+    add("--db", default=env_default("SYSWATCH_DB", "./syswatch.sqlite3"),
+        help="SQLite file holding the IP list (default: %(default)s)")
+    add("--token-file", default=None,
+        help="file holding the bearer token every POST must send; beats SYSWATCH_TOKEN "
+             "(default: none, POSTs are open unless SYSWATCH_TOKEN is set)")
+    add("--max-body-bytes", type=pos, default=env_default("SYSWATCH_MAX_BODY_BYTES", 1 << 20, _positive),
+        help="largest POST body accepted, else 413 (default: %(default)s)")
+    add("--max-items", type=pos, default=env_default("SYSWATCH_MAX_ITEMS", 10_000, _positive),
+        help="most add_ips items in one request, else 413 (default: %(default)s)")
+    add("--max-ips", type=pos, default=env_default("SYSWATCH_MAX_IPS", 100_000, _positive),
+        help="most addresses the list may hold, else 409 (default: %(default)s)")
+    add("--recent-events", type=pos, default=env_default("SYSWATCH_RECENT_EVENTS", 10_000, _positive),
+        help="events kept for GET /events; also its largest ?limit= (default: %(default)s)")
+    add("--max-streams", type=pos, default=env_default("SYSWATCH_MAX_STREAMS", 8, _positive),
+        help="most concurrent GET /events/stream clients, else 503 (default: %(default)s)")
+    add("--stream-queue", type=pos, default=env_default("SYSWATCH_STREAM_QUEUE", 20_000, _positive),
+        help="events queued per stream client before drops (default: %(default)s)")
+    add("--sse-heartbeat", type=float, default=10.0,
+        help="seconds between heartbeat comments on an idle event stream (default: %(default)s)")
+    add("--threads", type=pos, default=env_default("SYSWATCH_THREADS", 16, _positive),
+        help="waitress worker threads; at least --max-streams + 4 (default: %(default)s)")
+    add("--max-connections", type=pos, default=env_default("SYSWATCH_MAX_CONNECTIONS", 1000, _positive),
+        help="open connections waitress accepts; more wait in the listen backlog (default: %(default)s)")
+    add("--channel-timeout", type=pos, default=env_default("SYSWATCH_CHANNEL_TIMEOUT", 60, _positive),
+        help="seconds before an idle connection is closed (default: %(default)s)")
+    args = p.parse_args(argv)
+    if args.threads < args.max_streams + 4:
+        p.error(f"--threads {args.threads} must be at least --max-streams {args.max_streams} + 4, "
+                f"so that open event streams never take every worker thread")
+    if args.sse_heartbeat <= 0:
+        p.error("--sse-heartbeat must be a positive number of seconds")
+    return args
+
+
+def read_token(args: argparse.Namespace) -> str | None:
+    """The bearer token from --token-file, else SYSWATCH_TOKEN; None when neither is set."""
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SystemExit(f"error: cannot read --token-file {args.token_file}: {exc}") from None
+        source = f"--token-file {args.token_file}"
+        if not token:
+            raise SystemExit(f"error: {source} is empty; put the token in it, or drop the flag")
+    else:
+        token = os.environ.get("SYSWATCH_TOKEN", "").strip()
+        source = "SYSWATCH_TOKEN"
+        if not token:
+            return None
+    allowed = set(string.ascii_letters + string.digits + "-._~+/=")
+    if not set(token) <= allowed:
+        raise SystemExit(f"error: the token of {source} holds characters a bearer token cannot "
+                         f"(allowed: letters, digits and -._~+/=); e.g. use: openssl rand -hex 32")
+    return token
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    token = read_token(args)
+
+    import waitress
+    import zmq
+
+    from api.httplog import AccessLog, RequestStats, stdout_line
+    from api.iplist import DatabaseUnusable, IPList
+    from api.routes import Api, Limits, build_app
+    from api.stream import StreamHub, StreamStats, Subscriber
+
+    try:
+        iplist = IPList(args.db, args.max_ips)
+    except DatabaseUnusable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    stats = StreamStats(args.collector, args.recent_events)
+    hub = StreamHub(stats, args.max_streams, args.stream_queue)
+    probe = zmq.Context.instance().socket(zmq.SUB)
+    try:
+        probe.connect(args.collector)  # fail fast on a malformed endpoint, before serving
+    except zmq.ZMQError as exc:
+        print(f"error: --collector {args.collector!r} is not a usable ZeroMQ endpoint ({exc}); "
+              f"e.g. tcp://127.0.0.1:5556", file=sys.stderr)
+        return 2
+    finally:
+        probe.close(0)
+    try:
+        curve_client = curve.client_from_env()  # SYSWATCH_CURVE_SERVER_KEY / SYSWATCH_CURVE_CLIENT_KEY
+    except curve.CurveError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    subscriber = Subscriber(args.collector, stats, hub, curve_client=curve_client)
+    requests = RequestStats()
+    limits = Limits(max_body_bytes=args.max_body_bytes, max_items=args.max_items,
+                    max_events_limit=args.recent_events, default_events_limit=min(100, args.recent_events),
+                    sse_heartbeat_s=args.sse_heartbeat)
+    app = AccessLog(build_app(Api(iplist, stats, hub, requests, limits, token)), requests)
+
+    try:
+        server = waitress.create_server(
+            app, host=args.host, port=args.port, threads=args.threads, ident="syswatch",
+            connection_limit=args.max_connections, channel_timeout=args.channel_timeout,
+            cleanup_interval=max(1, min(10, args.channel_timeout // 2)),  # how often idle ones are closed
+            # Bodies over --max-body-bytes get a JSON 413 from the app; waitress itself refuses
+            # (plain-text 413) only what is far larger, before buffering it.
+            max_request_body_size=4 * args.max_body_bytes + 65536,
+            # A stream client that stops reading blocks its worker at 1 MiB of unsent output, so its
+            # bounded event queue overflows (counted) instead of the API's memory growing.
+            outbuf_high_watermark=1 << 20,
+            asyncore_use_poll=True,  # select() cannot watch more than 1024 sockets
+            clear_untrusted_proxy_headers=True)
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}; "
+              f"pick another --port / SYSWATCH_PORT or stop what uses it", file=sys.stderr)
+        return 2
+
+    # waitress warns on every request that waits for a free thread; /metrics and the access log's
+    # durations tell that story without a line per request.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    subscriber.start()
+    def stop(*_):
+        hub.end_all()  # open event streams end now, instead of holding waitress's shutdown for 5 s
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, stop)
+    stdout_line(f"API Server starting on {args.host}:{server.effective_port}")
+    stdout_line(f"IP list: {os.path.abspath(args.db)} ({iplist.count()} addresses); collector: {args.collector}"
+                f"{' (CurveZMQ)' if curve_client else ''}; POST token: {'required' if token else 'not required'}")
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        hub.end_all()
+    except SystemExit:
+        pass
+    finally:
+        subscriber.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Test helpers for the API: a real `python -m api.server` process on a free port, and a real
+ZeroMQ publisher speaking wire protocol v1 (shared/protocol.py), standing in for the collector.
+
+SYSWATCH_TEST_PYTHON picks the interpreter that runs the server, e.g. Debian's
+/usr/bin/python3 with bottle 0.12, waitress 2.1 and pyzmq 24:
+    SYSWATCH_TEST_PYTHON=/usr/bin/python3 python -m pytest tests/test_api*.py
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import requests
+import zmq
+
+from shared import protocol, zmqsock
+from tests.conftest import ROOT, free_port
+
+PYTHON = os.environ.get("SYSWATCH_TEST_PYTHON", sys.executable)
+
+
+class ApiServer:
+    """`python -m api.server` on 127.0.0.1:<free port>; stdout and stderr are collected in ``lines``."""
+
+    def __init__(self, db: Path, *args: str, collector: str | None = None, env: dict | None = None):
+        self.db = str(db)
+        self.args = list(args)
+        self.collector = collector or f"tcp://127.0.0.1:{free_port()}"
+        self.extra_env = env or {}
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.lines: list[str] = []
+
+    def command(self) -> list[str]:
+        return [PYTHON, "-m", "api.server", "--host", "127.0.0.1", "--port", str(self.port),
+                "--db", self.db, "--collector", self.collector, *self.args]
+
+    def start(self, wait: bool = True, timeout: float = 15) -> "ApiServer":
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SYSWATCH_")}
+        env.update(PYTHONUNBUFFERED="1", **self.extra_env)
+        self.lines = []
+        self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, errors="replace")
+        self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
+        self._reader.start()
+        if wait:
+            deadline = time.monotonic() + timeout
+            while not any(l.startswith("API Server starting on") for l in self.lines):
+                if self.proc.poll() is not None:
+                    time.sleep(0.2)
+                    raise RuntimeError(f"API exited with {self.proc.returncode}:\n{self.output}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"API did not start within {timeout}s:\n{self.output}")
+                time.sleep(0.02)
+        return self
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_exit(self, timeout: float = 15) -> int:
+        """Wait for the process to end (e.g. a start-up error) and for its last output line."""
+        code = self.proc.wait(timeout)
+        self._reader.join(timeout)
+        return code
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def get(self, path: str, **kw) -> requests.Response:
+        return requests.get(self.url(path), timeout=kw.pop("timeout", 10), **kw)
+
+    def post(self, path: str, body=None, **kw) -> requests.Response:
+        return requests.post(self.url(path), json=body, timeout=kw.pop("timeout", 10), **kw)
+
+    def ips(self, **kw) -> list:
+        r = self.post("/print_all_ips", {"print_all_ips": True}, **kw)
+        assert r.status_code == 200, r.text
+        return r.json()["ips"]
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode if self.proc else 0
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def event(pid: int = 4242, comm: str = "testproc", syscall: str = "write", count: int = 100,
+          fd: int = 1, tid: int | None = None, uid: int = 1000, ts_ns: int | None = None) -> dict:
+    return {"ts_ns": ts_ns if ts_ns is not None else time.time_ns(), "pid": pid,
+            "tid": pid if tid is None else tid, "uid": uid, "comm": comm, "syscall": syscall,
+            "fd": fd, "count": count}
+
+
+class Publisher:
+    """A PUB socket bound like the collector's, sending protocol-v1 messages built with shared/protocol."""
+
+    def __init__(self, endpoint: str, ctx: zmq.Context | None = None, curve_server=None):
+        self.ctx = ctx or zmq.Context.instance()
+        self.endpoint = endpoint
+        self.sock = zmqsock.make_publisher(self.ctx, endpoint, sndhwm=100_000, curve_server=curve_server)
+        self.events_total = 0
+        self.started = time.monotonic()
+
+    def status(self, **over) -> None:
+        payload = {"host": "testhost", "ts_ns": time.time_ns(), "mode": "events", "probe": "tracepoint",
+                   "excluded_pids": [1, 2], "events_total": self.events_total, "lost_total": 0,
+                   "dropped_total": 0, "malformed_total": 0,
+                   "uptime_s": round(time.monotonic() - self.started, 3)}
+        payload.update(over)
+        self.sock.send_multipart(protocol.encode(protocol.TOPIC_STATUS, payload))
+
+    def events(self, events: list) -> None:
+        by_syscall: dict = {}
+        for e in events:
+            by_syscall.setdefault(e["syscall"], []).append(e)
+        for syscall, batch in by_syscall.items():
+            self.sock.send_multipart(protocol.encode(protocol.topic_for(syscall),
+                                                     {"host": "testhost", "events": batch}))
+            self.events_total += len(batch)
+
+    def raw(self, frames: list) -> None:
+        self.sock.send_multipart(frames)
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
+def wait_for(predicate, timeout: float = 10, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def connect(server: ApiServer, pub: Publisher, timeout: float = 15) -> None:
+    """Send status messages until the API reports the collector connected (ZeroMQ's slow joiner)."""
+    def connected():
+        pub.status()
+        return server.get("/healthz").json()["collector_connected"]
+    wait_for(connected, timeout, 0.1, "the API to receive the publisher's status")

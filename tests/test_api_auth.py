@@ -1,0 +1,70 @@
+"""Optional bearer token: with SYSWATCH_TOKEN or --token-file set, every POST needs it; GETs stay open;
+the token never shows up in the log or in an answer."""
+from __future__ import annotations
+
+import pytest
+import requests
+
+from tests.apiserver import ApiServer, wait_for
+
+TOKEN = "s3cret-Token_for.tests~42"
+
+
+@pytest.fixture(scope="module", params=["env", "file"])
+def server(request, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("auth")
+    if request.param == "env":
+        srv = ApiServer(tmp / "ips.sqlite3", env={"SYSWATCH_TOKEN": TOKEN})
+    else:
+        token_file = tmp / "token"
+        token_file.write_text(TOKEN + "\n")
+        # the file beats the environment variable
+        srv = ApiServer(tmp / "ips.sqlite3", "--token-file", str(token_file), env={"SYSWATCH_TOKEN": "other"})
+    with srv:
+        yield srv
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.mark.parametrize("headers", [
+    {}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {TOKEN}x"},
+    {"Authorization": f"Bearer {TOKEN[:-1]}"}, {"Authorization": TOKEN}, {"Authorization": f"Basic {TOKEN}"},
+    {"Authorization": "Bearer "}, {"Authorization": "Bearer \u00e9t\u00e9"},
+], ids=["none", "wrong", "longer", "shorter", "no-scheme", "basic", "empty", "latin1"])
+def test_post_without_the_right_token_is_401_and_changes_nothing(server, headers):
+    assert server.post("/clear_ip_list", {"clear_ip_list": True}, headers=AUTH).status_code == 200
+    assert server.post("/add_ips", {"add_ips": [1]}, headers=AUTH).status_code == 200
+    for path, body in (("/add_ips", {"add_ips": [2]}), ("/clear_ip_list", {"clear_ip_list": True}),
+                       ("/print_all_ips", {"print_all_ips": True})):
+        r = requests.post(server.url(path), json=body, headers=headers, timeout=10)
+        assert r.status_code == 401, (path, r.text)
+        assert "bearer token" in r.json()["error"]
+        assert r.headers["WWW-Authenticate"].startswith("Bearer")
+        assert TOKEN not in r.text and TOKEN not in str(r.headers)
+    assert server.ips(headers=AUTH) == [1]
+
+
+def test_gets_stay_open_and_the_right_token_works(server):
+    for path in ("/apis", "/stats", "/events", "/metrics", "/healthz", "/openapi.json"):
+        assert server.get(path).status_code == 200, path
+    r = server.post("/add_ips", {"add_ips": ["10.9.8.7"]}, headers={"Authorization": f"bearer {TOKEN}"})
+    assert r.status_code == 200
+    assert "POST token: required" in server.output
+
+
+def test_token_never_appears_in_the_log(server):
+    server.post("/add_ips", {"add_ips": [3]}, headers=AUTH)
+    server.post("/add_ips", {"add_ips": [3]}, headers={"Authorization": f"Bearer {TOKEN}0"})
+    server.get("/nope", headers=AUTH)
+    wait_for(lambda: any(" GET /nope 404 " in l for l in server.lines), what="the last request's log line")
+    assert TOKEN not in server.output
+
+
+@pytest.mark.parametrize("content,message", [("", "is empty"), ("has space", "holds characters")])
+def test_bad_token_file_is_refused_at_start(tmp_path, content, message):
+    token_file = tmp_path / "token"
+    token_file.write_text(content)
+    srv = ApiServer(tmp_path / "ips.sqlite3", "--token-file", str(token_file)).start(wait=False)
+    assert srv.wait_exit() != 0
+    assert message in srv.output and "Traceback" not in srv.output

@@ -1,0 +1,211 @@
+"""Helpers for the collector and subscriber tests: run the real collector, a real
+subscriber, and a child process that makes a known set of read/write calls."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import zmq
+
+from shared.protocol import decode
+from shared.zmqsock import make_subscriber
+from tests.conftest import ROOT, free_port
+
+# The child: a worker thread renames itself (prctl PR_SET_NAME) to each given name in
+# turn and, per name, makes WRITES writes to /dev/null and READS reads from /dev/zero with
+# distinctive byte counts (BASE + k): no other call of the process can have such a count.
+CHILD = r"""
+import ctypes, json, os, sys, threading
+names = [bytes.fromhex(h) for h in sys.argv[1].split(",")]
+base, writes, reads = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+libc = ctypes.CDLL(None, use_errno=True)
+wfd = os.open("/dev/null", os.O_WRONLY)
+rfd = os.open("/dev/zero", os.O_RDONLY)
+go = threading.Event()
+info = {}
+def work():
+    info["tid"] = threading.get_native_id()
+    ready.set()
+    go.wait()
+    k = 0
+    for name in names:
+        libc.prctl(15, ctypes.c_char_p(name), 0, 0, 0)
+        for _ in range(writes):
+            os.write(wfd, b"x" * (base + k)); k += 1
+        for _ in range(reads):
+            os.read(rfd, base + k); k += 1
+ready = threading.Event()
+t = threading.Thread(target=work); t.start(); ready.wait()
+print(json.dumps({"pid": os.getpid(), "tid": info["tid"], "wfd": wfd, "rfd": rfd, "uid": os.getuid()}), flush=True)
+sys.stdin.readline()
+go.set(); t.join()
+"""
+
+
+class Child:
+    """A child making ``writes`` + ``reads`` calls per name; ``run()`` does them and waits."""
+
+    def __init__(self, names: list[bytes], base: int, writes: int, reads: int):
+        self.names, self.base, self.writes, self.reads = names, base, writes, reads
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD, ",".join(n.hex() for n in names), str(base), str(writes), str(reads)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.info = json.loads(self.proc.stdout.readline())
+        self.pid = self.info["pid"]
+
+    def run(self) -> None:
+        self.started_ns = time.time_ns()
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        assert self.proc.wait(30) == 0
+        self.finished_ns = time.time_ns()
+
+    def expected(self) -> list[tuple[str, int, int, str]]:
+        """(syscall, fd, count, comm) of every call the child makes, in order."""
+        out, k = [], 0
+        for name in self.names:
+            comm = name[:15].decode("utf-8", "backslashreplace")
+            for _ in range(self.writes):
+                out.append(("write", self.info["wfd"], self.base + k, comm)); k += 1
+            for _ in range(self.reads):
+                out.append(("read", self.info["rfd"], self.base + k, comm)); k += 1
+        return out
+
+    def counts(self) -> set[int]:
+        n = len(self.names) * (self.writes + self.reads)
+        return set(range(self.base, self.base + n))
+
+
+class Collector:
+    """``python -m collector.collector`` on a free port, output in files under ``tmp``."""
+
+    def __init__(self, tmp: Path, *args: str, env: dict | None = None, wait: bool = True,
+                 bind: str | None = None):
+        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
+        bind = bind or self.endpoint
+        self.out_path, self.err_path = tmp / "collector.out", tmp / "collector.err"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "collector.collector", "--bind", bind, *args],
+            cwd=ROOT, stdout=open(self.out_path, "w"), stderr=open(self.err_path, "w"),
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        if wait:
+            self.wait_monitoring()
+
+    def stdout(self) -> str:
+        return self.out_path.read_text()
+
+    def stderr(self) -> str:
+        return self.err_path.read_text()
+
+    def wait_monitoring(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while "Monitoring sys_read and sys_write calls..." not in self.stdout():
+            assert self.proc.poll() is None, f"collector exited {self.proc.returncode}: {self.stderr()}"
+            assert time.monotonic() < deadline, f"collector did not start: {self.stderr()}"
+            time.sleep(0.05)
+
+    def excluded_pids(self) -> list[int]:
+        return [int(line.split(":")[1]) for line in self.stdout().splitlines()
+                if line.startswith("Skipping self PID:")]
+
+    def bpftrace_pid(self) -> int:
+        pids = [p for p in self.excluded_pids() if p != self.proc.pid]
+        assert len(pids) == 1, self.stdout()
+        return pids[0]
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 2.0) -> tuple[int, float]:
+        """(exit status, seconds it took) after ``sig``."""
+        start = time.monotonic()
+        self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"collector still running {timeout} s after {sig!r}: {self.stderr()}")
+        return code, time.monotonic() - start
+
+    def kill(self) -> None:
+        """Teardown: SIGTERM (bpftrace detaches in order), SIGKILL only if that hangs."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Subscriber:
+    """A real SUB socket on the collector, decoding strictly."""
+
+    def __init__(self, endpoint: str, topics=("",), curve_client=None, **sockopts):
+        self.ctx = zmq.Context()
+        self.sock = make_subscriber(self.ctx, endpoint, topics, curve_client=curve_client, **sockopts)
+        self.statuses: list[dict] = []
+
+    def messages(self, timeout: float):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.sock.poll(100):
+                msg = decode(self.sock.recv_multipart(), strict=True)
+                if msg.topic == "status":
+                    self.statuses.append(msg.payload)
+                yield msg
+
+    def wait_status(self, timeout: float = 10) -> dict:
+        for msg in self.messages(timeout):
+            if msg.topic == "status":
+                return msg.payload
+        raise AssertionError("no status message from the collector")
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+
+def collect_child_events(sub: Subscriber, child: Child, timeout: float = 20) -> tuple[list[dict], list[dict], int]:
+    """Runs the child; returns (its marked events, every event seen, lost_total growth meanwhile).
+
+    Stops when every expected event arrived (plus 0.3 s to catch duplicates), or, on a machine
+    so busy that bpftrace reports lost events, 1.5 s after the child finished: then the
+    caller checks that whatever is missing is covered by the counted losses.
+    """
+    lost_before = sub.wait_status()["lost_total"]
+    child.run()
+    finished = time.monotonic()
+    want, counts = len(child.expected()), child.counts()
+    mine, seen = [], []
+    end = None
+    for msg in sub.messages(timeout):
+        for ev in msg.events:
+            seen.append(ev)
+            if ev["pid"] == child.pid and ev["count"] in counts:
+                mine.append(ev)
+        now = time.monotonic()
+        if end is None and len(mine) >= want:
+            end = now + 0.3
+        if end is None and msg.topic == "status" and msg.payload["lost_total"] > lost_before \
+                and now - finished > 1.5:
+            end = now
+        if end is not None and now >= end:
+            break
+    lost = (sub.statuses[-1]["lost_total"] if sub.statuses else lost_before) - lost_before
+    return mine, seen, lost
+
+
+def assert_delivered(mine: list[dict], child: Child, lost: int) -> None:
+    """Each call arrives at most once, with its own fields; a missing one only if losses were counted."""
+    got = Counter((e["syscall"], e["fd"], e["count"], e["comm"]) for e in mine)
+    want = Counter(child.expected())
+    assert not got - want, f"unexpected or duplicated events: {got - want}"
+    missing = sum((want - got).values())
+    assert missing <= lost, f"{missing} events missing but only {lost} counted as lost"
+    if lost == 0:
+        assert got == want

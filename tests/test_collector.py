@@ -1,0 +1,362 @@
+"""The collector against the real kernel: real bpftrace, real ZeroMQ subscribers, a child
+process making known calls. Other processes (and other bpftrace runs) may be busy on the
+machine: every assertion filters on the child's pid and its distinctive byte counts."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from collector import program
+from tests.collector_helpers import Child, Collector, Subscriber, assert_delivered, collect_child_events
+from tests.conftest import ROOT, free_port, have, is_root, require
+
+HOSTILE = [
+    b'a b"c\\d%s\te\nf',          # space, quote, backslash, %, tab, newline
+    b"\xff\xfe\x80bad",           # not UTF-8
+    b'","pid":1,"x":"',           # tries to inject JSON fields
+    b'{"comm":"x"}',
+    b"\xc3\xa9t\xc3\xa9 %n%x",    # valid UTF-8 and printf conversions
+    b"\x01\x1b[2Jclear",          # control characters, terminal escape
+    b"123456789012345678",        # longer than the kernel keeps (15 bytes)
+]
+
+
+@pytest.fixture(scope="module")
+def events_collector(tmp_path_factory):
+    require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
+    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-host.sh does it)")
+    coll = Collector(tmp_path_factory.mktemp("events"), "--echo-rate", "5")
+    yield coll
+    coll.kill()
+
+
+@pytest.fixture
+def subscriber(events_collector):
+    sub = Subscriber(events_collector.endpoint)
+    sub.wait_status()                       # connected (ZeroMQ's slow joiner)
+    yield sub
+    sub.close()
+
+
+def test_startup_lines_and_auto_probe_falls_back(events_collector):
+    out = events_collector.stdout().splitlines()
+    assert out[:3] == ["Loading eBPF program", "Monitoring sys_read and sys_write calls...",
+                       f"Host PID: {events_collector.proc.pid}"]
+    excluded = events_collector.excluded_pids()
+    assert len(excluded) == 2 and events_collector.proc.pid in excluded
+    if program_kprobes_missing():
+        fallback = [l for l in events_collector.stderr().splitlines() if "probe auto" in l]
+        assert len(fallback) == 1 and "tracepoint" in fallback[0], events_collector.stderr()
+
+
+def program_kprobes_missing() -> bool:
+    from collector import bpf
+    return bpf.kprobes_unavailable_reason() is not None
+
+
+def test_host_wide_stream_excludes_the_collector(events_collector, subscriber):
+    """Host-wide: the child's events arrive (or are counted as lost), none from excluded PIDs."""
+    child = Child([b"syswatch-evt"], base=770_001, writes=25, reads=15)
+    mine, seen, lost = collect_child_events(subscriber, child)
+    assert_delivered(mine, child, lost)
+    assert seen, "the host makes read/write calls all the time"
+    status = subscriber.statuses[-1]
+    assert status["mode"] == "events" and status["probe"] in ("kprobe", "tracepoint")
+    excluded = set(status["excluded_pids"])
+    assert excluded == set(events_collector.excluded_pids())
+    assert not [e for e in seen if e["pid"] in excluded], "the collector traced itself"
+
+
+@pytest.fixture(scope="module")
+def traced_child(tmp_path_factory):
+    """One child (a plain name, then every hostile name) traced by a collector filtered on its
+    PID: the kernel passes only its calls, so nothing is lost however busy the machine is."""
+    require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
+    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace")
+    child = Child([b"syswatch-evt"] + HOSTILE, base=770_001, writes=6, reads=4)
+    coll = Collector(tmp_path_factory.mktemp("filtered"), "--pid", str(child.pid), "--echo-rate", "0")
+    sub = Subscriber(coll.endpoint)
+    try:
+        t0 = time.time_ns()
+        mine, seen, lost = collect_child_events(sub, child)
+        yield child, mine, seen, lost, t0
+    finally:
+        sub.close()
+        coll.kill()
+
+
+def test_events_arrive_once_with_every_field(traced_child):
+    child, mine, seen, lost, t0 = traced_child
+    assert lost == 0
+    got = Counter((e["syscall"], e["fd"], e["count"], e["comm"]) for e in mine)
+    assert got == Counter(child.expected()), "each call exactly once"
+    for ev in mine:
+        assert ev["pid"] == child.pid and ev["tid"] == child.info["tid"] != child.pid
+        assert ev["uid"] == child.info["uid"]
+        # wall clock: between the child's start and end, give or take a second
+        assert child.started_ns - 1e9 < ev["ts_ns"] < child.finished_ns + 1e9, (ev["ts_ns"], child.started_ns)
+        assert set(ev) == {"ts_ns", "pid", "tid", "uid", "comm", "syscall", "fd", "count"}
+    assert {e["pid"] for e in seen} == {child.pid}
+
+
+def test_hostile_names_arrive_intact(traced_child):
+    child, mine, _, _, _ = traced_child
+    by_count = {count: comm for _, _, count, comm in child.expected()}
+    for ev in mine:                                # the name of the moment, decoded as documented
+        assert ev["comm"] == by_count[ev["count"]]
+        assert ev["pid"] == child.pid              # no field was taken from a name
+    comms = {e["comm"] for e in mine}
+    assert {'a b"c\\d%s\te\nf', '","pid":1,"x":"', "\\xff\\xfe\\x80bad", "123456789012345",
+            "\u00e9t\u00e9 %n%x", "\x01\x1b[2Jclear"} <= comms
+
+
+def test_status_counters_and_echo(events_collector, subscriber):
+    st = subscriber.wait_status()
+    for key in ("events_total", "lost_total", "dropped_total", "malformed_total"):
+        assert isinstance(st[key], int) and st[key] >= 0
+    assert st["events_total"] > 0 and st["malformed_total"] == 0
+    assert st["uptime_s"] > 0 and st["host"]
+    out = events_collector.stdout()
+    echo = [l for l in out.splitlines() if " - hello sys_" in l]
+    assert echo and all(l.split(" - ")[0].isdigit() for l in echo)
+    assert "were not echoed (echo limit 5/s" in out      # the machine makes more than 5 calls/s
+
+
+@pytest.fixture(scope="module")
+def counts_collector(tmp_path_factory):
+    require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
+    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace")
+    coll = Collector(tmp_path_factory.mktemp("counts"), "--mode", "counts", "--interval", "0.25")
+    yield coll
+    coll.kill()
+
+
+def test_counts_mode_sums_are_exact(counts_collector):
+    sub = Subscriber(counts_collector.endpoint, ("counts", "status"))
+    try:
+        sub.wait_status()
+        names = [b"syswatch-cnt", b'q"uo\nte\xff']
+        child = Child(names, base=990_001, writes=300, reads=200)
+        comms = {n.decode("utf-8", "backslashreplace") for n in names}
+        child.run()
+        rows, intervals = [], 0
+        for msg in sub.messages(15):
+            if msg.topic == "counts":
+                assert msg.payload["interval_ns"] == 250_000_000
+                # the child's main thread ("python") makes calls of its own: keep the worker's names
+                rows += [r for r in msg.payload["rows"] if r["pid"] == child.pid and r["comm"] in comms]
+                intervals += 1
+                got = {}
+                for r in rows:
+                    key = (r["comm"], r["syscall"])
+                    got[key] = [a + b for a, b in zip(got.get(key, [0, 0]), [r["calls"], r["bytes"]])]
+                want = {}
+                for syscall, _fd, count, comm in child.expected():
+                    c = want.setdefault((comm, syscall), [0, 0])
+                    c[0] += 1
+                    c[1] += count
+                if got == want and intervals >= 3:
+                    break
+        assert got == want
+        st = sub.statuses[-1]
+        assert st["mode"] == "counts" and st["events_total"] >= 1000
+        assert not [r for r in rows if r["pid"] in st["excluded_pids"]]
+    finally:
+        sub.close()
+
+
+def test_filters_restrict_in_the_kernel(tmp_path, root_and_bpftrace):
+    text = program.build("events", "tracepoint", [4242, 4343], ["nginx"])
+    assert text.count('/pid != $1 && pid != $3 && (pid == 4242 || pid == 4343) && (comm == "nginx")/') == 2
+    child = Child([b"syswatch-flt"], base=660_001, writes=5, reads=5)
+    other = Child([b"syswatch-flt"], base=660_001, writes=5, reads=5)
+    coll = Collector(tmp_path, "--pid", str(child.pid), "--comm", "syswatch-flt", "--echo-rate", "0")
+    sub = Subscriber(coll.endpoint)
+    try:
+        sub.wait_status()
+        other.run()
+        mine, seen, lost = collect_child_events(sub, child)
+        assert_delivered(mine, child, lost)
+        # the filter is in the kernel: nothing else at all reaches the stream
+        assert {(e["pid"], e["comm"]) for e in seen} == {(child.pid, "syswatch-flt")}
+    finally:
+        sub.close()
+        coll.kill()
+
+
+def test_bad_filter_is_a_clear_error():
+    res = subprocess.run([sys.executable, "-m", "collector.collector", "--comm", "a-name-longer-than-15"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=30)
+    if is_root() and have("bpftrace"):
+        assert res.returncode == 2 and "longer than 15 bytes" in res.stderr
+    else:
+        assert res.returncode == 2 and "error:" in res.stderr
+
+
+def test_kprobe_program_compiles(tmp_path, root_and_bpftrace):
+    for mode in ("events", "counts"):
+        text = program.build(mode, "kprobe", [1], ["bash"])
+        assert "kprobe:__x64_sys_read" in text and "tracepoint:" not in text
+        src = tmp_path / f"{mode}.bt"
+        src.write_text(text)
+        elf = tmp_path / f"{mode}.elf"
+        res = subprocess.run(["bpftrace", "--emit-elf", str(elf), str(src), "1", "1000", "2"],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert elf.read_bytes()[:4] == b"\x7fELF"
+
+
+def _bpf_attachments(pid: int) -> set[int]:
+    res = subprocess.run(["bpftool", "perf", "list", "-j"], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    return {a["prog_id"] for a in json.loads(res.stdout or "[]") if a.get("pid") == pid}
+
+
+def _prog_ids() -> set[int]:
+    res = subprocess.run(["bpftool", "prog", "list", "-j"], capture_output=True, text=True, timeout=30)
+    return {p["id"] for p in json.loads(res.stdout or "[]")}
+
+
+def test_sigterm_exits_0_and_detaches_everything(tmp_path, root_and_bpftrace):
+    require(have("bpftool"), "install bpftool: apt-get install -y bpftool (scripts/setup-host.sh does it)")
+    coll = Collector(tmp_path, "--echo-rate", "0")
+    try:
+        bt = coll.bpftrace_pid()
+        progs = _bpf_attachments(bt)
+        assert len(progs) >= 2, "bpftrace's read and write programs are attached"
+        code, took = coll.stop(signal.SIGTERM)
+        assert code == 0, coll.stderr()
+        assert took < 2.0
+        assert not os.path.exists(f"/proc/{bt}"), "bpftrace is gone"
+        assert not _bpf_attachments(bt)
+        assert not progs & _prog_ids(), "no BPF program of the collector is left loaded"
+    finally:
+        coll.kill()
+
+
+def test_collector_killed_takes_bpftrace_with_it(tmp_path, root_and_bpftrace):
+    """SIGKILL on the collector (OOM killer): bpftrace must not survive as an orphan with its probes."""
+    coll = Collector(tmp_path, "--echo-rate", "0", "--pid", "1")
+    bt = coll.bpftrace_pid()
+    coll.proc.kill()
+    coll.proc.wait()
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{bt}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{bt}"), "bpftrace outlived the collector"
+
+
+def test_sigint_exits_0(tmp_path, root_and_bpftrace):
+    coll = Collector(tmp_path, "--mode", "counts")
+    try:
+        code, took = coll.stop(signal.SIGINT)
+        assert code == 0 and took < 2.0
+    finally:
+        coll.kill()
+
+
+def test_bpftrace_killed_exits_nonzero_with_message(tmp_path, root_and_bpftrace):
+    coll = Collector(tmp_path, "--echo-rate", "0")
+    try:
+        os.kill(coll.bpftrace_pid(), signal.SIGKILL)
+        start = time.monotonic()
+        code = coll.proc.wait(5)
+        assert time.monotonic() - start < 2.0
+        assert code not in (0, None)
+        assert "bpftrace was killed by signal 9 (SIGKILL)" in coll.stderr()
+    finally:
+        coll.kill()
+
+
+def test_bpftrace_missing_or_failing(tmp_path, root_and_bpftrace):
+    # missing: a PATH without bpftrace
+    env = {"PATH": "/nonexistent"}
+    res = subprocess.run([sys.executable, "-m", "collector.collector"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=30, env={**os.environ, **env})
+    assert res.returncode == 2 and "apt-get install -y bpftrace" in res.stderr
+    # failing: explicit kprobes on a kernel without them, or a bpftrace that cannot attach
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "bpftrace").write_text("#!/bin/sh\necho 'ERROR: Error attaching probe: fake' >&2\nexit 1\n")
+    (fake / "bpftrace").chmod(0o755)
+    res = subprocess.run([sys.executable, "-m", "collector.collector", "--bind", f"tcp://127.0.0.1:{free_port()}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"})
+    assert res.returncode == 1
+    assert "bpftrace exited with status 1; bpftrace said: ERROR: Error attaching probe: fake" in res.stderr
+
+
+def test_explicit_kprobe_fails_clearly_without_kernel_support(tmp_path, root_and_bpftrace):
+    if not program_kprobes_missing():             # a kernel with kprobes: they must work
+        coll = Collector(tmp_path, "--probe", "kprobe", "--echo-rate", "0")
+        sub = Subscriber(coll.endpoint, ("status",))
+        try:
+            assert sub.wait_status()["probe"] == "kprobe"
+        finally:
+            sub.close()
+            coll.kill()
+        return
+    res = subprocess.run([sys.executable, "-m", "collector.collector", "--probe", "kprobe",
+                          "--bind", f"tcp://127.0.0.1:{free_port()}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    assert "bpftrace could not start tracing" in res.stderr and "kprobe" in res.stderr
+
+
+def test_not_root_is_a_clear_error():
+    require(is_root(), "needs root to drop to an unprivileged user")
+    res = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                          sys.executable, "-m", "collector.collector"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2
+    assert "must run as root" in res.stderr
+
+
+def test_other_pid_namespace_is_refused():
+    require(is_root(), "needs root for unshare --pid")
+    require(have("unshare"), "needs util-linux unshare")
+    res = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m", "collector.collector"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2
+    assert "PID namespace" in res.stderr and "pid: host" in res.stderr
+
+
+def test_help_lists_every_flag_with_defaults():
+    res = subprocess.run([sys.executable, "-m", "collector.collector", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0
+    for flag in ("--bind", "--mode", "--probe", "--interval", "--echo-rate", "--pid", "--comm"):
+        assert flag in res.stdout
+    assert "tcp://127.0.0.1:5556" in res.stdout and "examples:" in res.stdout
+
+
+def test_env_overrides_and_bad_env(tmp_path):
+    from collector.collector import parse_args
+    os.environ["SYSWATCH_MODE"] = "counts"
+    try:
+        assert parse_args([]).mode == "counts"
+        assert parse_args(["--mode", "events"]).mode == "events"
+    finally:
+        del os.environ["SYSWATCH_MODE"]
+    res = subprocess.run([sys.executable, "-m", "collector.collector"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=30, env={**os.environ, "SYSWATCH_ECHO_RATE": "lots"})
+    assert res.returncode != 0 and "SYSWATCH_ECHO_RATE" in res.stderr
+
+
+def test_non_loopback_bind_warns(tmp_path, root_and_bpftrace):
+    port = free_port()
+    coll = Collector(tmp_path, "--echo-rate", "0", bind=f"tcp://0.0.0.0:{port}")
+    try:
+        err = coll.stderr()
+        assert "is not a loopback address" in err and "SYSWATCH_CURVE_SERVER_KEY" in err
+        assert coll.stop()[0] == 0
+    finally:
+        coll.kill()

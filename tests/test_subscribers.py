@@ -1,0 +1,93 @@
+"""subscribers/tail.py and subscribers/top.py against a real collector (a PID-filtered one,
+so the child's calls are all that flows and the assertions are exact)."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.collector_helpers import Child, Collector
+from tests.conftest import ROOT, have, is_root, require
+
+
+@pytest.fixture(scope="module")
+def child_and_collector(tmp_path_factory):
+    require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
+    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace")
+    child = Child([b"sw-tail"], base=550_001, writes=30, reads=20)
+    coll = Collector(tmp_path_factory.mktemp("subs"), "--pid", str(child.pid), "--echo-rate", "0")
+    yield child, coll
+    coll.kill()
+
+
+def script(name: str, *args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "subscribers" / name), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def wait_connected(coll: Collector) -> None:
+    time.sleep(1.2)       # ZeroMQ's slow joiner: let the SUB's subscription reach the PUB
+
+
+def test_tail_json_count_and_top_once(child_and_collector):
+    child, coll = child_and_collector
+    tail = script("tail.py", "--endpoint", coll.endpoint, "--json", "--count", "50", "--timeout", "30")
+    top = script("top.py", "--endpoint", coll.endpoint, "--iterations", "3", "--delay", "1.5", "--json")
+    text = script("tail.py", "--endpoint", coll.endpoint, "--count", "5", "--timeout", "30",
+                  "--topic", "syscall.write")
+    wait_connected(coll)
+    child.run()
+    out, err = tail.communicate(timeout=40)
+    assert tail.returncode == 0, err
+    events = [json.loads(l) for l in out.splitlines()]
+    assert len(events) == 50
+    assert sorted(e["count"] for e in events) == sorted(child.counts())
+    assert {(e["pid"], e["comm"]) for e in events} == {(child.pid, "sw-tail")}
+
+    out, err = text.communicate(timeout=40)
+    assert text.returncode == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 5 and all(l.startswith(f"{child.pid} - hello sys_write was called (tid=") for l in lines)
+
+    out, err = top.communicate(timeout=40)
+    assert top.returncode == 0, err
+    samples = [json.loads(l) for l in out.splitlines()]
+    assert len(samples) == 3
+    procs = [p for s in samples for p in s["processes"] if p["pid"] == child.pid]
+    assert procs and procs[0]["comm"] == "sw-tail"
+    rate_total = sum(p["write_calls_s"] for p in procs)
+    assert rate_total > 0
+    assert any(s["status"] and s["status"]["excluded_pids"] for s in samples)
+
+
+def test_top_table_once(child_and_collector):
+    _, coll = child_and_collector
+    res = subprocess.run([sys.executable, str(ROOT / "subscribers" / "top.py"), "--endpoint", coll.endpoint,
+                          "--once", "--delay", "1.5"], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert "syswatch top" in res.stdout and "READ/s" in res.stdout and "WBYTES/s" in res.stdout
+    assert "\x1b[" not in res.stdout          # not a terminal: plain text
+
+
+def test_tail_timeout_and_ctrl_c(child_and_collector):
+    _, coll = child_and_collector
+    res = subprocess.run([sys.executable, str(ROOT / "subscribers" / "tail.py"), "--endpoint", coll.endpoint,
+                          "--count", "1", "--timeout", "0.5", "--pid", "1"], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 1 and "timeout after 0.5 s with 0 of 1 events" in res.stderr
+    for name in ("tail.py", "top.py"):
+        proc = script(name, "--endpoint", coll.endpoint)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0 and "Traceback" not in err, err
+
+
+def test_help_of_both_scripts():
+    for name in ("tail.py", "top.py"):
+        res = subprocess.run([sys.executable, str(ROOT / "subscribers" / name), "--help"],
+                             capture_output=True, text=True, timeout=30)
+        assert res.returncode == 0 and "examples:" in res.stdout and "--endpoint" in res.stdout

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# THE test command (README): prepare the host, build the base image, run every test.
+#
+#   sudo scripts/test.sh                  # the whole suite, docker end-to-end tests included
+#   sudo scripts/test.sh -m 'not docker'  # extra arguments go to pytest
+#   sudo scripts/test.sh tests/test_e2e_docker.py -x
+#
+# Stages: setup-host.sh (apt packages, tracefs, pip requirements, dockerd), build-base-image.sh
+# (debian:bookworm-slim without a registry), pytest. Prints how long each stage took. The exit
+# status is pytest's; "no tests collected" (5) counts as a failure like any other non-zero status.
+# With CI=true (set by CI) a missing prerequisite or a skipped test fails the run (tests/conftest.py).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+TIMINGS=()
+stage() {  # stage NAME COMMAND...: run, time and record it; stop the script if it fails
+    local name=$1 start=$SECONDS rc=0
+    shift
+    echo "=== stage: $name"
+    "$@" || rc=$?
+    TIMINGS+=("$(printf '%-18s %4ds  exit %d' "$name" $((SECONDS - start)) "$rc")")
+    return "$rc"
+}
+report() {
+    echo "=== stage timings"
+    printf '  %s\n' "${TIMINGS[@]}"
+}
+trap report EXIT
+
+[[ $(id -u) -eq 0 ]] || { echo "test.sh: error: run as root: sudo $0 (bpftrace and docker need it)" >&2; exit 1; }
+stage setup-host scripts/setup-host.sh
+stage base-image scripts/build-base-image.sh
+
+rc=0
+stage pytest python3 -m pytest --durations=15 "$@" || rc=$?
+if ((rc == 5)); then
+    echo "test.sh: error: pytest collected no tests (exit 5); check the arguments: $*" >&2
+fi
+exit "$rc"

@@ -1,0 +1,1 @@
+"""syswatch benchmark suite: `python3 -m bench.run [--quick]` (see docs/readme/bench.md)."""

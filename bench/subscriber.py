@@ -1,0 +1,194 @@
+"""A measuring subscriber: a thread that counts the events of one workload process.
+
+It receives everything the collector publishes (like any subscriber would) but only
+decodes a batch when the raw payload mentions the watched pid, so its own cost stays
+small next to the collector's. For each matching event it records the arrival time
+(``time.time_ns()`` when its message was received), which the latency benchmark pairs
+with the writer's send times.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Callable
+
+import zmq
+
+from shared import protocol
+from shared.zmqsock import make_subscriber
+
+from .workloads import BASE_COUNT
+
+Matcher = Callable[[dict], bool]
+
+
+class Subscriber(threading.Thread):
+    def __init__(self, endpoint: str):
+        super().__init__(daemon=True, name="bench-subscriber")
+        self.endpoint = endpoint
+        self._stop_flag = threading.Event()
+        self._ready = threading.Event()
+        self._pid = -1
+        self._needle = (b"",)
+        self._match: Matcher | None = None
+        self._row_match: Matcher = lambda row: True
+        self.matched = 0              # events of the watched pid accepted by the matcher
+        self.counted_calls = 0        # counts mode: calls of the watched pid, summed over intervals
+        self.arrivals: dict[int, int] = {}  # writer seq -> arrival time_ns (when record_arrivals)
+        self.record_arrivals = False
+        self.last_arrival = 0.0
+        self.messages = 0
+        self.events_received = 0
+        self.malformed = 0
+        self.status: dict | None = None
+        self.status_seen = threading.Event()
+        self.cpu_seconds = 0.0        # this thread's own CPU time
+        self.error: BaseException | None = None
+
+    # -- control (main thread) ---------------------------------------------------------------
+    def watch(self, pid: int, match: Matcher, row_match: Matcher | None = None) -> None:
+        """Count events of ``pid`` accepted by ``match`` (and, in counts mode, the calls of
+        its rows accepted by ``row_match``) from now on; resets the counters."""
+        self._row_match = row_match or (lambda row: True)
+        self.matched = 0
+        self.counted_calls = 0
+        self.arrivals = {}
+        self._match = match
+        self._needle = (b'"pid":%d' % pid, b'"pid": %d' % pid)
+        self._pid = pid
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until events (or counts) of this process arrive: the tracer is attached and
+        the pipeline delivers. The main thread makes writes meanwhile, so there is something to see."""
+        self.watch(os.getpid(), lambda ev: True)
+        deadline = time.monotonic() + timeout
+        fd = os.open("/dev/null", os.O_WRONLY)
+        try:
+            while not (self.matched or self.counted_calls):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no events of the benchmark's own pid reached a subscriber "
+                                       f"of {self.endpoint} within {timeout:.0f}s")
+                if self.error:
+                    raise RuntimeError(f"subscriber failed: {self.error!r}")
+                os.write(fd, b"ready?")
+                time.sleep(0.05)
+        finally:
+            os.close(fd)
+        self._pid = -1
+
+    def wait_drained(self, expect: int, quiet: float = 2.0, timeout: float = 120.0) -> None:
+        """Wait until ``expect`` matching events arrived, or none arrived for ``quiet`` seconds
+        (what is missing then is lost, or the pipeline is hopelessly behind)."""
+        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        while time.monotonic() < deadline:
+            if (self.matched or self.counted_calls) >= expect:
+                return
+            if time.monotonic() - max(self.last_arrival, start) >= quiet:
+                return
+            time.sleep(0.02)
+
+    def fresh_status(self, after_ns: int, timeout: float = 5.0) -> dict | None:
+        """The first status message with ts_ns after ``after_ns`` (None if none came)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.status
+            if st is not None and st.get("ts_ns", 0) > after_ns:
+                return st
+            time.sleep(0.05)
+        return self.status
+
+    def settled_status(self, st0: dict | None, made: int, timeout: float = 10.0) -> dict | None:
+        """The status after a run, once the counters account for it.
+
+        bpftrace reports its losses when it reads the lost records out of its perf ring, which
+        can be seconds after the events were dropped. So: the first status at which matched +
+        lost + dropped (since ``st0``) reaches ``made``, or at which lost_total stopped moving
+        for two seconds, or the last one after ``timeout``."""
+        st = self.fresh_status(time.time_ns(), timeout=3)
+        if st0 is None or st is None:
+            return st
+        deadline = time.monotonic() + timeout
+        steady_since = None
+        while time.monotonic() < deadline:
+            counted = (self.matched or self.counted_calls) + (st["lost_total"] - st0["lost_total"]) \
+                + (st["dropped_total"] - st0["dropped_total"])
+            if counted >= made:
+                return st
+            nxt = self.fresh_status(st["ts_ns"], timeout=3)
+            if nxt is None or nxt is st:
+                return st
+            if nxt["lost_total"] == st["lost_total"]:
+                steady_since = steady_since or time.monotonic()
+                if time.monotonic() - steady_since >= 1.5:
+                    return nxt
+            else:
+                steady_since = None
+            st = nxt
+        return st
+
+    def stop(self) -> None:
+        self._stop_flag.set()
+        self.join(5)
+
+    # -- the thread ------------------------------------------------------------------------------
+    def run(self) -> None:
+        ctx = zmq.Context.instance()
+        sock = make_subscriber(ctx, self.endpoint, (protocol.EVENT_PREFIX, protocol.TOPIC_STATUS,
+                                                    protocol.TOPIC_COUNTS))
+        t0 = time.thread_time()
+        try:
+            while not self._stop_flag.is_set():
+                if not sock.poll(100):
+                    continue
+                while True:
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._handle(frames)
+        except BaseException as exc:  # reported to the main thread, which fails the benchmark
+            self.error = exc
+        finally:
+            self.cpu_seconds = time.thread_time() - t0
+            sock.close(0)
+
+    def _handle(self, frames: list[bytes]) -> None:
+        self.messages += 1
+        if len(frames) == 2 and frames[0].startswith(b"syscall."):
+            # every event received, cheaply (no parsing): compared with the collector's
+            # events_total it shows what ZeroMQ dropped for this subscriber (PUB HWM)
+            self.events_received += frames[1].count(b'"ts_ns"')
+        if len(frames) == 2 and frames[0].startswith(b"syscall.") and self._pid >= 0:
+            if not any(n in frames[1] for n in self._needle):
+                return
+        elif len(frames) == 2 and frames[0].startswith(b"syscall."):
+            return
+        arrival = time.time_ns()
+        try:
+            msg = protocol.decode(frames)
+        except protocol.ProtocolError:
+            self.malformed += 1
+            return
+        if msg.topic == protocol.TOPIC_STATUS:
+            self.status = msg.payload
+            self.status_seen.set()
+            return
+        pid, match = self._pid, self._match
+        if msg.topic == protocol.TOPIC_COUNTS:
+            row_match = self._row_match
+            calls = sum(r["calls"] for r in msg.payload["rows"] if r.get("pid") == pid and row_match(r))
+            if calls:
+                self.counted_calls += calls
+                self.last_arrival = time.monotonic()
+            return
+        hits = 0
+        for ev in msg.events:
+            if ev.get("pid") == pid and match(ev):
+                hits += 1
+                if self.record_arrivals:
+                    self.arrivals[ev["count"] - BASE_COUNT] = arrival
+        if hits:
+            self.matched += hits
+            self.last_arrival = time.monotonic()

@@ -1,0 +1,213 @@
+"""The tracing set-ups compared by the benchmarks, each started and stopped the same way.
+
+    none            no tracing (the baseline every ratio is taken against)
+    bpf-empty       bpftrace, an empty probe on the read/write tracepoints
+    bpf-count       bpftrace, count() per pid in the kernel, nothing printed per event
+    bpf-printf      bpftrace, one printf line per event (the same fields as the collector's), to /dev/null
+    strace          strace -f -e trace=read,write -o /dev/null (wraps the workload)
+    collector-events / collector-counts
+                    python3 -m collector.collector in that mode, with a subscriber attached
+
+The raw bpftrace programs carry the collector's own predicate (its own pid excluded, so
+printing to /dev/null does not trace itself), so in-kernel costs are comparable.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import procs
+from .subscriber import Subscriber
+
+REPO = Path(__file__).resolve().parent.parent
+PROBES = "tracepoint:syscalls:sys_enter_read,tracepoint:syscalls:sys_enter_write"
+PRED = "/pid != $1/"
+RAW_PROGRAMS = {
+    "bpf-empty": f"{PROBES} {PRED} {{ }}",
+    "bpf-count": f"{PROBES} {PRED} {{ @[pid] = count(); }} END {{ clear(@); }}",
+    "bpf-printf": (f"{PROBES} {PRED} {{ printf(\"%llu %d %d %d %d %llu %s\\n\", "
+                   f"nsecs, pid, tid, uid, args->fd, args->count, comm); }}"),
+}
+LABELS = {
+    "none": "no tracing",
+    "bpf-empty": "bpftrace, empty probe",
+    "bpf-count": "bpftrace, count() per pid",
+    "bpf-printf": "bpftrace, printf per event to /dev/null",
+    "strace": "strace -f -e trace=read,write",
+    "collector-events": "collector, events mode + subscriber",
+    "collector-counts": "collector, counts mode + subscriber",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Tracer:
+    """No tracing; the base of every set-up. ``wrap`` turns a workload into what to run."""
+
+    name = "none"
+    subscriber: Subscriber | None = None
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        return argv
+
+    def start(self) -> "Tracer":
+        return self
+
+    def stop(self) -> None:
+        pass
+
+    def pids(self) -> dict[str, int]:
+        """Processes whose CPU time is attributed to tracing, by role."""
+        return {}
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class Strace(Tracer):
+    name = "strace"
+
+    def wrap(self, argv):
+        return ["strace", "-f", "-e", "trace=read,write", "-o", "/dev/null", *argv]
+
+
+class RawBpftrace(Tracer):
+    """bpftrace running one of RAW_PROGRAMS; attached when its BEGIN probe has run."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.proc: procs.Gated | None = None
+
+    def start(self):
+        ready = Path(tempfile.mkstemp(prefix="syswatch-bench-ready.")[1])
+        ready.unlink()
+        prog = f'BEGIN {{ system("touch {ready}"); }} {RAW_PROGRAMS[self.name]}'
+        # Gated: the pid is known before bpftrace starts, so it is passed as $1 and excluded.
+        self.proc = procs.Gated(["bpftrace", "--unsafe", "-o", "/dev/null", "-e", prog, "@PID@"],
+                                stderr=subprocess.PIPE)
+        self.proc.release()
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            if self.proc.proc.poll() is not None:
+                err = self.proc.proc.stderr.read().decode(errors="replace")
+                raise RuntimeError(f"bpftrace ({self.name}) exited at start-up: {err.strip()[-800:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"bpftrace ({self.name}) did not attach within 60 s")
+            time.sleep(0.02)
+        ready.unlink()
+        return self
+
+    def stop(self):
+        if self.proc:
+            procs.stop(self.proc.proc)
+            self.lost = _lost_from(self.proc.proc.stderr.read().decode(errors="replace"))
+            self.proc.proc.stderr.close()
+
+    def pids(self):
+        return {"bpftrace": self.proc.pid} if self.proc else {}
+
+
+def _lost_from(stderr: str) -> int:
+    """bpftrace's "Lost N events" lines, summed."""
+    lost = 0
+    for line in stderr.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[0] == "Lost" and words[2].startswith("event"):
+            lost += int(words[1])
+    return lost
+
+
+def collector_available() -> str | None:
+    """None when the collector can be run, else why not."""
+    if not (REPO / "collector" / "collector.py").exists():
+        return "collector/collector.py does not exist yet"
+    return None
+
+
+class Collector(Tracer):
+    """``python3 -m collector.collector --mode MODE`` on a free port, with a Subscriber attached."""
+
+    def __init__(self, mode: str, interval: float = 1.0):
+        self.mode = mode
+        self.name = f"collector-{mode}"
+        self.interval = interval
+        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.proc: subprocess.Popen | None = None
+        self.bpftrace_pid: int | None = None
+        self.orphaned_bpftrace = False
+        self.log = Path(tempfile.mkstemp(prefix=f"syswatch-bench-{self.name}.", suffix=".log")[1])
+
+    def start(self):
+        argv = [sys.executable, "-m", "collector.collector", "--mode", self.mode,
+                "--bind", self.endpoint, "--echo-rate", "0"]
+        if self.mode == "counts":
+            argv += ["--interval", str(self.interval)]
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT)
+        self.subscriber = Subscriber(self.endpoint)
+        self.subscriber.start()
+        try:
+            self.subscriber.wait_ready(timeout=60)
+        except Exception as exc:
+            tail = self.log_tail()
+            self.stop()
+            raise RuntimeError(f"{self.name} did not deliver events: {exc}; its output:\n{tail}") from None
+        self.bpftrace_pid = procs.descendant_named(self.proc.pid, "bpftrace", timeout=5)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.subscriber:
+            self.subscriber.stop()
+        if self.proc:
+            self.exit_status = procs.stop(self.proc, timeout=10)
+        # bpftrace must not outlive its collector (an orphan stays attached and slows every
+        # syscall on the host); ours is ended by its pid, if it is still ours
+        if self.bpftrace_pid and procs.comm_of(self.bpftrace_pid) == "bpftrace":
+            self.orphaned_bpftrace = True
+            print(f"bench: warning: bpftrace {self.bpftrace_pid} outlived its collector "
+                  f"(exit status {self.exit_status}); ending it", file=sys.stderr)
+            procs.terminate_pid(self.bpftrace_pid)
+        try:
+            os.unlink(self.log)
+        except OSError:
+            pass
+
+    def pids(self):
+        out = {"collector": self.proc.pid} if self.proc else {}
+        if self.bpftrace_pid:
+            out["bpftrace"] = self.bpftrace_pid
+        return out
+
+
+def make(name: str) -> Tracer:
+    if name == "none":
+        return Tracer()
+    if name == "strace":
+        return Strace()
+    if name in RAW_PROGRAMS:
+        return RawBpftrace(name)
+    if name.startswith("collector-"):
+        return Collector(name.split("-", 1)[1])
+    raise ValueError(f"unknown tracer {name!r}; known: {', '.join(LABELS)}")

@@ -1,0 +1,92 @@
+"""Fast checks of the benchmark suite's own logic (no root, no bpftrace needed)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from bench import machine, report, stats, targets, tracers, workloads
+from tests.conftest import ROOT
+
+
+def test_percentile_nearest_rank():
+    xs = list(range(1, 101))
+    assert stats.percentile(xs, 50) == 50
+    assert stats.percentile(xs, 99) == 99
+    assert stats.percentile(xs, 100) == 100
+    assert stats.percentile([7], 99) == 7
+    assert stats.percentile([], 50) is None
+
+
+def test_dd_events_match_only_the_data_calls():
+    ev = {"pid": 1, "syscall": "read", "fd": 0, "count": 1}
+    assert workloads.is_dd_event(ev)
+    assert not workloads.is_dd_event({**ev, "fd": 3})                      # ld.so / locale reads
+    assert not workloads.is_dd_event({**ev, "syscall": "write", "fd": 2})  # the records in/out lines
+    assert workloads.copy_events(4096 * 10) == 21                          # 10 reads + 10 writes + final empty read
+
+
+def test_bpftrace_lost_lines_are_summed():
+    err = "Attaching 3 probes...\nLost 120 events\nsomething\nLost 5 events\n"
+    assert tracers._lost_from(err) == 125
+
+
+def test_splice_keeps_the_hand_written_text(tmp_path):
+    doc = tmp_path / "B.md"
+    doc.write_text("# Benchmarks\n\nintro\n\n## What we tried\n\nnotes\n")
+    report.splice(doc, "results", "## Results\n\nfirst\n")
+    report.splice(doc, "results", "## Results\n\nsecond\n")
+    text = doc.read_text()
+    assert "intro" in text and "notes" in text and "second" in text and "first" not in text
+    assert text.count("<!-- bench:results:begin -->") == 1
+
+
+def test_targets_without_measurements_say_so():
+    rows = targets.check({})
+    assert len(rows) == 12 and all(r["met"] is None and r["shown"] == "not measured" for r in rows)
+
+
+def test_not_root_gives_a_clear_error(monkeypatch):
+    monkeypatch.setattr(machine.os, "geteuid", lambda: 1000)
+    with pytest.raises(SystemExit) as exc:
+        machine.check_prerequisites()
+    assert "run as root" in str(exc.value)
+
+
+@pytest.mark.parametrize("module", ["bench.run", "bench.soak"])
+def test_help_lists_flags_and_examples(module):
+    out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0
+    assert "examples:" in out.stdout
+    assert ("--quick" if module == "bench.run" else "--duration") in out.stdout
+
+
+def test_unknown_section_is_refused():
+    out = subprocess.run([sys.executable, "-m", "bench.run", "--only", "overhead,nope"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "unknown section(s) nope" in out.stderr
+
+
+def test_targets_judge_the_thresholds():
+    """Synthetic results right at and beyond each threshold: met / not met as issue 5 says."""
+    def results(scale):  # scale 1: every target just met; scale 2: every target missed
+        good = scale == 1
+        return {
+            "throughput": {"workloads": {"dd": {
+                "events_vs_printf": 1.10 if good else 1.2,
+                "collector": {"accounted_frac": 0.99 if good else 0.98, "delivered_frac": 0.80 if good else 0.5,
+                              "cpu_ratio": 1.0 if good else 1.5, "collector_us_per_event": 2.0,
+                              "bpftrace_us_per_event": 2.0},
+                "counts": {"vs_raw_count": 1.10 if good else 1.3, "events_vs_counts": 5 if good else 4}}}},
+            "latency": {"steady": {"rate": 20000, "made": 100, "delivered": 100 if good else 99, "lost": 0,
+                                   "dropped": 0},
+                        "high": {"p99_ms": 49.9 if good else 50.0}},
+            "api": {"subscriber": {"rate": 100_000 if good else 99_999},
+                    "rows": [{"endpoint": "add_ips", "clients": 16, "rps": 1000 if good else 999,
+                              "p99_ms": 49 if good else 51},
+                             {"endpoint": "stats", "clients": 1, "rps": 2000 if good else 10},
+                             {"endpoint": "stats", "clients": 16, "rps": 10 if good else 1999}]},
+        }
+    assert [r["met"] for r in targets.check(results(1))] == [True] * 12
+    assert [r["met"] for r in targets.check(results(2))] == [False] * 12

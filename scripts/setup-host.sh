@@ -15,7 +15,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DOCKERD_LOG="${SYSWATCH_DOCKERD_LOG:-/var/log/syswatch-dockerd.log}"
 DOCKERD_WAIT="${SYSWATCH_DOCKERD_WAIT:-60}"
-APT_PACKAGES=(bpftrace docker.io docker-compose debootstrap curl bpftool strace)
+APT_PACKAGES=(bpftrace docker.io docker-compose debootstrap curl bpftool strace wrk)
 
 say() { echo "setup-host: $*"; }
 die() { echo "setup-host: error: $*" >&2; exit 1; }

@@ -1,21 +1,22 @@
 """Turn bpftrace's stdout into wire-protocol JSON, counting every line it cannot use.
 
-Events mode (collector/syscalls.bt) prints one line per call::
+bpftrace runs with ``-f json`` in both modes. Events mode (collector/syscalls.bt) prints
+one line per call::
 
-    w\\x62\\x61\\x73\\x68\\x00...\\x00 {"ts_ns":1,"pid":2,"tid":2,"uid":0,"syscall":"write","fd":1,"count":5,"comm":
+    {"type": "printf", "data": "w{\\"ts_ns\\":1,\\"pid\\":2,...,\\"count\\":5,\\"comm\\":\\"bash\\"}\\n"}
 
-i.e. the syscall letter, the 16-byte process name with every byte as ``\\xNN`` (64
-characters: it cannot hold a space, quote or newline, whatever the name is), a space,
-and the start of the EVENT object. The parser checks the fixed layout, looks the name up
-in a cache and appends the cached JSON string plus ``}``: no JSON parsing per event
-(issue 5: the collector's CPU per event must stay below bpftrace's).
+i.e. bpftrace's JSON envelope around the syscall letter and the EVENT object, the process
+name last. One strict regex per line checks the envelope and that only digits stand where
+bpftrace's %d/%llu go; the name (whatever it holds: bpftrace escaped it) is looked up in a
+cache that maps bpftrace's escaped form to our own JSON string. No JSON parsing per event
+(issue 5: the collector's CPU per event must stay below bpftrace's), and no name can add,
+remove or change another field.
 
 Process names are bytes; they are decoded as UTF-8 with ``errors="backslashreplace"``,
 so a non-UTF-8 byte 0xff arrives as the four characters ``\\xff`` (readable, lossless
 for valid UTF-8, and never invalid JSON).
 
-Counts mode (collector/syscalls_counts.bt, ``bpftrace -f json``) prints maps as JSON
-lines; see CountsParser.
+Counts mode (collector/syscalls_counts.bt) prints maps as JSON lines; see CountsParser.
 """
 from __future__ import annotations
 
@@ -28,15 +29,27 @@ from shared.protocol import json_string
 READY = b"syswatch-ready"
 INTERVAL = "syswatch-interval\n"
 
-COMM_HEX_LEN = 64                      # 16 bytes x "\xNN"
-BODY_START = COMM_HEX_LEN + 2          # letter + hex + space
 _NUM = rb"(?:0|[1-9]\d*)"
-_EVENT_BODY = (rb'(?:\\x[0-9a-f]{2}){16} \{"ts_ns":%s,"pid":%s,"tid":%s,"uid":%s,"syscall":"%%s",'
-               rb'"fd":(?:0|-?[1-9]\d*),"count":%s,"comm":') % (_NUM, _NUM, _NUM, _NUM, _NUM)
-# The syscall letter must agree with the syscall field (it picks the topic).
-_EVENT_LINE = re.compile(b"r" + _EVENT_BODY % b"read" + b"|w" + _EVENT_BODY % b"write")
-_LOST = re.compile(rb"Lost (\d+) events")
+_ENVELOPE = b'{"type": "printf", "data": "'
+# The event object as it stands inside the envelope's string: every quote escaped.
+_EVENT_BODY = (rb'\{\\"ts_ns\\":%s,\\"pid\\":%s,\\"tid\\":%s,\\"uid\\":%s,\\"syscall\\":\\"%%s\\",'
+               rb'\\"fd\\":(?:0|-?[1-9]\d*),\\"count\\":%s,\\"comm\\":\\"') % (_NUM, _NUM, _NUM, _NUM, _NUM)
+# The syscall letter must agree with the syscall field (it picks the topic). Group 1 is
+# the name as bpftrace escaped it; the line ends with the object's and envelope's closing.
+_EVENT_LINE = re.compile(re.escape(_ENVELOPE) + b"(?:r" + _EVENT_BODY % b"read" + b"|w" + _EVENT_BODY % b"write"
+                         + rb')(.*)\\"\}\\n"\}')
+LETTER = len(_ENVELOPE)                # offset of the syscall letter in a line
 COMM_CACHE_MAX = 4096                  # distinct names kept; a renaming storm just refills it
+
+# bpftrace 0.17's JSON output escapes bytes >= 0x80 of a string as "\\uffffffNN" (a
+# sign-extended char), which json.loads reads as U+FFFF followed by "ffNN". Rewrite
+# them to \\u00NN first (skipping escaped backslashes), so every byte maps to one
+# code point < 256 and latin-1 gives the name's original bytes back.
+_BPFTRACE_HIGH_BYTE = re.compile(r'(\\\\)|\\uffffff([0-9a-fA-F]{2})')
+
+
+def _fix_high_bytes(text: str) -> str:
+    return _BPFTRACE_HIGH_BYTE.sub(lambda m: m.group(1) or "\\u00" + m.group(2), text)
 
 
 def decode_comm(raw: bytes) -> str:
@@ -44,12 +57,27 @@ def decode_comm(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
 
 
+def unescape_bpftrace(escaped: str) -> bytes:
+    """The bytes of a string as bpftrace's JSON output escaped it; ValueError if it is not one."""
+    text = json.loads('"' + _fix_high_bytes(escaped) + '"')
+    return text.encode("latin-1")      # UnicodeEncodeError (a ValueError) past U+00FF
+
+
+def json_record(line: bytes) -> tuple[str, object] | None:
+    """(type, data) of one line of bpftrace's JSON output, or None if it is not one."""
+    try:
+        msg = json.loads(_fix_high_bytes(line.decode("utf-8", "surrogateescape")))
+        return msg["type"], msg["data"]
+    except (ValueError, KeyError, TypeError, UnicodeError, RecursionError):
+        return None
+
+
 class EventParser:
     """Parses complete lines of events-mode output into per-syscall lists of EVENT JSON bytes.
 
     Counters (read by the collector's status): ``events``, ``lost`` (bpftrace's
-    ``Lost N events``), ``malformed`` (anything else). ``on_malformed(line)`` is called
-    for each malformed line (the collector logs them, rate-limited).
+    ``lost_events`` records), ``malformed`` (anything else). ``on_malformed(line)`` is
+    called for each malformed line (the collector logs them, rate-limited).
     """
 
     def __init__(self, on_malformed: Callable[[bytes], None] | None = None,
@@ -61,12 +89,15 @@ class EventParser:
         self._on_malformed = on_malformed
         self._on_ready = on_ready
 
-    def _comm_json(self, hexname: bytes) -> bytes:
-        """JSON string of a %rx-printed name (already validated) plus the closing ``}``."""
-        raw = bytes.fromhex(hexname.replace(b"\\x", b"").decode("ascii"))
+    def _comm_json(self, escaped: bytes) -> bytes | None:
+        """Our JSON for a name as bpftrace escaped it (without the opening quote) plus ``}``."""
+        try:
+            raw = unescape_bpftrace(escaped.decode("ascii"))
+        except ValueError:                 # includes UnicodeError: not what bpftrace prints
+            return None
         if len(self._comm_cache) >= COMM_CACHE_MAX:
             self._comm_cache.clear()
-        tail = self._comm_cache[hexname] = json_string(decode_comm(raw)) + b"}"
+        tail = self._comm_cache[escaped] = json_string(decode_comm(raw))[1:] + b"}"
         return tail
 
     def parse(self, data: bytes) -> tuple[list[bytes], list[bytes]]:
@@ -76,32 +107,36 @@ class EventParser:
         cache = self._comm_cache
         match = _EVENT_LINE.fullmatch
         for line in data.split(b"\n"):
-            # One strict regex per line: the letter, 64 hex chars, and the EVENT prefix
-            # with only digits where bpftrace's %d/%llu go. Whatever matches is valid JSON
-            # once the name is appended; nothing in it is user text.
-            if match(line):
-                hexname = line[1:65]
-                tail = cache.get(hexname)
+            m = match(line)
+            if m:
+                escaped = m.group(1)
+                tail = cache.get(escaped)
                 if tail is None:
-                    tail = self._comm_json(hexname)
-                if line[0] == 119:         # b"w"
-                    writes.append(line[66:] + tail)
+                    tail = self._comm_json(escaped)
+                    if tail is None:
+                        self._bad(line)
+                        continue
+                # digits and escaped quotes only, up to and including `"comm":"`
+                event = line[LETTER + 1:m.start(1)].replace(b'\\"', b'"') + tail
+                if line[LETTER] == 119:    # b"w"
+                    writes.append(event)
                 else:
-                    reads.append(line[66:] + tail)
+                    reads.append(event)
             elif line:
                 self._other(line)
         self.events += len(reads) + len(writes)
         return reads, writes
 
     def _other(self, line: bytes) -> None:
-        lost = _LOST.fullmatch(line.strip())
-        if lost:
-            self.lost += int(lost.group(1))
-        elif line == READY:
+        record = json_record(line)
+        kind, data = record if record else (None, None)
+        if kind == "lost_events" and isinstance(data, dict) and isinstance(data.get("events"), int):
+            self.lost += data["events"]
+        elif kind == "printf" and data == READY.decode() + "\n":
             if self._on_ready:
                 self._on_ready()
-        elif line.startswith(b"Attaching ") and line.endswith(b"probes..."):
-            pass                           # bpftrace's own start-up line
+        elif kind == "attached_probes":
+            pass                           # bpftrace's own start-up record
         else:
             self._bad(line)
 
@@ -109,17 +144,6 @@ class EventParser:
         self.malformed += 1
         if self._on_malformed:
             self._on_malformed(line)
-
-
-# bpftrace 0.17's JSON output escapes bytes >= 0x80 of a string as "\uffffffNN" (a
-# sign-extended char), which json.loads reads as U+FFFF followed by "ffNN". Rewrite
-# them to \u00NN first (skipping escaped backslashes), so every byte maps to one
-# code point < 256 and latin-1 gives the name's original bytes back.
-_BPFTRACE_HIGH_BYTE = re.compile(r'(\\\\)|\\uffffff([0-9a-fA-F]{2})')
-
-
-def _fix_high_bytes(text: str) -> str:
-    return _BPFTRACE_HIGH_BYTE.sub(lambda m: m.group(1) or "\\u00" + m.group(2), text)
 
 
 class CountsParser:
@@ -141,11 +165,10 @@ class CountsParser:
     def feed(self, line: bytes) -> list[dict] | None:
         if not line.strip():
             return None                    # bpftrace prints an empty map as a blank line
-        try:
-            msg = json.loads(_fix_high_bytes(line.decode("utf-8", "surrogateescape")))
-            kind, data = msg["type"], msg["data"]
-        except (ValueError, KeyError, TypeError, UnicodeError):
+        record = json_record(line)
+        if record is None:
             return self._bad(line)
+        kind, data = record
         if kind == "stats" and isinstance(data, dict):
             for name, entries in data.items():
                 syscall = name[1:].rsplit("_", 1)[0]    # "@read_a" -> "read"

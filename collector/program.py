@@ -94,6 +94,6 @@ def command(bpftrace: str, mode: str, program: str, interval_ms: int) -> list[st
     (``$$``) and then execs bpftrace, which keeps that PID.
     """
     second = str(clock_offset_ns()) if mode == "events" else str(interval_ms)
-    fmt = ["-f", "json"] if mode == "counts" else []
-    return ["/bin/sh", "-c", 'exec "$@" "$$"', "sh", bpftrace, *fmt, "-e", program,
+    # JSON output in both modes: bpftrace then escapes process names itself (cheaper than %rx)
+    return ["/bin/sh", "-c", 'exec "$@" "$$"', "sh", bpftrace, "-f", "json", "-e", program,
             str(os.getpid()), second]

@@ -8,20 +8,36 @@ from hypothesis import given, settings, strategies as st
 
 from collector.parser import CountsParser, EventParser, decode_comm
 
-ZERO = b"\\x00" * 16
+def bt_escape(raw: bytes) -> bytes:
+    """A string as bpftrace 0.17's -f json output escapes it (seen on this kernel):
+    quote, backslash, \\n \\r \\t, other bytes < 0x20 as \\u00NN, bytes >= 0x80 as \\uffffffNN."""
+    out = []
+    for c in raw:
+        ch = bytes([c])
+        if ch in b'"\\':
+            out.append(b"\\" + ch)
+        elif ch in b"\n\r\t":
+            out.append({b"\n": b"\\n", b"\r": b"\\r", b"\t": b"\\t"}[ch])
+        elif c < 0x20:
+            out.append(b"\\u%04x" % c)
+        elif c >= 0x80:
+            out.append(b"\\uffffff%02x" % c)
+        else:
+            out.append(ch)
+    return b"".join(out)
 
 
-def rx(name: bytes) -> bytes:
-    """A name as bpftrace's %rx prints buf(comm, 16): every byte as \\xNN, NUL padded."""
-    raw = name[:15].ljust(16, b"\0")
-    return b"".join(b"\\x%02x" % c for c in raw)
+def envelope(text: bytes) -> bytes:
+    """One printf record of bpftrace -f json."""
+    return b'{"type": "printf", "data": "' + bt_escape(text) + b'"}'
 
 
 def line(name: bytes, syscall: str = "write", pid: int = 42, tid: int = 43, uid: int = 1000,
          fd: int = 1, count: int = 5, ts: int = 1_700_000_000_000_000_000) -> bytes:
-    return (syscall[0].encode() + rx(name) +
-            b' {"ts_ns":%d,"pid":%d,"tid":%d,"uid":%d,"syscall":"%s","fd":%d,"count":%d,"comm":'
-            % (ts, pid, tid, uid, syscall.encode(), fd, count))
+    name = name[:15].split(b"\0", 1)[0]           # %s of comm: at most 15 bytes, up to the NUL
+    return envelope(syscall[0].encode() +
+                    b'{"ts_ns":%d,"pid":%d,"tid":%d,"uid":%d,"syscall":"%s","fd":%d,"count":%d,"comm":"'
+                    % (ts, pid, tid, uid, syscall.encode(), fd, count) + name + b'"}\n')
 
 
 def test_event_line_becomes_event_json():
@@ -36,6 +52,7 @@ def test_event_line_becomes_event_json():
 
 def test_hostile_names_are_decoded_not_parsed():
     for name, want in [(b'a b"c\\d%s\te\nf', 'a b"c\\d%s\te\nf'), (b"\xff\xfebad", "\\xff\\xfebad"),
+                       (b'x"}\\n"}', 'x"}\\n"}'), (b"\x01\x1f\r", "\x01\x1f\r"),
                        (b'","pid":1,"x":"', '","pid":1,"x":"'), (b"\xc3\xa9t\xc3\xa9", "été"),
                        (b"", "")]:
         (ev,) = EventParser().parse(line(name))[1]
@@ -47,13 +64,16 @@ def test_lost_ready_attach_and_malformed_lines_are_counted():
     bad = []
     ready = []
     p = EventParser(bad.append, lambda: ready.append(1))
-    data = b"\n".join([b"Attaching 3 probes...", b"syswatch-ready", b"Lost 17 events", b"Lost 3 events",
+    data = b"\n".join([b'{"type": "attached_probes", "data": {"probes": 2}}', envelope(b"syswatch-ready\n"),
+                       b'{"type": "lost_events", "data": {"events": 17}}',
+                       b'{"type": "lost_events", "data": {"events": 3}}',
                        b"garbage", line(b"x")[:-3], line(b"x").replace(b"write", b"read"),
-                       b"w" + ZERO + b' {"ts_ns":01,"pid":1,"tid":1,"uid":0,"syscall":"write","fd":1,"count":1,"comm":',
+                       envelope(b'w{"ts_ns":01,"pid":1,"tid":1,"uid":0,"syscall":"write","fd":1,"count":1,"comm":"x"}\n'),
+                       line(b"x").replace(b'comm\\":\\"x', b'comm\\":\\"x"y'),    # a raw quote: not bpftrace's
                        line(b"ok")])
     reads, writes = p.parse(data)
     assert (len(reads), len(writes)) == (0, 1)
-    assert (p.lost, p.malformed, ready) == (20, 4, [1])
+    assert (p.lost, p.malformed, ready) == (20, 5, [1])
     assert bad[0] == b"garbage"
 
 

@@ -32,7 +32,7 @@ RATE_WINDOW_S = 5.0             # events/s is averaged over this many seconds
 MAX_TRACKED_PROCESSES = 20_000  # bound on the per-process table (a fork bomb cannot grow it forever)
 TOP_N = 10
 DRAIN_MAX = 1_000               # messages handled per wake-up before the rate/tick bookkeeping
-INT_FIELDS = ("ts_ns", "pid", "tid", "uid", "fd", "count")
+INT_FIELDS = tuple(name for name, typ in protocol.EVENT_FIELDS.items() if typ is int)
 
 
 def _valid_events(events: object, syscall: str) -> bool:

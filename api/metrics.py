@@ -26,33 +26,35 @@ class _Doc:
         return "\n".join(self.lines) + "\n"
 
 
-def render(stream: dict, requests: dict, ip_count: int, streams_open: int) -> str:
-    """``stream``: StreamStats.snapshot(); ``requests``: RequestStats.snapshot()."""
+def render(stream, requests: dict, ip_count: int, streams_open: int) -> str:
+    """``stream``: the StreamStats; ``requests``: RequestStats.snapshot(). Per-host series carry a ``host`` label."""
+    from api.stream import COUNTERS
     d = _Doc()
-    d.metric("syswatch_events_total", "counter", "Syscall events received from the collector, by syscall.",
-             [({"syscall": s}, n) for s, n in sorted(stream["calls"].items())])
-    d.metric("syswatch_requested_bytes_total", "counter",
-             "Bytes the traced read/write calls asked for, by syscall.",
-             [({"syscall": s}, n) for s, n in sorted(stream["bytes"].items())])
+    overall = stream.snapshot()
+    per_host = {h: stream.snapshot(h) for h in overall["hosts"]}
+    for name, col, help_text in (
+            ("syswatch_events_total", "calls", "Syscall events received from the collectors, by host and syscall."),
+            ("syswatch_moved_bytes_total", "bytes", "Bytes the traced calls actually moved (sum of positive ret)."),
+            ("syswatch_errors_total", "errors", "Traced calls that failed (ret < 0)."),
+            ("syswatch_call_latency_nanoseconds_total", "lat_ns_sum", "Time spent in the traced calls, summed.")):
+        d.metric(name, "counter", help_text,
+                 [({"host": h, "syscall": sc}, row[col]) for h, snap in sorted(per_host.items())
+                  for sc, row in snap["totals"].items()])
     d.metric("syswatch_events_per_second", "gauge", "Events received per second (5 s average).",
-             stream["events_per_s"])
+             overall["events_per_s"])
     d.metric("syswatch_collector_connected", "gauge",
-             "1 when a message from the collector arrived in the last 3 seconds.", int(stream["connected"]))
-    status = stream["status"] or {}
+             "1 when a message from the collector arrived in the last 3 seconds.",
+             [({"host": c["host"] or "", "endpoint": c["endpoint"] or ""}, int(c["connected"]))
+              for c in overall["collectors"]])
     for key, help_text in (("events_total", "Events the collector read from bpftrace (its last status)."),
-                           ("lost_total", "Events bpftrace reported lost (collector status)."),
+                           ("lost_total", "Events bpftrace could not deliver (collector status)."),
                            ("dropped_total", "Events the collector could not publish (collector status)."),
                            ("malformed_total", "bpftrace lines the collector could not parse (collector status).")):
-        d.metric(f"syswatch_collector_{key}", "counter", help_text, status.get(key, 0))
-    d.metric("syswatch_api_messages_total", "counter", "Well-formed messages received from the collector.",
-             stream["messages"])
-    d.metric("syswatch_api_malformed_messages_total", "counter",
-             "Messages received that are not wire protocol v1 (skipped).", stream["malformed"])
-    d.metric("syswatch_api_sse_dropped_events_total", "counter",
-             "Events not delivered to /events/stream clients that read too slowly.", stream["sse_dropped"])
-    d.metric("syswatch_api_events_not_received", "gauge",
-             "Estimate: events the collector published since the API first heard from it, minus events received.",
-             stream["events_not_received"])
+        d.metric(f"syswatch_collector_{key}", "counter", help_text,
+                 [({"host": c["host"]}, c["status"][key]) for c in overall["collectors"] if c["status"]])
+    for name, (kind, help_text) in COUNTERS.items():
+        d.metric(f"syswatch_api_{name}" + ("_total" if kind == "counter" else ""), kind, help_text,
+                 overall["api"][name])
     d.metric("syswatch_api_event_streams", "gauge", "Open /events/stream connections.", streams_open)
     d.metric("syswatch_ip_list_size", "gauge", "Addresses in the IP list.", ip_count)
     d.metric("syswatch_http_requests_total", "counter", "HTTP requests answered, by route, method and status.",

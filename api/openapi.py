@@ -6,6 +6,9 @@ tests/test_openapi_fuzz.py fuzzes the API against it with schemathesis.
 """
 from __future__ import annotations
 
+from api.stream import COUNTERS
+from shared.protocol import SYSCALLS
+
 ERROR = {"$ref": "#/components/schemas/Error"}
 IP_ENTRY = {"$ref": "#/components/schemas/IpEntry"}
 
@@ -50,6 +53,8 @@ INT = {"type": "integer", "minimum": 0}
 NUM = {"type": "number"}
 STR = {"type": "string"}
 BOOL = {"type": "boolean"}
+HOST_PARAM = {"name": "host", "in": "query", "required": False, "description": "only this collector's host",
+              "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]+$"}}
 
 
 def document(max_items: int, max_events_limit: int, default_events_limit: int) -> dict:
@@ -58,14 +63,23 @@ def document(max_items: int, max_events_limit: int, default_events_limit: int) -
          "schema": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}},
         {"name": "comm", "in": "query", "required": False, "description": "only events of this process name",
          "schema": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]+$"}},
-        {"name": "syscall", "in": "query", "required": False, "description": "only read or only write",
-         "schema": {"type": "string", "enum": ["read", "write"]}},
+        {"name": "syscall", "in": "query", "required": False, "description": "only events of this syscall",
+         "schema": {"type": "string", "enum": list(SYSCALLS)}},
+        {"name": "container", "in": "query", "required": False,
+         "description": "only events of this container (id prefix or name)",
+         "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]+$"}},
+        HOST_PARAM,
     ]
     limit = {"name": "limit", "in": "query", "required": False,
              "description": f"at most this many events (default {default_events_limit})",
              "schema": {"type": "integer", "minimum": 1, "maximum": max_events_limit}}
-    proc = _obj(["pid", "comm", "calls", "bytes"], pid=INT, comm=STR, calls=INT, bytes=INT)
-    per_syscall = _obj(["calls", "bytes"], calls=INT, bytes=INT)
+    sums = dict(calls=INT, bytes=INT, errors=INT, lat_ns_sum=INT)
+    proc = _obj(["host", "pid", "comm", "container_id", "container_name", *sums], host=STR, pid=INT, comm=STR,
+                container_id=STR, container_name=STR, **sums)
+    cont = _obj(["host", "container_id", "container_name", *sums], host=STR, container_id=STR,
+                container_name=STR, **sums)
+    per_syscall = _obj(list(sums), **sums)
+    status = {"type": "object", "nullable": True, "description": "the collector's last status message (protocol v2)"}
     return {
         "openapi": "3.0.3",
         "info": {"title": "syswatch API", "version": "1.0.0",
@@ -97,8 +111,8 @@ def document(max_items: int, max_events_limit: int, default_events_limit: int) -
                      message={"type": "string", "enum": ["IP list cleared successfully"]},
                      total_ips={"type": "integer", "enum": [0]}),
                 "Empty the IP list", (400, 401, 413, 415)),
-            "/stats": _get("Aggregates of the event stream and the collector's status",
-                           _json({"$ref": "#/components/schemas/Stats"}, "Aggregates")),
+            "/stats": _get("Aggregates of the event stream (one host, or all) and every collector's status",
+                           _json({"$ref": "#/components/schemas/Stats"}, "Aggregates"), [HOST_PARAM], (400,)),
             "/events": _get("The most recent events (bounded buffer), oldest first, filtered",
                             _json(_obj(["events", "count"], events={"type": "array", "items": {
                                 "$ref": "#/components/schemas/Event"}}, count=INT), "Events"),
@@ -111,9 +125,9 @@ def document(max_items: int, max_events_limit: int, default_events_limit: int) -
             "/metrics": _get("Prometheus text exposition", {"description": "Metrics", "content": {
                 "text/plain": {"schema": STR}}}),
             "/healthz": _get("Liveness: 200 while the API serves; says whether the collector is connected",
-                             _json(_obj(["status", "collector_connected", "collector"],
-                                        status={"type": "string", "enum": ["ok"]},
-                                        collector_connected=BOOL, collector=STR), "Healthy")),
+                             _json(_obj(["status", "collector_connected", "collectors"],
+                                        status={"type": "string", "enum": ["ok"]}, collector_connected=BOOL,
+                                        collectors={"type": "array", "items": STR}), "Healthy")),
             "/openapi.json": _get("This document", _json({"type": "object"}, "OpenAPI 3 document")),
         },
         "components": {
@@ -126,30 +140,34 @@ def document(max_items: int, max_events_limit: int, default_events_limit: int) -
                             "anyOf": [{"type": "integer", "minimum": 0, "maximum": 4294967295},
                                       {"type": "string", "format": "ipv4"},
                                       {"type": "string", "format": "ipv6"}]},
-                "Event": _obj(["ts_ns", "pid", "tid", "uid", "comm", "syscall", "fd", "count"],
+                "Event": _obj(["ts_ns", "pid", "tid", "uid", "comm", "syscall", "fd", "count", "ret", "lat_ns",
+                               "cgroup_id", "container_id", "container_name", "host"],
                               ts_ns=INT, pid=INT, tid=INT, uid=INT, comm=STR,
-                              syscall={"type": "string", "enum": ["read", "write"]},
-                              fd={"type": "integer"}, count={"type": "integer"}),
+                              syscall={"type": "string", "enum": list(SYSCALLS)},
+                              fd={"type": "integer"}, count=INT, ret={"type": "integer"}, lat_ns=INT,
+                              cgroup_id=INT, container_id=STR, container_name=STR, host=STR),
                 "Stats": _obj(
-                    ["connected", "collector", "last_message_age_s", "events_per_s", "events_received",
-                     "totals", "top_processes_by_calls", "top_processes_by_bytes", "collector_status", "api"],
-                    connected=BOOL, collector=STR,
-                    last_message_age_s={"type": "number", "nullable": True},
-                    events_per_s=NUM, events_received=INT,
-                    totals=_obj(["read", "write"], read=per_syscall, write=per_syscall),
+                    ["connected", "events_per_s", "events_received", "totals", "top_processes_by_calls",
+                     "top_processes_by_bytes", "top_containers_by_calls", "top_containers_by_bytes",
+                     "collectors", "hosts", "collector_status", "api"],
+                    connected=BOOL, events_per_s=NUM, events_received=INT,
+                    totals={"type": "object", "additionalProperties": per_syscall,
+                            "description": "per syscall seen"},
                     top_processes_by_calls={"type": "array", "items": proc},
                     top_processes_by_bytes={"type": "array", "items": proc},
-                    collector_status={"type": "object", "nullable": True,
-                                      "description": "the collector's last status message (wire protocol v1)"},
-                    api=_obj(["messages_received", "malformed_messages", "last_malformed_reason",
-                              "sse_dropped_events", "events_not_received", "event_streams",
-                              "recent_events_buffered", "recent_events_capacity", "processes_tracked",
-                              "processes_evicted"],
-                             messages_received=INT, malformed_messages=INT,
+                    top_containers_by_calls={"type": "array", "items": cont},
+                    top_containers_by_bytes={"type": "array", "items": cont},
+                    collectors={"type": "array", "items": _obj(
+                        ["endpoint", "host", "connected", "last_message_age_s", "status"],
+                        endpoint={"type": "string", "nullable": True}, host={"type": "string", "nullable": True},
+                        connected=BOOL, last_message_age_s={"type": "number", "nullable": True},
+                        events_received=INT, events_not_received=INT, status=status)},
+                    hosts={"type": "array", "items": STR},
+                    collector_status=status,
+                    api=_obj([*COUNTERS, "last_malformed_reason", "recent_events_capacity", "event_streams"],
+                             **{name: INT for name in COUNTERS},
                              last_malformed_reason={"type": "string", "nullable": True},
-                             sse_dropped_events=INT, events_not_received=INT, event_streams=INT,
-                             recent_events_buffered=INT, recent_events_capacity=INT,
-                             processes_tracked=INT, processes_evicted=INT)),
+                             recent_events_capacity=INT, event_streams=INT)),
             },
         },
     }

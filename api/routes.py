@@ -49,11 +49,12 @@ ROUTES = (
     Route("POST", "/print_all_ips", "print_all_ips", 'POST {"print_all_ips": true}: the whole list, in insertion order'),
     Route("POST", "/clear_ip_list", "clear_ip_list", 'POST {"clear_ip_list": true}: empty the list'),
     Route("GET", "/stats", "stats",
-          "GET: totals per syscall, top processes by calls and bytes, events/s, collector status, connected"),
+          "GET ?host=: totals per syscall, top processes and containers by calls and bytes, events/s, "
+          "each collector's status and whether it is connected"),
     Route("GET", "/events", "events",
-          "GET ?limit=&pid=&comm=&syscall=: the most recent events (bounded buffer), filtered"),
+          "GET ?limit=&pid=&comm=&syscall=&container=&host=: the most recent events (bounded buffer), filtered"),
     Route("GET", "/events/stream", "events_stream",
-          "GET ?pid=&comm=&syscall=: live Server-Sent Events, one event per data: line"),
+          "GET ?pid=&comm=&syscall=&container=&host=: live Server-Sent Events, one event per data: line"),
     Route("GET", "/metrics", "metrics", "GET: Prometheus text exposition"),
     Route("GET", "/healthz", "healthz", "GET: 200 while the API is up; says whether the collector is connected"),
     Route("GET", "/openapi.json", "openapi", "GET: the OpenAPI 3 description of every endpoint"),
@@ -160,20 +161,20 @@ class Api:
 
     # --- the stream ------------------------------------------------------------------------------
     def stats(self):
-        s = self.stream.snapshot()
-        return _ok(json.dumps({
-            "connected": s["connected"], "collector": self.stream.endpoint,
-            "last_message_age_s": s["last_message_age_s"], "events_per_s": s["events_per_s"],
-            "events_received": s["events_received"],
-            "totals": {sc: {"calls": s["calls"][sc], "bytes": s["bytes"][sc]} for sc in s["calls"]},
-            "top_processes_by_calls": s["top_by_calls"], "top_processes_by_bytes": s["top_by_bytes"],
-            "collector_status": s["status"],
-            "api": {"messages_received": s["messages"], "malformed_messages": s["malformed"],
-                    "last_malformed_reason": s["last_malformed"], "sse_dropped_events": s["sse_dropped"],
-                    "events_not_received": s["events_not_received"], "event_streams": self.hub.count(),
-                    "recent_events_buffered": s["recent_len"], "recent_events_capacity": s["recent_capacity"],
-                    "processes_tracked": s["procs_tracked"], "processes_evicted": s["procs_evicted"]},
-        }))
+        host = validation.host_param(self._single(self._query(), ("host",)))
+        s = self.stream.snapshot(host)
+        s["api"]["event_streams"] = self.hub.count()
+        first = next((c["status"] for c in s["collectors"] if c["status"]), None)
+        # collector_status: the (first) collector's last status, as before fan-in
+        return _ok(json.dumps({**s, "collector_status": first}))
+
+    def _single(self, query: dict, known: tuple) -> dict:
+        for name, values in query.items():
+            if name not in known:
+                raise BadRequest(f"unknown query parameter {validation.printable(name)!r}; known: {', '.join(known)}")
+            if len(values) > 1:
+                raise BadRequest(f"query parameter {name!r} is given {len(values)} times; give it once")
+        return {name: values[0] for name, values in query.items()}
 
     def events(self):
         flt, limit = validation.event_query(self._query(), ("limit",), self.limits.max_events_limit,
@@ -194,13 +195,13 @@ class Api:
                            f"syswatch event stream (filters: {validation.printable(shown)})")
 
     def metrics(self):
-        text = metrics.render(self.stream.snapshot(), self.requests.snapshot(), self.iplist.count(),
+        text = metrics.render(self.stream, self.requests.snapshot(), self.iplist.count(),
                               self.hub.count())
         return _ok(text, metrics.CONTENT_TYPE)
 
     def healthz(self):
         return _ok(json.dumps({"status": "ok", "collector_connected": self.stream.connected(),
-                               "collector": self.stream.endpoint}))
+                               "collectors": self.stream.endpoints}))
 
     def openapi(self):
         return _ok(self._openapi)

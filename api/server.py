@@ -16,7 +16,8 @@ import sys
 import textwrap
 
 from shared import curve, protocol
-from shared.config import env_default
+from shared.config import add_option, env_default
+from shared.zmqsock import check_endpoint
 
 EPILOG = textwrap.dedent("""\
     environment (a flag beats its variable, which beats the default):
@@ -77,8 +78,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="address to listen on (default: %(default)s)")
     add("--port", type=port, default=env_default("SYSWATCH_PORT", 8080, _port),
         help="TCP port to listen on (default: %(default)s)")
-    add("--collector", default=env_default("SYSWATCH_COLLECTOR", protocol.DEFAULT_ENDPOINT),
-        help="the collector's ZeroMQ PUB endpoint (default: %(default)s)")
+    add_option(p, "--collector", env="SYSWATCH_COLLECTOR", default=[protocol.DEFAULT_ENDPOINT], repeatable=True,
+               type=check_endpoint, metavar="ENDPOINT",
+               help="a collector's ZeroMQ PUB endpoint; repeat (env: comma separated) for one view over several")
     add("--db", default=env_default("SYSWATCH_DB", "./syswatch.sqlite3"),
         help="SQLite file holding the IP list (default: %(default)s)")
     add("--token-file", default=None,
@@ -156,15 +158,16 @@ def main(argv=None) -> int:
 
     stats = StreamStats(args.collector, args.recent_events)
     hub = StreamHub(stats, args.max_streams, args.stream_queue)
-    probe = zmq.Context.instance().socket(zmq.SUB)
-    try:
-        probe.connect(args.collector)  # fail fast on a malformed endpoint, before serving
-    except zmq.ZMQError as exc:
-        print(f"error: --collector {args.collector!r} is not a usable ZeroMQ endpoint ({exc}); "
-              f"e.g. tcp://127.0.0.1:5556", file=sys.stderr)
-        return 2
-    finally:
-        probe.close(0)
+    for endpoint in args.collector:
+        probe = zmq.Context.instance().socket(zmq.SUB)
+        try:
+            probe.connect(endpoint)  # fail fast on an unusable endpoint (e.g. an unknown host), before serving
+        except zmq.ZMQError as exc:
+            print(f"error: --collector {endpoint!r} is not a usable ZeroMQ endpoint ({exc}); "
+                  f"e.g. tcp://127.0.0.1:5556", file=sys.stderr)
+            return 2
+        finally:
+            probe.close(0)
     try:
         curve_client = curve.client_from_env()  # SYSWATCH_CURVE_SERVER_KEY / SYSWATCH_CURVE_CLIENT_KEY
     except curve.CurveError as exc:
@@ -204,7 +207,7 @@ def main(argv=None) -> int:
         sys.exit(0)
     signal.signal(signal.SIGTERM, stop)
     stdout_line(f"API Server starting on {args.host}:{server.effective_port}")
-    stdout_line(f"IP list: {os.path.abspath(args.db)} ({iplist.count()} addresses); collector: {args.collector}"
+    stdout_line(f"IP list: {os.path.abspath(args.db)} ({iplist.count()} addresses); collector: {', '.join(args.collector)}"
                 f"{' (CurveZMQ)' if curve_client else ''}; POST token: {'required' if token else 'not required'}")
     try:
         server.run()

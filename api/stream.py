@@ -1,20 +1,25 @@
-"""The live side of the API: one background thread owns the ZeroMQ SUB socket and feeds one stats model.
+"""The live side of the API: one background thread owns the ZeroMQ SUB sockets (one per collector)
+and feeds one stats model.
 
-    Subscriber (thread) --decode--> StreamStats (aggregates + recent events, under a short lock)
+    Subscriber (thread) --decode--> StreamStats (per-host aggregates + recent events, short lock)
                                 \-> StreamHub   (one bounded queue per /events/stream client)
 
-HTTP threads only read copies (``StreamStats.snapshot`` / ``recent``), so a slow reader never
-slows the subscriber, and the subscriber holds the lock only while it applies one message.
+HTTP threads only read copies (``StreamStats.snapshot`` / ``recent_events``), so a slow reader
+never slows the subscriber, and the subscriber holds the lock only while it applies one message.
+Every message goes through shared.protocol.decode, the stream's one validator: unknown fields are
+dropped and every number, string and list is bounded, so what a publisher sends cannot make the
+API's memory or its answers grow without bound. Every figure this module counts is declared once
+in COUNTERS; /stats, /metrics and the OpenAPI document are derived from it.
 
 What can be counted, honestly:
-- ``malformed_messages``: messages that are not wire protocol v1 (garbage, wrong ``v``, one frame,
-  bad event fields). Messages over ZMQ_MAXMSGSIZE (64 MiB) are discarded by ZeroMQ itself, which
-  also drops that connection (it reconnects); the API never sees them, so it cannot count them.
+- ``malformed_messages``: messages that are not wire protocol v2 (garbage, wrong ``v``, one frame,
+  out-of-range numbers, oversized strings or lists). Messages over ZMQ_MAXMSGSIZE are discarded by
+  ZeroMQ itself, which also drops that connection (it reconnects); the API never sees them.
 - ``sse_dropped_events``: events a slow /events/stream client did not take (its queue was full).
 - ``events_not_received``: what ZeroMQ drops when this subscriber falls behind (the collector's
-  PUB high-water mark) is invisible to a SUB socket, so it is estimated from the collector's
-  ``status``: events it published since the API first heard from it minus events the API received.
-  It includes events still in flight (up to one batch), so it is an estimate, never below 0.
+  PUB high-water mark) is invisible to a SUB socket, so it is estimated per host from the
+  collector's ``status``: events it published since the API first heard from it minus events
+  the API received. It includes events still in flight (up to one batch): an estimate, never < 0.
 """
 from __future__ import annotations
 
@@ -29,111 +34,199 @@ from shared import protocol, zmqsock
 
 CONNECTED_WINDOW_S = 3.0        # the collector sends a status every second
 RATE_WINDOW_S = 5.0             # events/s is averaged over this many seconds
-MAX_TRACKED_PROCESSES = 20_000  # bound on the per-process table (a fork bomb cannot grow it forever)
+MAX_TRACKED_PROCESSES = 20_000  # process rows kept over all hosts (a fork bomb cannot grow it forever)
+MAX_TRACKED_CONTAINERS = 5_000
+MAX_HOSTS = 64                  # collectors (hosts) kept; messages from more are counted as malformed
 TOP_N = 10
 DRAIN_MAX = 1_000               # messages handled per wake-up before the rate/tick bookkeeping
-INT_FIELDS = tuple(name for name, typ in protocol.EVENT_FIELDS.items() if typ is int)
+# The SUB sockets' bounds: ZeroMQ queues at most SUB_RCVHWM messages of at most SUB_MAXMSGSIZE
+# bytes per collector, so a publisher can make it hold at most 32 x 8 MiB = 256 MiB. The
+# collector's batches are ~350 KB (one 256 KiB read of bpftrace output) and its counts messages
+# at most 10,000 rows (~2.5 MB).
+SUB_RCVHWM = 32
+SUB_MAXMSGSIZE = 8 * 1024 * 1024
+
+# Every counter of the stream, once: name -> (Prometheus type, help). /stats "api" and /metrics
+# (syswatch_api_<name>, "_total" for counters) are both derived from this table.
+COUNTERS = {
+    "messages_received": ("counter", "Well-formed messages received from the collectors."),
+    "malformed_messages": ("counter", "Messages received that are not wire protocol v2 (skipped)."),
+    "sse_dropped_events": ("counter", "Events not delivered to /events/stream clients that read too slowly."),
+    "events_not_received": ("gauge", "Estimate: events the collectors published since the API first heard "
+                                     "from them, minus events received."),
+    "recent_events_buffered": ("gauge", "Events held for GET /events."),
+    "processes_tracked": ("gauge", "Process rows held for the top-processes tables."),
+    "processes_evicted": ("counter", "Process rows dropped from the tables to stay within the bound."),
+    "containers_tracked": ("gauge", "Container rows held for the top-containers tables."),
+}
+CALLS, BYTES, ERRORS, LAT = range(4)    # the columns of every aggregate row
 
 
-def _valid_events(events: object, syscall: str) -> bool:
-    """Every event of a batch is an EVENT of ``syscall`` (cheap checks: this runs 100,000 times a second)."""
-    if type(events) is not list or not events:
-        return False
-    for e in events:
-        if type(e) is not dict or e.get("syscall") != syscall or type(e.get("comm")) is not str:
-            return False
-        for name in INT_FIELDS:
-            if type(e.get(name)) is not int:
-                return False
-    return True
+def _add(row: list, calls: int, nbytes: int, errors: int, lat: int) -> None:
+    row[CALLS] += calls
+    row[BYTES] += nbytes
+    row[ERRORS] += errors
+    row[LAT] += lat
+
+
+def _as_dict(row: list) -> dict:
+    return {"calls": row[CALLS], "bytes": row[BYTES], "errors": row[ERRORS], "lat_ns_sum": row[LAT]}
+
+
+class HostStats:
+    """One collector's (host's) aggregates; only the subscriber thread writes, under StreamStats.lock."""
+
+    def __init__(self):
+        self.totals: dict[str, list] = {}          # syscall -> [calls, bytes, errors, lat]
+        self.procs: dict[tuple, list] = {}         # (pid, comm, container_id) -> [c, b, e, lat, name]
+        self.containers: dict[str, list] = {}      # container_id -> [c, b, e, lat, name]
+        self.events_received = 0
+        self.status: dict | None = None            # the collector's last status payload
+        self.last_message_at: float | None = None
+        self.endpoint: str | None = None
+        self.events_not_received = 0
+        self._gap_base: tuple | None = None        # (collector published, api received) at the first status
+        self._gap_carried = 0
+
+    def add(self, syscall: str, pid: int, comm: str, cid: str, cname: str,
+            calls: int, nbytes: int, errors: int, lat: int) -> None:
+        total = self.totals.get(syscall)
+        if total is None:
+            total = self.totals[syscall] = [0, 0, 0, 0]
+        _add(total, calls, nbytes, errors, lat)
+        key = (pid, comm, cid)
+        row = self.procs.get(key)
+        if row is None:
+            row = self.procs[key] = [0, 0, 0, 0, cname]
+        _add(row, calls, nbytes, errors, lat)
+        if cid:
+            crow = self.containers.get(cid)
+            if crow is None:
+                crow = self.containers[cid] = [0, 0, 0, 0, cname]
+            _add(crow, calls, nbytes, errors, lat)
+
+    def set_status(self, status: dict) -> None:
+        previous = self.status
+        self.status = {k: v for k, v in status.items() if k != "v"}
+        published = status["events_total"] - status["dropped_total"]
+        restarted = previous is not None and (status["events_total"] < previous["events_total"]
+                                              or status["uptime_s"] < previous["uptime_s"])
+        if self._gap_base is None or restarted:
+            # a new baseline; what was missing before a collector restart stays counted
+            self._gap_carried = self.events_not_received
+            self._gap_base = (published, self.events_received)
+        elif status["mode"] == "events":
+            sent = published - self._gap_base[0]
+            got = self.events_received - self._gap_base[1]
+            self.events_not_received = self._gap_carried + max(0, sent - got)
 
 
 class StreamStats:
-    """Running aggregates of the stream and a bounded buffer of the most recent events."""
+    """Running aggregates of the stream per host and a bounded buffer of the most recent events."""
 
-    def __init__(self, endpoint: str, recent_capacity: int):
-        self.endpoint = endpoint
+    def __init__(self, endpoints: list[str], recent_capacity: int):
+        self.endpoints = list(endpoints)
         self.lock = threading.Lock()
         self.recent: collections.deque = collections.deque(maxlen=recent_capacity)
-        self.calls = {s: 0 for s in protocol.SYSCALLS}
-        self.bytes = {s: 0 for s in protocol.SYSCALLS}
-        self.procs: dict = {}           # (pid, comm) -> [calls, bytes]
-        self.procs_evicted = 0
-        self.messages = 0
-        self.events_received = 0
-        self.malformed = 0
-        self.last_malformed = None      # reason text of the last malformed message
-        self.last_message_at = None     # time.monotonic() of the last good message
-        self.status = None              # the collector's last status payload
-        self.sse_dropped = 0
+        self.hosts: dict[str, HostStats] = {}
+        self.endpoint_seen: dict[str, float] = {}  # endpoint -> time.monotonic() of its last good message
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.last_malformed = None                  # reason text of the last malformed message
         self._rate_samples: collections.deque = collections.deque()
-        self._gap_base = None           # (collector published, api received) at the first status
-        self.events_not_received = 0
-        self._gap_carried = 0
+        self.events_received = 0
 
     # --- writer side: the subscriber thread only ---------------------------------------------
-    def add_events(self, syscall: str, events: list) -> None:
-        with self.lock:  # one batch (a few hundred events): well under a millisecond
-            procs = self.procs
-            nbytes = 0
+    def _host(self, name: str, endpoint: str | None) -> HostStats | None:
+        host = self.hosts.get(name)
+        if host is None:
+            if len(self.hosts) >= MAX_HOSTS:
+                return None
+            host = self.hosts[name] = HostStats()
+        now = time.monotonic()
+        host.last_message_at = now
+        if endpoint is not None:
+            host.endpoint = endpoint
+            self.endpoint_seen[endpoint] = now
+        self.counters["messages_received"] += 1
+        return host
+
+    def add_events(self, host_name: str, events: list, endpoint: str | None = None) -> bool:
+        """A batch of cleaned events of one syscall; False when the host is one too many."""
+        with self.lock:  # one batch (~1,000 events): about a millisecond
+            host = self._host(host_name, endpoint)
+            if host is None:
+                return False
+            syscall = events[0]["syscall"] if events else ""
+            total = host.totals.get(syscall)
+            if total is None and events:
+                total = host.totals[syscall] = [0, 0, 0, 0]
+            procs, containers = host.procs, host.containers
             for e in events:
-                key = (e["pid"], e["comm"])
-                count = e["count"]
-                nbytes += count
+                ret = e["ret"]
+                moved = ret if ret > 0 else 0
+                err = 1 if ret < 0 else 0
+                lat = e["lat_ns"]
+                cid = e["container_id"]
+                key = (e["pid"], e["comm"], cid)
                 row = procs.get(key)
                 if row is None:
-                    procs[key] = [1, count]
+                    procs[key] = [1, moved, err, lat, e["container_name"]]
                 else:
                     row[0] += 1
-                    row[1] += count
-            self.calls[syscall] += len(events)
-            self.bytes[syscall] += nbytes
+                    row[1] += moved
+                    row[2] += err
+                    row[3] += lat
+                if cid:
+                    crow = containers.get(cid)
+                    if crow is None:
+                        containers[cid] = [1, moved, err, lat, e["container_name"]]
+                    else:
+                        crow[0] += 1
+                        crow[1] += moved
+                        crow[2] += err
+                        crow[3] += lat
+                total[0] += 1
+                total[1] += moved
+                total[2] += err
+                total[3] += lat
+                e["host"] = host_name
+            host.events_received += len(events)
             self.events_received += len(events)
             self.recent.extend(events)
-            self._seen()
-        if len(procs) > MAX_TRACKED_PROCESSES:
-            self._evict()
+            self._bound(host)
+        return True
 
-    def add_counts(self, rows: list) -> None:
-        """A counts-mode interval: rows of {pid, comm, syscall, calls, bytes}."""
+    def add_counts(self, payload: dict, endpoint: str | None = None) -> bool:
+        """A counts-mode interval: rows of {pid, comm, container_id, syscall, calls, bytes, errors, lat_ns_sum}."""
         with self.lock:
-            for r in rows:
-                key = (r["pid"], r["comm"])
-                row = self.procs.setdefault(key, [0, 0])
-                row[0] += r["calls"]
-                row[1] += r["bytes"]
-                self.calls[r["syscall"]] += r["calls"]
-                self.bytes[r["syscall"]] += r["bytes"]
+            host = self._host(payload["host"], endpoint)
+            if host is None:
+                return False
+            for r in payload["rows"]:
+                host.add(r["syscall"], r["pid"], r["comm"], r["container_id"], r["container_name"],
+                         r["calls"], r["bytes"], r["errors"], r["lat_ns_sum"])
+                host.events_received += r["calls"]
                 self.events_received += r["calls"]
-            self._seen()
-        if len(self.procs) > MAX_TRACKED_PROCESSES:
-            self._evict()
+            self._bound(host)
+        return True
 
-    def set_status(self, status: dict) -> None:
+    def set_status(self, status: dict, endpoint: str | None = None) -> bool:
         with self.lock:
-            previous = self.status
-            self.status = {k: v for k, v in status.items() if k != "v"}
-            published = status["events_total"] - status["dropped_total"]
-            restarted = previous is not None and (status["events_total"] < previous["events_total"]
-                                                  or status["uptime_s"] < previous["uptime_s"])
-            if self._gap_base is None or restarted:
-                # a new baseline; what was missing before a collector restart stays counted
-                self._gap_carried = self.events_not_received
-                self._gap_base = (published, self.events_received)
-            elif status.get("mode") == "events":
-                sent = published - self._gap_base[0]
-                got = self.events_received - self._gap_base[1]
-                self.events_not_received = self._gap_carried + max(0, sent - got)
-            self._seen()
+            host = self._host(status["host"], endpoint)
+            if host is None:
+                return False
+            host.set_status(status)
+            self.counters["events_not_received"] = sum(h.events_not_received for h in self.hosts.values())
+        return True
 
     def add_malformed(self, reason: str) -> None:
         with self.lock:
-            self.malformed += 1
+            self.counters["malformed_messages"] += 1
             self.last_malformed = reason[:200]
 
     def add_sse_dropped(self, n: int) -> None:
         with self.lock:
-            self.sse_dropped += n
+            self.counters["sse_dropped_events"] += n
 
     def tick(self, now: float) -> None:
         """Once a second or so: sample the event counter for events/s."""
@@ -142,21 +235,22 @@ class StreamStats:
         while len(samples) > 2 and now - samples[0][0] > RATE_WINDOW_S:
             samples.popleft()
 
-    def _seen(self) -> None:
-        self.messages += 1
-        self.last_message_at = time.monotonic()
-
-    def _evict(self) -> None:
-        """Keep the busier half of the process table; the rest is counted as evicted."""
-        with self.lock:
-            keep = heapq.nlargest(MAX_TRACKED_PROCESSES // 2, self.procs.items(), key=lambda kv: kv[1][0])
-            self.procs_evicted += len(self.procs) - len(keep)
-            self.procs = dict(keep)
+    def _bound(self, host: HostStats) -> None:
+        """Keep the busier half of a table that outgrew its share; the rest is counted as evicted."""
+        share = max(500, MAX_TRACKED_PROCESSES // len(self.hosts))
+        if len(host.procs) > share:
+            keep = heapq.nlargest(share // 2, host.procs.items(), key=lambda kv: kv[1][CALLS])
+            self.counters["processes_evicted"] += len(host.procs) - len(keep)
+            host.procs = dict(keep)
+        cshare = max(100, MAX_TRACKED_CONTAINERS // len(self.hosts))
+        if len(host.containers) > cshare:
+            host.containers = dict(heapq.nlargest(cshare // 2, host.containers.items(), key=lambda kv: kv[1][CALLS]))
 
     # --- reader side: HTTP threads -------------------------------------------------------------
     def connected(self) -> bool:
-        at = self.last_message_at
-        return at is not None and time.monotonic() - at <= CONNECTED_WINDOW_S
+        """Whether any collector sent a good message within CONNECTED_WINDOW_S."""
+        now = time.monotonic()
+        return any(now - at <= CONNECTED_WINDOW_S for at in list(self.endpoint_seen.values()))
 
     def events_per_s(self) -> float:
         samples = list(self._rate_samples)
@@ -164,31 +258,75 @@ class StreamStats:
             return 0.0
         return (samples[-1][1] - samples[0][1]) / (samples[-1][0] - samples[0][0])
 
-    def snapshot(self) -> dict:
-        """A consistent copy of every aggregate (the lock is held only for the copies)."""
+    def snapshot(self, host: str | None = None) -> dict:
+        """A consistent copy of the aggregates of ``host`` (None: every host); the lock is held for the copies."""
+        now = time.monotonic()
         with self.lock:
-            procs = dict(self.procs)
-            snap = {
-                "calls": dict(self.calls), "bytes": dict(self.bytes),
-                "events_received": self.events_received, "messages": self.messages,
-                "malformed": self.malformed, "last_malformed": self.last_malformed,
-                "status": dict(self.status) if self.status else None,
-                "sse_dropped": self.sse_dropped, "events_not_received": self.events_not_received,
-                "procs_evicted": self.procs_evicted, "recent_len": len(self.recent),
-                "last_message_at": self.last_message_at,
-            }
-        def top(index: int) -> list:
-            best = heapq.nlargest(TOP_N, procs.items(), key=lambda kv: kv[1][index])
-            return [{"pid": pid, "comm": comm, "calls": c, "bytes": b} for (pid, comm), (c, b) in best]
-        snap["top_by_calls"] = top(0)
-        snap["top_by_bytes"] = top(1)
-        snap["procs_tracked"] = len(procs)
-        snap["recent_capacity"] = self.recent.maxlen
-        snap["connected"] = self.connected()
-        snap["events_per_s"] = round(self.events_per_s(), 1)
-        at = snap.pop("last_message_at")
-        snap["last_message_age_s"] = None if at is None else round(time.monotonic() - at, 3)
-        return snap
+            chosen = {h: s for h, s in self.hosts.items() if host is None or h == host}
+            totals: dict[str, list] = {sc: [0, 0, 0, 0] for sc in protocol.DEFAULT_SYSCALLS}
+            procs: list = []
+            containers: dict[tuple, list] = {}
+            for name, h in chosen.items():
+                # every syscall a collector traces has a row, also before its first call
+                for sc in (h.status or {}).get("syscalls", protocol.DEFAULT_SYSCALLS):
+                    totals.setdefault(sc, [0, 0, 0, 0])
+                for sc, row in h.totals.items():
+                    _add(totals.setdefault(sc, [0, 0, 0, 0]), *row)
+                procs.extend((name, key, list(row)) for key, row in h.procs.items())
+                for cid, row in h.containers.items():
+                    containers[(name, cid)] = list(row)
+            collectors = self._collectors(now)
+            counters = dict(self.counters)
+            counters["recent_events_buffered"] = len(self.recent)
+            counters["processes_tracked"] = sum(len(h.procs) for h in self.hosts.values())
+            counters["containers_tracked"] = sum(len(h.containers) for h in self.hosts.values())
+            events_received = sum(h.events_received for h in chosen.values())
+            last_malformed = self.last_malformed
+            hosts = sorted(self.hosts)
+
+        def proc_row(item) -> dict:
+            name, (pid, comm, cid), row = item
+            return {"host": name, "pid": pid, "comm": comm, "container_id": cid, "container_name": row[4],
+                    **_as_dict(row)}
+
+        def cont_row(item) -> dict:
+            (name, cid), row = item
+            return {"host": name, "container_id": cid, "container_name": row[4], **_as_dict(row)}
+
+        return {
+            "connected": any(c["connected"] for c in collectors),
+            "events_per_s": round(self.events_per_s(), 1),
+            "events_received": events_received,
+            "totals": {sc: _as_dict(totals[sc]) for sc in protocol.SYSCALLS if sc in totals},
+            "top_processes_by_calls": [proc_row(i) for i in heapq.nlargest(TOP_N, procs, key=lambda i: i[2][CALLS])],
+            "top_processes_by_bytes": [proc_row(i) for i in heapq.nlargest(TOP_N, procs, key=lambda i: i[2][BYTES])],
+            "top_containers_by_calls": [cont_row(i) for i in heapq.nlargest(TOP_N, containers.items(),
+                                                                            key=lambda i: i[1][CALLS])],
+            "top_containers_by_bytes": [cont_row(i) for i in heapq.nlargest(TOP_N, containers.items(),
+                                                                            key=lambda i: i[1][BYTES])],
+            "collectors": [c for c in collectors if host is None or c["host"] == host],
+            "hosts": hosts,
+            "api": {**counters, "last_malformed_reason": last_malformed,
+                    "recent_events_capacity": self.recent.maxlen},
+        }
+
+    def _collectors(self, now: float) -> list[dict]:
+        """One entry per (endpoint, host) heard from, and per endpoint not heard from yet."""
+        out = []
+        heard = set()
+        for name, h in sorted(self.hosts.items()):
+            age = None if h.last_message_at is None else now - h.last_message_at
+            heard.add(h.endpoint)
+            out.append({"endpoint": h.endpoint, "host": name,
+                        "connected": age is not None and age <= CONNECTED_WINDOW_S,
+                        "last_message_age_s": None if age is None else round(age, 3),
+                        "events_received": h.events_received, "events_not_received": h.events_not_received,
+                        "status": dict(h.status) if h.status else None})
+        for endpoint in self.endpoints:
+            if endpoint not in heard:
+                out.append({"endpoint": endpoint, "host": None, "connected": False, "last_message_age_s": None,
+                            "events_received": 0, "events_not_received": 0, "status": None})
+        return out
 
     def recent_events(self, flt: EventFilter, limit: int) -> list:
         """The newest ``limit`` events matching ``flt``, oldest first."""
@@ -294,12 +432,12 @@ class StreamHub:
 
 
 class Subscriber(threading.Thread):
-    """Owns the SUB socket (used from this thread only); decodes messages into ``stats`` and ``hub``."""
+    """Owns one SUB socket per collector endpoint (used from this thread only); decodes into ``stats`` and ``hub``."""
 
-    def __init__(self, endpoint: str, stats: StreamStats, hub: StreamHub,
+    def __init__(self, endpoints: list[str], stats: StreamStats, hub: StreamHub,
                  ctx: zmq.Context | None = None, curve_client=None):
         super().__init__(name="syswatch-subscriber", daemon=True)
-        self.endpoint = endpoint
+        self.endpoints = list(endpoints)
         self.curve_client = curve_client  # shared.curve.ClientKeys, or None: no CurveZMQ
         self.stats = stats
         self.hub = hub
@@ -310,51 +448,52 @@ class Subscriber(threading.Thread):
         self._stop.set()
 
     def run(self) -> None:
-        sock = zmqsock.make_subscriber(self.ctx, self.endpoint, curve_client=self.curve_client)
+        socks = {}
         poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        next_tick = 0.0
         try:
+            for endpoint in self.endpoints:
+                sock = zmqsock.make_subscriber(self.ctx, endpoint, curve_client=self.curve_client,
+                                               rcvhwm=SUB_RCVHWM, maxmsgsize=SUB_MAXMSGSIZE)
+                socks[sock] = endpoint
+                poller.register(sock, zmq.POLLIN)
+            next_tick = 0.0
             while not self._stop.is_set():
-                if poller.poll(200):
+                for sock, _ in poller.poll(200):
+                    endpoint = socks[sock]
                     for _ in range(DRAIN_MAX):
                         try:
                             frames = sock.recv_multipart(zmq.NOBLOCK)
                         except zmq.Again:
                             break
-                        self.handle(frames)
+                        self.handle(frames, endpoint)
                 now = time.monotonic()
                 if now >= next_tick:
                     self.stats.tick(now)
                     next_tick = now + 1.0
         finally:
-            sock.close(0)
+            for sock in socks:
+                sock.close(0)
 
-    def handle(self, frames: list) -> None:
+    def handle(self, frames: list, endpoint: str | None = None) -> None:
         stats = self.stats
         try:
-            # counts rows (a few per second) are checked by decode; event batches below, cheaply
-            msg = protocol.decode(frames, strict=frames[0] == protocol.TOPIC_COUNTS.encode())
+            topic, payload = protocol.decode(frames)
         except protocol.ProtocolError as exc:
             stats.add_malformed(str(exc))
             return
-        topic, payload = msg
-        try:
-            if topic.startswith(protocol.EVENT_PREFIX):
-                syscall = topic[len(protocol.EVENT_PREFIX):]
-                events = payload["events"]
-                if syscall not in stats.calls or not _valid_events(events, syscall):
-                    stats.add_malformed(f"{topic} batch with an event that is not a v1 EVENT of that syscall")
-                    return
-                stats.add_events(syscall, events)
-                self.hub.publish(events)
-            elif topic == protocol.TOPIC_STATUS:
-                stats.set_status(payload)
-            elif topic == protocol.TOPIC_COUNTS:
-                rows = payload["rows"]
-                for r in rows:
-                    if r["syscall"] not in stats.calls:
-                        raise protocol.ProtocolError(f"counts row with unknown syscall {r['syscall']!r:.40}")
-                stats.add_counts(rows)
-        except (protocol.ProtocolError, KeyError, TypeError, ValueError) as exc:
-            stats.add_malformed(f"{topic}: {exc}")
+        if topic.startswith(protocol.EVENT_PREFIX):
+            events = payload["events"]
+            if events:
+                ok = stats.add_events(payload["host"], events, endpoint)
+                if ok:
+                    self.hub.publish(events)
+            else:
+                ok = True
+        elif topic == protocol.TOPIC_STATUS:
+            ok = stats.set_status(payload, endpoint)
+        elif topic == protocol.TOPIC_COUNTS:
+            ok = stats.add_counts(payload, endpoint)
+        else:
+            return                                  # a topic of a newer protocol minor: not ours
+        if not ok:
+            stats.add_malformed(f"{topic} from host {payload['host']!r:.80}: more than {MAX_HOSTS} hosts")

@@ -9,8 +9,10 @@ import ipaddress
 import json
 from typing import Any, NamedTuple
 
+from shared.protocol import MAX_COMM, MAX_CONTAINER_NAME, MAX_HOST, SYSCALLS
+
 MAX_IPV4_INT = 2**32 - 1
-COMM_MAX_CHARS = 64      # bpftrace's comm is 16 bytes; escaped non-UTF-8 bytes take 4 chars each
+COMM_MAX_CHARS = MAX_COMM  # bpftrace's comm is 16 bytes; escaped non-UTF-8 bytes take 4 chars each
 PID_MAX = 2**31 - 1
 
 # Content types a POST body may have. curl's `-d` sends application/x-www-form-urlencoded by default,
@@ -133,19 +135,33 @@ def entries(body: dict, max_items: int) -> list[Entry]:
 
 
 class EventFilter(NamedTuple):
-    """Filters of /events and /events/stream; None matches everything."""
+    """Filters of /events and /events/stream; None matches everything.
+
+    ``container`` matches a container id prefix (as `docker ps` shows it, or longer) or its name.
+    """
     pid: int | None = None
     comm: str | None = None
     syscall: str | None = None
+    container: str | None = None
+    host: str | None = None
 
     def matches(self, event: dict) -> bool:
         return ((self.pid is None or event["pid"] == self.pid)
                 and (self.comm is None or event["comm"] == self.comm)
-                and (self.syscall is None or event["syscall"] == self.syscall))
+                and (self.syscall is None or event["syscall"] == self.syscall)
+                and (self.host is None or event.get("host") == self.host)
+                and (self.container is None or _container_matches(self.container, event)))
 
     @property
     def empty(self) -> bool:
-        return self.pid is None and self.comm is None and self.syscall is None
+        return all(v is None for v in self)
+
+
+def _container_matches(ref: str, event: dict) -> bool:
+    cid = event["container_id"]                  # 12 hex digits; a longer ref is a full id
+    if cid and (cid.startswith(ref) if len(ref) <= 12 else ref.startswith(cid)):
+        return True
+    return event["container_name"] == ref
 
 
 def _int_param(query: dict, name: str, low: int, high: int, default: int | None) -> int | None:
@@ -163,7 +179,7 @@ def _int_param(query: dict, name: str, low: int, high: int, default: int | None)
 def event_query(query: dict, allowed_extra: tuple = (), max_limit: int | None = None,
                 default_limit: int | None = None) -> tuple[EventFilter, int | None]:
     """(filter, limit) from /events query parameters; unknown or repeated parameters are errors."""
-    known = ("pid", "comm", "syscall") + allowed_extra
+    known = ("pid", "comm", "syscall", "container", "host") + allowed_extra
     for name, values in query.items():
         if name not in known:
             raise BadRequest(f"unknown query parameter {_short(name)}; known: {', '.join(known)}")
@@ -179,6 +195,20 @@ def event_query(query: dict, allowed_extra: tuple = (), max_limit: int | None = 
         raise BadRequest(f"query parameter 'comm' = {_short(comm)} must be 1..{COMM_MAX_CHARS} "
                          f"printable characters (a process name)")
     syscall = flat.get("syscall")
-    if syscall is not None and syscall not in ("read", "write"):
-        raise BadRequest(f"query parameter 'syscall' = {_short(syscall)} must be 'read' or 'write'")
-    return EventFilter(pid, comm, syscall), limit
+    if syscall is not None and syscall not in SYSCALLS:
+        raise BadRequest(f"query parameter 'syscall' = {_short(syscall)} must be one of {', '.join(SYSCALLS)}")
+    container = flat.get("container")
+    if container is not None and (not container or len(container) > MAX_CONTAINER_NAME or not container.isprintable()):
+        raise BadRequest(f"query parameter 'container' = {_short(container)} must be a container id prefix "
+                         f"or name (1..{MAX_CONTAINER_NAME} printable characters)")
+    host = host_param(flat)
+    return EventFilter(pid, comm, syscall, container, host), limit
+
+
+def host_param(flat: dict) -> str | None:
+    """The ``host`` query parameter (a collector's host name), or None."""
+    host = flat.get("host")
+    if host is not None and (not host or len(host) > MAX_HOST or not host.isprintable()):
+        raise BadRequest(f"query parameter 'host' = {_short(host)} must be a host name (1..{MAX_HOST} "
+                         f"printable characters)")
+    return host

@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections import deque
 from pathlib import Path
 
@@ -39,11 +38,14 @@ def check_root() -> None:
                          "sudo python -m collector.collector")
 
 
-def find_bpftrace() -> str:
-    path = shutil.which("bpftrace")
+def find_bpftrace(name: str = "bpftrace") -> str:
+    """The bpftrace to run: ``name`` on PATH, or a path (--bpftrace / SYSWATCH_BPFTRACE)."""
+    path = shutil.which(name)
     if not path:
+        if name != "bpftrace":
+            raise SetupError(f"--bpftrace {name!r} is not an executable file")
         raise SetupError("bpftrace is not installed: apt-get install -y bpftrace "
-                         "(scripts/setup-host.sh does it)")
+                         "(scripts/setup-host.sh does it), or name one with --bpftrace PATH")
     return path
 
 
@@ -190,12 +192,3 @@ class Bpftrace:
         for stream in (self.proc.stdout, self.proc.stderr):
             stream.close()
         return self.proc.returncode
-
-
-def wait_until(predicate, timeout: float, step: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()

@@ -1,43 +1,54 @@
-"""syswatch collector: runs collector/syscalls.bt under bpftrace and publishes on ZeroMQ.
+"""syswatch collector: runs bpftrace (collector/program.py) and publishes on ZeroMQ (protocol v2).
 
     sudo python -m collector.collector --help
 
-One process, one thread for the work (the PUB socket is used from this thread only):
-a poll loop reads bpftrace's stdout in 64 KiB chunks, turns each chunk into one batch
-message per syscall topic (so every batch is published within one read of its arrival,
-well inside the contract's 10 ms), publishes ``status`` every second and echoes a capped
-number of events on the console. See docs/readme/collector.md.
+One process, one thread for the work (the XPUB socket is used from this thread only): a poll
+loop reads bpftrace's stdout in 256 KiB chunks, turns each chunk into one batch message per
+syscall topic (so every batch is published within one read of its arrival, well inside the
+contract's 10 ms), applies subscriptions, publishes ``status`` every second and echoes a
+capped number of events on the console. See docs/readme/collector.md and docs/PROTOCOL.md.
 """
 from __future__ import annotations
 
-import argparse
-import ipaddress
-import logging
 import os
-import select
-import signal
-import socket
 import sys
-import time
 
-import zmq
+# Before any third-party import: a user without root gets the one message that helps, even
+# when the interpreter it runs cannot import zmq (issue 17).
+if __name__ == "__main__" and os.geteuid() != 0 and not ({"-h", "--help", "-V", "--version"} & set(sys.argv[1:])):
+    print("error: the collector must run as root (bpftrace loads BPF programs): "
+          "sudo python -m collector.collector", file=sys.stderr)
+    sys.exit(2)
 
-from shared import curve
-from shared.config import env_default
-from shared.protocol import DEFAULT_ENDPOINT, TOPIC_COUNTS, TOPIC_READ, TOPIC_STATUS, TOPIC_WRITE, \
-    encode, encode_event_batch, json_string
-from shared.zmqsock import make_publisher
+import argparse  # noqa: E402
+import ipaddress  # noqa: E402
+import logging  # noqa: E402
+import signal  # noqa: E402
+import time  # noqa: E402
 
-from . import bpf, program
-from .bpf import Bpftrace, SetupError
-from .echo import Echo
-from .parser import CountsParser, EventParser
+import zmq  # noqa: E402
+
+from shared import curve  # noqa: E402
+from shared.config import add_option  # noqa: E402
+from shared.protocol import (DEFAULT_ENDPOINT, DEFAULT_SYSCALLS, SYSCALLS, TOPIC_COUNTS,  # noqa: E402
+                             TOPIC_STATUS, encode, encode_event_batch, json_string, parse_announce,
+                             topic_for, valid_subscription)
+from shared.zmqsock import EndpointError, check_endpoint, make_publisher  # noqa: E402
+
+from shared import __version__  # noqa: E402
+from . import bpf, program  # noqa: E402
+from .bpf import Bpftrace, SetupError  # noqa: E402
+from .containers import Containers  # noqa: E402
+from .echo import Echo  # noqa: E402
+from .exclusions import Exclusions  # noqa: E402
+from .hostinfo import host_name  # noqa: E402
+from .parser import NoContainers, Parser  # noqa: E402
 
 log = logging.getLogger("syswatch.collector")
 
-# One message holds at most one 64 KiB read of bpftrace output (~400 events): 1000 queued
-# messages per subscriber bound the memory a stalled subscriber costs to ~64 MiB.
-PUB_SNDHWM = 1000
+# One message holds at most one 256 KiB read of bpftrace output (~1,000 events, ~300 KiB of
+# JSON): 200 queued messages per subscriber bound what a stalled subscriber costs to ~60 MiB.
+PUB_SNDHWM = 200
 STATUS_EVERY_S = 1.0
 LOG_STATUS_EVERY_S = 10.0
 READY_TIMEOUT_S = 120.0              # compiling takes ~1 s, far longer on a loaded machine
@@ -52,100 +63,106 @@ EPILOG = """\
 examples:
   sudo python -m collector.collector
         trace every read/write on the host, publish on tcp://127.0.0.1:5556
+  sudo python -m collector.collector --syscalls read,write,pread64,pwrite64,readv,writev
+        the whole read/write family, each syscall on its own topic (syscall.pread64, ...)
   sudo python -m collector.collector --mode counts --interval 5
-        count calls and bytes per process in the kernel, publish totals every 5 s
-  sudo python -m collector.collector --pid 1234 --pid 5678 --comm nginx
+        count calls, bytes moved, errors and latency per process in the kernel, every 5 s
+  sudo python -m collector.collector -p 1234 -p 5678 -n nginx
         only PIDs 1234 and 5678 whose name is nginx (filtered in the kernel)
+  sudo python -m collector.collector --container web -d 60
+        only the processes of container "web" (name or id prefix), for 60 seconds
   sudo python -m collector.collector --probe tracepoint --echo-rate 0
         syscall tracepoints, no console echo
   sudo SYSWATCH_CURVE_SERVER_KEY=keys/server.key_secret SYSWATCH_CURVE_CLIENTS=keys/clients \\
        python -m collector.collector --bind tcp://0.0.0.0:5556
         publish beyond this host, encrypted, to authorised subscribers only
-        (keys: python -m shared.curve keys server; python -m shared.curve keys/clients alice)
   python subscribers/tail.py         # watch the stream;  python subscribers/top.py: busiest processes
 
 Every flag has an environment variable (flag > environment > default), shown as [env NAME].
-Status (topic "status", every second) counts events, lost (bpftrace's perf buffer
-overflowed), dropped (could not be queued) and malformed lines.
+Status (topic "status", every second) counts events, lost (bpftrace's buffer overflowed),
+dropped (could not be queued) and malformed lines. Exit status: 0 on SIGINT/SIGTERM or at the
+end of --duration, 1 when bpftrace fails, 2 for a usage or set-up error.
 """
 
 
-class BadValue(argparse.ArgumentTypeError, ValueError):
-    """A flag or environment value that does not convert; argparse and env_default show the text."""
-
-
-def positive_float(text: str) -> float:
-    try:
-        val = float(text)
-    except ValueError:
-        raise BadValue(f"{text!r} is not a number of seconds") from None
+def seconds(text: str) -> float:
+    val = float(text)
     if not 0.01 <= val <= 3600:
-        raise BadValue(f"{text!r}: must be between 0.01 and 3600 seconds")
+        raise ValueError(f"{text!r}: must be between 0.01 and 3600 seconds")
+    return val
+
+
+def duration(text: str) -> float:
+    val = float(text)
+    if not 0 < val <= 10 * 365 * 86400:
+        raise ValueError(f"{text!r}: must be a positive number of seconds")
     return val
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        val = int(text)
-    except ValueError:
-        raise BadValue(f"{text!r} is not a whole number") from None
+    val = int(text)
     if val < 0:
-        raise BadValue(f"{text!r}: must be 0 or more")
+        raise ValueError(f"{text!r}: must be 0 or more")
     return val
 
 
-def choice(*allowed: str):
-    def convert(text: str) -> str:
+def one_of(*allowed: str):
+    def choice(text: str) -> str:
         if text not in allowed:
-            raise BadValue(f"{text!r}: must be one of {', '.join(allowed)}")
+            raise ValueError(f"{text!r}: must be one of {', '.join(allowed)}")
         return text
-    return convert
+    choice.__name__ = "choice"
+    return choice
+
+
+def syscall_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    try:
+        return program.check_syscalls(names)
+    except program.FilterError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m collector.collector",
+        prog="syswatch-collector",
         description="Trace read/write system calls host-wide with bpftrace and publish them on "
-                    "ZeroMQ (wire protocol v1). Runs as root, in the host PID namespace.",
+                    "ZeroMQ (wire protocol v2). Runs as root, in the host PID namespace.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bind", metavar="ENDPOINT", default=env_default("SYSWATCH_BIND", DEFAULT_ENDPOINT),
-                   help="ZeroMQ PUB endpoint [env SYSWATCH_BIND] (default: %(default)s)")
-    p.add_argument("--mode", type=choice("events", "counts"), metavar="{events,counts}",
-                   default=env_default("SYSWATCH_MODE", "events", choice("events", "counts")),
-                   help="events: every call; counts: per-process totals aggregated in the kernel "
-                        "[env SYSWATCH_MODE] (default: %(default)s)")
-    p.add_argument("--probe", type=choice("auto", "kprobe", "tracepoint"), metavar="{auto,kprobe,tracepoint}",
-                   default=env_default("SYSWATCH_PROBE", "auto", choice("auto", "kprobe", "tracepoint")),
-                   help="auto: kprobes __x64_sys_read/write if the kernel can, else syscall "
-                        "tracepoints [env SYSWATCH_PROBE] (default: %(default)s)")
-    p.add_argument("--interval", type=positive_float, metavar="SECONDS",
-                   default=env_default("SYSWATCH_INTERVAL", 1.0, positive_float),
-                   help="seconds between counts messages in counts mode [env SYSWATCH_INTERVAL] "
-                        "(default: %(default)s)")
-    p.add_argument("--echo-rate", type=non_negative_int, metavar="LINES",
-                   default=env_default("SYSWATCH_ECHO_RATE", 50, non_negative_int),
-                   help="console echo lines per second at most, 0 = off [env SYSWATCH_ECHO_RATE] "
-                        "(default: %(default)s)")
-    p.add_argument("--pid", type=int, action="append", default=None, metavar="PID",
-                   help="trace only this PID; repeatable [env SYSWATCH_PID, comma separated] "
-                        "(default: every PID)")
-    p.add_argument("--comm", action="append", default=None, metavar="NAME",
-                   help="trace only processes with this name (15 bytes at most); repeatable "
-                        "[env SYSWATCH_COMM, comma separated] (default: every name)")
-    p.add_argument("--hostname", default=env_default("SYSWATCH_HOSTNAME", socket.gethostname()),
-                   help="the host field of every message [env SYSWATCH_HOSTNAME] (default: %(default)s)")
-    p.add_argument("--log-level", default=env_default("SYSWATCH_LOG_LEVEL", "info"),
-                   choices=("debug", "info", "warning", "error"),
-                   help="log level of stderr messages [env SYSWATCH_LOG_LEVEL] (default: %(default)s)")
-    args = p.parse_args(argv)
-    if args.pid is None:
-        args.pid = env_default("SYSWATCH_PID", [], lambda s: [int(x) for x in s.split(",") if x.strip()])
-    if args.comm is None:
-        args.comm = env_default("SYSWATCH_COMM", [], lambda s: [x for x in s.split(",") if x])
-    return args
+    add_option(p, "--bind", metavar="ENDPOINT", env="SYSWATCH_BIND", default=DEFAULT_ENDPOINT,
+               help="ZeroMQ PUB endpoint")
+    add_option(p, "--mode", env="SYSWATCH_MODE", default="events", type=one_of("events", "counts"),
+               metavar="{events,counts}",
+               help="events: every call; counts: per-process totals aggregated in the kernel")
+    add_option(p, "--probe", env="SYSWATCH_PROBE", default="auto", type=one_of("auto", "kprobe", "tracepoint"),
+               metavar="{auto,kprobe,tracepoint}",
+               help="auto: kprobes/kretprobes on __x64_sys_* if the kernel can, else syscall tracepoints")
+    add_option(p, "--syscalls", env="SYSWATCH_SYSCALLS", default=list(DEFAULT_SYSCALLS), type=syscall_list,
+               metavar="LIST", help=f"comma-separated syscalls to trace, from: {', '.join(SYSCALLS)}")
+    add_option(p, "--interval", env="SYSWATCH_INTERVAL", default=1.0, type=seconds, metavar="SECONDS",
+               help="seconds between counts messages in counts mode")
+    add_option(p, "--echo-rate", env="SYSWATCH_ECHO_RATE", default=50, type=non_negative_int, metavar="LINES",
+               help="console echo lines per second at most, 0 = off")
+    add_option(p, "-p", "--pid", env="SYSWATCH_PID", default=[], type=int, repeatable=True, metavar="PID",
+               dest="pid", help="trace only this PID; repeatable, env comma separated")
+    add_option(p, "-n", "--comm", env="SYSWATCH_COMM", default=[], repeatable=True, metavar="NAME", dest="comm",
+               help="trace only processes with this name (15 bytes at most); repeatable")
+    add_option(p, "-c", "--container", env="SYSWATCH_CONTAINER", default=[], repeatable=True, metavar="ID|NAME",
+               dest="container", help="trace only this container (id prefix or name, filtered in the kernel "
+                                      "by its cgroup); repeatable")
+    add_option(p, "-d", "--duration", env="SYSWATCH_DURATION", default=None, type=duration, metavar="SECONDS",
+               help="stop after this many seconds")
+    add_option(p, "--bpftrace", env="SYSWATCH_BPFTRACE", default="bpftrace", metavar="PATH",
+               help="the bpftrace binary to run")
+    add_option(p, "--hostname", env="SYSWATCH_HOSTNAME", default=None,
+               help="the host field of every message (default: the host's name, also in a container)")
+    add_option(p, "--log-level", env="SYSWATCH_LOG_LEVEL", default="info",
+               type=one_of("debug", "info", "warning", "error"), help="log level of stderr messages")
+    p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
+    return p.parse_args(argv)
 
 
-def warn_if_public(endpoint: str) -> None:
+def warn_if_public(endpoint: str, curve_on: bool) -> None:
     """Binding beyond loopback is allowed (containers need it) but the user should know."""
     if not endpoint.startswith("tcp://"):
         return
@@ -157,36 +174,45 @@ def warn_if_public(endpoint: str) -> None:
     if not loopback:
         log.warning("%s is not a loopback address: the event stream (every process's syscalls) "
                     "can leave this host%s", endpoint,
-                    "" if curve.server_from_env() else
+                    "" if curve_on else
                     "; set SYSWATCH_CURVE_SERVER_KEY and SYSWATCH_CURVE_CLIENTS to encrypt it and "
                     "admit only authorised subscribers (python -m shared.curve --help)")
 
 
-class Collector:
-    """Owns the bpftrace child, the PUB socket and the counters published in ``status``."""
+class BpftraceFailed(RuntimeError):
+    """bpftrace exited or hung before its probes were attached."""
 
-    def __init__(self, args: argparse.Namespace, sock: zmq.Socket, bpftrace_path: str):
+
+class Collector:
+    """Owns the bpftrace child, the publisher socket, the parser and the poll loop."""
+
+    def __init__(self, args: argparse.Namespace, sock: zmq.Socket, containers, cgroups: list[int]):
         self.args = args
         self.sock = sock
-        self.bpftrace_path = bpftrace_path
+        self.containers = containers
+        self.cgroups = cgroups
         self.host_json = json_string(args.hostname)
         self.started = time.monotonic()
         self.dropped = 0
-        self.calls_counted = 0               # counts mode: events_total
+        self.rejected_subscriptions = 0
         self.echo = Echo(args.echo_rate if args.mode == "events" else 0)
         self.ready = False
-        self._malformed_logged = 0
-        self._malformed_window = 0.0
-        self.parser = EventParser(self._log_malformed, self._set_ready) if args.mode == "events" \
-            else CountsParser(self._log_malformed, self._set_ready)
+        self.parser = Parser(args.mode, args.syscalls, containers, self._log_malformed, self._set_ready)
+        self.exclusions = Exclusions(self.parser.excluded_pids, [os.getpid()], endpoint_port(sock))
         self.bt: Bpftrace | None = None
+        self.poller: zmq.Poller | None = None
         self.probe = ""
         self._partial = b""
         self._last_logged = (0, 0, 0)
+        self._next_status_log = 0.0
+        self._malformed_logged = 0
+        self._malformed_window = 0.0
         self.stop_requested = False
-        self._wake_r, self._wake_w = os.pipe()
-        for fd in (self._wake_r, self._wake_w):
+        # Signals only set a flag; the wake-up pipe makes the poll return at once.
+        self._wake_r, wake_w = os.pipe()
+        for fd in (self._wake_r, wake_w):
             os.set_blocking(fd, False)
+        signal.set_wakeup_fd(wake_w)
 
     # -- start-up ------------------------------------------------------------------------
     def _set_ready(self) -> None:
@@ -194,7 +220,7 @@ class Collector:
         self.ready = True
         print("Monitoring sys_read and sys_write calls...")
         print(f"Host PID: {os.getpid()}")
-        for pid in self.excluded_pids():
+        for pid in self.exclusions.own:
             print(f"Skipping self PID: {pid}")
         sys.stdout.flush()
 
@@ -212,14 +238,21 @@ class Collector:
                     return
                 except BpftraceFailed as exc:
                     log.warning("probe auto: kprobes could not attach (%s); using syscall tracepoints", exc)
+                    self.bt.stop()
                     want = "tracepoint"
         self._start(want)
 
     def _start(self, probe: str) -> None:
-        text = program.build(self.args.mode, probe, self.args.pid, self.args.comm)
+        text = program.render(self.args.mode, probe, self.args.syscalls, self.args.pid, self.args.comm,
+                              self.cgroups)
         interval_ms = max(1, round(self.args.interval * 1000))
-        self.bt = Bpftrace(program.command(self.bpftrace_path, self.args.mode, text, interval_ms))
+        self.bt = Bpftrace(program.command(self.args.bpftrace, self.args.mode, text, interval_ms))
         self.probe = probe
+        self.exclusions.own = {os.getpid(), self.bt.pid}
+        self.poller = zmq.Poller()
+        for fd in (self.bt.stdout_fd, self.bt.stderr_fd, self._wake_r):
+            self.poller.register(fd, zmq.POLLIN)
+        self.poller.register(self.sock, zmq.POLLIN)
         log.debug("bpftrace pid %d, program:\n%s", self.bt.pid, text)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not self.ready:
@@ -232,14 +265,20 @@ class Collector:
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> int:
-        """Until SIGINT/SIGTERM (returns 0) or bpftrace's death (returns 1)."""
+        """Until SIGINT/SIGTERM or --duration (returns 0) or bpftrace's death (returns 1)."""
+        end = time.monotonic() + self.args.duration if self.args.duration else float("inf")
         next_status = time.monotonic()
+        self.exclusions.refresh(force=True)
         while not self.stop_requested:
             now = time.monotonic()
+            if now >= end:
+                log.info("--duration %.0f s reached: stopping", self.args.duration)
+                break
             if now >= next_status:
                 self.publish_status()
                 next_status = now + STATUS_EVERY_S
-            if not self._poll(max(0.0, next_status - time.monotonic())):
+            self.exclusions.refresh()
+            if not self._poll(max(0.0, min(next_status, end) - time.monotonic())):
                 if self.stop_requested:
                     break
                 log.error("%s", self.bt.exit_message())
@@ -249,31 +288,46 @@ class Collector:
 
     def _poll(self, timeout_s: float) -> bool:
         """One poll round; False when bpftrace's stdout hit EOF (it exited)."""
-        poller = self._poller()
         try:
-            ready = poller.poll(timeout_s * 1000)
-        except InterruptedError:
-            ready = []
-        alive = True
-        for fd, _ in ready:
-            if fd == self.bt.stdout_fd:
-                alive = self._read_stdout()
-            elif fd == self.bt.stderr_fd:
-                self.bt.drain_stderr()
-            elif fd == self._wake_r:
-                try:
-                    os.read(self._wake_r, 512)
-                except BlockingIOError:
-                    pass
-        return alive
+            ready = dict(self.poller.poll(timeout_s * 1000))
+        except zmq.ZMQError:
+            ready = {}
+        if self.sock in ready:
+            self._subscriptions()
+        if self.bt.stderr_fd in ready:
+            self.bt.drain_stderr()
+        if self._wake_r in ready:
+            try:
+                signals = os.read(self._wake_r, 512)
+            except BlockingIOError:
+                signals = b""
+            if any(s in (signal.SIGINT, signal.SIGTERM) for s in signals):
+                self.stop_requested = True
+        if self.bt.stdout_fd in ready:
+            return self._read_stdout()
+        return True
 
-    def _poller(self) -> select.poll:
-        if getattr(self, "_poll_for", None) is not self.bt:
-            self._poll_obj = select.poll()
-            for fd in (self.bt.stdout_fd, self.bt.stderr_fd, self._wake_r):
-                self._poll_obj.register(fd, select.POLLIN)
-            self._poll_for = self.bt
-        return self._poll_obj
+    def _subscriptions(self) -> None:
+        """Apply what subscribers asked for: only prefixes of our topics; announces exclude the PID."""
+        while True:
+            try:
+                msg = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if not msg or msg[0] not in (0, 1):
+                continue
+            subscribe, topic = msg[0] == 1, msg[1:]
+            announce = parse_announce(topic)
+            if announce:
+                if subscribe:
+                    self.exclusions.announce(*announce)
+            elif valid_subscription(topic):
+                self.sock.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, topic)
+            else:
+                self.rejected_subscriptions += 1
+                if self.rejected_subscriptions <= 5:
+                    log.warning("ignored a subscription to %.60r: not a topic prefix this collector "
+                                "publishes", topic)
 
     def _read_stdout(self) -> bool:
         # bpftrace writes line by line: wait a moment so one read (and one message per topic)
@@ -289,33 +343,20 @@ class Collector:
         cut = data.rfind(b"\n")
         if cut < 0:
             if len(data) > MAX_LINE:             # no newline in 1 MiB: not bpftrace's output format
-                self.parser.malformed += 1
-                self._log_malformed(data[:200])
+                self.parser._bad(data[:200])
                 data = b""
             self._partial = data
             return True
         self._partial = data[cut + 1:]
-        if self.args.mode == "events":
-            self._events(data[:cut])
-        else:
-            for line in data[:cut].split(b"\n"):
-                rows = self.parser.feed(line)
-                if rows is not None:
-                    self._counts(rows)
+        parsed = self.parser.parse(data[:cut])
+        for syscall, events in parsed.events.items():
+            self._send(encode_event_batch(topic_for(syscall), self.host_json, events), len(events))
+            self.echo.events(syscall, events)
+        for rows in parsed.intervals:
+            payload = {"host": self.args.hostname, "ts_ns": time.time_ns(),
+                       "interval_ns": round(self.args.interval * 1e9), "rows": rows}
+            self._send(encode(TOPIC_COUNTS, payload), sum(r["calls"] for r in rows))
         return True
-
-    def _events(self, lines: bytes) -> None:
-        reads, writes = self.parser.parse(lines)
-        for topic, syscall, events in ((TOPIC_READ, "read", reads), (TOPIC_WRITE, "write", writes)):
-            if events:
-                self._send(encode_event_batch(topic, self.host_json, events), len(events))
-                self.echo.events(syscall, events)
-
-    def _counts(self, rows: list[dict]) -> None:
-        self.calls_counted += sum(r["calls"] for r in rows)
-        payload = {"host": self.args.hostname, "ts_ns": time.time_ns(),
-                   "interval_ns": round(self.args.interval * 1e9), "rows": rows}
-        self._send(encode(TOPIC_COUNTS, payload), len(rows))
 
     def _send(self, frames: list[bytes], n_events: int) -> None:
         try:
@@ -325,26 +366,24 @@ class Collector:
 
     # -- status and logs ---------------------------------------------------------------
     def status(self) -> dict:
-        events = self.parser.events if self.args.mode == "events" else self.calls_counted
         return {"host": self.args.hostname, "ts_ns": time.time_ns(), "mode": self.args.mode,
-                "probe": self.probe, "excluded_pids": self.excluded_pids(),
-                "events_total": events, "lost_total": self.parser.lost,
+                "probe": self.probe, "syscalls": list(self.args.syscalls),
+                "excluded_pids": self.exclusions.pids(),
+                "events_total": self.parser.events, "lost_total": self.parser.lost,
                 "dropped_total": self.dropped, "malformed_total": self.parser.malformed,
                 "uptime_s": round(time.monotonic() - self.started, 3)}
-
-    def excluded_pids(self) -> list[int]:
-        return [os.getpid()] + ([self.bt.pid] if self.bt else [])
 
     def publish_status(self) -> None:
         st = self.status()
         self._send(encode(TOPIC_STATUS, st), 0)
         bad = (st["lost_total"], st["dropped_total"], st["malformed_total"])
-        periodic = int(st["uptime_s"] // LOG_STATUS_EVERY_S) != int((st["uptime_s"] - STATUS_EVERY_S) // LOG_STATUS_EVERY_S)
-        if bad != self._last_logged or periodic:
+        now = time.monotonic()
+        if bad != self._last_logged or now >= self._next_status_log:
             level = logging.WARNING if bad != self._last_logged else logging.INFO
-            log.log(level, "status: events_total=%d lost_total=%d dropped_total=%d malformed_total=%d",
-                    st["events_total"], *bad)
+            log.log(level, "status: events_total=%d lost_total=%d dropped_total=%d malformed_total=%d "
+                    "excluded_events=%d", st["events_total"], *bad, self.parser.excluded)
             self._last_logged = bad
+            self._next_status_log = now + LOG_STATUS_EVERY_S
 
     def _log_malformed(self, line: bytes) -> None:
         now = time.monotonic()
@@ -354,15 +393,8 @@ class Collector:
         if self._malformed_logged <= MALFORMED_LOG_PER_MIN:
             log.warning("unparseable bpftrace line (counted in malformed_total): %.200r", line)
 
-    # -- shutdown ------------------------------------------------------------------------
-    def request_stop(self, signum, _frame) -> None:
-        self.stop_requested = True
-        try:
-            os.write(self._wake_w, b"x")
-        except BlockingIOError:
-            pass
-
     def close(self) -> None:
+        signal.set_wakeup_fd(-1)
         if self.bt:
             running = self.bt.proc.poll() is None
             code = self.bt.stop()
@@ -370,8 +402,35 @@ class Collector:
                 log.info("bpftrace stopped (exit status %s): probes detached", code)
 
 
-class BpftraceFailed(RuntimeError):
-    """bpftrace exited or hung before its probes were attached."""
+def endpoint_port(sock: zmq.Socket) -> int | None:
+    """The TCP port the socket is bound to (None for ipc:// and other transports)."""
+    last = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+    if last.startswith("tcp://"):
+        return int(last.rsplit(":", 1)[1])
+    return None
+
+
+def setup(args: argparse.Namespace) -> tuple[object, list[int]]:
+    """Checks that must pass before anything is bound; (containers lookup, container cgroups)."""
+    bpf.check_root()
+    args.bpftrace = bpf.find_bpftrace(args.bpftrace)
+    bpf.check_host_pid_namespace()
+    bpf.ensure_tracefs()
+    program.predicate(args.pid, args.comm)          # validates the filters
+    containers = Containers()
+    cgroups: list[int] = []
+    for ref in args.container:
+        try:
+            full, ids = containers.cgroups_of(ref)
+        except ValueError as exc:
+            raise SetupError(str(exc)) from None
+        log.info("--container %s: container %s, filtered in the kernel by cgroup id %s (processes it "
+                 "starts in new cgroups later are not traced; a restarted container needs a new collector)",
+                 ref, full[:12], ", ".join(map(str, ids)))
+        cgroups += ids
+    if args.hostname is None:
+        args.hostname = host_name()
+    return (containers if containers.root is not None else NoContainers()), cgroups
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -379,39 +438,35 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s syswatch-collector %(levelname)s %(message)s")
     try:
-        bpf.check_root()
-        bpftrace_path = bpf.find_bpftrace()
-        bpf.check_host_pid_namespace()
-        bpf.ensure_tracefs()
-        program.predicate(args.pid, args.comm)          # validates the filters
+        check_endpoint(args.bind)
+        containers, cgroups = setup(args)
         server_keys = curve.server_from_env()
-    except (SetupError, program.FilterError, curve.CurveError) as exc:
+    except (SetupError, program.FilterError, curve.CurveError, EndpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    warn_if_public(args.bind)
+    warn_if_public(args.bind, server_keys is not None)
     ctx = zmq.Context()
     auth = None
     try:
         if server_keys:
             auth = curve.start_authenticator(ctx, server_keys)
-        sock = make_publisher(ctx, args.bind, sndhwm=PUB_SNDHWM, curve_server=server_keys)
-    except zmq.ZMQError as exc:
-        print(f"error: cannot bind the ZeroMQ publisher to {args.bind}: {exc} "
-              "(is another collector running? choose another --bind / SYSWATCH_BIND)", file=sys.stderr)
+        sock = make_publisher(ctx, args.bind, sndhwm=PUB_SNDHWM, manual=True, curve_server=server_keys)
+    except (zmq.ZMQError, EndpointError) as exc:
+        print(f"error: {bind_error(args.bind, exc)}", file=sys.stderr)
         if auth:
             auth.stop()
         ctx.term()
         return 2
-    coll = Collector(args, sock, bpftrace_path)
-    signal.signal(signal.SIGINT, coll.request_stop)
-    signal.signal(signal.SIGTERM, coll.request_stop)
+    coll = Collector(args, sock, containers, cgroups)
+    signal.signal(signal.SIGINT, lambda *_: None)      # the wake-up fd tells the loop
+    signal.signal(signal.SIGTERM, lambda *_: None)
     print("Loading eBPF program", flush=True)
     code = 0
     try:
         coll.start()
         if not coll.stop_requested:
-            log.info("probe %s, mode %s, publishing on %s%s", coll.probe, args.mode, args.bind,
-                     " (CurveZMQ)" if server_keys else "")
+            log.info("probe %s, mode %s, syscalls %s, host %s, publishing on %s%s", coll.probe, args.mode,
+                     ",".join(args.syscalls), args.hostname, args.bind, " (CurveZMQ)" if server_keys else "")
             code = coll.run()
     except BpftraceFailed as exc:
         print(f"error: bpftrace could not start tracing: {exc}", file=sys.stderr)
@@ -425,6 +480,19 @@ def main(argv: list[str] | None = None) -> int:
             auth.stop()
         ctx.term()
     return code
+
+
+def bind_error(endpoint: str, exc: Exception) -> str:
+    """What a bind failure means, in words that fit the cause."""
+    errno_ = getattr(exc, "errno", None)
+    if errno_ == zmq.EADDRINUSE:
+        return (f"cannot bind {endpoint}: the address is in use (is another collector running?); "
+                "choose another --bind / SYSWATCH_BIND")
+    if errno_ == zmq.ENOENT or (errno_ == 2):
+        return f"cannot bind {endpoint}: the directory of the ipc path does not exist"
+    if errno_ == zmq.EADDRNOTAVAIL:
+        return f"cannot bind {endpoint}: no interface of this host has that address"
+    return f"cannot bind {endpoint}: {exc}"
 
 
 if __name__ == "__main__":

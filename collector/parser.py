@@ -1,45 +1,49 @@
 """Turn bpftrace's stdout into wire-protocol JSON, counting every line it cannot use.
 
-bpftrace runs with ``-f json`` in both modes. Events mode (collector/syscalls.bt) prints
-one line per call::
+One interface for both modes: ``Parser.parse(lines)`` takes complete lines and returns a
+``Parsed`` (event batches per syscall, and the rows of every counts interval that ended);
+the parser alone keeps the counters the collector publishes in ``status``.
 
-    {"type": "printf", "data": "w{\\"ts_ns\\":1,\\"pid\\":2,...,\\"count\\":5,\\"comm\\":\\"bash\\"}\\n"}
+bpftrace runs with ``-f json``. Events mode (collector/syscalls.bt) prints one line per call::
 
-i.e. bpftrace's JSON envelope around the syscall letter and the EVENT object, the process
-name last. One strict regex per line checks the envelope and that only digits stand where
-bpftrace's %d/%llu go; the name (whatever it holds: bpftrace escaped it) is looked up in a
-cache that maps bpftrace's escaped form to our own JSON string. No JSON parsing per event
-(issue 5: the collector's CPU per event must stay below bpftrace's), and no name can add,
-remove or change another field.
+    {"type": "printf", "data": "1{\\"ts_ns\\":1,\\"pid\\":2,...,\\"cgroup_id\\":9,\\"comm\\":\\"bash\\"}\\n"}
 
-Process names are bytes; they are decoded as UTF-8 with ``errors="backslashreplace"``,
-so a non-UTF-8 byte 0xff arrives as the four characters ``\\xff`` (readable, lossless
-for valid UTF-8, and never invalid JSON).
+i.e. bpftrace's JSON envelope around the syscall's index in the program and the EVENT object
+without its container fields, the process name last. One strict regex per line checks the
+envelope and that only digits stand where bpftrace's %d/%llu go; the name (whatever it holds:
+bpftrace escaped it) is looked up in a cache mapping bpftrace's escaped form to our own JSON
+string, and the container fields come from a cache keyed by cgroup id. No JSON parsing per
+event, and no name can add, remove or change another field.
 
-Counts mode (collector/syscalls_counts.bt) prints maps as JSON lines; see CountsParser.
+Process names are bytes; they are decoded as UTF-8 with ``errors="backslashreplace"``, so a
+non-UTF-8 byte 0xff arrives as the four characters ``\\xff`` (readable, lossless for valid
+UTF-8, and never invalid JSON).
+
+Counts mode (collector/syscalls_counts.bt) prints maps keyed ``"pid,cgroup,index,name"``.
 """
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from typing import Callable
 
 from shared.protocol import json_string
 
-READY = b"syswatch-ready"
-INTERVAL = "syswatch-interval\n"
+from .program import INTERVAL, READY, SENT_MAP
 
 _NUM = rb"(?:0|[1-9]\d*)"
+_INT = rb"(?:0|-?[1-9]\d*)"
 _ENVELOPE = b'{"type": "printf", "data": "'
-# The event object as it stands inside the envelope's string: every quote escaped.
-_EVENT_BODY = (rb'\{\\"ts_ns\\":%s,\\"pid\\":%s,\\"tid\\":%s,\\"uid\\":%s,\\"syscall\\":\\"%%s\\",'
-               rb'\\"fd\\":(?:0|-?[1-9]\d*),\\"count\\":%s,\\"comm\\":\\"') % (_NUM, _NUM, _NUM, _NUM, _NUM)
-# The syscall letter must agree with the syscall field (it picks the topic). Group 1 is
-# the name as bpftrace escaped it; the line ends with the object's and envelope's closing.
-_EVENT_LINE = re.compile(re.escape(_ENVELOPE) + b"(?:r" + _EVENT_BODY % b"read" + b"|w" + _EVENT_BODY % b"write"
-                         + rb')(.*)\\"\}\\n"\}')
-LETTER = len(_ENVELOPE)                # offset of the syscall letter in a line
+# Groups: 1 syscall index, 2 the object up to the container fields (quotes escaped), 3 pid,
+# 4 syscall name, 5 cgroup id, 6 the name as bpftrace escaped it.
+_EVENT_LINE = re.compile(
+    re.escape(_ENVELOPE) + rb'(\d)(\{\\"ts_ns\\":%s,\\"pid\\":(%s),\\"tid\\":%s,\\"uid\\":%s,'
+    rb'\\"syscall\\":\\"([a-z0-9]{1,16})\\",\\"fd\\":%s,\\"count\\":%s,\\"ret\\":%s,\\"lat_ns\\":%s,'
+    rb'\\"cgroup_id\\":(%s),)\\"comm\\":\\"(.*)\\"\}\\n"\}' % (_NUM, _NUM, _NUM, _NUM, _INT, _NUM, _INT, _NUM, _NUM))
 COMM_CACHE_MAX = 4096                  # distinct names kept; a renaming storm just refills it
+_READY_DATA = READY + "\n"
+_INTERVAL_DATA = INTERVAL + "\n"
 
 # bpftrace 0.17's JSON output escapes bytes >= 0x80 of a string as "\\uffffffNN" (a
 # sign-extended char), which json.loads reads as U+FFFF followed by "ffNN". Rewrite
@@ -72,71 +76,86 @@ def json_record(line: bytes) -> tuple[str, object] | None:
         return None
 
 
-class EventParser:
-    """Parses complete lines of events-mode output into per-syscall lists of EVENT JSON bytes.
+class NoContainers:
+    """The container lookup when none is wanted: every cgroup is the host's."""
 
-    Counters (read by the collector's status): ``events``, ``lost`` (bpftrace's
-    ``lost_events`` records), ``malformed`` (anything else). ``on_malformed(line)`` is
-    called for each malformed line (the collector logs them, rate-limited).
+    HOST = b'"container_id":"","container_name":"",'
+
+    def fields_json(self, cgroup_id: int) -> bytes:
+        return self.HOST
+
+    def fields(self, cgroup_id: int) -> tuple[str, str]:
+        return "", ""
+
+
+@dataclass
+class Parsed:
+    """What one chunk of output yields: event batches (JSON bytes) per syscall, finished intervals."""
+    events: dict[str, list[bytes]] = field(default_factory=dict)
+    intervals: list[list[dict]] = field(default_factory=list)
+
+
+class Parser:
+    """Parses complete lines of bpftrace output for ``syscalls`` (in program order).
+
+    Counters, read by the collector's status: ``events`` (published), ``excluded`` (events of
+    excluded subscriber/peer PIDs, not published), ``lost`` (see ``lost_total``), ``malformed``.
+    ``on_malformed(line)`` is called for each malformed line, ``on_ready()`` once bpftrace has
+    attached its probes.
     """
 
-    def __init__(self, on_malformed: Callable[[bytes], None] | None = None,
+    def __init__(self, mode: str, syscalls: list[str], containers=None,
+                 on_malformed: Callable[[bytes], None] | None = None,
                  on_ready: Callable[[], None] | None = None):
+        self.mode = mode
+        self.syscalls = list(syscalls)
+        self.containers = containers or NoContainers()
+        self.excluded_pids: set[int] = set()
         self.events = 0
-        self.lost = 0
+        self.excluded = 0
         self.malformed = 0
-        self._comm_cache: dict[bytes, bytes] = {}
+        self.reported_lost = 0             # bpftrace's lost_events records
+        self.lost = 0                      # what status says: see _check_sent
+        self._sent_before = None           # events mode: @sent at the previous interval
+        self._in_chunk = 0                 # events of the chunk being parsed, not yet in self.events
         self._on_malformed = on_malformed
         self._on_ready = on_ready
+        self._comm_cache: dict[bytes, bytes] = {}
+        self._names = {str(i).encode(): name.encode() for i, name in enumerate(self.syscalls)}
+        self._pending: dict[tuple, dict] = {}     # counts mode: rows of the interval being printed
 
-    def _comm_json(self, escaped: bytes) -> bytes | None:
-        """Our JSON for a name as bpftrace escaped it (without the opening quote) plus ``}``."""
-        try:
-            raw = unescape_bpftrace(escaped.decode("ascii"))
-        except ValueError:                 # includes UnicodeError: not what bpftrace prints
-            return None
-        if len(self._comm_cache) >= COMM_CACHE_MAX:
-            self._comm_cache.clear()
-        tail = self._comm_cache[escaped] = json_string(decode_comm(raw))[1:] + b"}"
-        return tail
+    # --- both modes ------------------------------------------------------------------------
+    def parse(self, data: bytes) -> Parsed:
+        """Everything in ``data``: whole lines, newline separated."""
+        out = Parsed()
+        if self.mode == "events":
+            self._events(data, out)
+        else:
+            for line in data.split(b"\n"):
+                if line.strip():           # bpftrace prints an empty map as a blank line
+                    self._record(line, out)
+        return out
 
-    def parse(self, data: bytes) -> tuple[list[bytes], list[bytes]]:
-        """(read events, write events) of ``data``: whole lines, newline separated."""
-        reads: list[bytes] = []
-        writes: list[bytes] = []
-        cache = self._comm_cache
-        match = _EVENT_LINE.fullmatch
-        for line in data.split(b"\n"):
-            m = match(line)
-            if m:
-                escaped = m.group(1)
-                tail = cache.get(escaped)
-                if tail is None:
-                    tail = self._comm_json(escaped)
-                    if tail is None:
-                        self._bad(line)
-                        continue
-                # digits and escaped quotes only, up to and including `"comm":"`
-                event = line[LETTER + 1:m.start(1)].replace(b'\\"', b'"') + tail
-                if line[LETTER] == 119:    # b"w"
-                    writes.append(event)
-                else:
-                    reads.append(event)
-            elif line:
-                self._other(line)
-        self.events += len(reads) + len(writes)
-        return reads, writes
-
-    def _other(self, line: bytes) -> None:
+    def _record(self, line: bytes, out: Parsed) -> None:
+        """A line that is not an event: ready, lost, maps, the interval marker."""
         record = json_record(line)
         kind, data = record if record else (None, None)
-        if kind == "lost_events" and isinstance(data, dict) and isinstance(data.get("events"), int):
-            self.lost += data["events"]
-        elif kind == "printf" and data == READY.decode() + "\n":
+        if kind == "printf" and data == _READY_DATA:
             if self._on_ready:
                 self._on_ready()
+        elif kind == "lost_events" and isinstance(data, dict) and type(data.get("events")) is int \
+                and data["events"] >= 0:
+            self.reported_lost += data["events"]
+            self.lost = max(self.lost, self.reported_lost)
         elif kind == "attached_probes":
             pass                           # bpftrace's own start-up record
+        elif self.mode == "events" and kind == "map" and isinstance(data, dict) \
+                and type(data.get(SENT_MAP)) is int:
+            self._check_sent(data[SENT_MAP])
+        elif self.mode == "counts" and kind in ("stats", "map") and isinstance(data, dict) and len(data) == 1:
+            self._map(line, data)
+        elif self.mode == "counts" and kind == "printf" and data == _INTERVAL_DATA:
+            out.intervals.append(self._finish_interval())
         else:
             self._bad(line)
 
@@ -145,61 +164,106 @@ class EventParser:
         if self._on_malformed:
             self._on_malformed(line)
 
+    # --- events mode -------------------------------------------------------------------------
+    def _events(self, data: bytes, out: Parsed) -> None:
+        batches: dict[bytes, list[bytes]] = {}
+        names, cache, excluded = self._names, self._comm_cache, self.excluded_pids
+        containers = self.containers.fields_json
+        match = _EVENT_LINE.fullmatch
+        n_excluded = n_events = 0
+        for line in data.split(b"\n"):
+            m = match(line)
+            if m is None:
+                if line:
+                    self._in_chunk = n_events + n_excluded     # for _check_sent: arrived so far
+                    self._record(line, out)
+                continue
+            idx, body, pid, syscall, cgroup, escaped = m.groups()
+            if names.get(idx) != syscall:
+                self._bad(line)            # the index picks the topic: it must agree with the name
+                continue
+            if excluded and int(pid) in excluded:
+                n_excluded += 1
+                continue
+            tail = cache.get(escaped)
+            if tail is None:
+                tail = self._comm_json(escaped)
+                if tail is None:
+                    self._bad(line)
+                    continue
+            event = body.replace(b'\\"', b'"') + containers(int(cgroup)) + tail
+            n_events += 1
+            batch = batches.get(syscall)
+            if batch is None:
+                batches[syscall] = [event]
+            else:
+                batch.append(event)
+        for syscall, batch in batches.items():
+            out.events[syscall.decode()] = batch
+            self.events += len(batch)
+        self.excluded += n_excluded
+        self._in_chunk = 0
 
-class CountsParser:
-    """Collects counts-mode output (``bpftrace -f json``) into rows, one interval at a time.
+    def _comm_json(self, escaped: bytes) -> bytes | None:
+        """Our JSON for a name as bpftrace escaped it, as ``"comm":"..."}``."""
+        try:
+            raw = unescape_bpftrace(escaped.decode("ascii"))
+        except ValueError:                 # includes UnicodeError: not what bpftrace prints
+            return None
+        if len(self._comm_cache) >= COMM_CACHE_MAX:
+            self._comm_cache.clear()
+        tail = self._comm_cache[escaped] = b'"comm":' + json_string(decode_comm(raw)) + b"}"
+        return tail
 
-    ``feed(line)`` returns the rows of a finished interval when the line is the interval
-    marker, else None. Map keys are ``"<pid>,<comm>"`` (pid first: split at the first comma,
-    a comma in the name stays in the name).
-    """
+    def _check_sent(self, sent: int) -> None:
+        """Events bpftrace printed (``@sent``, once a second) against events that arrived.
 
-    def __init__(self, on_malformed: Callable[[bytes], None] | None = None,
-                 on_ready: Callable[[], None] | None = None):
-        self.lost = 0
-        self.malformed = 0
-        self._rows: list[dict] = []
-        self._on_malformed = on_malformed
-        self._on_ready = on_ready
+        A perf buffer that overflowed is reported by bpftrace only when a later event reaches
+        that CPU's buffer, which on a quiet target may be never. Every event counted in the
+        previous ``@sent`` has had a second to arrive: what has not is lost now. ``lost`` is the
+        larger of that and bpftrace's own count (they converge), never decreasing.
+        """
+        if self._sent_before is not None:
+            arrived = self.events + self.excluded + self.malformed + self._in_chunk
+            self.lost = max(self.lost, self._sent_before - arrived)
+        self._sent_before = sent
 
-    def feed(self, line: bytes) -> list[dict] | None:
-        if not line.strip():
-            return None                    # bpftrace prints an empty map as a blank line
-        record = json_record(line)
-        if record is None:
+    # --- counts mode -------------------------------------------------------------------------
+    def _map(self, line: bytes, data: dict) -> None:
+        ((name, entries),) = data.items()
+        kind, _, gen = name[1:].rpartition("_")
+        if kind not in ("calls", "bytes", "errors") or gen not in ("a", "b") or not isinstance(entries, dict):
             return self._bad(line)
-        kind, data = record
-        if kind == "stats" and isinstance(data, dict):
-            for name, entries in data.items():
-                syscall = name[1:].rsplit("_", 1)[0]    # "@read_a" -> "read"
-                if syscall not in ("read", "write") or not isinstance(entries, dict):
-                    return self._bad(line)
-                for key, val in entries.items():
-                    pid, sep, comm = key.partition(",")
-                    try:
-                        row = {"pid": int(pid), "comm": decode_comm(comm.encode("latin-1")),
-                               "syscall": syscall, "calls": int(val["count"]), "bytes": int(val["total"])}
-                    except (ValueError, KeyError, TypeError, UnicodeError):
-                        self._bad(line)
-                        continue
-                    self._rows.append(row)
-            return None
-        if kind == "printf" and data == INTERVAL:
-            rows, self._rows = self._rows, []
-            return rows
-        if kind == "printf" and data == READY.decode() + "\n":
-            if self._on_ready:
-                self._on_ready()
-            return None
-        if kind == "lost_events" and isinstance(data, dict):
-            self.lost += int(data.get("events", 0))
-            return None
-        if kind == "attached_probes":
-            return None
-        return self._bad(line)
+        for key, val in entries.items():
+            try:
+                pid, cgroup, idx, comm = key.split(",", 3)
+                syscall = self.syscalls[int(idx)]
+                row = self._row(int(pid), int(cgroup), syscall, decode_comm(comm.encode("latin-1")))
+                if kind == "calls":
+                    calls, lat_sum = val["count"], val["total"]
+                    if type(calls) is not int or type(lat_sum) is not int or calls < 0 or lat_sum < 0:
+                        raise ValueError("negative or non-integer stats")
+                    row["calls"] += calls
+                    row["lat_ns_sum"] += lat_sum
+                else:
+                    if type(val) is not int or val < 0:
+                        raise ValueError("negative or non-integer count")
+                    row[kind] += val
+            except (ValueError, KeyError, TypeError, IndexError, UnicodeError):
+                self._bad(line)
 
-    def _bad(self, line: bytes) -> None:
-        self.malformed += 1
-        if self._on_malformed:
-            self._on_malformed(line)
-        return None
+    def _row(self, pid: int, cgroup: int, syscall: str, comm: str) -> dict:
+        key = (pid, cgroup, syscall, comm)
+        rows = self._pending
+        row = rows.get(key)
+        if row is None:
+            cid, cname = self.containers.fields(cgroup)
+            row = rows[key] = {"pid": pid, "comm": comm, "container_id": cid, "container_name": cname,
+                               "syscall": syscall, "calls": 0, "bytes": 0, "errors": 0, "lat_ns_sum": 0}
+        return row
+
+    def _finish_interval(self) -> list[dict]:
+        rows = [r for r in self._pending.values() if r["calls"]]
+        self._pending.clear()
+        self.events += sum(r["calls"] for r in rows)
+        return rows

@@ -1,41 +1,50 @@
-"""Build the bpftrace program text and command line for a mode, probe kind and filters.
+"""Build the bpftrace program and command line for a mode, probe kind, syscall set and filters.
 
-The programs live in collector/syscalls.bt (events) and collector/syscalls_counts.bt
-(counts), both runnable by hand. Here they are only edited at fixed markers:
-tracepoint -> kprobe names and arguments, and the predicate extended with the
---pid/--comm filters so that filtering happens in the kernel. Each edit checks that its
-marker was found, so a change to the .bt files cannot silently disable a filter.
+One template per mode lives here; collector/syscalls.bt and collector/syscalls_counts.bt are
+that template rendered for the defaults (read and write, tracepoints, no filter), runnable by
+hand, and a unit test keeps them equal to ``render()`` (regenerate: ``python -m collector.program``).
+
+Each traced call is seen twice: at entry (start time, fd and count kept per thread in
+``@inflight``, a hash map bounded by BPFTRACE_MAP_KEYS_MAX) and at exit, where the event is
+printed with ``ret`` and ``lat_ns``. A thread that dies inside a call never reaches the exit
+probe: sched_process_exit deletes its entry, so nothing leaks. Filters (--pid, --comm,
+--container, the collector's own PIDs) are predicates on the entry probe, so the kernel drops
+what is not wanted before anything is kept or printed.
 """
 from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 from pathlib import Path
 
+from shared.protocol import DEFAULT_SYSCALLS, SYSCALLS
+
 HERE = Path(__file__).resolve().parent
-PROGRAMS = {"events": HERE / "syscalls.bt", "counts": HERE / "syscalls_counts.bt"}
-SELF_PREDICATE = "/pid != $1 && pid != $3/"
-# kprobe: the x86-64 syscall wrappers get the user's registers as a struct pt_regs *;
-# read(fd, buf, count): fd in rdi, count in rdx.
-KPROBE_EDITS = {
-    "tracepoint:syscalls:sys_enter_read": "kprobe:__x64_sys_read",
-    "tracepoint:syscalls:sys_enter_write": "kprobe:__x64_sys_write",
-    "args->fd": "((struct pt_regs *)arg0)->di",
-    "args->count": "((struct pt_regs *)arg0)->dx",
-}
+FILES = {"events": HERE / "syscalls.bt", "counts": HERE / "syscalls_counts.bt"}
 COMM_MAX = 15                        # TASK_COMM_LEN - 1: the kernel truncates longer names
 _SAFE_COMM = re.compile(r"[\x20-\x7e]+")
 ENV = {
-    # Per-CPU perf ring of 1024 pages (4 MiB): absorbs bursts at saturation (issue 5).
+    # Per-CPU perf ring of 1024 pages (4 MiB): absorbs bursts at saturation.
     "BPFTRACE_PERF_RB_PAGES": "1024",
-    # Counts mode: room for many (pid, comm) keys per interval, so no update is dropped.
+    # Room for many keys: threads inside a call (@inflight) and (pid, cgroup, syscall, comm) rows.
     "BPFTRACE_MAP_KEYS_MAX": "65536",
 }
+READY = "syswatch-ready"
+INTERVAL = "syswatch-interval"
+SENT_MAP = "@sent"                   # events mode: events printed, for the collector's loss check
+# The count argument: bytes asked for, except readv/writev: the number of iovecs (the sum of
+# their lengths would mean reading user memory in a loop; ret has the bytes moved).
+COUNT_ARG = {"read": "count", "write": "count", "pread64": "count", "pwrite64": "count",
+             "readv": "vlen", "writev": "vlen"}
+# kprobe: the x86-64 syscall wrappers get the user's registers as a struct pt_regs *;
+# fd is the first argument (rdi), count/vlen the third (rdx).
+_REGS = "((struct pt_regs *)arg0)"
 
 
 class FilterError(ValueError):
-    """A --pid/--comm value that cannot become a bpftrace predicate; the text says why."""
+    """A filter value that cannot become a bpftrace predicate; the text says why."""
 
 
 def comm_literal(name: str) -> str:
@@ -51,7 +60,19 @@ def comm_literal(name: str) -> str:
     return f'"{name}"'
 
 
-def predicate(pids: list[int], comms: list[str]) -> str:
+def check_syscalls(names: list[str]) -> list[str]:
+    """The syscalls to trace, in protocol order, or FilterError naming the valid ones."""
+    if not names:
+        raise FilterError(f"--syscalls needs at least one of: {', '.join(SYSCALLS)}")
+    unknown = [n for n in names if n not in SYSCALLS]
+    if unknown:
+        raise FilterError(f"--syscalls: unknown {', '.join(map(repr, unknown))}; "
+                          f"valid: {', '.join(SYSCALLS)}")
+    return [s for s in SYSCALLS if s in names]
+
+
+def predicate(pids=(), comms=(), cgroups=()) -> str:
+    """The entry probes' predicate: never the collector ($1) nor bpftrace ($3), then the filters."""
     conds = ["pid != $1", "pid != $3"]
     if pids:
         for pid in pids:
@@ -60,26 +81,197 @@ def predicate(pids: list[int], comms: list[str]) -> str:
         conds.append("(" + " || ".join(f"pid == {p}" for p in pids) + ")")
     if comms:
         conds.append("(" + " || ".join(f"comm == {comm_literal(c)}" for c in comms) + ")")
+    if cgroups:
+        conds.append("(" + " || ".join(f"cgroup == {int(c)}" for c in cgroups) + ")")
     return "/" + " && ".join(conds) + "/"
 
 
-def _replace(text: str, old: str, new: str) -> str:
-    if old not in text:
-        raise RuntimeError(f"bpftrace program template lacks {old!r}: collector/*.bt and "
-                           "collector/program.py disagree")
-    return text.replace(old, new)
-
-
-def build(mode: str, probe: str, pids: list[int] = (), comms: list[str] = ()) -> str:
-    """The program text for ``mode`` (events|counts) and ``probe`` (kprobe|tracepoint)."""
-    text = PROGRAMS[mode].read_text()
+def _probes(name: str, probe: str) -> tuple[str, str, str, str, str]:
+    """(entry probe, exit probe, fd, count, ret) expressions for ``name`` and ``probe``."""
+    if probe == "tracepoint":
+        return (f"tracepoint:syscalls:sys_enter_{name}", f"tracepoint:syscalls:sys_exit_{name}",
+                "args->fd", f"args->{COUNT_ARG[name]}", "args->ret")
     if probe == "kprobe":
-        for old, new in KPROBE_EDITS.items():
-            if old != "args->fd" or mode == "events":      # counts mode does not use fd
-                text = _replace(text, old, new)
-    elif probe != "tracepoint":
-        raise ValueError(f"probe must be kprobe or tracepoint, not {probe!r}")
-    return _replace(text, SELF_PREDICATE, predicate(list(pids), list(comms)))
+        return (f"kprobe:__x64_sys_{name}", f"kretprobe:__x64_sys_{name}",
+                f"{_REGS}->di", f"{_REGS}->dx", "retval")
+    raise ValueError(f"probe must be kprobe or tracepoint, not {probe!r}")
+
+
+HEADERS = {
+    "events": """\
+#!/usr/bin/env bpftrace
+/*
+ * syscalls.bt  Trace every read(2) and write(2) on the host, one line per call when it
+ *              returns, except the calls of the PIDs given as $1 and $3 (the collector and
+ *              bpftrace itself: tracing them would feed back on itself).
+ *
+ * USAGE: BPFTRACE_MAP_KEYS_MAX=65536 bpftrace -f json syscalls.bt COLLECTOR_PID CLOCK_OFFSET_NS BPFTRACE_PID
+ *        e.g.  bpftrace -f json collector/syscalls.bt 0 0 0   (nothing excluded, monotonic ts)
+ *
+ * Generated by collector/program.py (python -m collector.program events > collector/syscalls.bt),
+ * which also renders it for other syscalls (pread64, pwrite64, readv, writev), kprobes and
+ * filters. The entry probe keeps (start, fd, count) per thread in @inflight; the exit probe
+ * prints the event with ret (bytes moved or -errno) and lat_ns (time in the call), so a call
+ * blocked for minutes is printed when it returns, as strace does. sched_process_exit drops
+ * the entry of a thread that dies inside a call. @sent counts printed events, printed every
+ * second, so the collector can see events lost in the perf buffer before bpftrace reports them.
+ *
+ * Output (bpftrace -f json): one JSON line per call whose "data" is the syscall's index in the
+ * program and the EVENT object without the container fields, the process name last. bpftrace's
+ * JSON output escapes the whole printf text, so a name holding quotes, backslashes or newlines
+ * stays inside its string; the collector checks the numeric fields against a fixed pattern and
+ * re-encodes the name itself, so no name can add or change a field. nsecs is CLOCK_MONOTONIC:
+ * $2 is the offset to the wall clock (time.time_ns() - time.monotonic_ns(), taken at start-up).
+ *
+ * Example output:
+ *   {"type": "printf", "data": "syswatch-ready\\n"}
+ *   {"type": "printf", "data": "1{\\"ts_ns\\":1795548582161190450,\\"pid\\":5489,\\"tid\\":5489,\\"uid\\":0,\\"syscall\\":\\"write\\",\\"fd\\":1,\\"count\\":5,\\"ret\\":5,\\"lat_ns\\":3120,\\"cgroup_id\\":1,\\"comm\\":\\"bash\\"}\\n"}
+ *   {"type": "map", "data": {"@sent": 1}}
+ */
+""",
+    "counts": """\
+#!/usr/bin/env bpftrace
+/*
+ * syscalls_counts.bt  Count read(2)/write(2) calls per (pid, cgroup, syscall, name) in the
+ *                     kernel: calls and summed latency (stats), bytes moved (sum of positive
+ *                     ret) and errors (ret < 0), printed every $2 milliseconds (the collector's
+ *                     low-overhead "counts" mode). The PIDs $1 and $3 (the collector and
+ *                     bpftrace) are not counted.
+ *
+ * USAGE: BPFTRACE_MAP_KEYS_MAX=65536 bpftrace -f json syscalls_counts.bt COLLECTOR_PID INTERVAL_MS BPFTRACE_PID
+ *        e.g.  bpftrace -f json collector/syscalls_counts.bt 0 1000 0
+ *
+ * Generated by collector/program.py (python -m collector.program counts > collector/syscalls_counts.bt).
+ * Run with -f json: text output would print process names raw, and a name may hold newlines
+ * and quotes. Map keys are "pid,cgroup,syscall index,name": the name last, so a comma in it
+ * stays in it.
+ *
+ * Exactness: clear() right after print() would lose the increments made in between. So the
+ * maps are double-buffered: the probes write to the "a" maps while @gen == 0 and to the "b"
+ * maps otherwise; the interval probe flips @gen first, then prints and clears the maps nobody
+ * writes to any more (print/clear run later, in bpftrace's user space, in order).
+ *
+ * Example output (one interval):
+ *   {"type": "stats", "data": {"@calls_a": {"812,1,1,bash": {"count": 2, "average": 1500, "total": 3000}}}}
+ *   {"type": "map", "data": {"@bytes_a": {"812,1,1,bash": 52}}}
+ *   {"type": "map", "data": {"@errors_a": {}}}
+ *   {"type": "printf", "data": "syswatch-interval\\n"}
+ */
+""",
+}
+
+
+def _events(syscalls: list[str], probe: str, pred: str) -> str:
+    out = [HEADERS["events"], "BEGIN\n{\n\t/* every probe is attached once BEGIN runs: the collector waits "
+           f"for this line */\n\tprintf(\"{READY}\\n\");\n}}\n"]
+    for idx, name in enumerate(syscalls):
+        enter, leave, fd, count, ret = _probes(name, probe)
+        out.append(f"""
+{enter}
+{pred}
+{{
+	@inflight[tid] = (nsecs, {fd}, {count});
+}}
+
+{leave}
+/@inflight[tid].0/
+{{
+	$e = @inflight[tid];
+	delete(@inflight[tid]);
+	{SENT_MAP} = count();
+	printf("{idx}{{\\"ts_ns\\":%llu,\\"pid\\":%d,\\"tid\\":%d,\\"uid\\":%d,\\"syscall\\":\\"{name}\\",\\"fd\\":%d,\\"count\\":%llu,\\"ret\\":%lld,\\"lat_ns\\":%llu,\\"cgroup_id\\":%llu,\\"comm\\":\\"%s\\"}}\\n",
+	    $e.0 + $2, pid, tid, uid, $e.1, $e.2, {ret}, nsecs - $e.0, cgroup, comm);
+}}
+""")
+    out.append(f"""
+tracepoint:sched:sched_process_exit
+/@inflight[tid].0/
+{{
+	/* a thread that dies inside a call never reaches the exit probe */
+	delete(@inflight[tid]);
+}}
+
+interval:s:1
+{{
+	print({SENT_MAP});
+}}
+
+END
+{{
+	clear(@inflight);
+}}
+""")
+    return "".join(out)
+
+
+def _counts(syscalls: list[str], probe: str, pred: str) -> str:
+    out = [HEADERS["counts"], f"BEGIN\n{{\n\t@gen = 0;\n\tprintf(\"{READY}\\n\");\n}}\n"]
+    for idx, name in enumerate(syscalls):
+        enter, leave, _fd, _count, ret = _probes(name, probe)
+        updates = {}
+        for gen in "ab":
+            key = f"[pid, cgroup, {idx}, comm]"
+            updates[gen] = (f"@calls_{gen}{key} = stats($lat); @bytes_{gen}{key} = sum($ret > 0 ? $ret : 0);\n"
+                            f"\t\tif ($ret < 0) {{ @errors_{gen}{key} = count(); }}")
+        out.append(f"""
+{enter}
+{pred}
+{{
+	@inflight[tid] = nsecs;
+}}
+
+{leave}
+/@inflight[tid]/
+{{
+	$lat = nsecs - @inflight[tid];
+	$ret = {ret};
+	delete(@inflight[tid]);
+	if (@gen == 0) {{
+		{updates["a"]}
+	}} else {{
+		{updates["b"]}
+	}}
+}}
+""")
+    prints = {g: " ".join(f"print(@{m}_{g});" for m in ("calls", "bytes", "errors")) for g in "ab"}
+    clears = {g: " ".join(f"clear(@{m}_{g});" for m in ("calls", "bytes", "errors")) for g in "ab"}
+    out.append(f"""
+tracepoint:sched:sched_process_exit
+/@inflight[tid]/
+{{
+	/* a thread that dies inside a call never reaches the exit probe */
+	delete(@inflight[tid]);
+}}
+
+interval:ms:$2
+{{
+	if (@gen == 0) {{
+		@gen = 1;
+		{prints["a"]}
+		{clears["a"]}
+	}} else {{
+		@gen = 0;
+		{prints["b"]}
+		{clears["b"]}
+	}}
+	printf("{INTERVAL}\\n");
+}}
+
+END
+{{
+	/* the collector publishes only complete intervals: print nothing at exit */
+	{clears["a"]} {clears["b"]} clear(@inflight); delete(@gen);
+}}
+""")
+    return "".join(out)
+
+
+def render(mode: str, probe: str = "tracepoint", syscalls=DEFAULT_SYSCALLS, pids=(), comms=(),
+           cgroups=()) -> str:
+    """The program text for ``mode`` (events|counts), ``probe`` (kprobe|tracepoint) and filters."""
+    pred = predicate(list(pids), list(comms), list(cgroups))
+    build = {"events": _events, "counts": _counts}[mode]
+    return build(check_syscalls(list(syscalls)), probe, pred)
 
 
 def clock_offset_ns() -> int:
@@ -88,12 +280,16 @@ def clock_offset_ns() -> int:
 
 
 def command(bpftrace: str, mode: str, program: str, interval_ms: int) -> list[str]:
-    """argv for /bin/sh that execs bpftrace with the positional parameters of the .bt files.
+    """argv for /bin/sh that execs bpftrace with the positional parameters of the programs.
 
     $3 (bpftrace's own PID) is not known before it starts: the shell passes its own PID
     (``$$``) and then execs bpftrace, which keeps that PID.
     """
     second = str(clock_offset_ns()) if mode == "events" else str(interval_ms)
-    # JSON output in both modes: bpftrace then escapes process names itself (cheaper than %rx)
+    # JSON output in both modes: bpftrace then escapes process names itself
     return ["/bin/sh", "-c", 'exec "$@" "$$"', "sh", bpftrace, "-f", "json", "-e", program,
             str(os.getpid()), second]
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render(sys.argv[1] if len(sys.argv) > 1 else "events"))

@@ -20,3 +20,48 @@ def env_default(name: str, default: T, convert: Callable[[str], T] = str) -> T:
         return convert(raw)
     except (TypeError, ValueError) as exc:
         raise SystemExit(f"error: environment variable {name}={raw!r} is invalid: {exc}") from None
+
+
+def add_option(parser, *flags: str, env: str | None = None, default=None, type: Callable = str,
+               repeatable: bool = False, help: str, **kwargs):
+    """One command-line option for every entry point: flag > environment > default.
+
+    ``env`` names the variable read when the flag is absent (a repeatable option's variable is
+    comma separated); the help text gets ``[env NAME] (default: ...)`` in one format everywhere.
+    A bad value exits 2 with a message naming the flag or the variable.
+    """
+    import argparse
+
+    def convert(text: str):
+        try:
+            return type(text)
+        except (TypeError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = getattr(type, "__name__", "value").lstrip("_")
+
+    def split(text: str) -> list:
+        return [type(item.strip()) for item in text.split(",") if item.strip()]
+
+    if env:
+        default = env_default(env, default, split if repeatable else type)
+    shown = ",".join(map(str, default)) if repeatable and default else default
+    suffix = (f" [env {env}]" if env else "") + f" (default: {shown if shown not in (None, '', []) else 'none'})"
+    return parser.add_argument(*flags, type=convert, default=default, help=help + suffix,
+                               action=_Repeat if repeatable else "store", **kwargs)
+
+
+def _repeat_action():
+    import argparse
+
+    class Repeat(argparse.Action):
+        """Like "append", but the values given on the command line replace the default."""
+
+        def __call__(self, parser, namespace, values, option_string=None):
+            current = getattr(namespace, self.dest, None)
+            if current is self.default or current is None:
+                current = []
+            setattr(namespace, self.dest, [*current, values])
+    return Repeat
+
+
+_Repeat = _repeat_action()

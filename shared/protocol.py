@@ -1,52 +1,75 @@
-"""syswatch wire protocol v1 (ZeroMQ PUB/SUB), implemented once for every peer.
+"""syswatch wire protocol v2 (ZeroMQ PUB/SUB), implemented once for every peer.
 
-Every message is two frames: ``[topic, payload]``. The topic is ASCII, the payload
-one UTF-8 JSON object carrying ``"v": 1``. Subscribers pick topics by prefix
-(``syscall.`` = every event). See ../shared/CONTRACT.md (the interface contract).
+Every message is two frames: ``[topic, payload]``. The topic is ASCII, the payload one
+UTF-8 JSON object carrying ``"v": 2``. Subscribers pick topics by prefix (``syscall.`` =
+every event). The protocol is documented for users in docs/PROTOCOL.md.
 
-    frames = encode("status", {"host": "h", ...})      # -> [b"status", b'{"v":1,...}']
-    msg = decode(frames)                                 # -> Message(topic, payload)
-    for event in msg.events: ...                         # syscall.* batches
+    frames = encode("status", {...})          # -> [b"status", b'{"v":2,...}']
+    msg = decode(frames)                      # -> Message(topic, payload), validated
+    for event in msg.events: ...              # syscall.* batches
 
-``decode`` never lets a foreign payload through silently: it raises ProtocolError
-with a message that says what was wrong (frame count, encoding, JSON, version, shape).
+``decode`` is the one validator of the stream (collector output, API, subscriber scripts):
+it never lets a foreign payload through. It raises ProtocolError, with a message that says
+what was wrong, for a wrong frame count, encoding, JSON (NaN and Infinity included), version
+or shape, and for any number outside its range (u64 at most, non-negative where it must be)
+or string or list over its bound. Fields it does not know are dropped, so what a peer keeps
+is bounded by the limits below whatever a publisher sends.
 """
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, NamedTuple, Sequence
+import math
+import re
+from typing import Iterable, NamedTuple, Sequence
 
-VERSION = 1
+VERSION = 2
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
 
-TOPIC_READ = "syscall.read"
-TOPIC_WRITE = "syscall.write"
 TOPIC_COUNTS = "counts"
 TOPIC_STATUS = "status"
 EVENT_PREFIX = "syscall."
-EVENT_TOPICS = {"read": TOPIC_READ, "write": TOPIC_WRITE}
-TOPICS = (TOPIC_READ, TOPIC_WRITE, TOPIC_COUNTS, TOPIC_STATUS)
-SYSCALLS = ("read", "write")
+# Every syscall the collector can trace (the read/write family); read and write by default.
+SYSCALLS = ("read", "write", "pread64", "pwrite64", "readv", "writev")
+DEFAULT_SYSCALLS = ("read", "write")
+EVENT_TOPICS = {s: EVENT_PREFIX + s for s in SYSCALLS}
+MODES = ("events", "counts")
+PROBES = ("kprobe", "tracepoint")
 
-# EVENT fields and their JSON types (bool is excluded from int below).
-EVENT_FIELDS = {"ts_ns": int, "pid": int, "tid": int, "uid": int, "comm": str,
-                "syscall": str, "fd": int, "count": int}
-COUNTS_ROW_FIELDS = {"pid": int, "comm": str, "syscall": str, "calls": int, "bytes": int}
-# Required payload keys per topic (beyond "v").
-REQUIRED = {
-    TOPIC_READ: {"host": str, "events": list},
-    TOPIC_WRITE: {"host": str, "events": list},
-    TOPIC_COUNTS: {"host": str, "ts_ns": int, "interval_ns": int, "rows": list},
-    TOPIC_STATUS: {"host": str, "ts_ns": int, "mode": str, "probe": str,
-                   "excluded_pids": list, "events_total": int, "lost_total": int,
-                   "dropped_total": int, "malformed_total": int, "uptime_s": (int, float)},
-}
-# A payload larger than this is refused by decode (and by subscribers' ZMQ_MAXMSGSIZE).
-MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+# A subscriber announces itself by subscribing to ANNOUNCE_PREFIX + "<pid>:<pid namespace inode>";
+# the collector then leaves that process's own I/O out of the stream (no feedback loop). No
+# published topic starts with "~", so the subscription never matches a message.
+ANNOUNCE_PREFIX = "~subscriber:"
+
+# --- bounds of every value the protocol carries -------------------------------------------------
+U64 = 2**64 - 1
+I64_MIN, I64_MAX = -2**63, 2**63 - 1
+U32 = 2**32 - 1
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024  # decode refuses more; subscribers set ZMQ_MAXMSGSIZE to it
+MAX_BATCH = 65_536                    # events in one syscall.* message / rows in one counts message
+MAX_HOST = 255                        # characters of a host name (DNS limit)
+MAX_COMM = 64                         # 15 bytes of kernel name, 4 characters per escaped byte
+MAX_CONTAINER_NAME = 255
+MAX_EXCLUDED_PIDS = 1024
+
+# EVENT: field -> (low, high) for integers; strings are checked one by one in _clean_event.
+EVENT_INTS = {"ts_ns": (0, U64), "pid": (0, U32), "tid": (0, U32), "uid": (0, U32),
+              "fd": (-2**31, 2**31 - 1), "count": (0, U64), "ret": (I64_MIN, I64_MAX),
+              "lat_ns": (0, U64), "cgroup_id": (0, U64)}
+EVENT_STRS = ("comm", "syscall", "container_id", "container_name")
+EVENT_FIELDS = (*EVENT_INTS, *EVENT_STRS)
+ROW_INTS = {"pid": (0, U32), "calls": (0, U64), "bytes": (0, U64), "errors": (0, U64),
+            "lat_ns_sum": (0, U64)}
+ROW_FIELDS = ("pid", "comm", "container_id", "container_name", "syscall", "calls", "bytes", "errors",
+              "lat_ns_sum")
+STATUS_INTS = {"ts_ns": (0, U64), "events_total": (0, U64), "lost_total": (0, U64),
+               "dropped_total": (0, U64), "malformed_total": (0, U64)}
+STATUS_FIELDS = ("host", "ts_ns", "mode", "probe", "syscalls", "excluded_pids", "events_total",
+                 "lost_total", "dropped_total", "malformed_total", "uptime_s")
+_CONTAINER_ID = re.compile(r"(?:[0-9a-f]{12})?")
 
 
 class ProtocolError(ValueError):
-    """A message that is not syswatch wire protocol v1; the text says why."""
+    """A message that is not syswatch wire protocol v2; the text says why."""
 
 
 class Message(NamedTuple):
@@ -59,26 +82,37 @@ class Message(NamedTuple):
         return self.payload.get("events", []) if self.topic.startswith(EVENT_PREFIX) else []
 
 
+def topic_for(syscall: str) -> str:
+    """``read`` -> ``syscall.read``; ProtocolError for a syscall the protocol does not know."""
+    try:
+        return EVENT_TOPICS[syscall]
+    except KeyError:
+        raise ProtocolError(f"unknown syscall {syscall!r}; known: {', '.join(SYSCALLS)}") from None
+
+
 def encode(topic: str, payload: dict) -> list[bytes]:
-    """Two frames for ``topic``/``payload``; ``"v": 1`` is added (a different ``v`` is an error)."""
+    """Two frames for ``topic``/``payload``; ``"v": 2`` is added (a different ``v`` is an error)."""
     if not isinstance(topic, str) or not topic.isascii() or not topic:
         raise ProtocolError(f"topic must be a non-empty ASCII string, got {topic!r}")
     if not isinstance(payload, dict):
         raise ProtocolError(f"payload must be a dict, got {type(payload).__name__}")
     if payload.get("v", VERSION) != VERSION:
         raise ProtocolError(f"payload has v={payload['v']!r}; this is protocol v{VERSION}")
-    body = {"v": VERSION, **payload}
-    return [topic.encode("ascii"), json.dumps(body, separators=(",", ":")).encode("utf-8")]
+    try:
+        body = json.dumps({"v": VERSION, **payload}, separators=(",", ":"), allow_nan=False)
+    except ValueError as exc:
+        raise ProtocolError(f"payload of {topic!r} is not strict JSON: {exc}") from None
+    return [topic.encode("ascii"), body.encode("utf-8")]
 
 
 def encode_event_batch(topic: str, host_json: bytes, events_json: Iterable[bytes]) -> list[bytes]:
-    """Fast path for the collector: frames for a batch of events already serialised as JSON.
+    """The collector's fast path: frames for a batch of events already serialised as JSON.
 
     ``host_json`` is the host name as a JSON string (``json_string(host)``), each item of
     ``events_json`` one EVENT object as JSON bytes. Nothing is re-parsed.
     """
     return [topic.encode("ascii"),
-            b'{"v":1,"host":' + host_json + b',"events":[' + b",".join(events_json) + b"]}"]
+            b'{"v":2,"host":' + host_json + b',"events":[' + b",".join(events_json) + b"]}"]
 
 
 def json_string(text: str) -> bytes:
@@ -86,31 +120,143 @@ def json_string(text: str) -> bytes:
     return json.dumps(text).encode("ascii")
 
 
-def _check_fields(obj: Any, fields: dict, what: str) -> None:
-    if not isinstance(obj, dict):
-        raise ProtocolError(f"{what} must be a JSON object, got {type(obj).__name__}")
-    for key, typ in fields.items():
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _int(obj: dict, key: str, bounds: tuple[int, int], what: str) -> int:
+    val = obj.get(key)
+    if type(val) is not int or not bounds[0] <= val <= bounds[1]:
         if key not in obj:
             raise ProtocolError(f"{what} lacks field {key!r}")
-        val = obj[key]
-        if isinstance(val, bool) or not isinstance(val, typ):
-            want = typ.__name__ if isinstance(typ, type) else "number"
-            raise ProtocolError(f"{what} field {key!r} must be {want}, got {val!r:.60}")
+        raise ProtocolError(f"{what} field {key!r} must be an integer in {bounds[0]}..{bounds[1]}, "
+                            f"got {_short(val)}")
+    return val
 
 
-def decode(frames: Sequence[bytes], *, strict: bool = False) -> Message:
-    """Parse ``[topic, payload]`` frames into a Message, or raise ProtocolError.
+def _str(obj: dict, key: str, limit: int, what: str, default: str | None = None) -> str:
+    val = obj.get(key, default)
+    if type(val) is not str or len(val) > limit:
+        if val is None:
+            raise ProtocolError(f"{what} lacks field {key!r}")
+        raise ProtocolError(f"{what} field {key!r} must be a string of at most {limit} characters, "
+                            f"got {_short(val)}")
+    return val
 
-    The envelope of every known topic is checked (required keys and types); with
-    ``strict=True`` every event and counts row is checked too. Unknown topics are
-    accepted if their payload is a v1 object (forward compatibility).
+
+def _short(val) -> str:
+    text = repr(val) if not isinstance(val, (str, list, dict)) else json.dumps(val)[:60]
+    return text[:60] + ("..." if len(text) > 60 else "")
+
+
+def _container_id(obj: dict, what: str) -> str:
+    val = _str(obj, "container_id", 12, what)
+    if not _CONTAINER_ID.fullmatch(val):
+        raise ProtocolError(f"{what} field 'container_id' must be 12 hex digits or \"\", got {_short(val)}")
+    return val
+
+
+def clean_event(e: object, syscall: str) -> dict:
+    """A new EVENT dict holding only the protocol's fields, each checked; ProtocolError otherwise.
+
+    The API's hot path: plain type and range checks, no regex unless a container is named.
+    """
+    if type(e) is not dict:
+        raise ProtocolError(f"an event must be a JSON object, got {_short(e)}")
+    out = {}
+    for key, (lo, hi) in EVENT_INTS.items():
+        val = e.get(key)
+        if type(val) is not int or not lo <= val <= hi:
+            _int(e, key, (lo, hi), f"syscall.{syscall} event")
+        out[key] = val
+    comm = e.get("comm")
+    if type(comm) is not str or len(comm) > MAX_COMM:
+        _str(e, "comm", MAX_COMM, f"syscall.{syscall} event")
+    if e.get("syscall") != syscall:
+        raise ProtocolError(f"an event of topic syscall.{syscall} has syscall {_short(e.get('syscall'))}")
+    cid = e.get("container_id")
+    if cid != "":
+        cid = _container_id(e, f"syscall.{syscall} event")
+    name = e.get("container_name")
+    if type(name) is not str or len(name) > MAX_CONTAINER_NAME:
+        _str(e, "container_name", MAX_CONTAINER_NAME, f"syscall.{syscall} event")
+    out["comm"], out["syscall"], out["container_id"], out["container_name"] = comm, syscall, cid, name
+    return out
+
+
+def clean_row(r: object) -> dict:
+    """A counts ROW with only the protocol's fields, each checked; ProtocolError otherwise."""
+    if type(r) is not dict:
+        raise ProtocolError(f"a counts row must be a JSON object, got {_short(r)}")
+    out = {key: _int(r, key, bounds, "counts row") for key, bounds in ROW_INTS.items()}
+    out["comm"] = _str(r, "comm", MAX_COMM, "counts row")
+    out["container_id"] = _container_id(r, "counts row")
+    out["container_name"] = _str(r, "container_name", MAX_CONTAINER_NAME, "counts row", default="")
+    if r.get("syscall") not in EVENT_TOPICS:
+        raise ProtocolError(f"counts row has unknown syscall {_short(r.get('syscall'))}; "
+                            f"known: {', '.join(SYSCALLS)}")
+    out["syscall"] = r["syscall"]
+    return out
+
+
+def clean_status(p: dict) -> dict:
+    what = "status payload"
+    out = {key: _int(p, key, bounds, what) for key, bounds in STATUS_INTS.items()}
+    out["host"] = _host(p, what)
+    if p.get("mode") not in MODES:
+        raise ProtocolError(f"{what} field 'mode' must be one of {', '.join(MODES)}, got {_short(p.get('mode'))}")
+    if p.get("probe") not in PROBES:
+        raise ProtocolError(f"{what} field 'probe' must be one of {', '.join(PROBES)}, got {_short(p.get('probe'))}")
+    out["mode"], out["probe"] = p["mode"], p["probe"]
+    syscalls = p.get("syscalls")
+    if type(syscalls) is not list or not syscalls or len(syscalls) > len(SYSCALLS) \
+            or any(s not in EVENT_TOPICS for s in syscalls):
+        raise ProtocolError(f"{what} field 'syscalls' must list known syscalls ({', '.join(SYSCALLS)}), "
+                            f"got {_short(syscalls)}")
+    out["syscalls"] = list(syscalls)
+    pids = p.get("excluded_pids")
+    if type(pids) is not list or len(pids) > MAX_EXCLUDED_PIDS \
+            or any(type(x) is not int or not 0 <= x <= U32 for x in pids):
+        raise ProtocolError(f"{what} field 'excluded_pids' must be a list of at most {MAX_EXCLUDED_PIDS} "
+                            f"PIDs, got {_short(pids)}")
+    out["excluded_pids"] = list(pids)
+    up = p.get("uptime_s")
+    if type(up) not in (int, float) or not math.isfinite(up) or not 0 <= up <= 1e10:
+        raise ProtocolError(f"{what} field 'uptime_s' must be a finite number of seconds, got {_short(up)}")
+    out["uptime_s"] = up
+    return out
+
+
+def _host(p: dict, what: str) -> str:
+    host = _str(p, "host", MAX_HOST, what)
+    if not host.isprintable():
+        raise ProtocolError(f"{what} field 'host' must be printable, got {_short(host)}")
+    return host
+
+
+def _batch(p: dict, key: str, what: str) -> list:
+    items = p.get(key)
+    if type(items) is not list or len(items) > MAX_BATCH:
+        raise ProtocolError(f"{what} field {key!r} must be a list of at most {MAX_BATCH} items, "
+                            f"got {_short(items) if type(items) is not list else f'{len(items)} items'}")
+    return items
+
+
+def decode(frames: Sequence[bytes]) -> Message:
+    """Parse and validate ``[topic, payload]`` frames into a Message, or raise ProtocolError.
+
+    Known topics come back cleaned (only the protocol's fields, every value in range).
+    Unknown topics are accepted if their payload is a v2 object (forward compatibility).
     """
     if not isinstance(frames, (list, tuple)) or len(frames) != 2:
         n = len(frames) if isinstance(frames, (list, tuple)) else "?"
         raise ProtocolError(f"expected 2 frames [topic, payload], got {n}")
     raw_topic, raw_payload = frames
-    if not isinstance(raw_topic, (bytes, bytearray, memoryview)) or not isinstance(raw_payload, (bytes, bytearray, memoryview)):
+    if not isinstance(raw_topic, (bytes, bytearray, memoryview)) \
+            or not isinstance(raw_payload, (bytes, bytearray, memoryview)):
         raise ProtocolError("frames must be bytes")
+    if len(raw_topic) > 64:
+        raise ProtocolError(f"topic frame of {len(raw_topic)} bytes: topics are short names")
     try:
         topic = bytes(raw_topic).decode("ascii")
     except UnicodeDecodeError:
@@ -120,32 +266,56 @@ def decode(frames: Sequence[bytes], *, strict: bool = False) -> Message:
     if len(raw_payload) > MAX_PAYLOAD_BYTES:
         raise ProtocolError(f"payload of {len(raw_payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
-        payload = json.loads(bytes(raw_payload))
+        payload = json.loads(bytes(raw_payload), parse_constant=_no_constants)
     except UnicodeDecodeError:
         raise ProtocolError(f"payload of topic {topic!r} is not UTF-8") from None
     except (ValueError, RecursionError) as exc:
-        raise ProtocolError(f"payload of topic {topic!r} is not JSON: {exc}") from None
+        raise ProtocolError(f"payload of topic {topic!r} is not JSON: {str(exc)[:200]}") from None
     if not isinstance(payload, dict):
         raise ProtocolError(f"payload of topic {topic!r} must be a JSON object, got {type(payload).__name__}")
     version = payload.get("v")
-    if version != VERSION or isinstance(version, bool):
-        raise ProtocolError(f"payload of topic {topic!r} has protocol version v={version!r}; "
-                            f"this peer speaks v{VERSION}: upgrade the older side")
-    if topic in REQUIRED:
-        _check_fields(payload, REQUIRED[topic], f"{topic} payload")
-    if strict:
-        if topic.startswith(EVENT_PREFIX):
-            for event in payload.get("events", []):
-                _check_fields(event, EVENT_FIELDS, f"{topic} event")
-        elif topic == TOPIC_COUNTS:
-            for row in payload["rows"]:
-                _check_fields(row, COUNTS_ROW_FIELDS, "counts row")
+    if version != VERSION or type(version) is not int:
+        hint = ("upgrade the older side (the collector speaks v1: it predates event model v2)"
+                if version == 1 else "upgrade the older side")
+        raise ProtocolError(f"payload of topic {topic!r} has protocol version v={_short(version)}; "
+                            f"this peer speaks v{VERSION}: {hint}")
+    what = f"{topic} payload"
+    if topic.startswith(EVENT_PREFIX):
+        syscall = topic[len(EVENT_PREFIX):]
+        if syscall not in EVENT_TOPICS:
+            raise ProtocolError(f"unknown event topic {topic!r}; known syscalls: {', '.join(SYSCALLS)}")
+        host = _host(payload, what)
+        events = [clean_event(e, syscall) for e in _batch(payload, "events", what)]
+        return Message(topic, {"v": VERSION, "host": host, "events": events})
+    if topic == TOPIC_COUNTS:
+        out = {"v": VERSION, "host": _host(payload, what),
+               "ts_ns": _int(payload, "ts_ns", (0, U64), what),
+               "interval_ns": _int(payload, "interval_ns", (1, U64), what),
+               "rows": [clean_row(r) for r in _batch(payload, "rows", what)]}
+        return Message(topic, out)
+    if topic == TOPIC_STATUS:
+        return Message(topic, {"v": VERSION, **clean_status(payload)})
     return Message(topic, payload)
 
 
-def topic_for(syscall: str) -> str:
-    """``read`` -> ``syscall.read``; raises ProtocolError for an unknown syscall."""
+def announce_topic(pid: int, pid_ns: int) -> str:
+    """The subscription by which a subscriber asks the collector to leave its own I/O out."""
+    return f"{ANNOUNCE_PREFIX}{pid}:{pid_ns}"
+
+
+def parse_announce(topic: bytes) -> tuple[int, int] | None:
+    """(pid, pid namespace inode) of an announce subscription, or None if it is not a valid one."""
+    m = re.fullmatch(rb"~subscriber:([1-9]\d{0,9}):([1-9]\d{0,19})", topic)
+    if not m:
+        return None
+    pid, ns = int(m.group(1)), int(m.group(2))
+    return (pid, ns) if pid <= U32 and ns <= U64 else None
+
+
+def valid_subscription(topic: bytes) -> bool:
+    """A subscription the collector applies: a prefix of a topic it publishes (bounded set)."""
     try:
-        return EVENT_TOPICS[syscall]
-    except KeyError:
-        raise ProtocolError(f"unknown syscall {syscall!r}; known: {', '.join(SYSCALLS)}") from None
+        text = topic.decode("ascii")
+    except UnicodeDecodeError:
+        return False
+    return any(t.startswith(text) for t in (*EVENT_TOPICS.values(), TOPIC_COUNTS, TOPIC_STATUS))

@@ -12,32 +12,62 @@ if __package__ in (None, ""):                       # run as a script: python su
 
 import zmq
 
-from shared import curve
-from shared.config import env_default
+from shared import __version__, curve
+from shared.config import add_option
 from shared.protocol import DEFAULT_ENDPOINT, Message, ProtocolError, decode
-from shared.zmqsock import make_subscriber
+from shared.zmqsock import EndpointError, check_endpoint, make_subscriber
 
 
-def add_endpoint_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--endpoint", default=env_default("SYSWATCH_COLLECTOR", DEFAULT_ENDPOINT),
-                   help="the collector's ZeroMQ endpoint [env SYSWATCH_COLLECTOR] (default: %(default)s); "
-                        "CurveZMQ keys from SYSWATCH_CURVE_SERVER_KEY/SYSWATCH_CURVE_CLIENT_KEY")
+def add_common_flags(p: argparse.ArgumentParser) -> None:
+    """--endpoint (repeatable: one view over several collectors), -p/-n/-c filters, -d, -V."""
+    add_option(p, "-e", "--endpoint", env="SYSWATCH_COLLECTOR", default=[DEFAULT_ENDPOINT], repeatable=True,
+               type=check_endpoint, metavar="ENDPOINT", dest="endpoint",
+               help="a collector's ZeroMQ endpoint; repeat for several collectors (CurveZMQ keys from "
+                    "SYSWATCH_CURVE_SERVER_KEY/SYSWATCH_CURVE_CLIENT_KEY)")
+    add_option(p, "-p", "--pid", default=[], type=int, repeatable=True, dest="pid", metavar="PID",
+               help="only this PID; repeatable")
+    add_option(p, "-n", "--comm", default=[], repeatable=True, dest="comm", metavar="NAME",
+               help="only this process name; repeatable")
+    add_option(p, "-c", "--container", default=[], repeatable=True, dest="container", metavar="ID|NAME",
+               help="only this container (id prefix or name as the collector reports it); repeatable")
+    add_option(p, "-d", "--duration", default=0.0, type=float, metavar="SECONDS", dest="duration",
+               help="stop after this many seconds; 0 = never")
+    p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
+
+
+def wanted(item: dict, args: argparse.Namespace) -> bool:
+    """Whether an event or counts row passes the -p/-n/-c filters."""
+    if args.pid and item.get("pid") not in args.pid:
+        return False
+    if args.comm and item.get("comm") not in args.comm:
+        return False
+    if args.container:
+        cid, name = item.get("container_id", ""), item.get("container_name", "")
+        return any(cid and (cid.startswith(c) or c.startswith(cid)) or (name and name == c)
+                   for c in args.container)
+    return True
 
 
 class Subscription:
-    """A SUB socket on ``endpoint`` for ``topics``; ``messages()`` yields decoded messages."""
+    """A SUB socket on every endpoint for ``topics``; ``messages()`` yields decoded messages."""
 
-    def __init__(self, endpoint: str, topics: list[str]):
+    def __init__(self, endpoints: list[str], topics: list[str]):
         try:
             keys = curve.client_from_env()
         except curve.CurveError as exc:
             raise SystemExit(f"error: {exc}") from None
         self.ctx = zmq.Context()
-        try:
-            self.sock = make_subscriber(self.ctx, endpoint, topics, curve_client=keys)
-        except zmq.ZMQError as exc:
-            self.ctx.term()
-            raise SystemExit(f"error: cannot connect to {endpoint!r}: {exc}") from None
+        self.socks = []
+        for endpoint in endpoints:
+            try:
+                self.socks.append(make_subscriber(self.ctx, endpoint, topics, curve_client=keys))
+            except (zmq.ZMQError, EndpointError) as exc:
+                self.close()
+                print(f"error: cannot connect to {endpoint!r}: {exc}", file=sys.stderr)
+                raise SystemExit(2) from None
+        self.poller = zmq.Poller()
+        for sock in self.socks:
+            self.poller.register(sock, zmq.POLLIN)
         self.malformed = 0
 
     def messages(self, deadline: float | None = None, tick: float | None = None) -> Iterator[Message | None]:
@@ -47,17 +77,20 @@ class Subscription:
             if deadline is not None and now >= deadline:
                 return
             wait = min(x for x in (deadline - now if deadline else None, tick, 1.0) if x is not None)
-            if not self.sock.poll(max(wait, 0) * 1000):
+            ready = dict(self.poller.poll(max(wait, 0) * 1000))
+            if not ready:
                 if tick is not None:
                     yield None
                 continue
-            frames = self.sock.recv_multipart()
-            try:
-                yield decode(frames)
-            except ProtocolError as exc:
-                self.malformed += 1
-                print(f"warning: skipped a malformed message: {exc}", file=sys.stderr)
+            for sock in ready:
+                frames = sock.recv_multipart()
+                try:
+                    yield decode(frames)
+                except ProtocolError as exc:
+                    self.malformed += 1
+                    print(f"warning: skipped a malformed message: {exc}", file=sys.stderr)
 
     def close(self) -> None:
-        self.sock.close(linger=0)
+        for sock in self.socks:
+            sock.close(linger=0)
         self.ctx.term()

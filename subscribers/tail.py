@@ -15,56 +15,63 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shared.protocol import EVENT_PREFIX, TOPIC_COUNTS, TOPIC_STATUS
-from subscribers.common import Subscription, add_endpoint_flag
+from subscribers.common import Subscription, add_common_flags, wanted
 
 EPILOG = """\
 examples:
   python subscribers/tail.py                           every read/write event, seed-style lines
   python subscribers/tail.py --json --count 100        100 events as JSON lines, then exit
-  python subscribers/tail.py --topic syscall.write --comm nginx
-  python subscribers/tail.py --pid 1234 --timeout 10   stop after 10 s
+  python subscribers/tail.py --topic syscall.write -n nginx
+  python subscribers/tail.py -p 1234 -d 10             PID 1234 only, stop after 10 s
+  python subscribers/tail.py -c web                    container "web" only (name or id prefix)
+  python subscribers/tail.py -e tcp://node1:5556 -e tcp://node2:5556   several collectors
   python subscribers/tail.py --topic status --json     the collector's counters every second
   python subscribers/tail.py --topic counts            counts mode totals
 
-Exit status: 0 on Ctrl-C or when --count events were printed; 1 when --timeout expired
-before --count was reached.
+Each line: pid, syscall, then tid, uid, name, container, fd, the bytes asked for (count),
+what the call returned (ret: bytes moved, or -errno) and how long it took (lat).
+Exit status: 0 on Ctrl-C, at the end of -d, or when --count items were printed; 1 when -d
+expired before --count was reached; 2 for a usage error.
 """
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="tail.py", description="Print the syswatch event stream.",
+    p = argparse.ArgumentParser(prog="syswatch-tail", description="Print the syswatch event stream.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_endpoint_flag(p)
+    add_common_flags(p)
     p.add_argument("--topic", action="append", default=None,
                    help="topic prefix to subscribe to, repeatable: syscall. syscall.read syscall.write "
-                        "counts status (default: syscall.)")
-    p.add_argument("--pid", type=int, action="append", default=[], help="only this PID; repeatable (default: all)")
-    p.add_argument("--comm", action="append", default=[], help="only this process name; repeatable (default: all)")
+                        "syscall.pread64 ... counts status (default: syscall.)")
     p.add_argument("--json", action="store_true", help="one JSON object per line (default: text)")
     p.add_argument("--count", type=int, default=0, metavar="N",
-                   help="exit after N events (counts rows and status messages count too); 0 = never (default: 0)")
-    p.add_argument("--timeout", type=float, default=0, metavar="SECONDS",
-                   help="exit after this many seconds; 0 = never (default: 0)")
-    return p.parse_args(argv)
+                   help="exit after N items (events, counts rows, status messages); 0 = never (default: 0)")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="same as -d (older name)")
+    args = p.parse_args(argv)
+    if args.timeout is not None:
+        args.duration = args.timeout
+    return args
 
 
-def wanted(item: dict, pids: set, comms: set) -> bool:
-    return (not pids or item.get("pid") in pids) and (not comms or item.get("comm") in comms)
+def _lat(ns: int) -> str:
+    return f"{ns / 1e6:.3f}ms" if ns >= 1_000_000 else f"{ns / 1e3:.1f}us"
 
 
-def text_line(topic: str, item: dict) -> str:
+def text_line(topic: str, item: dict, host: str) -> str:
     if topic.startswith(EVENT_PREFIX):
+        where = f" container={item['container_name'] or item['container_id']}" if item["container_id"] else ""
         return (f"{item['pid']} - hello sys_{item['syscall']} was called "
-                f"(tid={item['tid']} uid={item['uid']} comm={json.dumps(item['comm'])} "
-                f"fd={item['fd']} count={item['count']})")
+                f"(tid={item['tid']} uid={item['uid']} comm={json.dumps(item['comm'])}{where} "
+                f"fd={item['fd']} count={item['count']} ret={item['ret']} lat={_lat(item['lat_ns'])} host={host})")
     if topic == TOPIC_COUNTS:
-        return (f"counts: pid={item['pid']} comm={json.dumps(item['comm'])} {item['syscall']} "
-                f"calls={item['calls']} bytes={item['bytes']}")
+        where = f" container={item['container_name'] or item['container_id']}" if item["container_id"] else ""
+        return (f"counts: pid={item['pid']} comm={json.dumps(item['comm'])}{where} {item['syscall']} "
+                f"calls={item['calls']} bytes={item['bytes']} errors={item['errors']} "
+                f"lat_ns_sum={item['lat_ns_sum']} host={host}")
     return f"{topic}: " + " ".join(f"{k}={v}" for k, v in item.items() if k != "v")
 
 
 def items(msg):
-    """(topic, item) pairs: each event, each counts row, or the status payload itself."""
+    """Each event, each counts row, or the status payload itself."""
     if msg.topic.startswith(EVENT_PREFIX):
         return msg.events
     if msg.topic == TOPIC_COUNTS:
@@ -75,20 +82,20 @@ def items(msg):
 def main(argv=None) -> int:
     args = parse_args(argv)
     topics = args.topic or [EVENT_PREFIX]
-    pids, comms = set(args.pid), set(args.comm)
     sub = Subscription(args.endpoint, topics)
-    deadline = time.monotonic() + args.timeout if args.timeout > 0 else None
+    deadline = time.monotonic() + args.duration if args.duration > 0 else None
     printed = 0
     out = sys.stdout
     try:
         for msg in sub.messages(deadline):
+            host = msg.payload.get("host", "")
             for item in items(msg):
-                if msg.topic != TOPIC_STATUS and not wanted(item, pids, comms):
+                if msg.topic != TOPIC_STATUS and not wanted(item, args):
                     continue
-                if args.json:
-                    out.write(json.dumps(item) + "\n")   # an EVENT, a counts row, or a status payload
+                if args.json:          # an EVENT or counts row (with the collector's host), or a status
+                    out.write(json.dumps(item if msg.topic == TOPIC_STATUS else {**item, "host": host}) + "\n")
                 else:
-                    out.write(text_line(msg.topic, item) + "\n")
+                    out.write(text_line(msg.topic, item, host) + "\n")
                 printed += 1
                 if args.count and printed >= args.count:
                     out.flush()
@@ -102,8 +109,8 @@ def main(argv=None) -> int:
     finally:
         sub.close()
     if args.count:
-        print(f"tail.py: timeout after {args.timeout:g} s with {printed} of {args.count} events "
-              f"(is the collector running on {args.endpoint}?)", file=sys.stderr)
+        print(f"syswatch-tail: timeout after {args.duration:g} s with {printed} of {args.count} items "
+              f"(is the collector running on {', '.join(args.endpoint)}?)", file=sys.stderr)
         return 1
     return 0
 

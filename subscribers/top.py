@@ -20,27 +20,40 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shared.protocol import EVENT_PREFIX, TOPIC_COUNTS, TOPIC_STATUS
-from subscribers.common import Subscription, add_endpoint_flag
+from subscribers.common import Subscription, add_common_flags, wanted
 
 EPILOG = """\
 examples:
   python subscribers/top.py                        refresh every second, busiest first by calls/s
   python subscribers/top.py --sort bytes --rows 10
+  python subscribers/top.py --group container      busiest containers ("-" is the host itself)
   python subscribers/top.py --once                 one 1-second sample as plain text, then exit
   python subscribers/top.py --iterations 5 --delay 2 --json   5 samples of 2 s as JSON lines
+  python subscribers/top.py -e tcp://node1:5556 -e tcp://node2:5556   several collectors (HOST column)
+
+Columns: reads and writes per second (the read family: read, pread64, readv; the write family:
+write, pwrite64, writev), bytes actually moved per second (the sum of positive ret), failed
+calls per second (ret < 0) and the mean time in the call. Exit status: 0, or 1 when no
+collector answered within 3 s of a --once/--iterations run, 2 for a usage error.
 """
 CLEAR = "\x1b[H\x1b[2J"
+READS = {"read", "pread64", "readv"}
+FIRST_MESSAGE_WAIT_S = 3.0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="top.py", description="Busiest processes by read/write calls and bytes.",
+    p = argparse.ArgumentParser(prog="syswatch-top", description="Busiest processes or containers by "
+                                "read/write calls, bytes moved, errors and latency.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_endpoint_flag(p)
+    add_common_flags(p)
     p.add_argument("--delay", type=float, default=1.0, metavar="SECONDS",
                    help="refresh interval (default: %(default)s)")
     p.add_argument("--rows", type=int, default=0,
-                   help="processes shown; 0 = as many as fit the terminal (default: 0)")
-    p.add_argument("--sort", choices=("calls", "bytes"), default="calls", help="sort key (default: %(default)s)")
+                   help="rows shown; 0 = as many as fit the terminal (default: 0)")
+    p.add_argument("--sort", choices=("calls", "bytes", "errors", "latency"), default="calls",
+                   help="sort key (default: %(default)s)")
+    p.add_argument("--group", choices=("process", "container"), default="process",
+                   help="one row per process or per container (default: %(default)s)")
     p.add_argument("--iterations", type=int, default=0, metavar="N",
                    help="exit after N refreshes, printing plain text (no screen clearing); 0 = run until "
                         "Ctrl-C (default: 0)")
@@ -50,38 +63,58 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _zero() -> dict:
+    return {"read_calls": 0, "read_bytes": 0, "write_calls": 0, "write_bytes": 0, "errors": 0, "lat_ns_sum": 0}
+
+
 class Sample:
-    """Calls and bytes per (pid, comm) and syscall over one refresh interval."""
+    """Calls, bytes moved, errors and latency per process (or container) over one refresh interval."""
 
-    def __init__(self):
+    def __init__(self, group: str):
+        self.group = group
         self.started = time.monotonic()
-        self.rows: dict[tuple[int, str], dict[str, int]] = defaultdict(
-            lambda: {"read_calls": 0, "read_bytes": 0, "write_calls": 0, "write_bytes": 0})
+        self.rows: dict[tuple, dict[str, int]] = defaultdict(_zero)
         self.counts_seconds = 0.0              # counts mode: how many seconds the rows cover
-        self.status: dict | None = None
+        self.status: dict[str, dict] = {}      # host -> its collector's last status
 
-    def add_event(self, ev: dict) -> None:
-        row = self.rows[(ev["pid"], ev["comm"])]
-        row[ev["syscall"] + "_calls"] += 1
-        row[ev["syscall"] + "_bytes"] += ev["count"]
+    def _key(self, host: str, item: dict) -> tuple:
+        if self.group == "container":
+            return (host, item["container_id"], item["container_name"])
+        return (host, item["pid"], item["comm"], item["container_name"] or item["container_id"])
 
-    def add_counts(self, payload: dict) -> None:
+    def add_event(self, host: str, ev: dict) -> None:
+        row = self.rows[self._key(host, ev)]
+        side = "read" if ev["syscall"] in READS else "write"
+        row[side + "_calls"] += 1
+        if ev["ret"] > 0:
+            row[side + "_bytes"] += ev["ret"]
+        elif ev["ret"] < 0:
+            row["errors"] += 1
+        row["lat_ns_sum"] += ev["lat_ns"]
+
+    def add_counts(self, payload: dict, rows: list) -> None:
         self.counts_seconds += payload["interval_ns"] / 1e9
-        for r in payload["rows"]:
-            row = self.rows[(r["pid"], r["comm"])]
-            row[r["syscall"] + "_calls"] += r["calls"]
-            row[r["syscall"] + "_bytes"] += r["bytes"]
+        for r in rows:
+            row = self.rows[self._key(payload["host"], r)]
+            side = "read" if r["syscall"] in READS else "write"
+            row[side + "_calls"] += r["calls"]
+            row[side + "_bytes"] += r["bytes"]
+            row["errors"] += r["errors"]
+            row["lat_ns_sum"] += r["lat_ns_sum"]
 
     def table(self, sort: str) -> list[dict]:
         seconds = self.counts_seconds or max(time.monotonic() - self.started, 1e-3)
         out = []
-        for (pid, comm), r in self.rows.items():
-            out.append({"pid": pid, "comm": comm,
-                        **{k.replace("_calls", "_calls_s").replace("_bytes", "_bytes_s"): round(v / seconds, 1)
-                           for k, v in r.items()}})
-        key = (lambda r: r["read_calls_s"] + r["write_calls_s"]) if sort == "calls" else \
-              (lambda r: r["read_bytes_s"] + r["write_bytes_s"])
-        return sorted(out, key=key, reverse=True)
+        for key, r in self.rows.items():
+            calls = r["read_calls"] + r["write_calls"]
+            head = {"host": key[0], "container_id": key[1], "container_name": key[2]} \
+                if self.group == "container" else {"host": key[0], "pid": key[1], "comm": key[2], "container": key[3]}
+            out.append({**head, **{f"{k}_s": round(v / seconds, 1) for k, v in r.items() if k != "lat_ns_sum"},
+                        "avg_lat_us": round(r["lat_ns_sum"] / calls / 1e3, 1) if calls else 0.0})
+        keys = {"calls": lambda r: r["read_calls_s"] + r["write_calls_s"],
+                "bytes": lambda r: r["read_bytes_s"] + r["write_bytes_s"],
+                "errors": lambda r: r["errors_s"], "latency": lambda r: r["avg_lat_us"]}
+        return sorted(out, key=keys[sort], reverse=True)
 
 
 def human(n: float) -> str:
@@ -92,21 +125,36 @@ def human(n: float) -> str:
     return f"{n:.1f}T"
 
 
+def _esc(text: str, width: int) -> str:
+    return json.dumps(text)[1:-1][:width]           # escaped: a name cannot move the cursor
+
+
 def render(sample: Sample, sort: str, rows: int) -> str:
     table = sample.table(sort)
-    st = sample.status
-    head = (f"syswatch top - {time.strftime('%H:%M:%S')}  " +
-            (f"collector {st['host']} mode={st['mode']} probe={st['probe']} events={st['events_total']} "
-             f"lost={st['lost_total']} dropped={st['dropped_total']} malformed={st['malformed_total']}"
-             if st else "waiting for the collector's status..."))
-    lines = [head, "",
-             f"{'PID':>8} {'COMM':<18} {'READ/s':>8} {'RBYTES/s':>9} {'WRITE/s':>8} {'WBYTES/s':>9}"]
+    head = [f"syswatch top - {time.strftime('%H:%M:%S')}"]
+    for host, st in sorted(sample.status.items()):
+        head.append(f"  collector {st['host']} mode={st['mode']} probe={st['probe']} events={st['events_total']} "
+                    f"lost={st['lost_total']} dropped={st['dropped_total']} malformed={st['malformed_total']}")
+    if not sample.status:
+        head.append("  waiting for the collector's status...")
+    hosts = len({r["host"] for r in table}) > 1
+    hostcol = f"{'HOST':<12} " if hosts else ""
+    if sample.group == "container":
+        cols = f"{hostcol}{'CONTAINER':<12} {'NAME':<20}"
+    else:
+        cols = f"{hostcol}{'PID':>8} {'COMM':<16} {'CONTAINER':<14}"
+    lines = [*head, "", f"{cols} {'READ/s':>8} {'RBYTES/s':>9} {'WRITE/s':>8} {'WBYTES/s':>9} {'ERR/s':>7} {'LAT':>9}"]
     for r in table[:rows]:
-        comm = json.dumps(r["comm"])[1:-1][:18]      # escaped: a name cannot move the cursor
-        lines.append(f"{r['pid']:>8} {comm:<18} {human(r['read_calls_s']):>8} {human(r['read_bytes_s']):>9} "
-                     f"{human(r['write_calls_s']):>8} {human(r['write_bytes_s']):>9}")
+        host = f"{_esc(r['host'], 12):<12} " if hosts else ""
+        if sample.group == "container":
+            who = f"{host}{r['container_id'] or '-':<12} {_esc(r['container_name'], 20):<20}"
+        else:
+            who = f"{host}{r['pid']:>8} {_esc(r['comm'], 16):<16} {_esc(r['container'], 14) or '-':<14}"
+        lines.append(f"{who} {human(r['read_calls_s']):>8} {human(r['read_bytes_s']):>9} "
+                     f"{human(r['write_calls_s']):>8} {human(r['write_bytes_s']):>9} {human(r['errors_s']):>7} "
+                     f"{r['avg_lat_us']:>7.1f}us")
     if not table:
-        lines.append("(no read/write calls in this interval)")
+        lines.append("(no calls in this interval)")
     return "\n".join(lines)
 
 
@@ -115,38 +163,55 @@ def main(argv=None) -> int:
     iterations = 1 if args.once else args.iterations
     interactive = iterations == 0 and sys.stdout.isatty() and not args.json
     sub = Subscription(args.endpoint, [EVENT_PREFIX, TOPIC_COUNTS, TOPIC_STATUS])
+    started = time.monotonic()
+    deadline = started + args.duration if args.duration > 0 else None
+    heard = False
     done = 0
-    sample = Sample()
-    last_status = None
-    last_counts = None
-    next_refresh = time.monotonic() + args.delay
+    sample = Sample(args.group)
+    last_counts: dict[str, tuple] = {}
+    next_refresh = started + args.delay
     try:
-        for msg in sub.messages(tick=0.1):
+        for msg in sub.messages(deadline, tick=0.1):
             if msg is not None:
+                heard = True
+                host = msg.payload.get("host", "")
                 if msg.topic.startswith(EVENT_PREFIX):
                     for ev in msg.events:
-                        sample.add_event(ev)
+                        if wanted(ev, args):
+                            sample.add_event(host, ev)
                 elif msg.topic == TOPIC_COUNTS:
-                    sample.add_counts(msg.payload)
-                    last_counts = msg.payload
+                    rows = [r for r in msg.payload["rows"] if wanted(r, args)]
+                    sample.add_counts(msg.payload, rows)
+                    last_counts[host] = (msg.payload, rows)
                 elif msg.topic == TOPIC_STATUS:
-                    sample.status = last_status = msg.payload
-            if time.monotonic() < next_refresh:
+                    sample.status[host] = msg.payload
+            now = time.monotonic()
+            if now < next_refresh:
                 continue
-            if not sample.rows and last_counts is not None:
-                sample.add_counts(last_counts)   # counts mode with --delay < --interval: repeat the last totals
+            if not heard:
+                if iterations and now - started >= FIRST_MESSAGE_WAIT_S:
+                    print(f"syswatch-top: no collector answered on {', '.join(args.endpoint)} within "
+                          f"{FIRST_MESSAGE_WAIT_S:g} s: is it running (sudo syswatch-collector)?", file=sys.stderr)
+                    return 1
+                if iterations:
+                    continue                    # a plain-text sample waits for the first message
+            if not sample.rows and last_counts:
+                for payload, rows in last_counts.values():
+                    sample.add_counts(payload, rows)   # counts mode with --delay < --interval: repeat
             if args.json:
-                print(json.dumps({"status": sample.status, "processes": sample.table(args.sort)[:args.rows or None]}))
+                key = "containers" if args.group == "container" else "processes"
+                print(json.dumps({"status": sample.status, key: sample.table(args.sort)[:args.rows or None]}))
             else:
-                height = shutil.get_terminal_size((100, 24)).lines - 4
+                height = shutil.get_terminal_size((100, 24)).lines - 5
                 text = render(sample, args.sort, args.rows or (max(height, 5) if interactive else 20))
                 print((CLEAR if interactive else "") + text + ("" if interactive else "\n"), flush=True)
             sys.stdout.flush()
             done += 1
             if iterations and done >= iterations:
                 return 0
-            sample = Sample()
-            sample.status = last_status
+            status = sample.status
+            sample = Sample(args.group)
+            sample.status = status
             next_refresh = time.monotonic() + args.delay
     except KeyboardInterrupt:
         return 0

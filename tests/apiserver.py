@@ -1,5 +1,5 @@
 """Test helpers for the API: a real `python -m api.server` process on a free port, and a real
-ZeroMQ publisher speaking wire protocol v1 (shared/protocol.py), standing in for the collector.
+ZeroMQ publisher speaking wire protocol v2 (shared/protocol.py), standing in for the collector.
 
 SYSWATCH_TEST_PYTHON picks the interpreter that runs the server, e.g. Debian's
 /usr/bin/python3 with bottle 0.12, waitress 2.1 and pyzmq 24:
@@ -106,25 +106,30 @@ class ApiServer:
 
 
 def event(pid: int = 4242, comm: str = "testproc", syscall: str = "write", count: int = 100,
-          fd: int = 1, tid: int | None = None, uid: int = 1000, ts_ns: int | None = None) -> dict:
+          fd: int = 1, tid: int | None = None, uid: int = 1000, ts_ns: int | None = None,
+          ret: int | None = None, lat_ns: int = 1500, container_id: str = "", container_name: str = "",
+          cgroup_id: int = 1) -> dict:
+    """A v2 EVENT; ``ret`` defaults to ``count`` (every byte moved)."""
     return {"ts_ns": ts_ns if ts_ns is not None else time.time_ns(), "pid": pid,
             "tid": pid if tid is None else tid, "uid": uid, "comm": comm, "syscall": syscall,
-            "fd": fd, "count": count}
+            "fd": fd, "count": count, "ret": count if ret is None else ret, "lat_ns": lat_ns,
+            "cgroup_id": cgroup_id, "container_id": container_id, "container_name": container_name}
 
 
 class Publisher:
-    """A PUB socket bound like the collector's, sending protocol-v1 messages built with shared/protocol."""
+    """A PUB socket bound like the collector's, sending protocol-v2 messages built with shared/protocol."""
 
-    def __init__(self, endpoint: str, ctx: zmq.Context | None = None, curve_server=None):
+    def __init__(self, endpoint: str, ctx: zmq.Context | None = None, curve_server=None, host: str = "testhost"):
         self.ctx = ctx or zmq.Context.instance()
         self.endpoint = endpoint
+        self.host = host
         self.sock = zmqsock.make_publisher(self.ctx, endpoint, sndhwm=100_000, curve_server=curve_server)
         self.events_total = 0
         self.started = time.monotonic()
 
     def status(self, **over) -> None:
-        payload = {"host": "testhost", "ts_ns": time.time_ns(), "mode": "events", "probe": "tracepoint",
-                   "excluded_pids": [1, 2], "events_total": self.events_total, "lost_total": 0,
+        payload = {"host": self.host, "ts_ns": time.time_ns(), "mode": "events", "probe": "tracepoint",
+                   "syscalls": ["read", "write"], "excluded_pids": [1, 2], "events_total": self.events_total, "lost_total": 0,
                    "dropped_total": 0, "malformed_total": 0,
                    "uptime_s": round(time.monotonic() - self.started, 3)}
         payload.update(over)
@@ -136,7 +141,7 @@ class Publisher:
             by_syscall.setdefault(e["syscall"], []).append(e)
         for syscall, batch in by_syscall.items():
             self.sock.send_multipart(protocol.encode(protocol.topic_for(syscall),
-                                                     {"host": "testhost", "events": batch}))
+                                                     {"host": self.host, "events": batch}))
             self.events_total += len(batch)
 
     def raw(self, frames: list) -> None:

@@ -154,7 +154,7 @@ class Subscriber:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.sock.poll(100):
-                msg = decode(self.sock.recv_multipart(), strict=True)
+                msg = decode(self.sock.recv_multipart())
                 if msg.topic == "status":
                     self.statuses.append(msg.payload)
                 yield msg

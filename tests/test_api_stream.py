@@ -55,7 +55,8 @@ def test_stats_events_and_metrics_show_known_events(live):
     s0 = stats(srv)
     publish_and_wait(srv, pub, KNOWN)
     s = stats(srv)
-    assert s["connected"] is True and s["collector"] == srv.collector
+    assert s["connected"] is True and [c["endpoint"] for c in s["collectors"]] == [srv.collector]
+    assert s["hosts"] == ["testhost"] and s["collectors"][0]["host"] == "testhost"
     assert s["totals"]["read"]["calls"] - s0["totals"]["read"]["calls"] == 5
     assert s["totals"]["read"]["bytes"] - s0["totals"]["read"]["bytes"] == 50
     assert s["totals"]["write"]["calls"] - s0["totals"]["write"]["calls"] == 12
@@ -66,21 +67,24 @@ def test_stats_events_and_metrics_show_known_events(live):
         p["bytes"] > 3000 for p in s["top_processes_by_bytes"][:1])
     assert s["collector_status"]["probe"] == "tracepoint" and "v" not in s["collector_status"]
 
+    known = [{**e, "host": "testhost"} for e in KNOWN]
     r = srv.get("/events", params={"pid": 7003})
     assert r.status_code == 200 and r.json()["count"] == 9
-    assert r.json()["events"] == [e for e in KNOWN if e["pid"] == 7003]
-    assert srv.get("/events", params={"comm": "beta", "syscall": "write"}).json()["events"] == KNOWN[5:8]
-    assert srv.get("/events", params={"syscall": "read", "pid": 7001, "limit": 2}).json()["events"] == KNOWN[3:5]
+    assert r.json()["events"] == [e for e in known if e["pid"] == 7003]
+    assert srv.get("/events", params={"comm": "beta", "syscall": "write"}).json()["events"] == known[5:8]
+    assert srv.get("/events", params={"syscall": "read", "pid": 7001, "limit": 2}).json()["events"] == known[3:5]
     assert srv.get("/events", params={"comm": "nobody"}).json() == {"events": [], "count": 0}
-    assert srv.get("/events", params={"limit": 3}).json()["events"] == KNOWN[-3:]
+    assert srv.get("/events", params={"limit": 3}).json()["events"] == known[-3:]
+    assert srv.get("/events", params={"limit": 3, "host": "testhost"}).json()["events"] == known[-3:]
+    assert srv.get("/events", params={"host": "elsewhere"}).json()["count"] == 0
 
     text = srv.get("/metrics").text
     metrics = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
-    assert int(metrics['syswatch_events_total{syscall="read"}']) == s["totals"]["read"]["calls"]
-    assert int(metrics['syswatch_requested_bytes_total{syscall="write"}']) == s["totals"]["write"]["bytes"]
-    assert metrics["syswatch_collector_connected"] == "1"
-    for name in ("syswatch_collector_lost_total", "syswatch_collector_dropped_total",
-                 "syswatch_collector_malformed_total", "syswatch_api_sse_dropped_events_total",
+    assert int(metrics['syswatch_events_total{host="testhost",syscall="read"}']) == s["totals"]["read"]["calls"]
+    assert int(metrics['syswatch_moved_bytes_total{host="testhost",syscall="write"}']) == s["totals"]["write"]["bytes"]
+    assert metrics[f'syswatch_collector_connected{{host="testhost",endpoint="{srv.collector}"}}'] == "1"
+    for name in ('syswatch_collector_lost_total{host="testhost"}', 'syswatch_collector_dropped_total{host="testhost"}',
+                 'syswatch_collector_malformed_total{host="testhost"}', "syswatch_api_sse_dropped_events_total",
                  "syswatch_api_malformed_messages_total"):
         assert name in metrics
     assert int(metrics['syswatch_http_requests_total{route="/stats",method="GET",status="200"}']) >= 2
@@ -92,7 +96,8 @@ def test_collector_status_counters_reach_metrics(live):
     pub.status(lost_total=11, dropped_total=0, malformed_total=3)
     wait_for(lambda: stats(srv)["collector_status"]["lost_total"] == 11, what="status")
     text = srv.get("/metrics").text
-    assert "syswatch_collector_lost_total 11" in text and "syswatch_collector_malformed_total 3" in text
+    assert 'syswatch_collector_lost_total{host="testhost"} 11' in text
+    assert 'syswatch_collector_malformed_total{host="testhost"} 3' in text
     pub.status()
 
 
@@ -119,8 +124,10 @@ def test_events_not_received_is_estimated_from_the_collector_status(live):
 def test_counts_mode_messages_feed_the_totals(live):
     srv, pub = live
     before = stats(srv)["totals"]["read"]
-    rows = [{"pid": 7200, "comm": "counted", "syscall": "read", "calls": 1000, "bytes": 4096000}]
-    pub.raw(protocol.encode("counts", {"host": "h", "ts_ns": time.time_ns(), "interval_ns": 10**9, "rows": rows}))
+    rows = [{"pid": 7200, "comm": "counted", "container_id": "", "syscall": "read", "calls": 1000,
+             "bytes": 4096000, "errors": 2, "lat_ns_sum": 10**6}]
+    pub.raw(protocol.encode("counts", {"host": "testhost", "ts_ns": time.time_ns(), "interval_ns": 10**9,
+                                       "rows": rows}))
     wait_for(lambda: stats(srv)["totals"]["read"]["calls"] == before["calls"] + 1000, what="counts")
     assert stats(srv)["totals"]["read"]["bytes"] == before["bytes"] + 4096000
 
@@ -134,7 +141,7 @@ BAD_EVENTS_QUERIES = [
     ({"limit": ""}, "must be an integer"),
     ({"pid": "abc"}, "'pid' = \"abc\" must be an integer"),
     ({"pid": "99999999999"}, "out of range"),
-    ({"syscall": "open"}, "'syscall' = \"open\" must be 'read' or 'write'"),
+    ({"syscall": "open"}, "'syscall' = \"open\" must be one of read, write, pread64"),
     ({"comm": ""}, "'comm' = \"\" must be 1..64 printable characters"),
     ({"comm": "x" * 65}, "must be 1..64 printable"),
     ({"comm": "a\nb"}, "must be 1..64 printable"),
@@ -186,7 +193,7 @@ def test_event_stream_delivers_filtered_events_live_and_does_not_block_others(li
         time.sleep(0.3)  # the stream is registered once its first line is out
         pub.events(KNOWN)
         got, comments = sse_events(r, want=5)
-    assert got == KNOWN[:5]
+    assert got == [{**e, "host": "testhost"} for e in KNOWN[:5]]
     assert comments[0].startswith(": syswatch event stream (filters: comm=alpha, syscall=read)")
 
 
@@ -261,23 +268,48 @@ def test_a_stream_client_that_stops_reading_does_not_grow_memory(live):
     sock.close()
 
 
+def _status(**over) -> dict:
+    base = {"v": 2, "host": "h", "ts_ns": 1, "mode": "events", "probe": "tracepoint", "syscalls": ["read"],
+            "excluded_pids": [], "events_total": 0, "lost_total": 0, "dropped_total": 0, "malformed_total": 0,
+            "uptime_s": 1.0}
+    return {**base, **over}
+
+
+def _batch(topic: bytes, *events, raw: bytes | None = None) -> list:
+    body = raw if raw is not None else json.dumps({"v": 2, "host": "h", "events": list(events)}).encode()
+    return [topic, body]
+
+
 MALFORMED = [
     [b"garbage"],                                                        # one frame
     [b"syscall.write", b"{}", b"third"],                                 # three frames
     [b"syscall.write", b"\x00\xff not json"],                            # not UTF-8
     [b"syscall.write", b"[1, 2, 3]"],                                    # not an object
-    [b"syscall.write", b'{"v": 2, "host": "h", "events": []}'],          # another version
-    [b"syscall.write", b'{"v": true, "host": "h", "events": []}'],       # v is not the integer 1
-    [b"syscall.write", b'{"v": 1, "host": "h"}'],                        # no events
-    [b"syscall.write", b'{"v": 1, "host": "h", "events": [{"pid": "1"}]}'],
-    [b"syscall.read", json.dumps({"v": 1, "host": "h", "events": [event(syscall="write")]}).encode()],
-    [b"syscall.read", json.dumps({"v": 1, "host": "h", "events": [dict(event(syscall="read"), count=1.5)]}).encode()],
-    [b"syscall.open", json.dumps({"v": 1, "host": "h", "events": [event()]}).encode()],
-    [b"status", b'{"v": 1, "host": "h"}'],
-    [b"counts", b'{"v": 1, "host": "h", "ts_ns": 1, "interval_ns": 1, "rows": [{"pid": 1}]}'],
-    [b"\xff\xfe", b'{"v": 1}'],                                          # topic not ASCII
+    [b"syscall.write", b'{"v": 1, "host": "h", "events": []}'],          # another version
+    [b"syscall.write", b'{"v": true, "host": "h", "events": []}'],       # v is not the integer 2
+    [b"syscall.write", b'{"v": 2, "host": "h"}'],                        # no events
+    _batch(b"syscall.write", {"pid": "1"}),
+    _batch(b"syscall.read", event(syscall="write")),                     # the topic and the event disagree
+    _batch(b"syscall.read", dict(event(syscall="read"), count=1.5)),
+    _batch(b"syscall.open", event()),                                    # not a syscall of the protocol
+    [b"status", b'{"v": 2, "host": "h"}'],
+    [b"counts", b'{"v": 2, "host": "h", "ts_ns": 1, "interval_ns": 1, "rows": [{"pid": 1}]}'],
+    [b"\xff\xfe", b'{"v": 2}'],                                          # topic not ASCII
     [b"syscall.write", b"[" * 100_000 + b"]" * 100_000],                 # deep nesting
-    [b"syscall.write", b'{"v":1,"host":"h","events":["' + b"A" * 8_000_000 + b'"]}'],  # 8 MB frame
+    [b"syscall.write", b'{"v":2,"host":"h","events":["' + b"A" * 8_000_000 + b'"]}'],  # 8 MB frame
+    # issue 12: numbers out of the protocol's ranges, NaN/Infinity, oversized strings and lists
+    _batch(b"syscall.write", raw=b'{"v":2,"host":"h","events":[' + json.dumps(event()).encode()[:-1]
+           + b',"count":' + b"9" * 4299 + b"}]}"),                      # past Python's int-string limit
+    _batch(b"syscall.write", dict(event(), count=2**64)),                # more than u64
+    _batch(b"syscall.write", dict(event(), lat_ns=-1)),                  # negative where it cannot be
+    _batch(b"syscall.write", raw=json.dumps({"v": 2, "host": "h", "events": [dict(event(), ret=float("nan"))]}).encode()),
+    [b"status", json.dumps(_status(uptime_s=float("inf"))).encode()],   # Infinity
+    [b"status", json.dumps(_status(uptime_s=float("nan"))).encode()],   # NaN
+    [b"status", json.dumps(_status(excluded_pids=list(range(3_000)))).encode()],  # list over its bound
+    [b"status", json.dumps(_status(events_total=-5)).encode()],
+    _batch(b"syscall.write", dict(event(), comm="x" * 1000)),            # string over its bound
+    _batch(b"syscall.write", dict(event(), container_id="../../etc")),
+    [b"syscall.write", json.dumps({"v": 2, "host": "h" * 300, "events": [event()]}).encode()],
 ]
 
 
@@ -293,7 +325,7 @@ def test_malformed_messages_are_counted_and_skipped(live):
     s = stats(srv)
     assert s["api"]["malformed_messages"] - before == len(MALFORMED)
     assert s["api"]["last_malformed_reason"]
-    assert srv.get("/events", params={"pid": 7400}).json()["events"] == good
+    assert srv.get("/events", params={"pid": 7400}).json()["events"] == [{**good[0], "host": "testhost"}]
     assert srv.get("/healthz").status_code == 200 and srv.post("/add_ips", {"add_ips": [2]}).status_code == 200
 
 
@@ -302,7 +334,10 @@ def test_api_starts_without_collector_then_picks_it_up_and_survives_its_restart(
         h = srv.get("/healthz")
         assert h.status_code == 200 and h.json()["collector_connected"] is False
         s = stats(srv)
-        assert s["connected"] is False and s["last_message_age_s"] is None and s["collector_status"] is None
+        assert s["connected"] is False and s["collector_status"] is None
+        assert s["collectors"] == [{"endpoint": srv.collector, "host": None, "connected": False,
+                                    "last_message_age_s": None, "events_received": 0,
+                                    "events_not_received": 0, "status": None}]
         assert srv.post("/add_ips", {"add_ips": [1, 2]}).json()["total_ips"] == 2
         pub = Publisher(srv.collector)  # the collector appears: no restart of the API
         connect(srv, pub)
@@ -327,7 +362,7 @@ def test_at_full_speed_every_event_is_received_or_counted(tmp_path):
         pub.status()
         time.sleep(0.2)
         batch = [event(pid=7600 + i % 7, comm="fast", count=i) for i in range(500)]
-        frames = protocol.encode(protocol.TOPIC_WRITE, {"host": "h", "events": batch})
+        frames = protocol.encode(protocol.topic_for("write"), {"host": pub.host, "events": batch})
         for i in range(600):  # 300,000 events
             pub.raw(frames)
             pub.events_total += len(batch)
@@ -342,3 +377,29 @@ def test_at_full_speed_every_event_is_received_or_counted(tmp_path):
         assert received + s["api"]["events_not_received"] == pub.events_total, s
         assert received > 0
         pub.close()
+
+
+def test_everything_the_api_emits_is_strict_json_and_bounded(live):
+    """Issue 12 (items 3-5): after hostile messages, /stats, /events and /metrics still answer, in strict
+    JSON (no NaN/Infinity), unknown fields are dropped and nothing negative or oversized shows."""
+    srv, pub = live
+    for frames in MALFORMED:
+        pub.raw(frames)
+    extra = dict(event(pid=7700, comm="extra"), padding="x" * 1_000_000, nested={"a": [1] * 1000})
+    pub.raw(protocol.encode(protocol.topic_for("write"), {"host": pub.host, "events": [extra] * 3}))
+    wait_for(lambda: srv.get("/events", params={"pid": 7700}).json()["count"] == 3, what="the padded events")
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+    for path in ("/stats", "/events?limit=10000", "/healthz", "/openapi.json"):
+        r = srv.get(path)
+        assert r.status_code == 200, (path, r.text[:200])
+        strict(r.text)
+    events = srv.get("/events", params={"pid": 7700}).json()["events"]
+    assert all(set(e) == set(protocol.EVENT_FIELDS) | {"host"} for e in events)
+    assert len(srv.get("/events", params={"pid": 7700}).content) < 5_000
+    text = srv.get("/metrics").text
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            value = line.rsplit(" ", 1)[1]
+            assert value.lstrip("-").replace(".", "", 1).isdigit() and not value.startswith("-"), line

@@ -15,6 +15,7 @@ from collections import Counter
 import pytest
 
 from collector import program
+from shared import protocol
 from tests.collector_helpers import Child, Collector, Subscriber, assert_delivered, collect_child_events
 from tests.conftest import ROOT, free_port, have, is_root, require
 
@@ -71,8 +72,9 @@ def test_host_wide_stream_excludes_the_collector(events_collector, subscriber):
     status = subscriber.statuses[-1]
     assert status["mode"] == "events" and status["probe"] in ("kprobe", "tracepoint")
     excluded = set(status["excluded_pids"])
-    assert excluded == set(events_collector.excluded_pids())
-    assert not [e for e in seen if e["pid"] in excluded], "the collector traced itself"
+    # the collector and bpftrace, and this test process: a subscriber, whose own I/O stays out
+    assert excluded == set(events_collector.excluded_pids()) | {os.getpid()}
+    assert not [e for e in seen if e["pid"] in excluded], "the collector traced itself or its subscriber"
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +105,9 @@ def test_events_arrive_once_with_every_field(traced_child):
         assert ev["uid"] == child.info["uid"]
         # wall clock: between the child's start and end, give or take a second
         assert child.started_ns - 1e9 < ev["ts_ns"] < child.finished_ns + 1e9, (ev["ts_ns"], child.started_ns)
-        assert set(ev) == {"ts_ns", "pid", "tid", "uid", "comm", "syscall", "fd", "count"}
+        assert set(ev) == {"ts_ns", "pid", "tid", "uid", "comm", "syscall", "fd", "count", "ret", "lat_ns",
+                           "cgroup_id", "container_id", "container_name"}
+        assert ev["ret"] == ev["count"] and ev["lat_ns"] > 0 and ev["container_id"] == ""
     assert {e["pid"] for e in seen} == {child.pid}
 
 
@@ -175,7 +179,7 @@ def test_counts_mode_sums_are_exact(counts_collector):
 
 
 def test_filters_restrict_in_the_kernel(tmp_path, root_and_bpftrace):
-    text = program.build("events", "tracepoint", [4242, 4343], ["nginx"])
+    text = program.render("events", "tracepoint", pids=[4242, 4343], comms=["nginx"])
     assert text.count('/pid != $1 && pid != $3 && (pid == 4242 || pid == 4343) && (comm == "nginx")/') == 2
     child = Child([b"syswatch-flt"], base=660_001, writes=5, reads=5)
     other = Child([b"syswatch-flt"], base=660_001, writes=5, reads=5)
@@ -204,8 +208,9 @@ def test_bad_filter_is_a_clear_error():
 
 def test_kprobe_program_compiles(tmp_path, root_and_bpftrace):
     for mode in ("events", "counts"):
-        text = program.build(mode, "kprobe", [1], ["bash"])
-        assert "kprobe:__x64_sys_read" in text and "tracepoint:" not in text
+        text = program.render(mode, "kprobe", protocol.SYSCALLS, [1], ["bash"])
+        assert "kprobe:__x64_sys_read" in text and "kretprobe:__x64_sys_writev" in text
+        assert "tracepoint:syscalls" not in text
         src = tmp_path / f"{mode}.bt"
         src.write_text(text)
         elf = tmp_path / f"{mode}.elf"

@@ -6,7 +6,11 @@ import json
 
 from hypothesis import given, settings, strategies as st
 
-from collector.parser import CountsParser, EventParser, decode_comm
+import pytest
+
+from collector.parser import Parser, decode_comm
+
+pytestmark = pytest.mark.unit
 
 def bt_escape(raw: bytes) -> bytes:
     """A string as bpftrace 0.17's -f json output escapes it (seen on this kernel):
@@ -32,22 +36,70 @@ def envelope(text: bytes) -> bytes:
     return b'{"type": "printf", "data": "' + bt_escape(text) + b'"}'
 
 
+SYSCALLS = ["read", "write", "pread64", "pwrite64", "readv", "writev"]
+
+
 def line(name: bytes, syscall: str = "write", pid: int = 42, tid: int = 43, uid: int = 1000,
-         fd: int = 1, count: int = 5, ts: int = 1_700_000_000_000_000_000) -> bytes:
+         fd: int = 1, count: int = 5, ts: int = 1_700_000_000_000_000_000, ret: int = 5, lat: int = 777,
+         cgroup: int = 1) -> bytes:
     name = name[:15].split(b"\0", 1)[0]           # %s of comm: at most 15 bytes, up to the NUL
-    return envelope(syscall[0].encode() +
-                    b'{"ts_ns":%d,"pid":%d,"tid":%d,"uid":%d,"syscall":"%s","fd":%d,"count":%d,"comm":"'
-                    % (ts, pid, tid, uid, syscall.encode(), fd, count) + name + b'"}\n')
+    return envelope(str(SYSCALLS.index(syscall)).encode() +
+                    b'{"ts_ns":%d,"pid":%d,"tid":%d,"uid":%d,"syscall":"%s","fd":%d,"count":%d,"ret":%d,'
+                    b'"lat_ns":%d,"cgroup_id":%d,"comm":"' % (ts, pid, tid, uid, syscall.encode(), fd, count, ret, lat,
+                                                              cgroup) + name + b'"}\n')
+
+
+def parser(*callbacks, mode="events", containers=None) -> Parser:
+    return Parser(mode, SYSCALLS, containers, *callbacks)
+
+
+def parse(data: bytes, p: Parser | None = None) -> tuple[list[bytes], list[bytes]]:
+    """(read events, write events) of one parse."""
+    out = (p or parser()).parse(data)
+    return out.events.get("read", []), out.events.get("write", [])
+
+
+class FakeContainers:
+    """A container lookup for unit tests: cgroup 77 is container abc, everything else the host."""
+
+    def fields(self, cgroup_id):
+        return ("0123456789ab", 'we"b') if cgroup_id == 77 else ("", "")
+
+    def fields_json(self, cgroup_id):
+        cid, name = self.fields(cgroup_id)
+        return b'"container_id":"%s","container_name":%s,' % (cid.encode(), json.dumps(name).encode())
+
+
+FIELDS = {"ts_ns", "pid", "tid", "uid", "syscall", "fd", "count", "ret", "lat_ns", "cgroup_id", "container_id",
+          "container_name", "comm"}
 
 
 def test_event_line_becomes_event_json():
-    p = EventParser()
-    reads, writes = p.parse(line(b"bash") + b"\n" + line(b"cat", "read", fd=0, count=4096))
+    p = parser()
+    reads, writes = parse(line(b"bash") + b"\n" + line(b"cat", "read", fd=0, count=4096, ret=-9), p)
     assert [json.loads(w) for w in writes] == [
         {"ts_ns": 1_700_000_000_000_000_000, "pid": 42, "tid": 43, "uid": 1000, "syscall": "write",
-         "fd": 1, "count": 5, "comm": "bash"}]
-    assert json.loads(reads[0])["comm"] == "cat" and json.loads(reads[0])["fd"] == 0
+         "fd": 1, "count": 5, "ret": 5, "lat_ns": 777, "cgroup_id": 1, "container_id": "", "container_name": "",
+         "comm": "bash"}]
+    assert json.loads(reads[0])["comm"] == "cat" and json.loads(reads[0])["ret"] == -9
     assert (p.events, p.lost, p.malformed) == (2, 0, 0)
+
+
+def test_every_syscall_gets_its_own_batch_and_containers_their_fields():
+    p = parser(containers=FakeContainers())
+    out = p.parse(b"\n".join(line(b"db", sc, cgroup=77 if sc == "pwrite64" else 1) for sc in SYSCALLS))
+    assert sorted(out.events) == sorted(SYSCALLS)
+    (pw,) = out.events["pwrite64"]
+    assert json.loads(pw)["container_id"] == "0123456789ab" and json.loads(pw)["container_name"] == 'we"b'
+    assert json.loads(out.events["readv"][0])["container_id"] == ""
+
+
+def test_excluded_pids_are_counted_not_published():
+    p = parser()
+    p.excluded_pids.add(42)
+    out = p.parse(line(b"x") + b"\n" + line(b"y", pid=43))
+    assert [json.loads(e)["pid"] for e in out.events["write"]] == [43]
+    assert (p.events, p.excluded) == (1, 1)
 
 
 def test_hostile_names_are_decoded_not_parsed():
@@ -55,101 +107,133 @@ def test_hostile_names_are_decoded_not_parsed():
                        (b'x"}\\n"}', 'x"}\\n"}'), (b"\x01\x1f\r", "\x01\x1f\r"),
                        (b'","pid":1,"x":"', '","pid":1,"x":"'), (b"\xc3\xa9t\xc3\xa9", "été"),
                        (b"", "")]:
-        (ev,) = EventParser().parse(line(name))[1]
+        (ev,) = parse(line(name))[1]
         obj = json.loads(ev)
-        assert obj["comm"] == want and obj["pid"] == 42 and len(obj) == 8
+        assert obj["comm"] == want and obj["pid"] == 42 and set(obj) == FIELDS
 
 
 def test_lost_ready_attach_and_malformed_lines_are_counted():
     bad = []
     ready = []
-    p = EventParser(bad.append, lambda: ready.append(1))
+    p = parser(bad.append, lambda: ready.append(1))
     data = b"\n".join([b'{"type": "attached_probes", "data": {"probes": 2}}', envelope(b"syswatch-ready\n"),
                        b'{"type": "lost_events", "data": {"events": 17}}',
                        b'{"type": "lost_events", "data": {"events": 3}}',
                        b"garbage", line(b"x")[:-3], line(b"x").replace(b"write", b"read"),
-                       envelope(b'w{"ts_ns":01,"pid":1,"tid":1,"uid":0,"syscall":"write","fd":1,"count":1,"comm":"x"}\n'),
+                       line(b"x").replace(b'"ts_ns\\":1', b'"ts_ns\\":01'),
                        line(b"x").replace(b'comm\\":\\"x', b'comm\\":\\"x"y'),    # a raw quote: not bpftrace's
+                       b'{"type": "lost_events", "data": {"events": "many"}}',
                        line(b"ok")])
-    reads, writes = p.parse(data)
+    reads, writes = parse(data, p)
     assert (len(reads), len(writes)) == (0, 1)
-    assert (p.lost, p.malformed, ready) == (20, 5, [1])
+    assert (p.lost, p.malformed, ready) == (20, 6, [1])
     assert bad[0] == b"garbage"
 
 
+def test_sent_counter_shows_losses_bpftrace_has_not_reported():
+    """Issue 12 item 6: @sent (printed each second) against what arrived; the shortfall is lost."""
+    p = parser()
+    sent = lambda n: b'{"type": "map", "data": {"@sent": %d}}' % n
+    p.parse(sent(0))
+    p.parse(b"\n".join([line(b"a")] * 10) + b"\n" + sent(25))     # 25 printed, 10 arrived so far
+    assert p.lost == 0                                             # the last 15 may still be on their way
+    p.parse(b"\n".join([line(b"a")] * 5) + b"\n" + sent(25))      # a second later: 15 of 25 arrived
+    assert p.lost == 10
+    p.parse(b'{"type": "lost_events", "data": {"events": 10}}')   # bpftrace reports them later: not twice
+    assert p.lost == 10
+    p.parse(sent(25))
+    assert p.lost == 10
+
+
 def test_negative_fd_is_valid_json():
-    (ev,) = EventParser().parse(line(b"x", fd=-1))[1]
+    (ev,) = parse(line(b"x", fd=-1))[1]
     assert json.loads(ev)["fd"] == -1
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=400))
 def test_arbitrary_bytes_never_raise_and_yield_only_valid_events(data):
-    p = EventParser()
-    reads, writes = p.parse(data)
-    for ev in reads + writes:
-        obj = json.loads(ev)
-        assert set(obj) == {"ts_ns", "pid", "tid", "uid", "syscall", "fd", "count", "comm"}
-    assert p.events == len(reads) + len(writes)
+    p = parser()
+    out = p.parse(data)
+    events = [e for batch in out.events.values() for e in batch]
+    for ev in events:
+        assert set(json.loads(ev)) == FIELDS
+    assert p.events == len(events)
 
 
 @settings(max_examples=300, deadline=None)
 @given(name=st.binary(max_size=20), pid=st.integers(0, 2**22), tid=st.integers(0, 2**22),
        uid=st.integers(0, 2**32 - 1), fd=st.integers(-1, 2**31 - 1), count=st.integers(0, 2**64 - 1),
-       syscall=st.sampled_from(["read", "write"]), junk=st.binary(max_size=60))
-def test_any_name_keeps_every_other_field(name, pid, tid, uid, fd, count, syscall, junk):
-    p = EventParser()
-    data = junk.replace(b"\n", b"") + b"\n" + line(name, syscall, pid, tid, uid, fd, count)
-    reads, writes = p.parse(data)
-    (ev,) = reads if syscall == "read" else writes
+       ret=st.integers(-4095, 2**62), syscall=st.sampled_from(SYSCALLS), junk=st.binary(max_size=60))
+def test_any_name_keeps_every_other_field(name, pid, tid, uid, fd, count, ret, syscall, junk):
+    p = parser()
+    data = junk.replace(b"\n", b"") + b"\n" + line(name, syscall, pid, tid, uid, fd, count, ret=ret)
+    (ev,) = p.parse(data).events[syscall]
     obj = json.loads(ev)
     assert obj == {"ts_ns": 1_700_000_000_000_000_000, "pid": pid, "tid": tid, "uid": uid,
-                   "syscall": syscall, "fd": fd, "count": count, "comm": decode_comm(name[:15])}
+                   "syscall": syscall, "fd": fd, "count": count, "ret": ret, "lat_ns": 777, "cgroup_id": 1,
+                   "container_id": "", "container_name": "", "comm": decode_comm(name[:15])}
 
 
-def counts_line(mapname: str, entries: dict) -> bytes:
+def stats_line(mapname: str, entries: dict) -> bytes:
     return json.dumps({"type": "stats", "data": {mapname: entries}}).encode()
 
 
+def map_line(mapname: str, entries: dict) -> bytes:
+    return json.dumps({"type": "map", "data": {mapname: entries}}).encode()
+
+
+INTERVAL = b'{"type": "printf", "data": "syswatch-interval\\n"}'
+
+
+def counts(p: Parser, *lines: bytes) -> list:
+    return p.parse(b"\n".join(lines)).intervals
+
+
 def test_counts_rows_and_interval():
-    p = CountsParser()
-    assert p.feed(b'{"type": "attached_probes", "data": {"probes": 5}}') is None
-    assert p.feed(counts_line("@read_a", {"12,bash": {"count": 3, "average": 1, "total": 3},
-                                          "13,a,b c": {"count": 1, "average": 9, "total": 9}})) is None
-    assert p.feed(b"") is None
-    assert p.feed(counts_line("@write_b", {"12,bash": {"count": 2, "average": 26, "total": 52}})) is None
-    rows = p.feed(b'{"type": "printf", "data": "syswatch-interval\\n"}')
-    assert rows == [{"pid": 12, "comm": "bash", "syscall": "read", "calls": 3, "bytes": 3},
-                    {"pid": 13, "comm": "a,b c", "syscall": "read", "calls": 1, "bytes": 9},
-                    {"pid": 12, "comm": "bash", "syscall": "write", "calls": 2, "bytes": 52}]
-    assert p.feed(b'{"type": "printf", "data": "syswatch-interval\\n"}') == []
+    p = parser(mode="counts", containers=FakeContainers())
+    (rows,) = counts(p, b'{"type": "attached_probes", "data": {"probes": 5}}',
+                     stats_line("@calls_a", {"12,1,0,bash": {"count": 3, "average": 1, "total": 30},
+                                             "13,77,0,a,b c": {"count": 1, "average": 9, "total": 9},
+                                             "12,1,1,bash": {"count": 2, "average": 26, "total": 52}}),
+                     map_line("@bytes_a", {"12,1,0,bash": 3, "13,77,0,a,b c": 0, "12,1,1,bash": 52}),
+                     map_line("@errors_a", {"13,77,0,a,b c": 1}), b"", INTERVAL)
+    assert rows == [
+        {"pid": 12, "comm": "bash", "container_id": "", "container_name": "", "syscall": "read", "calls": 3,
+         "bytes": 3, "errors": 0, "lat_ns_sum": 30},
+        {"pid": 13, "comm": "a,b c", "container_id": "0123456789ab", "container_name": 'we"b', "syscall": "read",
+         "calls": 1, "bytes": 0, "errors": 1, "lat_ns_sum": 9},
+        {"pid": 12, "comm": "bash", "container_id": "", "container_name": "", "syscall": "write", "calls": 2,
+         "bytes": 52, "errors": 0, "lat_ns_sum": 52}]
+    assert counts(p, INTERVAL) == [[]]
+    assert p.events == 6
 
 
 def test_counts_high_bytes_as_bpftrace_escapes_them():
     # bpftrace 0.17 prints byte 0xff of a name as \uffffffff, 0xc3 as \uffffffc3 (seen on this kernel)
-    raw = b'{"type": "stats", "data": {"@write_a": {"7,a\\\\b\\t\\uffffffff\\uffffffc3\\uffffffa9\\\\uffffffc3": ' \
+    raw = b'{"type": "stats", "data": {"@calls_b": {"7,1,1,a\\\\b\\t\\uffffffff\\uffffffc3\\uffffffa9\\\\uffffffc3": ' \
           b'{"count": 1, "average": 1, "total": 1}}}}'
-    p = CountsParser()
-    p.feed(raw)
-    (row,) = p.feed(b'{"type": "printf", "data": "syswatch-interval\\n"}')
+    p = parser(mode="counts")
+    ((row,),) = counts(p, raw, INTERVAL)
     assert row["comm"] == "a\\b\t\\xff\u00e9\\uffffffc3"
     assert p.malformed == 0
 
 
 def test_counts_lost_and_malformed():
     bad = []
-    p = CountsParser(bad.append)
-    p.feed(b'{"type": "lost_events", "data": {"events": 4}}')
-    p.feed(b"not json")
-    p.feed(counts_line("@open_a", {"1,x": {"count": 1, "average": 1, "total": 1}}))
-    p.feed(counts_line("@read_a", {"x,y": {"count": 1, "average": 1, "total": 1}}))
-    assert p.lost == 4 and p.malformed == 3 and len(bad) == 3
+    p = parser(bad.append, mode="counts")
+    counts(p, b'{"type": "lost_events", "data": {"events": 4}}', b"not json",
+           stats_line("@open_a", {"1,1,0,x": {"count": 1, "average": 1, "total": 1}}),
+           stats_line("@calls_a", {"x,1,0,y": {"count": 1, "average": 1, "total": 1}}),
+           stats_line("@calls_a", {"1,1,9,y": {"count": 1, "average": 1, "total": 1}}),
+           map_line("@bytes_a", {"1,1,0,y": -5}),
+           b'{"type": "lost_events", "data": {"events": "x"}}')
+    assert p.lost == 4 and p.malformed == 6 and len(bad) == 6
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
 def test_counts_parser_never_raises(data):
-    p = CountsParser()
-    for chunk in data.split(b"\n"):
-        rows = p.feed(chunk)
-        assert rows is None or isinstance(rows, list)
+    p = parser(mode="counts")
+    for rows in p.parse(data).intervals:
+        assert isinstance(rows, list)

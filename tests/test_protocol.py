@@ -1,4 +1,4 @@
-"""shared/protocol.py: round trips, version mismatch, malformed frames, and a property test
+"""shared/protocol.py: round trips, version mismatch, malformed frames, bounds, and a property test
 that decode raises only ProtocolError whatever the frames hold."""
 from __future__ import annotations
 
@@ -7,35 +7,50 @@ import json
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from shared.protocol import ProtocolError, decode, encode, encode_event_batch, json_string, topic_for
+from shared.protocol import (EVENT_FIELDS, ProtocolError, announce_topic, decode, encode, encode_event_batch,
+                             json_string, parse_announce, topic_for, valid_subscription)
+
+pytestmark = pytest.mark.unit
 
 EVENT = {"ts_ns": 1, "pid": 2, "tid": 3, "uid": 0, "comm": 'we"ird\n\udcff'.encode("utf-8", "surrogateescape")
-         .decode("utf-8", "backslashreplace"), "syscall": "read", "fd": 0, "count": 7}
-STATUS = {"host": "h", "ts_ns": 1, "mode": "events", "probe": "tracepoint", "excluded_pids": [1, 2],
-          "events_total": 0, "lost_total": 0, "dropped_total": 0, "malformed_total": 0, "uptime_s": 0.5}
+         .decode("utf-8", "backslashreplace"), "syscall": "read", "fd": 0, "count": 7, "ret": -9, "lat_ns": 5,
+         "cgroup_id": 1, "container_id": "0123456789ab", "container_name": "web"}
+STATUS = {"host": "h", "ts_ns": 1, "mode": "events", "probe": "tracepoint", "syscalls": ["read", "write"],
+          "excluded_pids": [1, 2], "events_total": 0, "lost_total": 0, "dropped_total": 0, "malformed_total": 0,
+          "uptime_s": 0.5}
+ROW = {"pid": 1, "comm": "x", "container_id": "", "container_name": "", "syscall": "pread64", "calls": 1,
+       "bytes": 2, "errors": 0, "lat_ns_sum": 9}
 
 
 def test_round_trips():
     for topic, payload in [("status", STATUS), ("syscall.read", {"host": "h", "events": [EVENT]}),
-                           ("counts", {"host": "h", "ts_ns": 1, "interval_ns": 10**9,
-                                       "rows": [{"pid": 1, "comm": "x", "syscall": "read", "calls": 1, "bytes": 2}]})]:
-        msg = decode(encode(topic, payload), strict=True)
-        assert msg.topic == topic and msg.payload == {"v": 1, **payload}
+                           ("counts", {"host": "h", "ts_ns": 1, "interval_ns": 10**9, "rows": [ROW]})]:
+        msg = decode(encode(topic, payload))
+        assert msg.topic == topic and msg.payload == {"v": 2, **payload}
 
 
 def test_fast_batch_equals_encode():
     events = [json.dumps(EVENT, separators=(",", ":")).encode()] * 3
     frames = encode_event_batch("syscall.read", json_string("h\u00e9"), events)
-    msg = decode(frames, strict=True)
+    msg = decode(frames)
     assert msg.events == [EVENT] * 3 and msg.payload["host"] == "h\u00e9"
 
 
+def test_unknown_fields_are_dropped():
+    msg = decode(encode("syscall.read", {"host": "h", "events": [{**EVENT, "extra": "x" * 1000}], "more": 1}))
+    assert set(msg.events[0]) == set(EVENT_FIELDS) and set(msg.payload) == {"v", "host", "events"}
+
+
 def test_version_mismatch_is_a_clear_error():
-    frames = [b"status", json.dumps({**STATUS, "v": 2}).encode()]
-    with pytest.raises(ProtocolError, match="version v=2.*v1"):
+    frames = [b"status", json.dumps({**STATUS, "v": 1}).encode()]
+    with pytest.raises(ProtocolError, match="version v=1.*v2.*predates event model v2"):
         decode(frames)
-    with pytest.raises(ProtocolError, match="v=2"):
-        encode("status", {**STATUS, "v": 2})
+    with pytest.raises(ProtocolError, match="v=1"):
+        encode("status", {**STATUS, "v": 1})
+
+
+def _ev(**over):
+    return json.dumps({"v": 2, "host": "h", "events": [{**EVENT, **over}]}).encode()
 
 
 @pytest.mark.parametrize("frames, match", [
@@ -45,19 +60,43 @@ def test_version_mismatch_is_a_clear_error():
     ([b"status", b"\xff"], "UTF-8"),
     ([b"status", b"{"], "not JSON"),
     ([b"status", b"[1]"], "JSON object"),
-    ([b"status", b'{"v":1}'], "lacks field"),
-    ([b"syscall.read", b'{"v":1,"host":"h","events":[{"pid":"1"}]}'], "lacks field|must be"),
-    ([b"status", json.dumps({**STATUS, "v": 1, "events_total": True}).encode()], "must be int"),
+    ([b"status", b'{"v":2}'], "lacks field"),
+    ([b"syscall.read", b'{"v":2,"host":"h","events":[{"pid":"1"}]}'], "lacks field|must be"),
+    ([b"status", json.dumps({**STATUS, "v": 2, "events_total": True}).encode()], "must be an integer"),
+    ([b"syscall.read", _ev(count=2**64)], "count.*0..18446744073709551615"),
+    ([b"syscall.read", _ev(lat_ns=-1)], "lat_ns"),
+    ([b"syscall.read", _ev(ret=1.5)], "ret"),
+    ([b"syscall.read", _ev(syscall="write")], "has syscall"),
+    ([b"syscall.read", _ev(container_id="xyz")], "12 hex"),
+    ([b"syscall.read", _ev(comm="c" * 65)], "at most 64"),
+    ([b"syscall.open", _ev()], "unknown event topic"),
+    ([b"syscall.read", b'{"v":2,"host":"h","events":[{"count":NaN}]}'], "not JSON"),
+    ([b"status", json.dumps({**STATUS, "v": 2, "uptime_s": 1e400}).encode().replace(b"Infinity", b"1e400")],
+     "finite"),
+    ([b"status", json.dumps({**STATUS, "v": 2, "excluded_pids": list(range(2000))}).encode()], "at most 1024"),
+    ([b"status", json.dumps({**STATUS, "v": 2, "syscalls": ["open"]}).encode()], "known syscalls"),
+    ([b"counts", json.dumps({"v": 2, "host": "h", "ts_ns": 1, "interval_ns": 1,
+                             "rows": [{**ROW, "bytes": -1}]}).encode()], "bytes"),
 ])
 def test_malformed_frames(frames, match):
     with pytest.raises(ProtocolError, match=match):
-        decode(frames, strict=True)
+        decode(frames)
 
 
 def test_topic_for():
-    assert topic_for("write") == "syscall.write"
+    assert topic_for("write") == "syscall.write" and topic_for("pwrite64") == "syscall.pwrite64"
     with pytest.raises(ProtocolError, match="unknown syscall"):
         topic_for("open")
+
+
+def test_subscriptions_and_announces():
+    assert parse_announce(announce_topic(42, 4026531836).encode()) == (42, 4026531836)
+    for bad in (b"~subscriber:0:1", b"~subscriber:1", b"~subscriber:1:2:3", b"~subscriber:-1:2", b"x"):
+        assert parse_announce(bad) is None
+    for ok in (b"", b"s", b"syscall.", b"syscall.pread64", b"status", b"counts"):
+        assert valid_subscription(ok)
+    for bad in (b"syscall.read.more", b"x" * 100, b"\xff", b"statusX"):
+        assert not valid_subscription(bad)
 
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -69,11 +108,10 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats
 @given(st.lists(st.binary(max_size=200), max_size=4) |
        st.tuples(st.sampled_from([b"status", b"syscall.read", b"counts", b"x"]),
                  st.dictionaries(st.sampled_from(["v", "host", "events", "rows", "ts_ns", "mode"]), json_values)
-                 .map(lambda d: json.dumps(d).encode())).map(list),
-       st.booleans())
-def test_decode_raises_only_protocol_error(frames, strict):
+                 .map(lambda d: json.dumps(d).encode())).map(list))
+def test_decode_raises_only_protocol_error(frames):
     try:
-        msg = decode(frames, strict=strict)
+        msg = decode(frames)
     except ProtocolError:
         return
-    assert msg.payload["v"] == 1 and isinstance(msg.topic, str)
+    assert msg.payload["v"] == 2 and isinstance(msg.topic, str)

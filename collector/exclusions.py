@@ -1,0 +1,191 @@
+"""PIDs whose I/O the stream leaves out, so the stream never watches itself.
+
+Three kinds, all listed in ``status.excluded_pids``:
+- the collector and its bpftrace: excluded in the kernel (the program's predicate);
+- subscribers: every subscriber built with shared.zmqsock.make_subscriber subscribes to
+  ``~subscriber:<pid>:<pid namespace inode>``. Receiving a batch makes a subscriber read and
+  write (ZeroMQ's eventfd signalling, the API's answers), and without this every such call
+  would be published again, forever. The collector maps the PID to a host PID (a subscriber in
+  a container announces its own namespace's PID) and admits it only if that process holds an
+  established TCP connection to the collector's port, so a process cannot hide by announcing
+  some other PID. Announced PIDs are checked again every REFRESH_S and dropped once the process
+  is gone or disconnected. At most MAX_SUBSCRIBERS are kept.
+- other collectors on the same host (a bpftrace running syswatch's program, owned by root, and
+  its root parent): each would otherwise publish the other's output I/O, and the two streams
+  would feed each other. Found by a scan of /proc every REFRESH_S.
+Subscribers and peers are filtered in user space before publishing (the parser's
+``excluded_pids``), counted in ``excluded`` and never published.
+
+Limit, documented: a process that connects to the collector and announces itself is left out
+of the stream while it stays connected; it is listed in ``excluded_pids`` and logged.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from .program import READY
+
+log = logging.getLogger("syswatch.collector")
+
+REFRESH_S = 2.0
+MAX_SUBSCRIBERS = 64
+_ESTABLISHED = "01"
+
+
+def _host_pid_namespace() -> int:
+    return os.stat("/proc/self/ns/pid").st_ino
+
+
+def host_pid(pid: int, pid_ns: int, proc: str = "/proc") -> int | None:
+    """The host PID of process ``pid`` as seen in PID namespace ``pid_ns``, or None."""
+    if pid_ns == _host_pid_namespace():
+        return pid if os.path.exists(f"{proc}/{pid}") else None
+    for name in os.listdir(proc):
+        if not name.isdigit():
+            continue
+        try:
+            if os.stat(f"{proc}/{name}/ns/pid").st_ino != pid_ns:
+                continue
+            with open(f"{proc}/{name}/status") as f:
+                for line in f:
+                    if line.startswith("NSpid:"):
+                        if int(line.split()[-1]) == pid:
+                            return int(name)
+                        break
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def connected_to(pid: int, port: int, proc: str = "/proc") -> bool:
+    """Whether process ``pid`` holds an established TCP connection to remote port ``port``."""
+    try:
+        inodes = set()
+        for fd in os.listdir(f"{proc}/{pid}/fd"):
+            try:
+                target = os.readlink(f"{proc}/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+        if not inodes:
+            return False
+        for table in ("tcp", "tcp6"):
+            try:
+                with open(f"{proc}/{pid}/net/{table}") as f:
+                    next(f, None)
+                    for line in f:
+                        cols = line.split()
+                        if len(cols) > 9 and cols[3] == _ESTABLISHED and cols[9] in inodes \
+                                and int(cols[2].rsplit(":", 1)[1], 16) == port:
+                            return True
+            except OSError:
+                continue
+    except OSError:
+        return False
+    return False
+
+
+def _owner_is_root(pid: int, proc: str) -> bool:
+    try:
+        return os.stat(f"{proc}/{pid}").st_uid == 0
+    except OSError:
+        return False
+
+
+def peer_collectors(own: set[int], proc: str = "/proc") -> set[int]:
+    """PIDs of other syswatch collectors' bpftrace processes and their (root) parents."""
+    marker = READY.encode()
+    found: set[int] = set()
+    for name in os.listdir(proc):
+        if not name.isdigit() or int(name) in own:
+            continue
+        pid = int(name)
+        try:
+            with open(f"{proc}/{name}/cmdline", "rb") as f:
+                cmdline = f.read(1 << 20)
+            if marker not in cmdline or not cmdline.split(b"\0", 1)[0].endswith(b"bpftrace") \
+                    or not _owner_is_root(pid, proc):
+                continue
+            found.add(pid)
+            with open(f"{proc}/{name}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            if ppid > 1 and ppid not in own and _owner_is_root(ppid, proc):
+                found.add(ppid)
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+class Exclusions:
+    """Keeps the parser's ``excluded_pids`` set up to date."""
+
+    def __init__(self, target: set[int], own: list[int], port: int | None, clock=time.monotonic):
+        self.target = target                   # the parser's set, updated in place
+        self.own = set(own)
+        self.port = port                       # the collector's TCP port; None for ipc:// etc.
+        self.subscribers: dict[int, tuple[int, int]] = {}   # host pid -> (pid, ns) as announced
+        self.peers: set[int] = set()
+        self._clock = clock
+        self._next_refresh = 0.0
+        self.refused = 0
+
+    def announce(self, pid: int, pid_ns: int) -> None:
+        """A subscriber announced itself: verify and exclude it."""
+        hpid = host_pid(pid, pid_ns)
+        if hpid is None or hpid in self.own:
+            self.refused += 1
+            return
+        if hpid in self.subscribers:
+            return
+        if len(self.subscribers) >= MAX_SUBSCRIBERS:
+            self.refused += 1
+            log.warning("subscriber PID %d not excluded: %d subscribers are excluded already (the maximum)",
+                        hpid, MAX_SUBSCRIBERS)
+            return
+        # ZeroMQ passes a subscription on only after the handshake: the connection is up by now.
+        if self.port is not None and not connected_to(hpid, self.port):
+            self.refused += 1
+            log.warning("subscriber PID %d announced itself but holds no connection to port %d: "
+                        "not excluded", hpid, self.port)
+            return
+        self.subscribers[hpid] = (pid, pid_ns)
+        self._apply()
+        log.info("subscriber PID %d (%s): its own I/O is left out of the stream", hpid, _comm(hpid))
+
+    def refresh(self, force: bool = False) -> None:
+        """Every REFRESH_S: drop subscribers that left, find other collectors."""
+        now = self._clock()
+        if not force and now < self._next_refresh:
+            return
+        self._next_refresh = now + REFRESH_S
+        for hpid in list(self.subscribers):
+            alive = os.path.exists(f"/proc/{hpid}")
+            if not alive or (self.port is not None and not connected_to(hpid, self.port)):
+                del self.subscribers[hpid]
+                log.info("subscriber PID %d left: its I/O is traced again", hpid)
+        peers = peer_collectors(self.own)
+        if peers - self.peers:
+            log.info("other syswatch collector processes on this host: %s (their I/O is left out)",
+                     ", ".join(map(str, sorted(peers))))
+        self.peers = peers
+        self._apply()
+
+    def _apply(self) -> None:
+        self.target.clear()
+        self.target.update(self.subscribers)
+        self.target.update(self.peers)
+
+    def pids(self) -> list[int]:
+        """Every excluded PID, for status: own first."""
+        return [*sorted(self.own), *sorted(set(self.subscribers) | self.peers)]
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"

@@ -1,0 +1,51 @@
+"""The traced machine's name, also when the collector runs in a container.
+
+In docker-compose the collector's own UTS namespace holds the container's id as hostname.
+With `pid: host` PID 1 is the host's init, so the collector reads the name in PID 1's UTS
+namespace: a short-lived thread joins it (setns changes only the calling thread) and asks.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import threading
+
+CLONE_NEWUTS = 0x04000000
+
+
+def _same_uts() -> bool:
+    try:
+        return os.readlink("/proc/self/ns/uts") == os.readlink("/proc/1/ns/uts")
+    except OSError:
+        return True                     # cannot tell: use our own name
+
+
+def host_name() -> str:
+    """The host's name: ours, or PID 1's when we run in another UTS namespace."""
+    if _same_uts():
+        return socket.gethostname()
+    result: list[str] = []
+
+    def ask() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open("/proc/1/ns/uts", os.O_RDONLY)
+            try:
+                if libc.setns(fd, CLONE_NEWUTS) == 0:
+                    result.append(socket.gethostname())
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=ask, name="syswatch-hostname")
+    t.start()
+    t.join()
+    if result:
+        return result[0]
+    try:                                # no CAP_SYS_ADMIN: the host's /etc/hostname through PID 1's root
+        with open("/proc/1/root/etc/hostname") as f:
+            return f.read().strip() or socket.gethostname()
+    except OSError:
+        return socket.gethostname()

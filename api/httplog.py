@@ -174,7 +174,11 @@ class JsonErrorTask(ErrorTask):
         body = json.dumps({"error": message}).encode()
         self.status = f"{error.code} {error.reason}"
         self.response_headers.append(("Content-Type", "application/json"))
-        self.set_close_on_finish()
+        if hasattr(self, "set_close_on_finish"):  # waitress 3
+            self.set_close_on_finish()
+        else:  # waitress 2 (Debian 12's python3-waitress), as its own ErrorTask does
+            self.response_headers.append(("Connection", "close"))
+            self.close_on_finish = True
         self.content_length = len(body)
         self.write(body)
 

@@ -228,6 +228,9 @@ def main(argv=None) -> int:
     stdout_line(f"API Server starting on {args.host}:{server.effective_port}")
     stdout_line(f"IP list: {os.path.abspath(args.db)} ({iplist.count()} addresses); collector: {args.collector}"
                 f"{' (CurveZMQ)' if curve_client else ''}; POST token: {'required' if token else 'not required'}")
+    if iplist.respelled:  # a list written by another Python version (iplist.IPList._respell)
+        stdout_line(f"IP list: respelled {iplist.respelled} stored IPv4-mapped IPv6 address(es) as ::ffff:a.b.c.d "
+                    f"and dropped {iplist.merged} duplicate(s) of an address added earlier")
     try:
         server.run()
     except KeyboardInterrupt:

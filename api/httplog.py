@@ -1,17 +1,33 @@
-"""WSGI middleware around the Bottle app: one access-log line per request, and request counts.
+"""WSGI middleware around the Bottle app: one access-log line per request, request counts, and
+exact paths; and JSON for the errors waitress answers itself.
 
 Line format (stdout):  2026-11-24T19:50:00.123Z 127.0.0.1 POST /add_ips 200 1.4ms
-For /events/stream the line is written when the stream ends, with its whole duration. Paths are
+The path is the request target as sent (waitress's REQUEST_URI), so /%63lear_ip_list is logged as
+such. For /events/stream the line is written when the stream ends, with its whole duration. Paths are
 printed with control and non-ASCII characters escaped, so a request cannot forge log lines; headers
 (and so the API token) are never logged.
+
+``ExactPaths`` answers 404 to a path that reaches a route only through decoding or normalising
+(``/%63lear_ip_list``, ``//clear_ip_list``, ``/%2Fclear_ip_list``, ``/clear_ip_list%ff``): waitress
+percent-decodes PATH_INFO and Bottle strips leading slashes and drops bytes that are not UTF-8, so
+without it each of those would act as /clear_ip_list. ``json_server_errors`` makes waitress's own
+answers (400 malformed request, 413, 431, 501, 500) JSON objects ``{"error": ...}`` like the app's.
 """
 from __future__ import annotations
 
 import collections
+import json
+import re
 import sys
 import threading
 import time
 from typing import Callable
+
+from waitress.channel import HTTPChannel
+from waitress.server import BaseWSGIServer, MultiSocketServer
+from waitress.task import ErrorTask
+
+from api.validation import printable
 
 
 def _printable(text: str, limit: int = 200) -> str:
@@ -40,13 +56,65 @@ class RequestStats:
             return dict(self._counts)
 
 
+_ABSOLUTE_FORM = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/]*")  # "http://host" of "http://host/path"
+
+
+def path_alias(environ: dict) -> str | None:
+    """Why the request's path is not spelled exactly as a route would be; None when it is.
+
+    The raw target (REQUEST_URI from waitress, RAW_URI from gunicorn) must equal PATH_INFO: no
+    percent-encoding at all in the path (the query string may have it). PATH_INFO must start with
+    "/", hold only printable ASCII and no empty, "." or ".." segment.
+    """
+    path = environ.get("PATH_INFO", "")
+    raw = environ.get("REQUEST_URI") or environ.get("RAW_URI")
+    raw_path = path
+    if raw is not None:
+        raw_path = _ABSOLUTE_FORM.sub("", raw.split("?", 1)[0].split("#", 1)[0], count=1) or "/"
+        if "%" in raw_path:
+            return "percent-encoded"
+    for spelled in (raw_path, path):
+        if not spelled.startswith("/") or not all("!" <= c <= "~" for c in spelled):
+            return "not printable ASCII"
+        segments = spelled.split("/")[1:]  # "/" -> [""], "/a/" -> ["a", ""]: a trailing slash is the router's
+        if any(s in ("", ".", "..") for s in segments[:-1]) or segments[-1] in (".", ".."):
+            return "an empty, '.' or '..' segment"
+    if raw_path != path:
+        return "not as sent"
+    return None
+
+
+class ExactPaths:
+    """WSGI middleware: a JSON 404 for a path that is not spelled exactly (``path_alias``)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        why = path_alias(environ)
+        if why is None:
+            return self.app(environ, start_response)
+        path = environ.get("PATH_INFO", "")
+        raw_path = (environ.get("REQUEST_URI") or environ.get("RAW_URI") or path).split("?", 1)[0]
+        sent = f" (sent as {printable(raw_path)})" if raw_path != path else ""
+        body = json.dumps({"error": f"no such endpoint: {printable(path)}{sent}; paths are matched exactly as "
+                                    f"spelled ({why}); GET /apis lists the endpoints"}).encode()
+        start_response("404 Not Found", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+
 class AccessLog:
-    """Wraps a WSGI app; logs and counts each request when its response body is finished."""
+    """Wraps a WSGI app; logs and counts each request when its response body is finished.
+
+    With ``exact_paths`` (the default) the app is wrapped in ``ExactPaths`` first, so the 404s it
+    gives path aliases are logged and counted like any other answer.
+    """
 
     KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
 
-    def __init__(self, app, stats: RequestStats, log: Callable[[str], None] = stdout_line):
-        self.app, self.stats, self.log = app, stats, log
+    def __init__(self, app, stats: RequestStats, log: Callable[[str], None] = stdout_line,
+                 exact_paths: bool = True):
+        self.app, self.stats, self.log = (ExactPaths(app) if exact_paths else app), stats, log
 
     def __call__(self, environ, start_response):
         started = time.perf_counter()
@@ -66,9 +134,11 @@ class AccessLog:
     def _done(self, environ, status: int, started: float) -> None:
         ms = (time.perf_counter() - started) * 1000
         method = environ.get("REQUEST_METHOD", "?")
-        path = environ.get("PATH_INFO", "")
-        if environ.get("QUERY_STRING"):
-            path += "?" + environ["QUERY_STRING"]
+        path = environ.get("REQUEST_URI") or environ.get("RAW_URI")
+        if path is None:
+            path = environ.get("PATH_INFO", "")
+            if environ.get("QUERY_STRING"):
+                path += "?" + environ["QUERY_STRING"]
         route = environ.get("bottle.route")
         rule = getattr(route, "rule", None) or "unmatched"
         self.stats.add(rule, method if method in self.KNOWN_METHODS else "other", status)
@@ -92,3 +162,38 @@ class _ClosingIter:
                 self._body.close()
         finally:
             self._on_close()
+
+
+class JsonErrorTask(ErrorTask):
+    """waitress's answer to a request it refuses itself, as ``{"error": "<reason>: <detail>"}``."""
+
+    def execute(self):
+        error = self.request.error
+        detail = " ".join(str(error.body).split())
+        message = printable(f"{error.reason}: {detail}" if detail else error.reason, 300)
+        body = json.dumps({"error": message}).encode()
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        if hasattr(self, "set_close_on_finish"):  # waitress 3
+            self.set_close_on_finish()
+        else:  # waitress 2 (Debian 12's python3-waitress), as its own ErrorTask does
+            self.response_headers.append(("Connection", "close"))
+            self.close_on_finish = True
+        self.content_length = len(body)
+        self.write(body)
+
+
+class JsonErrorChannel(HTTPChannel):
+    error_task_class = JsonErrorTask
+
+
+def json_server_errors(server) -> None:
+    """Make the server from ``waitress.create_server`` answer its own errors with ``JsonErrorTask``.
+
+    One listening socket gives a TcpWSGIServer, several (a host name with an IPv4 and an IPv6
+    address) a MultiSocketServer whose map holds one per socket.
+    """
+    servers = list(server.map.values()) if isinstance(server, MultiSocketServer) else [server]
+    for each in servers:
+        if isinstance(each, BaseWSGIServer):
+            each.channel_class = JsonErrorChannel

@@ -17,7 +17,7 @@ import bottle
 
 from api import metrics, openapi
 from api.httplog import RequestStats
-from api.iplist import IPList, ListFull
+from api.iplist import DiskFull, IPList, ListFull
 from api.sse import EventStream
 from api.stream import StreamHub, StreamStats, TooManyStreams
 from api import validation
@@ -87,6 +87,8 @@ def _json_errors(handler: Callable) -> Callable:
             return _error(exc.status, exc.message)
         except ListFull as exc:
             return _error(409, str(exc))
+        except DiskFull as exc:  # 507 Insufficient Storage; the transaction was rolled back
+            return _error(507, str(exc))
         except TooManyStreams as exc:
             return _error(503, str(exc), Retry_After="5")
     return wrapped

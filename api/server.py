@@ -8,9 +8,11 @@ to the collector (api/stream.py). Flags beat environment variables, which beat d
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
+import socket
 import string
 import sys
 import textwrap
@@ -138,6 +140,16 @@ def read_token(args: argparse.Namespace) -> str | None:
     return token
 
 
+def host_problem(host: str) -> str:
+    """Why ``host`` cannot be listened on, as getaddrinfo tells it."""
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        return f"{host!r} is neither an IP address nor a host name this machine resolves ({reason})"
+    return f"{host!r} is not a usable listen address"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     token = read_token(args)
@@ -145,7 +157,7 @@ def main(argv=None) -> int:
     import waitress
     import zmq
 
-    from api.httplog import AccessLog, RequestStats, stdout_line
+    from api.httplog import AccessLog, RequestStats, json_server_errors, stdout_line
     from api.iplist import DatabaseUnusable, IPList
     from api.routes import Api, Limits, build_app
     from api.stream import StreamHub, StreamStats, Subscriber
@@ -193,10 +205,20 @@ def main(argv=None) -> int:
             outbuf_high_watermark=1 << 20,
             asyncore_use_poll=True,  # select() cannot watch more than 1024 sockets
             clear_untrusted_proxy_headers=True)
+    except ValueError:  # waitress: "Invalid host/port specified." when the host does not resolve
+        print(f"error: cannot listen on {args.host}:{args.port}: {host_problem(args.host)}; fix --host / "
+              f"SYSWATCH_HOST (an address of this machine or a host name, e.g. 127.0.0.1 or 0.0.0.0)",
+              file=sys.stderr)
+        return 2
     except OSError as exc:
+        if exc.errno == errno.EADDRNOTAVAIL:
+            print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror} (no interface of this "
+                  f"machine has that address); fix --host / SYSWATCH_HOST", file=sys.stderr)
+            return 2
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}; "
               f"pick another --port / SYSWATCH_PORT or stop what uses it", file=sys.stderr)
         return 2
+    json_server_errors(server)  # waitress's own 400/413/431/501/500 answers as {"error": ...}
 
     # waitress warns on every request that waits for a free thread; /metrics and the access log's
     # durations tell that story without a line per request.
@@ -209,6 +231,9 @@ def main(argv=None) -> int:
     stdout_line(f"API Server starting on {args.host}:{server.effective_port}")
     stdout_line(f"IP list: {os.path.abspath(args.db)} ({iplist.count()} addresses); collector: {', '.join(args.collector)}"
                 f"{' (CurveZMQ)' if curve_client else ''}; POST token: {'required' if token else 'not required'}")
+    if iplist.respelled:  # a list written by another Python version (iplist.IPList._respell)
+        stdout_line(f"IP list: respelled {iplist.respelled} stored IPv4-mapped IPv6 address(es) as ::ffff:a.b.c.d "
+                    f"and dropped {iplist.merged} duplicate(s) of an address added earlier")
     try:
         server.run()
     except KeyboardInterrupt:

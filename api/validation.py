@@ -61,7 +61,7 @@ def parse_json_object(raw: bytes) -> dict:
     if not raw or not raw.strip():
         raise BadRequest("empty request body: send a JSON object, e.g. {\"add_ips\": [1, 2, 3]}")
     try:
-        body = json.loads(raw.decode("utf-8"))
+        body = json.loads(raw.decode("utf-8"), object_pairs_hook=_object_without_duplicate_keys)
     except UnicodeDecodeError:
         raise BadRequest("request body is not UTF-8 text") from None
     except (ValueError, RecursionError) as exc:
@@ -69,6 +69,16 @@ def parse_json_object(raw: bytes) -> dict:
     if not isinstance(body, dict):
         raise BadRequest(f"request body must be a JSON object, got {_json_type(body)}")
     return body
+
+
+def _object_without_duplicate_keys(pairs: list) -> dict:
+    """json's object_pairs_hook: a key given twice is an error (json.loads would keep the last one)."""
+    obj = {}
+    for key, value in pairs:
+        if key in obj:
+            raise BadRequest(f"duplicate key {_short(key)} in the request body: give each field once")
+        obj[key] = value
+    return obj
 
 
 def _json_type(value: Any) -> str:
@@ -119,8 +129,29 @@ def entry(item: Any, index: int) -> Entry:
     except ValueError:
         raise BadRequest(f"{where} = {_short(item)} is not a valid IPv4 or IPv6 address "
                          f"(no zone suffix, no prefix length, no spaces)") from None
-    canonical = str(address)
+    canonical = canonical_text(address)
     return Entry(canonical, canonical)
+
+
+def canonical_text(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """The one spelling of ``address`` stored and shown, the same on every Python version.
+
+    RFC 5952's form (lower case, longest run of zeros as ``::``), which ``str()`` gives, except for an
+    IPv4-mapped IPv6 address: Python 3.11/3.12 print ``::ffff:102:304``, 3.13 ``::ffff:1.2.3.4``; we
+    always spell it with the IPv4 address in dotted form, as RFC 5952 section 5 recommends. Such an
+    address stays an IPv6 address: ``::ffff:1.2.3.4`` and ``1.2.3.4`` are two entries of the list.
+    """
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return f"::ffff:{address.ipv4_mapped}"
+    return str(address)
+
+
+def canonical_key(text: str) -> str | None:
+    """The canonical spelling of a stored address text (``Entry.key``), None if it is no address."""
+    try:
+        return canonical_text(ipaddress.ip_address(text))
+    except ValueError:
+        return None
 
 
 def entries(body: dict, max_items: int) -> list[Entry]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
@@ -10,8 +11,9 @@ T = TypeVar("T")
 def env_default(name: str, default: T, convert: Callable[[str], T] = str) -> T:
     """The value of environment variable ``name`` converted, or ``default`` when unset/empty.
 
-    A value that does not convert raises SystemExit with a message naming the variable,
-    so a typo in a compose file is reported at start-up instead of being ignored.
+    A value that does not convert is reported on stderr with a message naming the variable, then
+    SystemExit(2) is raised, the exit status argparse gives a bad flag: a typo in a compose file is
+    reported at start-up instead of being ignored.
     """
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -19,7 +21,8 @@ def env_default(name: str, default: T, convert: Callable[[str], T] = str) -> T:
     try:
         return convert(raw)
     except (TypeError, ValueError) as exc:
-        raise SystemExit(f"error: environment variable {name}={raw!r} is invalid: {exc}") from None
+        print(f"error: environment variable {name}={raw!r} is invalid: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def add_option(parser, *flags: str, env: str | None = None, default=None, type: Callable = str,

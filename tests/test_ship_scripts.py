@@ -119,6 +119,7 @@ class WrongApi(BaseHTTPRequestHandler):
     answers = {
         "/apis": {"available_apis": ["GET /apis", "POST /add_ips", "POST /print_all_ips", "POST /clear_ip_list"],
                   "usage": {}},
+        "/print_all_ips": {"message": "All IPs retrieved successfully", "ips": [], "total_ips": 0},
         "/add_ips": {"message": "IPs added successfully", "added_ips": [1, 2, 3], "total_ips": 3},
     }
 

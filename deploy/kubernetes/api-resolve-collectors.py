@@ -7,7 +7,7 @@ This wrapper does, once, at start-up:
     python3 api-resolve-collectors.py [-- COMMAND...]     (default COMMAND: python3 -m api.server)
 
 With SYSWATCH_COLLECTOR_SERVICE set (e.g. "syswatch-collector", the headless Service), it resolves
-that name's A/AAAA records (one per collector pod), waiting up to SYSWATCH_RESOLVE_TIMEOUT seconds
+that name's A records (one per collector pod; AAAA records on IPv6-only clusters), waiting up to SYSWATCH_RESOLVE_TIMEOUT seconds
 (default 120) for at least one, sets SYSWATCH_COLLECTOR=tcp://IP:PORT,... (PORT from
 SYSWATCH_COLLECTOR_PORT, default 5556), records the list in SYSWATCH_COLLECTORS_FILE (default
 /tmp/syswatch-collectors) and replaces itself with COMMAND. Without SYSWATCH_COLLECTOR_SERVICE it
@@ -33,16 +33,20 @@ DEFAULT_COMMAND = ["python3", "-m", "api.server"]
 
 
 def resolve(name: str, port: int) -> list[str]:
-    """Every address of ``name`` as ZeroMQ endpoints, sorted; [] when the name does not resolve."""
+    """Every address of ``name`` as ZeroMQ endpoints, sorted; [] when the name does not resolve.
+
+    IPv4 addresses only when there are any, else IPv6 ones: in a dual-stack cluster each pod has
+    both, and subscribing to both would receive every event twice."""
     try:
         infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
         return []
-    endpoints = set()
+    by_family: dict[int, set[str]] = {}
     for family, _, _, _, sockaddr in infos:
-        host = sockaddr[0]
-        endpoints.add(f"tcp://[{host}]:{port}" if family == socket.AF_INET6 else f"tcp://{host}:{port}")
-    return sorted(endpoints)
+        by_family.setdefault(family, set()).add(sockaddr[0])
+    if socket.AF_INET in by_family:
+        return sorted(f"tcp://{host}:{port}" for host in by_family[socket.AF_INET])
+    return sorted(f"tcp://[{host}]:{port}" for host in by_family.get(socket.AF_INET6, ()))
 
 
 def settings(environ) -> tuple[str, int, str]:

@@ -7,8 +7,8 @@ This wrapper does, once, at start-up:
     python3 api-resolve-collectors.py [-- COMMAND...]     (default COMMAND: python3 -m api.server)
 
 With SYSWATCH_COLLECTOR_SERVICE set (e.g. "syswatch-collector", the headless Service), it resolves
-that name's A records (one per collector pod; AAAA records on IPv6-only clusters), waiting up to SYSWATCH_RESOLVE_TIMEOUT seconds
-(default 120) for at least one, sets SYSWATCH_COLLECTOR=tcp://IP:PORT,... (PORT from
+that name's A records (one per collector pod; AAAA records on IPv6-only clusters), waiting up
+to SYSWATCH_RESOLVE_TIMEOUT seconds (default 120) for at least one, sets SYSWATCH_COLLECTOR=tcp://IP:PORT,... (PORT from
 SYSWATCH_COLLECTOR_PORT, default 5556), records the list in SYSWATCH_COLLECTORS_FILE (default
 /tmp/syswatch-collectors) and replaces itself with COMMAND. Without SYSWATCH_COLLECTOR_SERVICE it
 runs COMMAND unchanged (SYSWATCH_COLLECTOR as given: a list the operator wrote).

@@ -284,6 +284,8 @@ def test_collector_privileges_are_the_documented_least_set(built):
     host_mounts = {m["mountPath"]: m for m in c["volumeMounts"] if "hostPath" in volumes[m["name"]]}
     assert {"/sys/kernel/tracing", "/sys/kernel/debug", "/sys/fs/cgroup"} <= set(host_mounts)
     assert all(m.get("readOnly") is True for m in host_mounts.values()), host_mounts
+    # readOnly alone leaves submounts writable (debugfs holds tracefs; cgroup v1 is a tree of mounts)
+    assert all(m.get("recursiveReadOnly") in ("IfPossible", "Enabled") for m in host_mounts.values())
     env = env_of(c)
     assert env["SYSWATCH_HOSTNAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert env["SYSWATCH_BIND"]["value"] == f"tcp://0.0.0.0:{COLLECTOR_PORT}"

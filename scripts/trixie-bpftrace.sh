@@ -55,26 +55,24 @@ PKGS_SORTED="$(tr ', ' '\n\n' <<<"$PACKAGES" | sed '/^$/d' | sort -u | paste -sd
 [[ -n $PKGS_SORTED ]] || die "SYSWATCH_TRIXIE_PACKAGES is empty"
 KEY="$(printf 'suite=%s variant=%s packages=%s\n' "$SUITE" "$VARIANT" "$PKGS_SORTED" | sha256sum | cut -c1-12)"
 ROOTFS="$CACHE/root-$KEY"
+# the wrapper quotes the root's path in sh: keep it to plain characters
+[[ $CACHE =~ ^/[A-Za-z0-9/._-]*$ ]] || die "SYSWATCH_TRIXIE_CACHE must be an absolute path of letters, digits and /._- (got '$CACHE')"
 
 wrapper_text() {  # the wrapper, for the root $1
     cat <<EOF
 #!/bin/sh
 # bpftrace from a Debian $SUITE root, run on this host (written by scripts/trixie-bpftrace.sh).
-# Private mount namespace; the root's /usr over the host's; exec all the way, so bpftrace keeps
-# this script's PID, its argv, stdio and signals; the mounts vanish when bpftrace exits.
+# A private mount namespace (unshare -m) in which the root's /usr is bind-mounted over the
+# host's; exec all the way (unshare, sh, bpftrace), so bpftrace keeps this script's PID, argv,
+# stdio and signals, and the mounts vanish when it exits. The host's mounts are never touched.
 # root: $1 (packages: $PKGS_SORTED)
-R='$1'
-if [ ! -x "\$R/usr/bin/bpftrace" ]; then
-    echo "bpftrace ($SUITE wrapper): \$R/usr/bin/bpftrace is missing; run scripts/trixie-bpftrace.sh (as root)" >&2
+if [ ! -x '$1/usr/bin/bpftrace' ]; then
+    echo "bpftrace ($SUITE wrapper): $1/usr/bin/bpftrace is missing; run scripts/trixie-bpftrace.sh (as root)" >&2
     exit 127
 fi
-if [ -z "\${SYSWATCH_TRIXIE_NS:-}" ]; then
-    SYSWATCH_TRIXIE_NS=1 exec unshare --mount --propagation private -- "\$0" "\$@"
-    echo "bpftrace ($SUITE wrapper): unshare --mount failed (it needs root: CAP_SYS_ADMIN)" >&2
-    exit 126
-fi
-unset SYSWATCH_TRIXIE_NS
-# merged-/usr hosts (/lib -> usr/lib, ...) need only /usr; a split host gets the root's dirs too
+exec unshare --mount --propagation private -- /bin/sh -c '
+R=$1
+# merged-/usr hosts (/lib -> usr/lib, ...) need only /usr; a split host gets the root dirs too
 for d in bin sbin lib lib64; do
     if [ -d "/\$d" ] && [ ! -L "/\$d" ] && [ -d "\$R/usr/\$d" ]; then
         mount --rbind "\$R/usr/\$d" "/\$d" || exit 126
@@ -83,6 +81,9 @@ done
 mount --rbind "\$R/usr" /usr || { echo "bpftrace ($SUITE wrapper): cannot bind-mount \$R/usr on /usr" >&2; exit 126; }
 mount --bind "\$R/etc/ld.so.cache" /etc/ld.so.cache 2>/dev/null || true
 exec /usr/bin/bpftrace "\$@"
+' bpftrace "\$@"
+echo "bpftrace ($SUITE wrapper): cannot run unshare --mount (it needs root: CAP_SYS_ADMIN)" >&2
+exit 126
 EOF
 }
 

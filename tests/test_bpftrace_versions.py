@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,7 +35,8 @@ for _ in range({WRITES}):
     os.write(fd, b"x" * {WRITE_SIZE})
 """
 
-# $1: the child's pid. Map counts (in the kernel) and one printf per returned write.
+# $1: the child's pid. Map counts (in the kernel) and one printf per returned write; bpftrace
+# exits by itself when the child has exited (then prints the maps: the output is complete).
 COUNT_PROGRAM = f"""
 BEGIN {{ printf("ready\\n"); }}
 tracepoint:syscalls:sys_enter_write /pid == $1 && args->count == {WRITE_SIZE}/ {{ @calls = count(); }}
@@ -42,6 +44,7 @@ tracepoint:syscalls:sys_exit_write /pid == $1 && args->ret == {WRITE_SIZE}/ {{
     @bytes = sum(args->ret);
     printf("w %d\\n", args->ret);
 }}
+tracepoint:sched:sched_process_exit /pid == $1/ {{ exit(); }}
 """
 
 
@@ -101,6 +104,28 @@ def test_check_of_an_empty_cache_says_how_to_build(tmp_path):
     assert not (tmp_path / "cache").exists(), "--check/--print-path must build nothing"
 
 
+def test_failed_build_leaves_nothing_behind(tmp_path):
+    require(is_root(), "run as root (debootstrap needs it): sudo scripts/test.sh")
+    require(have("debootstrap"), "install debootstrap: apt-get install -y debootstrap (scripts/setup-host.sh does it)")
+    cache = tmp_path / "cache"
+    env = dict(os.environ, SYSWATCH_TRIXIE_CACHE=str(cache), SYSWATCH_MIRROR="http://127.0.0.1:9/debian")
+    proc = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert "debootstrap failed" in proc.stderr and "http://127.0.0.1:9/debian" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in cache.iterdir()) == [".lock"], "no root, no wrapper, no build directory"
+    assert str(cache) not in Path("/proc/self/mountinfo").read_text()
+
+
+def test_help_and_bad_arguments():
+    proc = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0 and "SYSWATCH_TRIXIE_CACHE" in proc.stdout and "--print-path" in proc.stdout
+    proc = subprocess.run(["bash", str(SCRIPT), "--bogus"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1 and "unknown argument '--bogus'" in proc.stderr
+    env = dict(os.environ, SYSWATCH_TRIXIE_CACHE="relative/dir")
+    proc = subprocess.run(["bash", str(SCRIPT), "--check"], env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1 and "must be an absolute path" in proc.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # the real binaries
 
@@ -148,7 +173,7 @@ def test_detect_the_host_bpftrace(host_bpftrace):
 
 def test_detect_the_trixie_bpftrace(trixie_bpftrace):
     v = bpfversion.detect(trixie_bpftrace)
-    root = Path(Path(trixie_bpftrace).read_text().split("\nR='", 1)[1].split("'", 1)[0])
+    root = _root_of(trixie_bpftrace)
     assert v.key == _upstream(_dpkg_version(root / "var/lib/dpkg/status"))
     assert v.at_least(0, 23) and v.ringbuf_output and v.args_dot, v
 
@@ -158,6 +183,13 @@ def test_build_is_idempotent_and_quick(trixie_bpftrace):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == trixie_bpftrace
     assert "root present" in proc.stderr and "debootstrap" not in proc.stderr
+
+
+def _root_of(wrapper: str) -> Path:
+    """The trixie root a wrapper runs (its "# root: PATH (packages: ...)" line)."""
+    m = re.search(r"^# root: (/\S+) ", Path(wrapper).read_text(), re.M)
+    assert m, f"no '# root:' line in {wrapper}"
+    return Path(m.group(1))
 
 
 def _mount_lines() -> list[str]:
@@ -177,8 +209,7 @@ def test_wrapper_keeps_the_pid_and_passes_argv_and_stdio(trixie_bpftrace, tmp_pa
     # -o FILE is a host path (the wrapper leaves the host's filesystem in place apart from /usr)
     assert f"pid={shell_pid} arg={shell_pid} str=hello world" in out.read_text()
     assert _mount_lines() == before, "the wrapper's mounts must not reach the host's mount namespace"
-    root = Path(trixie_bpftrace).read_text().split("\nR='", 1)[1].split("'", 1)[0]
-    assert not any(root in ln for ln in _mount_lines())
+    assert not any(str(_root_of(trixie_bpftrace)) in ln for ln in _mount_lines())
 
 
 def test_wrapper_passes_stdin_and_exit_status(trixie_bpftrace):
@@ -209,16 +240,32 @@ def _start(binary: str, program: str, *args: str, out: Path) -> subprocess.Popen
     return proc
 
 
-def _stop(proc: subprocess.Popen, sig: int = signal.SIGINT) -> tuple[int, str]:
-    if proc.poll() is None:
+def _threads(pid: int) -> str:
+    """Where each thread of ``pid`` waits: for the message of a hung bpftrace."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out.append(f"{task.name} {(task / 'comm').read_text().strip()} wchan={(task / 'wchan').read_text()}")
+        except OSError:
+            pass
+    return "; ".join(out)
+
+
+def _stop(proc: subprocess.Popen, sig: int | None = signal.SIGINT, timeout: float = 60) -> tuple[int, str]:
+    """Send ``sig`` (None: bpftrace exits by itself) and wait; a bpftrace still there after
+    ``timeout`` is killed and reported with where its threads waited."""
+    if sig is not None and proc.poll() is None:
         proc.send_signal(sig)
+    hung = ""
     try:
-        proc.wait(timeout=60)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
+        hung = f"bpftrace {proc.pid} still running {timeout:.0f} s after {sig!r}: {_threads(proc.pid)}"
         proc.kill()
         proc.wait()
     err = proc.stderr.read().decode(errors="replace")
     proc.stderr.close()
+    assert not hung, f"{hung}\nstderr: {err[-1000:]}"
     return proc.returncode, err
 
 
@@ -242,7 +289,7 @@ def test_exact_write_count(which, request, tmp_path):
         child.stdin.write(b"g")
         child.stdin.close()
         assert child.wait(timeout=60) == 0
-        code, err = _stop(proc)             # at exit bpftrace prints every map, then the output is complete
+        code, err = _stop(proc, sig=None)   # exit() on the child's exit; then every map is printed
     finally:
         if child.poll() is None:
             child.kill()

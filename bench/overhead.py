@@ -20,7 +20,8 @@ from typing import Callable
 from . import procs, stats, tracers, workloads
 from .plan import Plan
 
-TRACERS = ["bpf-empty", "bpf-count", "bpf-printf", "collector-events", "collector-counts", "strace"]
+TRACERS = ["bpf-empty", "bpf-count", "bpf-printf", "bpf23-empty", "bpf23-count", "bpf23-printf",
+           "collector-events", "collector-counts", "strace"]
 
 
 def dd_like(bs: int) -> Callable[[dict], bool]:
@@ -98,6 +99,11 @@ def run(plan: Plan, log: Callable[[str], None], only_tracers: list[str] | None =
     why = tracers.collector_available()
     if why:
         for t in [t for t in names if t.startswith("collector-")]:
+            skipped[t] = why
+            names.remove(t)
+    why = tracers.trixie_available() if any(t in tracers.RAW23 for t in names) else None
+    if why:
+        for t in [t for t in names if t in tracers.RAW23]:
             skipped[t] = why
             names.remove(t)
     pairs: dict[tuple[str, str], list[tuple[dict, dict]]] = {}

@@ -4,6 +4,9 @@
     bpf-empty       bpftrace, an empty probe on the read/write tracepoints
     bpf-count       bpftrace, count() per pid in the kernel, nothing printed per event
     bpf-printf      bpftrace, one printf line per event (the same fields as the collector's), to /dev/null
+    bpf23-empty / bpf23-count / bpf23-printf
+                    the same three programs under bpftrace 0.23 from a Debian trixie root, run
+                    through scripts/trixie-bpftrace.sh's wrapper (ring-buffer output; issue 16)
     strace          strace -f -e trace=read,write -o /dev/null (wraps the workload)
     collector-events / collector-counts
                     python3 -m collector.collector in that mode, with a subscriber attached
@@ -33,11 +36,17 @@ RAW_PROGRAMS = {
     "bpf-printf": (f"{PROBES} {PRED} {{ printf(\"%llu %d %d %d %d %llu %s\\n\", "
                    f"nsecs, pid, tid, uid, args->fd, args->count, comm); }}"),
 }
+# bpftrace 0.23 (trixie) runs the same programs: bpf23-X is RAW_PROGRAMS["bpf-X"]
+RAW23 = {f"bpf23-{k[len('bpf-'):]}": k for k in RAW_PROGRAMS}
+TRIXIE_SCRIPT = REPO / "scripts" / "trixie-bpftrace.sh"
 LABELS = {
     "none": "no tracing",
     "bpf-empty": "bpftrace, empty probe",
     "bpf-count": "bpftrace, count() per pid",
     "bpf-printf": "bpftrace, printf per event to /dev/null",
+    "bpf23-empty": "bpftrace 0.23, empty probe",
+    "bpf23-count": "bpftrace 0.23, count() per pid",
+    "bpf23-printf": "bpftrace 0.23, printf per event to /dev/null",
     "strace": "strace -f -e trace=read,write",
     "collector-events": "collector, events mode + subscriber",
     "collector-counts": "collector, counts mode + subscriber",
@@ -84,18 +93,23 @@ class Strace(Tracer):
 
 
 class RawBpftrace(Tracer):
-    """bpftrace running one of RAW_PROGRAMS; attached when its BEGIN probe has run."""
+    """bpftrace running one of RAW_PROGRAMS; attached when its BEGIN probe has run.
 
-    def __init__(self, name: str):
+    ``binary`` is the bpftrace to run: the host's, or the trixie wrapper, which execs the
+    trixie bpftrace in the same process, so the Gated pid is bpftrace's own either way."""
+
+    def __init__(self, name: str, program: str | None = None, binary: str = "bpftrace"):
         self.name = name
+        self.program = program or name
+        self.binary = binary
         self.proc: procs.Gated | None = None
 
     def start(self):
         ready = Path(tempfile.mkstemp(prefix="syswatch-bench-ready.")[1])
         ready.unlink()
-        prog = f'BEGIN {{ system("touch {ready}"); }} {RAW_PROGRAMS[self.name]}'
+        prog = f'BEGIN {{ system("touch {ready}"); }} {RAW_PROGRAMS[self.program]}'
         # Gated: the pid is known before bpftrace starts, so it is passed as $1 and excluded.
-        self.proc = procs.Gated(["bpftrace", "--unsafe", "-o", "/dev/null", "-e", prog, "@PID@"],
+        self.proc = procs.Gated([self.binary, "--unsafe", "-o", "/dev/null", "-e", prog, "@PID@"],
                                 stderr=subprocess.PIPE)
         self.proc.release()
         deadline = time.monotonic() + 60
@@ -127,6 +141,24 @@ def _lost_from(stderr: str) -> int:
         if len(words) >= 3 and words[0] == "Lost" and words[2].startswith("event"):
             lost += int(words[1])
     return lost
+
+
+def trixie_bpftrace() -> str | None:
+    """The trixie bpftrace wrapper's path when it is built, else None (bench/ never builds it)."""
+    try:
+        check = subprocess.run(["bash", str(TRIXIE_SCRIPT), "--check"], capture_output=True, timeout=30)
+        path = subprocess.run(["bash", str(TRIXIE_SCRIPT), "--print-path"], capture_output=True,
+                              text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return path if check.returncode == 0 and path else None
+
+
+def trixie_available() -> str | None:
+    """None when the bpf23-* tracers can run, else why not."""
+    if trixie_bpftrace() is None:
+        return "bpftrace 0.23 is not built: run sudo scripts/trixie-bpftrace.sh first (about a minute)"
+    return None
 
 
 def collector_available() -> str | None:
@@ -208,6 +240,11 @@ def make(name: str) -> Tracer:
         return Strace()
     if name in RAW_PROGRAMS:
         return RawBpftrace(name)
+    if name in RAW23:
+        binary = trixie_bpftrace()
+        if binary is None:
+            raise RuntimeError(trixie_available())
+        return RawBpftrace(name, RAW23[name], binary)
     if name.startswith("collector-"):
         return Collector(name.split("-", 1)[1])
     raise ValueError(f"unknown tracer {name!r}; known: {', '.join(LABELS)}")

@@ -6,8 +6,10 @@
 #   sudo scripts/test.sh tests/test_e2e_docker.py -x
 #
 # Stages: setup-host.sh (apt packages, tracefs, pip requirements, dockerd), build-base-image.sh
-# (debian:bookworm-slim without a registry), pytest. Prints how long each stage took. The exit
-# status is pytest's; "no tests collected" (5) counts as a failure like any other non-zero status.
+# (debian:bookworm-slim without a registry), trixie-bpftrace.sh (a cached Debian trixie root with
+# bpftrace 0.23 and its wrapper: ~1 min the first time, well under a second after), pytest.
+# Prints how long each stage took. The exit status is pytest's; "no tests collected" (5) counts as
+# a failure like any other non-zero status.
 # With CI=true (set by CI) a missing prerequisite or a skipped test fails the run (tests/conftest.py).
 set -euo pipefail
 
@@ -32,6 +34,7 @@ trap report EXIT
 [[ $(id -u) -eq 0 ]] || { echo "test.sh: error: run as root: sudo $0 (bpftrace and docker need it)" >&2; exit 1; }
 stage setup-host scripts/setup-host.sh
 stage base-image scripts/build-base-image.sh
+stage trixie-bpftrace scripts/trixie-bpftrace.sh   # bpftrace 0.23 beside the host's 0.17 (issue 16)
 
 rc=0
 stage pytest python3 -m pytest --durations=15 "$@" || rc=$?

@@ -26,6 +26,8 @@ def quick(tmp_path_factory):
     require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
     require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-host.sh does it)")
     require(have("strace"), "install strace: apt-get install -y strace (scripts/setup-host.sh does it)")
+    require(subprocess.run(["bash", str(ROOT / "scripts" / "trixie-bpftrace.sh"), "--check"]).returncode == 0,
+            "build bpftrace 0.23 for the bpf23-* rows: sudo scripts/trixie-bpftrace.sh (scripts/test.sh does it)")
     out = tmp_path_factory.mktemp("bench")
     doc = ROOT / "docs" / "BENCHMARKS.md"
     doc_before = doc.read_bytes() if doc.exists() else None
@@ -53,7 +55,9 @@ def test_quick_run_has_every_section(quick):
 def test_overhead_rows_cover_every_tracer_and_workload(quick):
     rows = quick["results"]["overhead"]["rows"]
     got = {(row["tracer"], row["workload"]) for row in rows}
-    tracers = {"bpf-empty", "bpf-count", "bpf-printf", "collector-events", "collector-counts", "strace"}
+    tracers = {"bpf-empty", "bpf-count", "bpf-printf", "bpf23-empty", "bpf23-count", "bpf23-printf",
+               "collector-events", "collector-counts", "strace"}
+    assert quick["results"]["overhead"]["skipped"] == {}
     assert got == {(t, w) for t in tracers for w in ("dd", "copy")}
     plan = quick["results"]["plan"]
     for row in rows:

@@ -216,10 +216,12 @@ def loader_name() -> str:
 def _batches(n_pids: int = 50, per_batch: int = 256) -> list[list[bytes]]:
     host = protocol.json_string("bench")
     out = []
-    for syscall in protocol.SYSCALLS:
+    for syscall in protocol.DEFAULT_SYSCALLS:
         events = [json.dumps({"ts_ns": time.time_ns(), "pid": 100_000 + i % n_pids, "tid": 100_000 + i % n_pids,
                               "uid": 0, "comm": f"bench{i % n_pids}", "syscall": syscall, "fd": 1,
-                              "count": 100 + i}, separators=(",", ":")).encode() for i in range(per_batch)]
+                              "count": 100 + i, "ret": 100 + i, "lat_ns": 1000 + i, "cgroup_id": 1,
+                              "container_id": "", "container_name": ""},
+                             separators=(",", ":")).encode() for i in range(per_batch)]
         out.append(protocol.encode_event_batch(protocol.topic_for(syscall), host, events))
     return out
 

@@ -59,7 +59,7 @@ def test_api_walkthrough_script_passes(stack):
 def test_host_subscriber_and_api_see_a_child_process(stack):
     comm = f"swe2e{uuid.uuid4().hex[:8]}"
     ctx = zmq.Context()
-    sock = zmqsock.make_subscriber(ctx, stack.collector_endpoint, (protocol.TOPIC_WRITE, protocol.TOPIC_STATUS))
+    sock = zmqsock.make_subscriber(ctx, stack.collector_endpoint, (protocol.topic_for("write"), protocol.TOPIC_STATUS))
     child = None
     try:
         status = wait_for_status(sock)  # the subscription is live once a message arrives

@@ -20,6 +20,17 @@ import socket
 import sys
 import time
 
+# Say "must run as root" before any third-party import: an unprivileged user's interpreter may
+# not be able to import zmq at all (issue 17). Only when run as a program, and not for --help.
+if __name__ == "__main__" and os.geteuid() != 0 and not any(
+        a == "-h" or len(a) > 3 and ("--help".startswith(a) or "--version".startswith(a)) for a in sys.argv[1:]):
+    from .bpf import SetupError, check_root     # stdlib only
+    try:
+        check_root()
+    except SetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
 import zmq
 
 from shared import curve

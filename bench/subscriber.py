@@ -79,7 +79,7 @@ class Subscriber(threading.Thread):
         try:
             while not ((self.matched or self.counted_calls) and self.status_seen.is_set()):
                 if time.monotonic() > deadline:
-                    missing = "a status message" if self.matched or self.counted_calls else \
+                    missing = "status message" if self.matched or self.counted_calls else \
                         "events of the benchmark's own pid"
                     raise TimeoutError(f"no {missing} reached a subscriber of {self.endpoint} within {timeout:.0f}s")
                 if self.error:
@@ -102,9 +102,10 @@ class Subscriber(threading.Thread):
                 return
             time.sleep(0.02)
 
-    def fresh_status(self, after_ns: int, timeout: float = STATUS_TIMEOUT_S) -> dict | None:
-        """The first status message with ts_ns after ``after_ns`` (None if none came)."""
-        deadline = time.monotonic() + timeout
+    def fresh_status(self, after_ns: int, timeout: float | None = None) -> dict | None:
+        """The first status message with ts_ns after ``after_ns`` (None if none came within
+        ``timeout``, default STATUS_TIMEOUT_S)."""
+        deadline = time.monotonic() + (STATUS_TIMEOUT_S if timeout is None else timeout)
         while time.monotonic() < deadline:
             st = self.status
             if st is not None and st.get("ts_ns", 0) > after_ns:

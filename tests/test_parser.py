@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given, settings, strategies as st
+
+pytestmark = pytest.mark.unit
 
 from collector.parser import CountsParser, EventParser, decode_comm
 

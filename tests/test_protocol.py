@@ -15,6 +15,7 @@ STATUS = {"host": "h", "ts_ns": 1, "mode": "events", "probe": "tracepoint", "exc
           "events_total": 0, "lost_total": 0, "dropped_total": 0, "malformed_total": 0, "uptime_s": 0.5}
 
 
+@pytest.mark.unit
 def test_round_trips():
     for topic, payload in [("status", STATUS), ("syscall.read", {"host": "h", "events": [EVENT]}),
                            ("counts", {"host": "h", "ts_ns": 1, "interval_ns": 10**9,
@@ -23,6 +24,7 @@ def test_round_trips():
         assert msg.topic == topic and msg.payload == {"v": 1, **payload}
 
 
+@pytest.mark.unit
 def test_fast_batch_equals_encode():
     events = [json.dumps(EVENT, separators=(",", ":")).encode()] * 3
     frames = encode_event_batch("syscall.read", json_string("h\u00e9"), events)
@@ -30,6 +32,7 @@ def test_fast_batch_equals_encode():
     assert msg.events == [EVENT] * 3 and msg.payload["host"] == "h\u00e9"
 
 
+@pytest.mark.unit
 def test_version_mismatch_is_a_clear_error():
     frames = [b"status", json.dumps({**STATUS, "v": 2}).encode()]
     with pytest.raises(ProtocolError, match="version v=2.*v1"):
@@ -38,6 +41,7 @@ def test_version_mismatch_is_a_clear_error():
         encode("status", {**STATUS, "v": 2})
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("frames, match", [
     ([b"status"], "2 frames"),
     ([b"a", b"{}", b"c"], "2 frames"),
@@ -54,6 +58,7 @@ def test_malformed_frames(frames, match):
         decode(frames, strict=True)
 
 
+@pytest.mark.unit
 def test_topic_for():
     assert topic_for("write") == "syscall.write"
     with pytest.raises(ProtocolError, match="unknown syscall"):

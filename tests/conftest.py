@@ -22,6 +22,14 @@ from bench.procs import free_port, rss_kib  # noqa: E402,F401  (one implementati
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+# The tests check the programs' defaults and set what they need themselves: a SYSWATCH_MODE or
+# SYSWATCH_PID left in the shell must not change what they test. Kept: how this machine is set
+# up (mirrors, dockerd) and which interpreter runs the API.
+KEEP_ENV = {"SYSWATCH_TEST_PYTHON", "SYSWATCH_MIRROR", "SYSWATCH_SECURITY_MIRROR", "SYSWATCH_APT_ETC",
+            "SYSWATCH_BASE_IMAGE", "SYSWATCH_DOCKERD_LOG", "SYSWATCH_DOCKERD_WAIT"}
+for _name in [n for n in os.environ if n.startswith("SYSWATCH_") and n not in KEEP_ENV]:
+    del os.environ[_name]
+
 
 def require(condition: bool, what: str) -> None:
     """Skip (developer machine) or fail (CI) when ``condition`` is false; ``what`` says how to fix it."""

@@ -114,9 +114,15 @@ def test_tail_timeout_and_ctrl_c(child_and_collector):
     res = subprocess.run([sys.executable, str(ROOT / "subscribers" / "tail.py"), "--endpoint", coll.endpoint,
                           "--count", "1", "--timeout", "0.5", "--pid", "1"], capture_output=True, text=True, timeout=30)
     assert res.returncode == 1 and "timeout after 0.5 s with 0 of 1 events" in res.stderr
+    port = int(coll.endpoint.rsplit(":", 1)[1])
     for name in ("tail.py", "top.py"):
         proc = script(name, "--endpoint", coll.endpoint)
-        time.sleep(1.0)
+        # running its loop (connected), not still importing: a cold start on a fresh machine
+        # compiles every module first, and Ctrl-C then would be a KeyboardInterrupt traceback
+        deadline = time.monotonic() + 30
+        while not tcp_connected(proc.pid, port):
+            assert proc.poll() is None and time.monotonic() < deadline, f"{name} did not connect"
+            time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=10)
         assert proc.returncode == 0 and "Traceback" not in err, err

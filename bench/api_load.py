@@ -33,16 +33,11 @@ from shared.zmqsock import make_publisher
 
 from . import procs, stats
 from .plan import Plan
-from .tracers import REPO, free_port
+from .procs import free_port
+from .tracers import REPO
 
 ENDPOINTS = ("add_ips", "print_all_ips", "stats")
 CONCURRENCY = (1, 16)
-
-
-def api_available() -> str | None:
-    if not (REPO / "api" / "server.py").exists():
-        return "api/server.py does not exist yet"
-    return None
 
 
 class ApiServer:
@@ -262,9 +257,6 @@ def subscriber_rate(api: ApiServer, pub: zmq.Socket, rate: int, seconds: float) 
 
 
 def run(plan: Plan, log: Callable[[str], None]) -> dict:
-    why = api_available()
-    if why:
-        return {"skipped": why}
     load = wrk_load if loader_name() == "wrk" else python_load
     ctx = zmq.Context.instance()
     endpoint = f"tcp://127.0.0.1:{free_port()}"

@@ -1,4 +1,6 @@
-"""Process plumbing for the benchmarks: CPU time and memory from /proc, start/stop helpers.
+"""Process plumbing for the benchmarks and the tests: CPU time and memory from /proc,
+start/stop helpers, free ports. The one place for these (tests/conftest.py re-exports
+``free_port`` and ``rss_kib``).
 
 CPU time is read from /proc/<pid>/stat (utime + stime of the whole thread group) so the
 collector and bpftrace are measured the same way, in the same run.
@@ -7,7 +9,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -24,15 +28,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def rss_kib(pid: int) -> int:
-    """Resident set size of ``pid`` in KiB (0 if it is gone)."""
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_kib(pid: int, gone: int | None = None) -> int:
+    """Resident set size of ``pid`` in KiB. A process that is gone (or a zombie, which has no
+    VmRSS) gives ``gone``, or raises ProcessLookupError when ``gone`` is None: a memory bound
+    must not pass because the process died."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     except OSError:
         pass
-    return 0
+    if gone is None:
+        raise ProcessLookupError(f"process {pid} is gone: no resident set size to read")
+    return gone
 
 
 def comm_of(pid: int) -> str:
@@ -116,7 +131,7 @@ class Gated:
         popen_kw.setdefault("stdin", subprocess.DEVNULL)
         popen_kw.setdefault("stdout", subprocess.DEVNULL)
         popen_kw.setdefault("stderr", subprocess.DEVNULL)
-        self.proc = subprocess.Popen(["python3", "-c", self.STUB, str(rfd), *argv],
+        self.proc = subprocess.Popen([sys.executable, "-c", self.STUB, str(rfd), *argv],
                                      pass_fds=(rfd,), **popen_kw)
         os.close(rfd)
         self.pid = self.proc.pid

@@ -49,8 +49,6 @@ def overhead_md(o: dict) -> list[str]:
     out += _table(["tracing", "workload", "syscalls", "none (s)", "traced (s)", "slowdown", "pairs"], rows)
     for w in o.get("warnings", []):
         out.append(f"- **warning**: {w}")
-    for name, why in o.get("skipped", {}).items():
-        out.append(f"- {name}: not run ({why})")
     if o.get("raw_lost"):
         out += ["Raw bpftrace \"Lost N events\" over all its runs: "
                 + ", ".join(f"{k} {v}" for k, v in o["raw_lost"].items()), ""]
@@ -90,8 +88,6 @@ def throughput_md(t: dict) -> list[str]:
 
 
 def latency_md(lat: dict) -> list[str]:
-    if "skipped" in lat:
-        return ["### Steady rate and latency", "", f"Not run: {lat['skipped']}", ""]
     rows = [[k, f"{r['rate']:,}/s for {r['seconds']} s", f"{r['achieved_rate']:,.0f}/s",
              f"{r['delivered']:,} / {r['made']:,}", _f(r.get("lost"), "{}"), _f(r.get("dropped"), "{}"),
              _f(r["p50_ms"]), _f(r["p99_ms"]), _f(r["max_ms"])] for k, r in lat.items()]
@@ -102,8 +98,6 @@ def latency_md(lat: dict) -> list[str]:
 
 
 def api_md(api: dict) -> list[str]:
-    if "skipped" in api:
-        return ["### API", "", f"Not run: {api['skipped']}", ""]
     rows = [[f"`{'GET /stats' if r['endpoint'] == 'stats' else 'POST /' + r['endpoint']}`"
              + (f" ({r['list_size']:,} IPs)" if r.get("list_size") else ""), r["clients"],
              f"{r['rps']:,.0f}", _f(r["p50_ms"]), _f(r["p99_ms"]), r["non2xx"] + r["errors"]] for r in api["rows"]]

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from . import machine, procs, report, tracers, workloads
-from .api_load import ApiServer, api_available
+from .api_load import ApiServer
+from .subscriber import NoStatus
 
 
 class ApiTraffic(threading.Thread):
@@ -72,9 +73,6 @@ class ApiTraffic(threading.Thread):
 
 
 def soak(duration: float, rate: int, api_rps: float, log) -> dict:
-    why = tracers.collector_available() or api_available()
-    if why:
-        raise SystemExit(f"soak: cannot run: {why}")
     result: dict = {"duration_s": duration, "rate": rate, "api_rps": api_rps, "errors": []}
     out = Path(tempfile.mkstemp(prefix="syswatch-soak-send.")[1])
     try:
@@ -92,7 +90,7 @@ def _soak(result: dict, out: Path, duration: float, rate: int, api_rps: float, l
                 raise RuntimeError("the API did not connect to the collector within 15 s")
             time.sleep(0.2)
         roles = {"collector": col.proc.pid, "bpftrace": col.bpftrace_pid, "api": api.proc.pid}
-        rss = {role: {"start_kib": procs.rss_kib(pid), "peak_kib": procs.rss_kib(pid)}
+        rss = {role: {"start_kib": procs.rss_kib(pid, gone=0), "peak_kib": procs.rss_kib(pid, gone=0)}
                for role, pid in roles.items() if pid}
         writer = procs.Gated(workloads.writer_argv(rate, duration, out), cwd=tracers.REPO)
         sub.watch(writer.pid, workloads.is_writer_event)
@@ -106,13 +104,13 @@ def _soak(result: dict, out: Path, duration: float, rate: int, api_rps: float, l
         while not writer.poll():  # sample memory while the load runs
             for role, pid in roles.items():
                 if pid:
-                    rss[role]["peak_kib"] = max(rss[role]["peak_kib"], procs.rss_kib(pid))
+                    rss[role]["peak_kib"] = max(rss[role]["peak_kib"], procs.rss_kib(pid, gone=0))
             for role, p in (("collector", col.proc), ("api", api.proc)):
                 if p.poll() is not None and f"{role} exited" not in result["errors"]:
                     result["errors"].append(f"{role} exited with status {p.returncode}")
             if time.monotonic() > next_log:
                 log(f"soak: {sub.matched:,} events seen so far; RSS "
-                    + ", ".join(f"{r} {procs.rss_kib(p) // 1024} MiB" for r, p in roles.items() if p))
+                    + ", ".join(f"{r} {procs.rss_kib(p, gone=0) // 1024} MiB" for r, p in roles.items() if p))
                 next_log += 10
             time.sleep(0.5)
         writer.wait()
@@ -120,10 +118,14 @@ def _soak(result: dict, out: Path, duration: float, rate: int, api_rps: float, l
         sub.wait_drained(made, quiet=3.0)
         traffic.stop_flag.set()
         traffic.join(15)
-        st1 = sub.settled_status(st0, made)
+        try:
+            st1 = sub.settled_status(st0, made)
+        except NoStatus as exc:   # wait_ready saw a status, so st0 is there; st1 can still be missing
+            st1 = None
+            result["errors"].append(str(exc))
         for role, pid in roles.items():
             if pid:
-                rss[role]["end_kib"] = procs.rss_kib(pid)
+                rss[role]["end_kib"] = procs.rss_kib(pid, gone=0)
                 rss[role]["peak_kib"] = max(rss[role]["peak_kib"], rss[role]["end_kib"])
         for role, p in (("collector", col.proc), ("api", api.proc)):
             if p.poll() is not None:
@@ -132,24 +134,32 @@ def _soak(result: dict, out: Path, duration: float, rate: int, api_rps: float, l
         # the API's own view of the writer (it counts every call, not only the identifiable writes)
         api_writer_calls = next((p["calls"] for p in api_stats.get("top_processes_by_calls", [])
                                  if p["pid"] == writer.pid), None)
-    lost = (st1["lost_total"] - st0["lost_total"]) if st0 and st1 else None
-    dropped = (st1["dropped_total"] - st0["dropped_total"]) if st0 and st1 else None
+    def grew(key: str) -> int | None:   # None: a status was missing (already an error)
+        return st1[key] - st0[key] if st0 and st1 else None
+
+    lost, dropped = grew("lost_total"), grew("dropped_total")
     result.update(made=made, seen=sub.matched,
                   subscriber_received=sub.events_received - recv0,
-                  collector_published=(st1["events_total"] - st0["events_total"]) if st0 and st1 else None, lost=lost, dropped=dropped, rss=rss,
+                  collector_published=grew("events_total"), lost=lost, dropped=dropped, rss=rss,
                   api_requests=traffic.requests, http_errors=traffic.errors[:20],
                   http_error_count=len(traffic.errors),
                   api_events_received=api_stats.get("events_received"), api_writer_calls=api_writer_calls,
                   api_events_not_received=(api_stats.get("api") or {}).get("events_not_received"),
                   api_malformed=(api_stats.get("api") or {}).get("malformed_messages"),
-                  collector_malformed=(st1["malformed_total"] - st0["malformed_total"]) if st0 and st1 else None)
-    accounted = made and (result["seen"] + (lost or 0) + (dropped or 0)) >= made
-    if not accounted:
+                  collector_malformed=grew("malformed_total"))
+    if not made:
+        result["errors"].append("the load process made no writes")
+    elif lost is not None and result["seen"] + lost + dropped < made:
         result["errors"].append(f"{made - result['seen']} of {made} events neither delivered nor counted lost/dropped")
     if traffic.errors:
         result["errors"].append(f"{len(traffic.errors)} API request(s) failed")
     result["ok"] = not result["errors"]
     return result
+
+
+def _n(x) -> str:
+    """A count for the report; "unknown" where a status was missing."""
+    return "unknown" if x is None else f"{x:,}"
 
 
 def render(r: dict, m: dict) -> str:
@@ -160,14 +170,14 @@ def render(r: dict, m: dict) -> str:
         f"{m['date']}, {m['nproc']} CPUs ({m['cpu']}), kernel {m['kernel']}: collector (events mode) + API "
         f"for **{r['duration_s']:.0f} s**, one process writing {r['rate']:,}/s, ~{r['api_rps']:.0f} API "
         f"requests/s (add_ips, stats, events, print_all_ips, healthz).", "",
-        f"- events made {r['made']:,}; seen by a subscriber {r['seen']:,}; counted lost {r['lost']}, "
-        f"dropped {r['dropped']}; malformed lines {r['collector_malformed']}",
-        f"- all processes: the collector handled {r['collector_published']:,} events, the subscriber "
+        f"- events made {r['made']:,}; seen by a subscriber {r['seen']:,}; counted lost {_n(r['lost'])}, "
+        f"dropped {_n(r['dropped'])}; malformed lines {_n(r['collector_malformed'])}",
+        f"- all processes: the collector handled {_n(r['collector_published'])} events, the subscriber "
         f"received {r['subscriber_received']:,}",
         f"- API: {r['api_requests']:,} requests, {r['http_error_count']} failed; its subscriber received "
-        f"{r['api_events_received']:,} events (all processes; the load process's calls: "
+        f"{_n(r['api_events_received'])} events (all processes; the load process's calls: "
         f"{'not in its top 10' if r['api_writer_calls'] is None else format(r['api_writer_calls'], ',')}), "
-        f"estimated not received {r['api_events_not_received']}, malformed {r['api_malformed']}",
+        f"estimated not received {_n(r['api_events_not_received'])}, malformed {_n(r['api_malformed'])}",
         f"- result: **{'OK' if r['ok'] else 'FAILED: ' + '; '.join(r['errors'])}**", "",
     ] + report._table(["process", "RSS start MiB", "RSS end MiB", "RSS peak MiB", "change MiB"], rows)
     return "\n".join(lines)

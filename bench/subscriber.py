@@ -5,6 +5,13 @@ decodes a batch when the raw payload mentions the watched pid, so its own cost s
 small next to the collector's. For each matching event it records the arrival time
 (``time.time_ns()`` when its message was received), which the latency benchmark pairs
 with the writer's send times.
+
+The collector's ``status`` (its events/lost/dropped counters, sent every second) arrives on a
+second SUB socket of its own, so a backlog of events in front of it (or a PUB high-water-mark
+drop for a subscriber that falls behind) cannot delay or lose it. A run's counters come from
+two statuses: one received before the run (``wait_ready`` makes sure there is one: a SUB that
+joins late misses the status sent when the collector started, ZeroMQ's slow joiner) and one
+sent after it (``settled_status``). When either is missing, NoStatus says so.
 """
 from __future__ import annotations
 
@@ -22,13 +29,19 @@ from .workloads import BASE_COUNT
 
 Matcher = Callable[[dict], bool]
 
+# The collector sends a status every second; this much margin covers a loaded 2-vCPU machine.
+STATUS_TIMEOUT_S = 10.0
+
+
+class NoStatus(RuntimeError):
+    """No status message from the collector in time: the run's lost/dropped counts are unknown."""
+
 
 class Subscriber(threading.Thread):
     def __init__(self, endpoint: str):
         super().__init__(daemon=True, name="bench-subscriber")
         self.endpoint = endpoint
         self._stop_flag = threading.Event()
-        self._ready = threading.Event()
         self._pid = -1
         self._needle = (b"",)
         self._match: Matcher | None = None
@@ -38,12 +51,10 @@ class Subscriber(threading.Thread):
         self.arrivals: dict[int, int] = {}  # writer seq -> arrival time_ns (when record_arrivals)
         self.record_arrivals = False
         self.last_arrival = 0.0
-        self.messages = 0
         self.events_received = 0
         self.malformed = 0
         self.status: dict | None = None
         self.status_seen = threading.Event()
-        self.cpu_seconds = 0.0        # this thread's own CPU time
         self.error: BaseException | None = None
 
     # -- control (main thread) ---------------------------------------------------------------
@@ -59,16 +70,18 @@ class Subscriber(threading.Thread):
         self._pid = pid
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        """Block until events (or counts) of this process arrive: the tracer is attached and
-        the pipeline delivers. The main thread makes writes meanwhile, so there is something to see."""
+        """Block until events (or counts) of this process arrive and a status has been received:
+        the tracer is attached, the pipeline delivers, and a run started now has a status to
+        count from. The main thread makes writes meanwhile, so there is something to see."""
         self.watch(os.getpid(), lambda ev: True)
         deadline = time.monotonic() + timeout
         fd = os.open("/dev/null", os.O_WRONLY)
         try:
-            while not (self.matched or self.counted_calls):
+            while not ((self.matched or self.counted_calls) and self.status_seen.is_set()):
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"no events of the benchmark's own pid reached a subscriber "
-                                       f"of {self.endpoint} within {timeout:.0f}s")
+                    missing = "status message" if self.matched or self.counted_calls else \
+                        "events of the benchmark's own pid"
+                    raise TimeoutError(f"no {missing} reached a subscriber of {self.endpoint} within {timeout:.0f}s")
                 if self.error:
                     raise RuntimeError(f"subscriber failed: {self.error!r}")
                 os.write(fd, b"ready?")
@@ -89,26 +102,34 @@ class Subscriber(threading.Thread):
                 return
             time.sleep(0.02)
 
-    def fresh_status(self, after_ns: int, timeout: float = 5.0) -> dict | None:
-        """The first status message with ts_ns after ``after_ns`` (None if none came)."""
-        deadline = time.monotonic() + timeout
+    def fresh_status(self, after_ns: int, timeout: float | None = None) -> dict | None:
+        """The first status message with ts_ns after ``after_ns`` (None if none came within
+        ``timeout``, default STATUS_TIMEOUT_S)."""
+        deadline = time.monotonic() + (STATUS_TIMEOUT_S if timeout is None else timeout)
         while time.monotonic() < deadline:
             st = self.status
             if st is not None and st.get("ts_ns", 0) > after_ns:
                 return st
+            if self.error:
+                raise RuntimeError(f"subscriber failed: {self.error!r}")
             time.sleep(0.05)
-        return self.status
+        return None
 
-    def settled_status(self, st0: dict | None, made: int, timeout: float = 10.0) -> dict | None:
-        """The status after a run, once the counters account for it.
+    def settled_status(self, st0: dict | None, made: int, timeout: float = 10.0) -> dict:
+        """The status after a run, once the counters account for it; NoStatus when ``st0`` (the
+        status before the run) is missing or no status sent after the run arrived.
 
         bpftrace reports its losses when it reads the lost records out of its perf ring, which
         can be seconds after the events were dropped. So: the first status at which matched +
         lost + dropped (since ``st0``) reaches ``made``, or at which lost_total stopped moving
-        for two seconds, or the last one after ``timeout``."""
-        st = self.fresh_status(time.time_ns(), timeout=3)
-        if st0 is None or st is None:
-            return st
+        for 1.5 seconds, or the last one after ``timeout``."""
+        if st0 is None:
+            raise NoStatus(f"no status message from the collector at {self.endpoint} before the run: "
+                           "its lost/dropped counts are unknown")
+        st = self.fresh_status(time.time_ns())
+        if st is None:
+            raise NoStatus(f"no status message from the collector at {self.endpoint} within "
+                           f"{STATUS_TIMEOUT_S:.0f} s after the run: its lost/dropped counts are unknown")
         deadline = time.monotonic() + timeout
         steady_since = None
         while time.monotonic() < deadline:
@@ -116,8 +137,8 @@ class Subscriber(threading.Thread):
                 + (st["dropped_total"] - st0["dropped_total"])
             if counted >= made:
                 return st
-            nxt = self.fresh_status(st["ts_ns"], timeout=3)
-            if nxt is None or nxt is st:
+            nxt = self.fresh_status(st["ts_ns"])
+            if nxt is None:
                 return st
             if nxt["lost_total"] == st["lost_total"]:
                 steady_since = steady_since or time.monotonic()
@@ -135,27 +156,27 @@ class Subscriber(threading.Thread):
     # -- the thread ------------------------------------------------------------------------------
     def run(self) -> None:
         ctx = zmq.Context.instance()
-        sock = make_subscriber(ctx, self.endpoint, (protocol.EVENT_PREFIX, protocol.TOPIC_STATUS,
-                                                    protocol.TOPIC_COUNTS))
-        t0 = time.thread_time()
+        events = make_subscriber(ctx, self.endpoint, (protocol.EVENT_PREFIX, protocol.TOPIC_COUNTS))
+        status = make_subscriber(ctx, self.endpoint, (protocol.TOPIC_STATUS,))
+        poller = zmq.Poller()
+        poller.register(events, zmq.POLLIN)
+        poller.register(status, zmq.POLLIN)
         try:
             while not self._stop_flag.is_set():
-                if not sock.poll(100):
-                    continue
-                while True:
-                    try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self._handle(frames)
+                for sock, _ in poller.poll(100):
+                    while True:
+                        try:
+                            frames = sock.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._handle(frames)
         except BaseException as exc:  # reported to the main thread, which fails the benchmark
             self.error = exc
         finally:
-            self.cpu_seconds = time.thread_time() - t0
-            sock.close(0)
+            events.close(0)
+            status.close(0)
 
     def _handle(self, frames: list[bytes]) -> None:
-        self.messages += 1
         if len(frames) == 2 and frames[0].startswith(b"syscall."):
             # every event received, cheaply (no parsing): compared with the collector's
             # events_total it shows what ZeroMQ dropped for this subscriber (PUB HWM)

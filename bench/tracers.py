@@ -17,7 +17,6 @@ printing to /dev/null does not trace itself), so in-kernel costs are comparable.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,12 +50,6 @@ LABELS = {
     "collector-events": "collector, events mode + subscriber",
     "collector-counts": "collector, counts mode + subscriber",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Tracer:
@@ -161,13 +154,6 @@ def trixie_available() -> str | None:
     return None
 
 
-def collector_available() -> str | None:
-    """None when the collector can be run, else why not."""
-    if not (REPO / "collector" / "collector.py").exists():
-        return "collector/collector.py does not exist yet"
-    return None
-
-
 class Collector(Tracer):
     """``python3 -m collector.collector --mode MODE`` on a free port, with a Subscriber attached."""
 
@@ -175,7 +161,7 @@ class Collector(Tracer):
         self.mode = mode
         self.name = f"collector-{mode}"
         self.interval = interval
-        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.endpoint = f"tcp://127.0.0.1:{procs.free_port()}"
         self.proc: subprocess.Popen | None = None
         self.bpftrace_pid: int | None = None
         self.orphaned_bpftrace = False

@@ -13,12 +13,16 @@ from __future__ import annotations
 import os
 import sys
 
-# Before any third-party import: a user without root gets the one message that helps, even
-# when the interpreter it runs cannot import zmq (issue 17).
-if __name__ == "__main__" and os.geteuid() != 0 and not ({"-h", "--help", "-V", "--version"} & set(sys.argv[1:])):
-    print("error: the collector must run as root (bpftrace loads BPF programs): "
-          "sudo python -m collector.collector", file=sys.stderr)
-    sys.exit(2)
+# Say "must run as root" before any third-party import: an unprivileged user's interpreter may
+# not be able to import zmq at all (issue 17). Only when run as a program, and not for --help.
+if __name__ == "__main__" and os.geteuid() != 0 and not any(
+        a in ("-h", "-V") or len(a) > 3 and ("--help".startswith(a) or "--version".startswith(a)) for a in sys.argv[1:]):
+    from .bpf import SetupError, check_root     # stdlib only
+    try:
+        check_root()
+    except SetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 import argparse  # noqa: E402
 import ipaddress  # noqa: E402

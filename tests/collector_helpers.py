@@ -149,12 +149,15 @@ class Subscriber:
         self.ctx = zmq.Context()
         self.sock = make_subscriber(self.ctx, endpoint, topics, curve_client=curve_client, **sockopts)
         self.statuses: list[dict] = []
+        self.bytes_received = 0              # frames' bytes, as they came over the wire
 
     def messages(self, timeout: float):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.sock.poll(100):
-                msg = decode(self.sock.recv_multipart())
+                frames = self.sock.recv_multipart()
+                self.bytes_received += sum(len(f) for f in frames)
+                msg = decode(frames)
                 if msg.topic == "status":
                     self.statuses.append(msg.payload)
                 yield msg

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import sys
 from pathlib import Path
 
@@ -19,7 +18,17 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.procs import free_port, rss_kib  # noqa: E402,F401  (one implementation for tests and bench)
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# The tests check the programs' defaults and set what they need themselves: a SYSWATCH_MODE or
+# SYSWATCH_PID left in the shell must not change what they test. Kept: how this machine is set
+# up (mirrors, dockerd) and which interpreter runs the API.
+KEEP_ENV = {"SYSWATCH_TEST_PYTHON", "SYSWATCH_MIRROR", "SYSWATCH_SECURITY_MIRROR", "SYSWATCH_APT_ETC",
+            "SYSWATCH_BASE_IMAGE", "SYSWATCH_DOCKERD_LOG", "SYSWATCH_DOCKERD_WAIT"}
+for _name in [n for n in os.environ if n.startswith("SYSWATCH_") and n not in KEEP_ENV]:
+    del os.environ[_name]
 
 
 def require(condition: bool, what: str) -> None:
@@ -37,12 +46,6 @@ def is_root() -> bool:
 
 def have(cmd: str) -> bool:
     return shutil.which(cmd) is not None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -31,14 +31,14 @@ def test_help_lists_every_flag_with_its_default_and_examples():
     assert "examples:" in out.stdout and "SYSWATCH_TOKEN" in out.stdout
 
 
-def test_bad_values_are_clear_errors():
+def test_bad_values_are_clear_errors(tmp_path):
     out = run("--port", "70000")
     assert out.returncode == 2 and "a TCP port is 0..65535" in out.stderr
     out = run(env={"SYSWATCH_MAX_ITEMS": "lots"})
     assert out.returncode == 2 and "SYSWATCH_MAX_ITEMS='lots' is invalid" in out.stderr
     out = run("--threads", "5", "--max-streams", "8")
     assert out.returncode == 2 and "--threads 5 must be at least --max-streams 8 + 4" in out.stderr
-    out = run("--collector", "nonsense://x", "--db", "/tmp/syswatch-cli-test.sqlite3")
+    out = run("--collector", "nonsense://x", "--db", str(tmp_path / "ips.sqlite3"))
     assert out.returncode == 2 and "is not a ZeroMQ endpoint" in out.stderr
     assert "Traceback" not in out.stderr
 

@@ -10,11 +10,7 @@ import pytest
 import requests
 
 from tests.apiserver import ApiServer
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+from tests.conftest import rss_kib
 
 
 @pytest.fixture(scope="module")

@@ -277,7 +277,8 @@ def test_kill_9_mid_burst_keeps_every_acknowledged_add(tmp_path):
 
 
 @pytest.mark.parametrize("content", [b"this is not a database, just text\n" * 100,
-                                     b"SQLite format 3\x00" + b"\x00\xff" * 3000])
+                                     b"SQLite format 3\x00" + b"\x00\xff" * 3000],
+                         ids=["text", "sqlite-header-then-garbage"])
 def test_corrupt_database_is_refused_at_start_and_left_untouched(tmp_path, content):
     db = tmp_path / "ips.sqlite3"
     db.write_bytes(content)

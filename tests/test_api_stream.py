@@ -11,6 +11,7 @@ import requests
 
 from shared import protocol
 from tests.apiserver import ApiServer, Publisher, connect, event, wait_for
+from tests.conftest import rss_kib
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +64,9 @@ def test_stats_events_and_metrics_show_known_events(live):
     assert s["totals"]["write"]["bytes"] - s0["totals"]["write"]["bytes"] == 3063
     by_calls = {(p["pid"], p["comm"]): (p["calls"], p["bytes"]) for p in s["top_processes_by_calls"]}
     assert by_calls[(7003, "gamma")] == (9, 63) and by_calls[(7001, "alpha")] == (5, 50)
-    assert s["top_processes_by_bytes"][0]["comm"] == "beta" or any(
-        p["bytes"] > 3000 for p in s["top_processes_by_bytes"][:1])
+    by_bytes = s["top_processes_by_bytes"]
+    assert [p["bytes"] for p in by_bytes] == sorted((p["bytes"] for p in by_bytes), reverse=True)
+    assert {(p["pid"], p["comm"]): p["bytes"] for p in by_bytes}[(7002, "beta")] == 3000
     assert s["collector_status"]["probe"] == "tracepoint" and "v" not in s["collector_status"]
 
     known = [{**e, "host": "testhost"} for e in KNOWN]
@@ -236,11 +238,6 @@ def test_stream_count_is_capped_with_a_json_503(live):
         with srv.get("/events/stream", stream=True, timeout=10) as r:
             return r.status_code == 200
     wait_for(slot_free, timeout=10, interval=0.5, what="a stream slot to free up")
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
 
 
 def test_a_stream_client_that_stops_reading_does_not_grow_memory(live):

@@ -1,4 +1,5 @@
-"""Fast checks of the benchmark suite's own logic (no root, no bpftrace needed)."""
+"""Fast checks of the benchmark suite's own logic (no root, no bpftrace needed); the in-process
+ones are marked ``unit``."""
 from __future__ import annotations
 
 import subprocess
@@ -10,6 +11,7 @@ from bench import machine, report, stats, targets, tracers, workloads
 from tests.conftest import ROOT
 
 
+@pytest.mark.unit
 def test_percentile_nearest_rank():
     xs = list(range(1, 101))
     assert stats.percentile(xs, 50) == 50
@@ -19,6 +21,7 @@ def test_percentile_nearest_rank():
     assert stats.percentile([], 50) is None
 
 
+@pytest.mark.unit
 def test_dd_events_match_only_the_data_calls():
     ev = {"pid": 1, "syscall": "read", "fd": 0, "count": 1}
     assert workloads.is_dd_event(ev)
@@ -27,11 +30,13 @@ def test_dd_events_match_only_the_data_calls():
     assert workloads.copy_events(4096 * 10) == 21                          # 10 reads + 10 writes + final empty read
 
 
+@pytest.mark.unit
 def test_bpftrace_lost_lines_are_summed():
     err = "Attaching 3 probes...\nLost 120 events\nsomething\nLost 5 events\n"
     assert tracers._lost_from(err) == 125
 
 
+@pytest.mark.unit
 def test_splice_keeps_the_hand_written_text(tmp_path):
     doc = tmp_path / "B.md"
     doc.write_text("# Benchmarks\n\nintro\n\n## What we tried\n\nnotes\n")
@@ -42,11 +47,13 @@ def test_splice_keeps_the_hand_written_text(tmp_path):
     assert text.count("<!-- bench:results:begin -->") == 1
 
 
+@pytest.mark.unit
 def test_targets_without_measurements_say_so():
     rows = targets.check({})
     assert len(rows) == 12 and all(r["met"] is None and r["shown"] == "not measured" for r in rows)
 
 
+@pytest.mark.unit
 def test_not_root_gives_a_clear_error(monkeypatch):
     monkeypatch.setattr(machine.os, "geteuid", lambda: 1000)
     with pytest.raises(SystemExit) as exc:
@@ -68,6 +75,7 @@ def test_unknown_section_is_refused():
     assert out.returncode == 2 and "unknown section(s) nope" in out.stderr
 
 
+@pytest.mark.unit
 def test_targets_judge_the_thresholds():
     """Synthetic results right at and beyond each threshold: met / not met as issue 5 says."""
     def results(scale):  # scale 1: every target just met; scale 2: every target missed
@@ -90,3 +98,54 @@ def test_targets_judge_the_thresholds():
         }
     assert [r["met"] for r in targets.check(results(1))] == [True] * 12
     assert [r["met"] for r in targets.check(results(2))] == [False] * 12
+
+
+def test_bench_subscriber_is_ready_only_with_a_status_and_says_when_one_is_missing(monkeypatch):
+    """Issue 17: a subscriber that joins after the collector's first status (ZeroMQ's slow joiner)
+    sees events at once; it must not start a run without a status to count from, and a status
+    missing after the run is a clear NoStatus, not a crash later. A real PUB socket stands in for
+    the collector: events of this process flow all the time, a status only when ``sending``."""
+    import os
+    import threading
+    import time
+
+    from bench import subscriber as bench_subscriber
+    from tests.apiserver import Publisher, event
+    from tests.conftest import free_port
+
+    monkeypatch.setattr(bench_subscriber, "STATUS_TIMEOUT_S", 1.5)
+    pub = Publisher(f"tcp://127.0.0.1:{free_port()}")
+    sub = bench_subscriber.Subscriber(pub.endpoint)
+    sending, stop, lock = threading.Event(), threading.Event(), threading.Lock()
+
+    def collector():
+        while not stop.is_set():
+            pub.events([event(pid=os.getpid(), count=1)])
+            with lock:
+                if sending.is_set():
+                    pub.status()
+            time.sleep(0.05)
+
+    feeder = threading.Thread(target=collector, daemon=True)
+    feeder.start()
+    sub.start()
+    try:
+        with pytest.raises(TimeoutError, match="no status message reached"):
+            sub.wait_ready(timeout=2)
+        assert sub.matched, "events did arrive: only the status was missing"
+        sending.set()
+        sub.wait_ready(timeout=10)
+        st0 = sub.status
+        assert st0 is not None
+        assert sub.settled_status(st0, made=0)["ts_ns"] > st0["ts_ns"]   # a status sent after the run
+        with lock:
+            sending.clear()                                                 # no status sent from now on
+        with pytest.raises(bench_subscriber.NoStatus, match="after the run"):
+            sub.settled_status(st0, made=0)
+        with pytest.raises(bench_subscriber.NoStatus, match="before the run"):
+            sub.settled_status(None, made=0)
+    finally:
+        stop.set()
+        feeder.join(5)
+        sub.stop()
+        pub.close()

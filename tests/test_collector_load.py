@@ -9,29 +9,26 @@ import time
 
 import zmq
 
+from collector.collector import PUB_SNDHWM
 from tests.collector_helpers import Collector, Subscriber
-from tests.conftest import have, is_root, require
+from tests.conftest import have, is_root, require, rss_kib
 
-# ~10 s of 1-byte writes to /dev/null as fast as Python can, under a distinctive name
+# Bursts of 100 one-byte writes to /dev/null with a short pause between them, under a
+# distinctive name, until stdin closes; prints how many it made. The pauses make many
+# messages (the collector publishes what one read of bpftrace's output holds), so the
+# stalled subscriber's queue (PUB_SNDHWM messages) fills whatever the machine's speed.
 LOAD = r"""
-import ctypes, os, sys, time
+import ctypes, os, select, sys
 ctypes.CDLL(None).prctl(15, b"sw-load", 0, 0, 0)
 fd = os.open("/dev/null", os.O_WRONLY)
-end = time.monotonic() + float(sys.argv[1]); n = 0
-while time.monotonic() < end:
-    for _ in range(1000):
+n = 0
+while not select.select([sys.stdin], [], [], 0.003)[0]:
+    for _ in range(100):
         os.write(fd, b"x")
-    n += 1000
+    n += 100
 print(n)
 """
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+QUEUES_OF_MESSAGES = 4        # the stream is this many times what the stalled subscriber's queue holds
 
 
 def test_stalled_subscriber_bounded_memory(tmp_path):
@@ -42,16 +39,23 @@ def test_stalled_subscriber_bounded_memory(tmp_path):
     # connects, then never reads; a tiny receive queue so the collector's send queue fills
     stalled = Subscriber(coll.endpoint, ("",), rcvhwm=10)
     stalled.sock.setsockopt(zmq.RCVBUF, 4096)
+    load = None
     try:
         reader.wait_status()
-        for msg in stalled.messages(0.2):   # connected; from now on it never reads
-            break
+        stalled.wait_status()               # connected (a status came through); from now on it never reads
         rss_start = rss_kib(coll.proc.pid)
-        load = subprocess.Popen([sys.executable, "-c", LOAD, "8"], stdout=subprocess.PIPE, text=True)
-        received, rss_max, last = 0, rss_start, None
-        for msg in reader.messages(40):
+        load = subprocess.Popen([sys.executable, "-c", LOAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True)
+        received, messages, rss_max, last = 0, 0, rss_start, None
+        bytes0 = reader.bytes_received
+        deadline = time.monotonic() + 120
+        for msg in reader.messages(180):
             received += len(msg.events)
+            messages += msg.topic != "status"
             rss_max = max(rss_max, rss_kib(coll.proc.pid))
+            if load.stdin and (messages >= QUEUES_OF_MESSAGES * PUB_SNDHWM or time.monotonic() > deadline):
+                load.stdin.close()          # enough: the load stops
+                load.stdin = None
             if msg.topic == "status" and load.poll() is not None:
                 if last is not None and msg.payload["events_total"] == last["events_total"]:
                     last = msg.payload
@@ -59,17 +63,21 @@ def test_stalled_subscriber_bounded_memory(tmp_path):
                 last = msg.payload
         made = int(load.communicate(timeout=30)[0])
         st = last
-        published = st["events_total"] * 170            # bytes of JSON that went through the collector
-        # bounded: far less than the stream the stalled subscriber did not read
-        assert made > 30_000
-        assert (rss_max - rss_start) * 1024 < published / 2, (rss_start, rss_max, published)
+        published = reader.bytes_received - bytes0      # bytes the collector sent each subscriber meanwhile
+        assert messages >= QUEUES_OF_MESSAGES * PUB_SNDHWM, \
+            f"only {messages} messages in 120 s: too few to fill the stalled subscriber's queue of {PUB_SNDHWM}"
+        # bounded: the stalled subscriber's queue holds at most a quarter of the stream it did not read
+        assert (rss_max - rss_start) * 1024 < published / 2, (rss_start, rss_max, published, messages)
         # honest accounting: every write made is delivered to the reader or counted as lost
         assert st["dropped_total"] == 0                  # PUB drops for the stalled peer only
         assert received == st["events_total"], "the reading subscriber got every published event"
         assert st["events_total"] + st["lost_total"] >= made * 0.99, (made, st)
-        print(f"made {made}, delivered {received}, lost {st['lost_total']}, "
-              f"rss {rss_start} -> {rss_max} KiB")
+        print(f"made {made} in {messages} messages ({published} bytes), delivered {received}, "
+              f"lost {st['lost_total']}, rss {rss_start} -> {rss_max} KiB")
     finally:
+        if load and load.poll() is None:
+            load.kill()
+            load.wait()
         reader.close()
         stalled.close()
         coll.kill()

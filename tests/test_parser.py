@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
-import pytest
 
 from collector.parser import Parser, decode_comm
 

@@ -3,6 +3,7 @@ so the child's calls are all that flows and the assertions are exact)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import time
 
 import pytest
 
-from tests.collector_helpers import Child, Collector
+from tests.collector_helpers import Child, Collector, Subscriber
 from tests.conftest import ROOT, have, is_root, require
 
 
@@ -29,8 +30,43 @@ def script(name: str, *args: str, **kw) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
-def wait_connected(coll: Collector) -> None:
-    time.sleep(1.2)       # ZeroMQ's slow joiner: let the SUB's subscription reach the PUB
+def tcp_connected(pid: int, port: int) -> bool:
+    """Whether process ``pid`` has an established TCP connection to ``port``."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    for table in ("tcp", "tcp6"):
+        with open(f"/proc/{pid}/net/{table}") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "01" and int(fields[2].rsplit(":", 1)[1], 16) == port and fields[9] in inodes:
+                    return True
+    return False
+
+
+def wait_connected(coll: Collector, *scripts: subprocess.Popen, timeout: float = 30) -> None:
+    """ZeroMQ's slow joiner: until every script has a TCP connection to the collector, then until
+    a status the collector sent after that has come through, so the subscription each script
+    sent on its connection right after the handshake had time to reach the PUB."""
+    port = int(coll.endpoint.rsplit(":", 1)[1])
+    deadline = time.monotonic() + timeout
+    while not all(tcp_connected(s.pid, port) for s in scripts):
+        for s in scripts:
+            assert s.poll() is None, f"{s.args} exited: {s.communicate()[1]}"
+        assert time.monotonic() < deadline, f"not every script connected to {coll.endpoint} within {timeout} s"
+        time.sleep(0.05)
+    connected_ns = time.time_ns()
+    sub = Subscriber(coll.endpoint, ("status",))
+    try:
+        while sub.wait_status(timeout)["ts_ns"] <= connected_ns:
+            pass
+    finally:
+        sub.close()
 
 
 def test_tail_json_count_and_top_once(child_and_collector):
@@ -39,7 +75,7 @@ def test_tail_json_count_and_top_once(child_and_collector):
     top = script("top.py", "--endpoint", coll.endpoint, "--iterations", "3", "--delay", "1.5", "--json")
     text = script("tail.py", "--endpoint", coll.endpoint, "--count", "5", "--timeout", "30",
                   "--topic", "syscall.write")
-    wait_connected(coll)
+    wait_connected(coll, tail, top, text)
     child.run()
     out, err = tail.communicate(timeout=40)
     assert tail.returncode == 0, err
@@ -79,9 +115,15 @@ def test_tail_timeout_and_ctrl_c(child_and_collector):
     res = subprocess.run([sys.executable, str(ROOT / "subscribers" / "tail.py"), "--endpoint", coll.endpoint,
                           "--count", "1", "--timeout", "0.5", "--pid", "1"], capture_output=True, text=True, timeout=30)
     assert res.returncode == 1 and "timeout after 0.5 s with 0 of 1 items" in res.stderr
+    port = int(coll.endpoint.rsplit(":", 1)[1])
     for name in ("tail.py", "top.py"):
         proc = script(name, "--endpoint", coll.endpoint)
-        time.sleep(1.0)
+        # running its loop (connected), not still importing: a cold start on a fresh machine
+        # compiles every module first, and Ctrl-C then would be a KeyboardInterrupt traceback
+        deadline = time.monotonic() + 30
+        while not tcp_connected(proc.pid, port):
+            assert proc.poll() is None and time.monotonic() < deadline, f"{name} did not connect"
+            time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=10)
         assert proc.returncode == 0 and "Traceback" not in err, err

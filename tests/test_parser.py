@@ -10,7 +10,6 @@ from hypothesis import given, settings, strategies as st
 
 from collector.parser import Parser, decode_comm
 
-pytestmark = pytest.mark.unit
 
 def bt_escape(raw: bytes) -> bytes:
     """A string as bpftrace 0.17's -f json output escapes it (seen on this kernel):
@@ -74,6 +73,7 @@ FIELDS = {"ts_ns", "pid", "tid", "uid", "syscall", "fd", "count", "ret", "lat_ns
           "container_name", "comm"}
 
 
+@pytest.mark.unit
 def test_event_line_becomes_event_json():
     p = parser()
     reads, writes = parse(line(b"bash") + b"\n" + line(b"cat", "read", fd=0, count=4096, ret=-9), p)
@@ -85,6 +85,7 @@ def test_event_line_becomes_event_json():
     assert (p.events, p.lost, p.malformed) == (2, 0, 0)
 
 
+@pytest.mark.unit
 def test_every_syscall_gets_its_own_batch_and_containers_their_fields():
     p = parser(containers=FakeContainers())
     out = p.parse(b"\n".join(line(b"db", sc, cgroup=77 if sc == "pwrite64" else 1) for sc in SYSCALLS))
@@ -94,6 +95,7 @@ def test_every_syscall_gets_its_own_batch_and_containers_their_fields():
     assert json.loads(out.events["readv"][0])["container_id"] == ""
 
 
+@pytest.mark.unit
 def test_excluded_pids_are_counted_not_published():
     p = parser()
     p.excluded_pids.add(42)
@@ -102,6 +104,7 @@ def test_excluded_pids_are_counted_not_published():
     assert (p.events, p.excluded) == (1, 1)
 
 
+@pytest.mark.unit
 def test_hostile_names_are_decoded_not_parsed():
     for name, want in [(b'a b"c\\d%s\te\nf', 'a b"c\\d%s\te\nf'), (b"\xff\xfebad", "\\xff\\xfebad"),
                        (b'x"}\\n"}', 'x"}\\n"}'), (b"\x01\x1f\r", "\x01\x1f\r"),
@@ -112,6 +115,7 @@ def test_hostile_names_are_decoded_not_parsed():
         assert obj["comm"] == want and obj["pid"] == 42 and set(obj) == FIELDS
 
 
+@pytest.mark.unit
 def test_lost_ready_attach_and_malformed_lines_are_counted():
     bad = []
     ready = []
@@ -130,6 +134,7 @@ def test_lost_ready_attach_and_malformed_lines_are_counted():
     assert bad[0] == b"garbage"
 
 
+@pytest.mark.unit
 def test_sent_counter_shows_losses_bpftrace_has_not_reported():
     """Issue 12 item 6: @sent (printed each second) against what arrived; the shortfall is lost."""
     p = parser()
@@ -145,6 +150,7 @@ def test_sent_counter_shows_losses_bpftrace_has_not_reported():
     assert p.lost == 10
 
 
+@pytest.mark.unit
 def test_negative_fd_is_valid_json():
     (ev,) = parse(line(b"x", fd=-1))[1]
     assert json.loads(ev)["fd"] == -1
@@ -190,6 +196,7 @@ def counts(p: Parser, *lines: bytes) -> list:
     return p.parse(b"\n".join(lines)).intervals
 
 
+@pytest.mark.unit
 def test_counts_rows_and_interval():
     p = parser(mode="counts", containers=FakeContainers())
     (rows,) = counts(p, b'{"type": "attached_probes", "data": {"probes": 5}}',
@@ -209,6 +216,7 @@ def test_counts_rows_and_interval():
     assert p.events == 6
 
 
+@pytest.mark.unit
 def test_counts_high_bytes_as_bpftrace_escapes_them():
     # bpftrace 0.17 prints byte 0xff of a name as \uffffffff, 0xc3 as \uffffffc3 (seen on this kernel)
     raw = b'{"type": "stats", "data": {"@calls_b": {"7,1,1,a\\\\b\\t\\uffffffff\\uffffffc3\\uffffffa9\\\\uffffffc3": ' \
@@ -219,6 +227,7 @@ def test_counts_high_bytes_as_bpftrace_escapes_them():
     assert p.malformed == 0
 
 
+@pytest.mark.unit
 def test_counts_lost_and_malformed():
     bad = []
     p = parser(bad.append, mode="counts")

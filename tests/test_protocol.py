@@ -10,7 +10,6 @@ from hypothesis import given, settings, strategies as st
 from shared.protocol import (EVENT_FIELDS, ProtocolError, announce_topic, decode, encode, encode_event_batch,
                              json_string, parse_announce, topic_for, valid_subscription)
 
-pytestmark = pytest.mark.unit
 
 EVENT = {"ts_ns": 1, "pid": 2, "tid": 3, "uid": 0, "comm": 'we"ird\n\udcff'.encode("utf-8", "surrogateescape")
          .decode("utf-8", "backslashreplace"), "syscall": "read", "fd": 0, "count": 7, "ret": -9, "lat_ns": 5,
@@ -22,6 +21,7 @@ ROW = {"pid": 1, "comm": "x", "container_id": "", "container_name": "", "syscall
        "bytes": 2, "errors": 0, "lat_ns_sum": 9}
 
 
+@pytest.mark.unit
 def test_round_trips():
     for topic, payload in [("status", STATUS), ("syscall.read", {"host": "h", "events": [EVENT]}),
                            ("counts", {"host": "h", "ts_ns": 1, "interval_ns": 10**9, "rows": [ROW]})]:
@@ -29,6 +29,7 @@ def test_round_trips():
         assert msg.topic == topic and msg.payload == {"v": 2, **payload}
 
 
+@pytest.mark.unit
 def test_fast_batch_equals_encode():
     events = [json.dumps(EVENT, separators=(",", ":")).encode()] * 3
     frames = encode_event_batch("syscall.read", json_string("h\u00e9"), events)
@@ -36,11 +37,13 @@ def test_fast_batch_equals_encode():
     assert msg.events == [EVENT] * 3 and msg.payload["host"] == "h\u00e9"
 
 
+@pytest.mark.unit
 def test_unknown_fields_are_dropped():
     msg = decode(encode("syscall.read", {"host": "h", "events": [{**EVENT, "extra": "x" * 1000}], "more": 1}))
     assert set(msg.events[0]) == set(EVENT_FIELDS) and set(msg.payload) == {"v", "host", "events"}
 
 
+@pytest.mark.unit
 def test_version_mismatch_is_a_clear_error():
     frames = [b"status", json.dumps({**STATUS, "v": 1}).encode()]
     with pytest.raises(ProtocolError, match="version v=1.*v2.*predates event model v2"):
@@ -78,17 +81,20 @@ def _ev(**over):
     ([b"counts", json.dumps({"v": 2, "host": "h", "ts_ns": 1, "interval_ns": 1,
                              "rows": [{**ROW, "bytes": -1}]}).encode()], "bytes"),
 ])
+@pytest.mark.unit
 def test_malformed_frames(frames, match):
     with pytest.raises(ProtocolError, match=match):
         decode(frames)
 
 
+@pytest.mark.unit
 def test_topic_for():
     assert topic_for("write") == "syscall.write" and topic_for("pwrite64") == "syscall.pwrite64"
     with pytest.raises(ProtocolError, match="unknown syscall"):
         topic_for("open")
 
 
+@pytest.mark.unit
 def test_subscriptions_and_announces():
     assert parse_announce(announce_topic(42, 4026531836).encode()) == (42, 4026531836)
     for bad in (b"~subscriber:0:1", b"~subscriber:1", b"~subscriber:1:2:3", b"~subscriber:-1:2", b"x"):

@@ -45,6 +45,7 @@ DRAIN_MAX = 1_000               # messages handled per wake-up before the rate/t
 # at most 10,000 rows (~2.5 MB).
 SUB_RCVHWM = 32
 SUB_MAXMSGSIZE = 8 * 1024 * 1024
+RESUBSCRIBE_S = 5.0             # a collector silent this long (it sends status every second) gets a new socket
 
 # Every counter of the stream, once: name -> (Prometheus type, help). /stats "api" and /metrics
 # (syswatch_api_<name>, "_total" for counters) are both derived from this table.
@@ -447,19 +448,25 @@ class Subscriber(threading.Thread):
     def stop(self) -> None:
         self._stop.set()
 
+    def _open(self, endpoint: str) -> zmq.Socket:
+        return zmqsock.make_subscriber(self.ctx, endpoint, curve_client=self.curve_client,
+                                       rcvhwm=SUB_RCVHWM, maxmsgsize=SUB_MAXMSGSIZE)
+
     def run(self) -> None:
-        socks = {}
+        socks: dict[zmq.Socket, str] = {}
+        heard: dict[str, float] = {}
         poller = zmq.Poller()
         try:
             for endpoint in self.endpoints:
-                sock = zmqsock.make_subscriber(self.ctx, endpoint, curve_client=self.curve_client,
-                                               rcvhwm=SUB_RCVHWM, maxmsgsize=SUB_MAXMSGSIZE)
+                sock = self._open(endpoint)
                 socks[sock] = endpoint
+                heard[endpoint] = time.monotonic()
                 poller.register(sock, zmq.POLLIN)
             next_tick = 0.0
             while not self._stop.is_set():
                 for sock, _ in poller.poll(200):
                     endpoint = socks[sock]
+                    heard[endpoint] = time.monotonic()
                     for _ in range(DRAIN_MAX):
                         try:
                             frames = sock.recv_multipart(zmq.NOBLOCK)
@@ -470,6 +477,17 @@ class Subscriber(threading.Thread):
                 if now >= next_tick:
                     self.stats.tick(now)
                     next_tick = now + 1.0
+                    # A message over SUB_MAXMSGSIZE makes ZeroMQ close that connection for good (a
+                    # protocol error is not retried): a collector silent for RESUBSCRIBE_S gets a new socket.
+                    for sock, endpoint in list(socks.items()):
+                        if now - heard[endpoint] > RESUBSCRIBE_S:
+                            poller.unregister(sock)
+                            sock.close(0)
+                            del socks[sock]
+                            fresh = self._open(endpoint)
+                            socks[fresh] = endpoint
+                            poller.register(fresh, zmq.POLLIN)
+                            heard[endpoint] = now
         finally:
             for sock in socks:
                 sock.close(0)

@@ -25,6 +25,7 @@ if __name__ == "__main__" and os.geteuid() != 0 and not any(
         sys.exit(2)
 
 import argparse  # noqa: E402
+import errno  # noqa: E402
 import ipaddress  # noqa: E402
 import logging  # noqa: E402
 import signal  # noqa: E402
@@ -53,6 +54,7 @@ log = logging.getLogger("syswatch.collector")
 # One message holds at most one 256 KiB read of bpftrace output (~1,000 events, ~300 KiB of
 # JSON): 200 queued messages per subscriber bound what a stalled subscriber costs to ~60 MiB.
 PUB_SNDHWM = 200
+ROWS_PER_MESSAGE = 10_000           # counts rows per message: ~2.5 MB, under the API's 8 MiB limit
 STATUS_EVERY_S = 1.0
 LOG_STATUS_EVERY_S = 10.0
 READY_TIMEOUT_S = 120.0              # compiling takes ~1 s, far longer on a loaded machine
@@ -357,9 +359,12 @@ class Collector:
             self._send(encode_event_batch(topic_for(syscall), self.host_json, events), len(events))
             self.echo.events(syscall, events)
         for rows in parsed.intervals:
-            payload = {"host": self.args.hostname, "ts_ns": time.time_ns(),
-                       "interval_ns": round(self.args.interval * 1e9), "rows": rows}
-            self._send(encode(TOPIC_COUNTS, payload), sum(r["calls"] for r in rows))
+            # one interval may take several messages: each stays far below subscribers' size limits
+            for at in range(0, max(len(rows), 1), ROWS_PER_MESSAGE):
+                chunk = rows[at:at + ROWS_PER_MESSAGE]
+                payload = {"host": self.args.hostname, "ts_ns": time.time_ns(),
+                           "interval_ns": round(self.args.interval * 1e9), "rows": chunk}
+                self._send(encode(TOPIC_COUNTS, payload), sum(r["calls"] for r in chunk))
         return True
 
     def _send(self, frames: list[bytes], n_events: int) -> None:
@@ -492,7 +497,7 @@ def bind_error(endpoint: str, exc: Exception) -> str:
     if errno_ == zmq.EADDRINUSE:
         return (f"cannot bind {endpoint}: the address is in use (is another collector running?); "
                 "choose another --bind / SYSWATCH_BIND")
-    if errno_ == zmq.ENOENT or (errno_ == 2):
+    if errno_ == errno.ENOENT:
         return f"cannot bind {endpoint}: the directory of the ipc path does not exist"
     if errno_ == zmq.EADDRNOTAVAIL:
         return f"cannot bind {endpoint}: no interface of this host has that address"

@@ -30,19 +30,20 @@ from typing import Callable
 
 from shared.protocol import json_string
 
-from .program import INTERVAL, READY, SENT_MAP
+from .program import INTERVAL, KICK, READY
 
 _NUM = rb"(?:0|[1-9]\d*)"
 _INT = rb"(?:0|-?[1-9]\d*)"
 _ENVELOPE = b'{"type": "printf", "data": "'
-# Groups: 1 syscall index, 2 the object up to the container fields (quotes escaped), 3 pid,
-# 4 syscall name, 5 cgroup id, 6 the name as bpftrace escaped it.
+# Groups: 1 CPU, 2 syscall index, 3 the object up to the container fields (quotes escaped), 4 pid,
+# 5 syscall name, 6 cgroup id, 7 the name as bpftrace escaped it.
 _EVENT_LINE = re.compile(
-    re.escape(_ENVELOPE) + rb'(\d)(\{\\"ts_ns\\":%s,\\"pid\\":(%s),\\"tid\\":%s,\\"uid\\":%s,'
+    re.escape(_ENVELOPE) + rb'(\d{1,4}):(\d)(\{\\"ts_ns\\":%s,\\"pid\\":(%s),\\"tid\\":%s,\\"uid\\":%s,'
     rb'\\"syscall\\":\\"([a-z0-9]{1,16})\\",\\"fd\\":%s,\\"count\\":%s,\\"ret\\":%s,\\"lat_ns\\":%s,'
     rb'\\"cgroup_id\\":(%s),)\\"comm\\":\\"(.*)\\"\}\\n"\}' % (_NUM, _NUM, _NUM, _NUM, _INT, _NUM, _INT, _NUM, _NUM))
 COMM_CACHE_MAX = 4096                  # distinct names kept; a renaming storm just refills it
 _READY_DATA = READY + "\n"
+_KICK = re.compile(KICK + r" (\d{1,4}) (\d{1,20})\n")
 _INTERVAL_DATA = INTERVAL + "\n"
 
 # bpftrace 0.17's JSON output escapes bytes >= 0x80 of a string as "\\uffffffNN" (a
@@ -114,10 +115,10 @@ class Parser:
         self.events = 0
         self.excluded = 0
         self.malformed = 0
-        self.reported_lost = 0             # bpftrace's lost_events records
-        self.lost = 0                      # what status says: see _check_sent
-        self._sent_before = None           # events mode: @sent at the previous interval
-        self._in_chunk = 0                 # events of the chunk being parsed, not yet in self.events
+        self.reported_lost = 0             # bpftrace's lost_events records (counts mode: the loss count)
+        self.lost = 0                      # what status says; events mode: see _kick
+        self._arrived: dict[int, int] = {}     # events mode: CPU -> its events that arrived
+        self._lost_by_cpu: dict[int, int] = {}
         self._on_malformed = on_malformed
         self._on_ready = on_ready
         self._comm_cache: dict[bytes, bytes] = {}
@@ -146,12 +147,12 @@ class Parser:
         elif kind == "lost_events" and isinstance(data, dict) and type(data.get("events")) is int \
                 and data["events"] >= 0:
             self.reported_lost += data["events"]
-            self.lost = max(self.lost, self.reported_lost)
+            if self.mode == "counts":
+                self.lost = self.reported_lost
         elif kind == "attached_probes":
             pass                           # bpftrace's own start-up record
-        elif self.mode == "events" and kind == "map" and isinstance(data, dict) \
-                and type(data.get(SENT_MAP)) is int:
-            self._check_sent(data[SENT_MAP])
+        elif self.mode == "events" and kind == "printf" and isinstance(data, str) and _KICK.fullmatch(data):
+            self._kick(*map(int, _KICK.fullmatch(data).groups()))
         elif self.mode == "counts" and kind in ("stats", "map") and isinstance(data, dict) and len(data) == 1:
             self._map(line, data)
         elif self.mode == "counts" and kind == "printf" and data == _INTERVAL_DATA:
@@ -170,15 +171,17 @@ class Parser:
         names, cache, excluded = self._names, self._comm_cache, self.excluded_pids
         containers = self.containers.fields_json
         match = _EVENT_LINE.fullmatch
-        n_excluded = n_events = 0
+        arrived = self._arrived
+        n_excluded = 0
         for line in data.split(b"\n"):
             m = match(line)
             if m is None:
                 if line:
-                    self._in_chunk = n_events + n_excluded     # for _check_sent: arrived so far
                     self._record(line, out)
                 continue
-            idx, body, pid, syscall, cgroup, escaped = m.groups()
+            cpu, idx, body, pid, syscall, cgroup, escaped = m.groups()
+            cpu = int(cpu)
+            arrived[cpu] = arrived.get(cpu, 0) + 1     # before any check: it arrived, kept or not
             if names.get(idx) != syscall:
                 self._bad(line)            # the index picks the topic: it must agree with the name
                 continue
@@ -192,7 +195,6 @@ class Parser:
                     self._bad(line)
                     continue
             event = body.replace(b'\\"', b'"') + containers(int(cgroup)) + tail
-            n_events += 1
             batch = batches.get(syscall)
             if batch is None:
                 batches[syscall] = [event]
@@ -202,7 +204,6 @@ class Parser:
             out.events[syscall.decode()] = batch
             self.events += len(batch)
         self.excluded += n_excluded
-        self._in_chunk = 0
 
     def _comm_json(self, escaped: bytes) -> bytes | None:
         """Our JSON for a name as bpftrace escaped it, as ``"comm":"..."}``."""
@@ -215,18 +216,14 @@ class Parser:
         tail = self._comm_cache[escaped] = b'"comm":' + json_string(decode_comm(raw)) + b"}"
         return tail
 
-    def _check_sent(self, sent: int) -> None:
-        """Events bpftrace printed (``@sent``, once a second) against events that arrived.
-
-        A perf buffer that overflowed is reported by bpftrace only when a later event reaches
-        that CPU's buffer, which on a quiet target may be never. Every event counted in the
-        previous ``@sent`` has had a second to arrive: what has not is lost now. ``lost`` is the
-        larger of that and bpftrace's own count (they converge), never decreasing.
-        """
-        if self._sent_before is not None:
-            arrived = self.events + self.excluded + self.malformed + self._in_chunk
-            self.lost = max(self.lost, self._sent_before - arrived)
-        self._sent_before = sent
+    def _kick(self, cpu: int, printed: int) -> None:
+        """CPU ``cpu`` has printed ``printed`` events so far, all of them before this line in its
+        buffer: the ones that did not arrive are lost. Exact, and known within a second even when
+        bpftrace would never report them (a full buffer on a CPU that then goes quiet)."""
+        lost = printed - self._arrived.get(cpu, 0)
+        if lost > self._lost_by_cpu.get(cpu, 0):
+            self._lost_by_cpu[cpu] = lost
+            self.lost = sum(self._lost_by_cpu.values())
 
     # --- counts mode -------------------------------------------------------------------------
     def _map(self, line: bytes, data: dict) -> None:

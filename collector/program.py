@@ -33,7 +33,7 @@ ENV = {
 }
 READY = "syswatch-ready"
 INTERVAL = "syswatch-interval"
-SENT_MAP = "@sent"                   # events mode: events printed, for the collector's loss check
+KICK = "syswatch-kick"               # events mode: per-CPU count of events printed, for the loss check
 # The count argument: bytes asked for, except readv/writev: the number of iovecs (the sum of
 # their lengths would mean reading user memory in a loop; ret has the bytes moved).
 COUNT_ARG = {"read": "count", "write": "count", "pread64": "count", "pwrite64": "count",
@@ -113,11 +113,17 @@ HEADERS = {
  * filters. The entry probe keeps (start, fd, count) per thread in @inflight; the exit probe
  * prints the event with ret (bytes moved or -errno) and lat_ns (time in the call), so a call
  * blocked for minutes is printed when it returns, as strace does. sched_process_exit drops
- * the entry of a thread that dies inside a call. @sent counts printed events, printed every
- * second, so the collector can see events lost in the perf buffer before bpftrace reports them.
+ * the entry of a thread that dies inside a call.
  *
- * Output (bpftrace -f json): one JSON line per call whose "data" is the syscall's index in the
- * program and the EVENT object without the container fields, the process name last. bpftrace's
+ * Losses: each event line starts with the CPU that printed it, and @sent[cpu] counts the events
+ * each CPU printed. Once a second every CPU prints its count (profile:hz:1, the "kick") into its
+ * own buffer, behind the events it printed before: the collector's loss count for that CPU is
+ * then the count minus the events of that CPU that arrived. Exact, and known within a second even
+ * on a quiet target, where bpftrace would report a full buffer only when a later event reaches
+ * that CPU. A kick lost in a full buffer costs nothing but that second's update.
+ *
+ * Output (bpftrace -f json): one JSON line per call whose "data" is the CPU, ":", the syscall's
+ * index in the program and the EVENT object without the container fields, the process name last. bpftrace's
  * JSON output escapes the whole printf text, so a name holding quotes, backslashes or newlines
  * stays inside its string; the collector checks the numeric fields against a fixed pattern and
  * re-encodes the name itself, so no name can add or change a field. nsecs is CLOCK_MONOTONIC:
@@ -125,8 +131,8 @@ HEADERS = {
  *
  * Example output:
  *   {"type": "printf", "data": "syswatch-ready\\n"}
- *   {"type": "printf", "data": "1{\\"ts_ns\\":1795548582161190450,\\"pid\\":5489,\\"tid\\":5489,\\"uid\\":0,\\"syscall\\":\\"write\\",\\"fd\\":1,\\"count\\":5,\\"ret\\":5,\\"lat_ns\\":3120,\\"cgroup_id\\":1,\\"comm\\":\\"bash\\"}\\n"}
- *   {"type": "map", "data": {"@sent": 1}}
+ *   {"type": "printf", "data": "0:1{\\"ts_ns\\":1795548582161190450,\\"pid\\":5489,\\"tid\\":5489,\\"uid\\":0,\\"syscall\\":\\"write\\",\\"fd\\":1,\\"count\\":5,\\"ret\\":5,\\"lat_ns\\":3120,\\"cgroup_id\\":1,\\"comm\\":\\"bash\\"}\\n"}
+ *   {"type": "printf", "data": "syswatch-kick 0 1\\n"}
  */
 """,
     "counts": """\
@@ -178,9 +184,9 @@ def _events(syscalls: list[str], probe: str, pred: str) -> str:
 {{
 	$e = @inflight[tid];
 	delete(@inflight[tid]);
-	{SENT_MAP} = count();
-	printf("{idx}{{\\"ts_ns\\":%llu,\\"pid\\":%d,\\"tid\\":%d,\\"uid\\":%d,\\"syscall\\":\\"{name}\\",\\"fd\\":%d,\\"count\\":%llu,\\"ret\\":%lld,\\"lat_ns\\":%llu,\\"cgroup_id\\":%llu,\\"comm\\":\\"%s\\"}}\\n",
-	    $e.0 + $2, pid, tid, uid, $e.1, $e.2, {ret}, nsecs - $e.0, cgroup, comm);
+	@sent[cpu] = @sent[cpu] + 1;
+	printf("%d:{idx}{{\\"ts_ns\\":%llu,\\"pid\\":%d,\\"tid\\":%d,\\"uid\\":%d,\\"syscall\\":\\"{name}\\",\\"fd\\":%d,\\"count\\":%llu,\\"ret\\":%lld,\\"lat_ns\\":%llu,\\"cgroup_id\\":%llu,\\"comm\\":\\"%s\\"}}\\n",
+	    cpu, $e.0 + $2, pid, tid, uid, $e.1, $e.2, {ret}, nsecs - $e.0, cgroup, comm);
 }}
 """)
     out.append(f"""
@@ -191,14 +197,16 @@ tracepoint:sched:sched_process_exit
 	delete(@inflight[tid]);
 }}
 
-interval:s:1
+profile:hz:1
 {{
-	print({SENT_MAP});
+	/* on every CPU: the events it printed so far, behind them in its buffer */
+	printf("{KICK} %d %d\\n", cpu, @sent[cpu]);
 }}
 
 END
 {{
 	clear(@inflight);
+	clear(@sent);
 }}
 """)
     return "".join(out)

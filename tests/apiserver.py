@@ -19,7 +19,7 @@ import requests
 import zmq
 
 from shared import protocol, zmqsock
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, die_with_test, free_port
 
 PYTHON = os.environ.get("SYSWATCH_TEST_PYTHON", sys.executable)
 
@@ -45,7 +45,7 @@ class ApiServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SYSWATCH_")}
         env.update(PYTHONUNBUFFERED="1", **self.extra_env)
         self.lines = []
-        self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=env, stdout=subprocess.PIPE, preexec_fn=die_with_test,
                                      stderr=subprocess.STDOUT, text=True, errors="replace")
         self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
         self._reader.start()

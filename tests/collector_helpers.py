@@ -15,7 +15,7 @@ import zmq
 
 from shared.protocol import decode
 from shared.zmqsock import make_subscriber
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, die_with_test, free_port
 
 # The child: a worker thread renames itself (prctl PR_SET_NAME) to each given name in
 # turn and, per name, makes WRITES writes to /dev/null and READS reads from /dev/zero with
@@ -93,7 +93,7 @@ class Collector:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "collector.collector", "--bind", bind, *args],
             cwd=ROOT, stdout=open(self.out_path, "w"), stderr=open(self.err_path, "w"),
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, preexec_fn=die_with_test)
         if wait:
             self.wait_monitoring()
 

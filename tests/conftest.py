@@ -62,3 +62,11 @@ def pytest_sessionfinish(session, exitstatus):
     if skipped:
         print(f"\nCI: {skipped} test(s) skipped; in CI every test must run", file=sys.stderr)
         session.exitstatus = 1
+
+
+def die_with_test() -> None:
+    """preexec_fn for the processes tests start: SIGTERM when the test process dies (even by a
+    crash or SIGKILL), so a collector never outlives the run that started it."""
+    import ctypes
+    import signal
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)   # PR_SET_PDEATHSIG

@@ -40,9 +40,9 @@ SYSCALLS = ["read", "write", "pread64", "pwrite64", "readv", "writev"]
 
 def line(name: bytes, syscall: str = "write", pid: int = 42, tid: int = 43, uid: int = 1000,
          fd: int = 1, count: int = 5, ts: int = 1_700_000_000_000_000_000, ret: int = 5, lat: int = 777,
-         cgroup: int = 1) -> bytes:
+         cgroup: int = 1, cpu: int = 0) -> bytes:
     name = name[:15].split(b"\0", 1)[0]           # %s of comm: at most 15 bytes, up to the NUL
-    return envelope(str(SYSCALLS.index(syscall)).encode() +
+    return envelope(b"%d:" % cpu + str(SYSCALLS.index(syscall)).encode() +
                     b'{"ts_ns":%d,"pid":%d,"tid":%d,"uid":%d,"syscall":"%s","fd":%d,"count":%d,"ret":%d,'
                     b'"lat_ns":%d,"cgroup_id":%d,"comm":"' % (ts, pid, tid, uid, syscall.encode(), fd, count, ret, lat,
                                                               cgroup) + name + b'"}\n')
@@ -125,29 +125,33 @@ def test_lost_ready_attach_and_malformed_lines_are_counted():
                        b'{"type": "lost_events", "data": {"events": 3}}',
                        b"garbage", line(b"x")[:-3], line(b"x").replace(b"write", b"read"),
                        line(b"x").replace(b'"ts_ns\\":1', b'"ts_ns\\":01'),
+                       envelope(b"syswatch-kick x 1\n"),
                        line(b"x").replace(b'comm\\":\\"x', b'comm\\":\\"x"y'),    # a raw quote: not bpftrace's
                        b'{"type": "lost_events", "data": {"events": "many"}}',
                        line(b"ok")])
     reads, writes = parse(data, p)
     assert (len(reads), len(writes)) == (0, 1)
-    assert (p.lost, p.malformed, ready) == (20, 6, [1])
+    assert (p.reported_lost, p.lost, p.malformed, ready) == (20, 0, 7, [1])
     assert bad[0] == b"garbage"
 
 
 @pytest.mark.unit
-def test_sent_counter_shows_losses_bpftrace_has_not_reported():
-    """Issue 12 item 6: @sent (printed each second) against what arrived; the shortfall is lost."""
+def test_kicks_show_losses_bpftrace_has_not_reported():
+    """Issue 12 item 6: each CPU's count of printed events (its kick) against the events of that CPU
+    that arrived before it; the shortfall is lost, exactly, per CPU."""
     p = parser()
-    sent = lambda n: b'{"type": "map", "data": {"@sent": %d}}' % n
-    p.parse(sent(0))
-    p.parse(b"\n".join([line(b"a")] * 10) + b"\n" + sent(25))     # 25 printed, 10 arrived so far
-    assert p.lost == 0                                             # the last 15 may still be on their way
-    p.parse(b"\n".join([line(b"a")] * 5) + b"\n" + sent(25))      # a second later: 15 of 25 arrived
+    kick = lambda cpu, n: envelope(b"syswatch-kick %d %d\n" % (cpu, n))
+    p.parse(b"\n".join([line(b"a", cpu=0)] * 10 + [line(b"b", cpu=1)] * 4 + [kick(0, 10), kick(1, 4)]))
+    assert p.lost == 0
+    p.parse(b"\n".join([line(b"a", cpu=0)] * 5 + [kick(0, 25)]))     # CPU 0 printed 25, 15 arrived
     assert p.lost == 10
-    p.parse(b'{"type": "lost_events", "data": {"events": 10}}')   # bpftrace reports them later: not twice
+    p.parse(b'{"type": "lost_events", "data": {"events": 10}}')      # bpftrace reports them later: not twice
     assert p.lost == 10
-    p.parse(sent(25))
-    assert p.lost == 10
+    p.parse(b"\n".join([line(b"b", cpu=1)] * 2 + [kick(1, 9), kick(0, 25)]))   # CPU 1: 9 printed, 6 arrived
+    assert p.lost == 13
+    p.excluded_pids.add(42)
+    p.parse(b"\n".join([line(b"a", cpu=0)] + [kick(0, 26)]))      # excluded, but it arrived
+    assert p.lost == 13 and p.excluded == 1
 
 
 @pytest.mark.unit

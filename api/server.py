@@ -232,6 +232,9 @@ def main(argv=None) -> int:
         hub.end_all()  # open event streams end now, instead of holding waitress's shutdown for 5 s
         sys.exit(0)
     signal.signal(signal.SIGTERM, stop)
+    # Ctrl-C too: waitress catches KeyboardInterrupt itself and waits up to 5 s for busy worker
+    # threads before our code runs; ending the streams first lets them finish at once.
+    signal.signal(signal.SIGINT, stop)
     stdout_line(f"API Server starting on {args.host}:{server.effective_port}")
     stdout_line(f"IP list: {os.path.abspath(args.db)} ({iplist.count()} addresses); collector: {args.collector}"
                 f"{' (CurveZMQ)' if curve_client else ''}; POST token: {'required' if token else 'not required'}")

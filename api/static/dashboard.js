@@ -12,6 +12,7 @@
   const WINDOW = 120;          // chart samples kept (two minutes)
   const HEALTH_WINDOW_S = 60;  // lost/dropped/malformed growth within this window raises the warning
   const TAIL_LIMIT = 50;
+  const TIME_INCRS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600];  // x ticks: whole seconds and minutes
   const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
   const $ = (id) => document.getElementById(id);
 
@@ -162,7 +163,7 @@
       legend: { live: true },
       cursor: { drag: { x: false, y: false } },
       scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] } },
-      axes: [{}, { size: 70, values: (u, vals) => vals.map(unitFmt) }],
+      axes: [{ space: 70, incrs: TIME_INCRS }, { size: 90, values: (u, vals) => vals.map(unitFmt) }],
       series: [{}].concat(state.syscalls.map((sc, i) => ({
         label: sc, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: false,
         value: (u, v) => v === null || v === undefined ? dash : unitFmt(v),
@@ -188,7 +189,11 @@
     for (const key of ["calls", "bytes"]) {
       const el = $("chart-" + key);
       const chart = state.charts[key];
-      if (chart) chart.setData(chartData(key));
+      if (chart) {
+        chart.setData(chartData(key));
+        // legend: the newest values while the mouse is not over the chart
+        if (state.times.length && !(chart.cursor.left >= 0)) chart.setLegend({ idx: state.times.length - 1 });
+      }
       let max = 0;
       for (const sc of state.syscalls) for (const v of state[key][sc]) if (v > max) max = v;
       el.dataset.samples = String(state.times.length);

@@ -49,7 +49,11 @@ def start_chromium(profile: Path):
         opts.add_argument(flag)
     opts.add_argument(f"--user-data-dir={profile}")
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = Service(executable_path=CHROMEDRIVER, log_output=str(profile.parent / "chromedriver.log"))
+    log = str(profile.parent / "chromedriver.log")
+    try:
+        service = Service(executable_path=CHROMEDRIVER, log_output=log)   # selenium >= 4.11
+    except TypeError:
+        service = Service(executable_path=CHROMEDRIVER, log_path=log)     # Debian bookworm's 4.8
     driver = webdriver.Chrome(service=service, options=opts)
     driver.set_page_load_timeout(30)
     return driver

@@ -12,6 +12,7 @@ site the user happens to have open.
 from __future__ import annotations
 
 import http.server
+import importlib.util
 import os
 import shutil
 import threading
@@ -30,10 +31,8 @@ def require_browser() -> None:
     require(os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK),
             "install Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver "
             "(scripts/setup-host.sh does it)")
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        require(False, "install selenium: python3 -m pip install -r requirements-dev.txt")
+    require(importlib.util.find_spec("selenium") is not None,
+            "install selenium: python3 -m pip install -r requirements-dev.txt (or apt-get install python3-selenium)")
 
 
 def start_chromium(profile: Path):

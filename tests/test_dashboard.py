@@ -329,7 +329,8 @@ def test_a_page_of_another_site_cannot_change_the_list_or_read_events(stack):
 
 
 def test_with_cors_origin_that_site_may_call_the_api(stack, tmp_path):
-    collector, _, driver, _ = stack
+    collector, _, driver, loopers = stack
+    ensure_loopers(loopers)  # events for its EventSource to receive
     with OtherOrigin({"/evil.html": EVIL_PAGE}) as site:
         origin = site.url("").rstrip("/")
         with ApiServer(tmp_path / "ips.sqlite3", "--cors-origin", origin, collector=collector.endpoint) as api:

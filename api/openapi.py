@@ -86,6 +86,9 @@ def document(max_items: int, max_events_limit: int, default_events_limit: int) -
                  "description": "The IP list (seed-compatible endpoints) and live views of the "
                                 "read/write syscall stream published by the syswatch collector."},
         "paths": {
+            "/": _get("The live dashboard: an HTML page (same origin, no external resources) that polls "
+                      "/stats and /events; its files are under /static/", {"description": "The page", "content": {
+                          "text/html": {"schema": STR}}}),
             "/apis": _get("List every endpoint with its usage", _json(_obj(
                 ["available_apis", "usage"], available_apis={"type": "array", "items": STR},
                 usage={"type": "object", "additionalProperties": STR}), "The endpoints")),

@@ -21,6 +21,7 @@ from api.iplist import DiskFull, IPList, ListFull
 from api.sse import EventStream
 from api.stream import StreamHub, StreamStats, TooManyStreams
 from api import validation
+from api.web import StaticFiles
 from api.validation import BadRequest
 
 
@@ -42,6 +43,8 @@ class Route:
 
 
 ROUTES = (
+    Route("GET", "/", "dashboard", "GET: the live dashboard (HTML, same origin; open it in a browser)"),
+    Route("GET", "/static/<name:path>", "static", "GET: the dashboard's scripts, styles and vendored uPlot"),
     Route("GET", "/apis", "apis", "GET: this list of endpoints and how to use them"),
     Route("POST", "/add_ips", "add_ips",
           'POST {"add_ips": [1, 2, 3]}: add IPs (integers 0..4294967295 or IPv4/IPv6 strings); '
@@ -98,8 +101,9 @@ class Api:
     """The handlers; each one small, over the IP list and the stream's stats model."""
 
     def __init__(self, iplist: IPList, stats: StreamStats, hub: StreamHub, requests: RequestStats,
-                 limits: Limits, token: str | None):
+                 limits: Limits, token: str | None, static: StaticFiles | None = None):
         self.iplist, self.stream, self.hub, self.requests = iplist, stats, hub, requests
+        self.files = static or StaticFiles()
         self.limits = limits
         self._token = token.encode() if token else None
         self._openapi = json.dumps(openapi.document(limits.max_items, limits.max_events_limit,
@@ -139,6 +143,27 @@ class Api:
                             strict_parsing=False, errors="strict", max_num_fields=16)
         except (UnicodeDecodeError, ValueError) as exc:
             raise BadRequest(f"query string is not valid: {exc}") from None
+
+    # --- the dashboard ------------------------------------------------------------------------------
+    def _asset(self, asset, cache_control: str):
+        r = bottle.response
+        r.set_header("Cache-Control", cache_control)
+        r.set_header("ETag", asset.etag)
+        if StaticFiles.not_modified(asset, bottle.request.environ.get("HTTP_IF_NONE_MATCH")):
+            r.status = 304
+            return b""
+        r.content_type = asset.content_type
+        return asset.body
+
+    def dashboard(self):
+        return self._asset(self.files.index, "no-cache")
+
+    def static(self, name: str):
+        asset = self.files.get(name)
+        if asset is None:
+            raise BadRequest(f"no such file: /static/{validation.printable(name)}", 404)
+        version = bottle.request.query.get("v")
+        return self._asset(asset, StaticFiles.cache_control(asset, version))
 
     # --- seed-compatible endpoints -------------------------------------------------------------
     def apis(self):
@@ -191,10 +216,12 @@ class Api:
         bottle.response.set_header("X-Accel-Buffering", "no")
         if bottle.request.method == "HEAD":
             return ""  # waitress would iterate an endless body it never sends: answer headers only
-        client = self.hub.open(flt)
+        env = bottle.request.environ
+        client = self.hub.open(flt, env.get("HTTP_LAST_EVENT_ID"))
         shown = ", ".join(f"{k}={v}" for k, v in flt._asdict().items() if v is not None) or "none"
         return EventStream(self.hub, client, self.limits.sse_heartbeat_s,
-                           f"syswatch event stream (filters: {validation.printable(shown)})")
+                           f"syswatch event stream (filters: {validation.printable(shown)})",
+                           env.get("waitress.client_disconnected"))
 
     def metrics(self):
         text = metrics.render(self.stream, self.requests.snapshot(), self.iplist.count(),

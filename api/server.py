@@ -26,7 +26,7 @@ EPILOG = textwrap.dedent("""\
       SYSWATCH_HOST, SYSWATCH_PORT, SYSWATCH_COLLECTOR, SYSWATCH_DB, SYSWATCH_TOKEN (the token itself),
       SYSWATCH_MAX_BODY_BYTES, SYSWATCH_MAX_ITEMS, SYSWATCH_MAX_IPS, SYSWATCH_MAX_STREAMS,
       SYSWATCH_RECENT_EVENTS, SYSWATCH_STREAM_QUEUE, SYSWATCH_THREADS, SYSWATCH_MAX_CONNECTIONS,
-      SYSWATCH_CHANNEL_TIMEOUT
+      SYSWATCH_CHANNEL_TIMEOUT, SYSWATCH_CORS_ORIGINS and SYSWATCH_ALLOWED_HOSTS (comma separated)
       SYSWATCH_CURVE_SERVER_KEY + SYSWATCH_CURVE_CLIENT_KEY: subscribe with CurveZMQ (shared/curve.py)
 
     examples:
@@ -42,7 +42,11 @@ EPILOG = textwrap.dedent("""\
       curl -s -X POST localhost:8080/add_ips -H 'Content-Type: application/json' -d '{"add_ips": [1, 2, 3]}'
       curl -s 'localhost:8080/events?limit=5&syscall=write'
       curl -sN localhost:8080/events/stream?comm=dd
-    """)
+      xdg-open http://localhost:8080/                       # the live dashboard
+
+      # a page served from http://localhost:3000 may call the API (CORS), nothing else may:
+      python -m api.server --cors-origin http://localhost:3000
+        """)
 
 
 def _positive(text: str) -> int:
@@ -100,6 +104,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="most concurrent GET /events/stream clients, else 503 (default: %(default)s)")
     add("--stream-queue", type=pos, default=env_default("SYSWATCH_STREAM_QUEUE", 20_000, _positive),
         help="events queued per stream client before drops (default: %(default)s)")
+    add("--cors-origin", action="append", default=None, metavar="ORIGIN",
+        help="a browser origin (scheme://host[:port], exact, no wildcard) whose pages may call the API "
+             "(CORS); repeatable [env SYSWATCH_CORS_ORIGINS, comma separated] (default: none, same origin only)")
+    add("--allowed-host", action="append", default=None, metavar="NAME",
+        help="a Host name the API answers to besides localhost/127.0.0.1/[::1]; repeatable; turns the "
+             "Host check on for any --host [env SYSWATCH_ALLOWED_HOSTS, comma separated] (default: the check "
+             "is on when --host is a loopback address, with loopback names only)")
     add("--sse-heartbeat", type=float, default=10.0,
         help="seconds between heartbeat comments on an idle event stream (default: %(default)s)")
     add("--threads", type=pos, default=env_default("SYSWATCH_THREADS", 16, _positive),
@@ -109,6 +120,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--channel-timeout", type=pos, default=env_default("SYSWATCH_CHANNEL_TIMEOUT", 60, _positive),
         help="seconds before an idle connection is closed (default: %(default)s)")
     args = p.parse_args(argv)
+    from api import web
+    try:
+        args.cors_origin = web.parse_origins(args.cors_origin if args.cors_origin is not None
+                                             else [os.environ.get("SYSWATCH_CORS_ORIGINS", "")])
+    except web.BadOrigin as exc:
+        p.error(f"--cors-origin / SYSWATCH_CORS_ORIGINS: {exc}")
+    hosts = args.allowed_host if args.allowed_host is not None else [os.environ.get("SYSWATCH_ALLOWED_HOSTS", "")]
+    args.allowed_host = tuple(h.strip().lower() for v in hosts for h in v.split(",") if h.strip())
     if args.threads < args.max_streams + 4:
         p.error(f"--threads {args.threads} must be at least --max-streams {args.max_streams} + 4, "
                 f"so that open event streams never take every worker thread")
@@ -161,6 +180,7 @@ def main(argv=None) -> int:
     from api.iplist import DatabaseUnusable, IPList
     from api.routes import Api, Limits, build_app
     from api.stream import StreamHub, StreamStats, Subscriber
+    from api.web import StaticFiles, WebGuard
 
     try:
         iplist = IPList(args.db, args.max_ips)
@@ -190,7 +210,13 @@ def main(argv=None) -> int:
     limits = Limits(max_body_bytes=args.max_body_bytes, max_items=args.max_items,
                     max_events_limit=args.recent_events, default_events_limit=min(100, args.recent_events),
                     sse_heartbeat_s=args.sse_heartbeat)
-    app = AccessLog(build_app(Api(iplist, stats, hub, requests, limits, token)), requests)
+    try:
+        static = StaticFiles()
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    app = AccessLog(WebGuard(build_app(Api(iplist, stats, hub, requests, limits, token, static)),
+                             args.host, args.cors_origin, args.allowed_host), requests)
 
     try:
         server = waitress.create_server(
@@ -204,6 +230,9 @@ def main(argv=None) -> int:
             # bounded event queue overflows (counted) instead of the API's memory growing.
             outbuf_high_watermark=1 << 20,
             asyncore_use_poll=True,  # select() cannot watch more than 1024 sockets
+            # Keep reading a connection while its request runs, so an event stream whose client
+            # left is noticed at once (waitress.client_disconnected), not when a heartbeat fails.
+            channel_request_lookahead=1,
             clear_untrusted_proxy_headers=True)
     except ValueError:  # waitress: "Invalid host/port specified." when the host does not resolve
         print(f"error: cannot listen on {args.host}:{args.port}: {host_problem(args.host)}; fix --host / "
@@ -228,6 +257,9 @@ def main(argv=None) -> int:
         hub.end_all()  # open event streams end now, instead of holding waitress's shutdown for 5 s
         sys.exit(0)
     signal.signal(signal.SIGTERM, stop)
+    # Ctrl-C too: waitress catches KeyboardInterrupt itself and waits up to 5 s for busy worker
+    # threads before our code runs; ending the streams first lets them finish at once.
+    signal.signal(signal.SIGINT, stop)
     stdout_line(f"API Server starting on {args.host}:{server.effective_port}")
     stdout_line(f"IP list: {os.path.abspath(args.db)} ({iplist.count()} addresses); collector: {', '.join(args.collector)}"
                 f"{' (CurveZMQ)' if curve_client else ''}; POST token: {'required' if token else 'not required'}")

@@ -6,9 +6,10 @@ Run after editing a section: python3 scripts/build-readme.py
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ["intro", "shipping", "local", "collector", "api", "bench", "outro"]
+SECTIONS = ["intro", "shipping", "local", "collector", "api", "dashboard", "bench", "outro"]
 # Links written relative to docs/readme/ or docs/ point at the same files from the top level.
-LINKS = {"](../BENCHMARKS.md)": "](docs/BENCHMARKS.md)", "](readme/bench.md)": "](docs/readme/bench.md)"}
+LINKS = {"](../BENCHMARKS.md)": "](docs/BENCHMARKS.md)", "](readme/bench.md)": "](docs/readme/bench.md)",
+         "](../img/": "](docs/img/"}
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ def test_slow_clients_hold_no_worker_thread(small):
 
     def slow(i):
         data = body % i
-        head = b"POST /add_ips HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" \
+        head = b"POST /add_ips HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n" \
                b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(data)
         with socket.create_connection(("127.0.0.1", small.port), timeout=30) as s:
             for byte in head + data:
@@ -78,7 +78,7 @@ def test_many_idle_connections_use_bounded_memory(tmp_path):
         idle = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(600)]
         try:
             for s in idle[::50]:
-                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # half a request, never finished
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")  # half a request, never finished
             time.sleep(1)
             assert srv.get("/healthz").status_code == 200
             grown_mib = (rss_kib(srv.proc.pid) - rss0) / 1024
@@ -97,15 +97,15 @@ def test_huge_bodies_are_refused_without_reading_them(small):
     assert r.status_code == 413 and "larger than 1000 bytes" in r.json()["error"]
     # far beyond the limit, waitress refuses before buffering the body
     with socket.create_connection(("127.0.0.1", small.port), timeout=10) as s:
-        s.sendall(b"POST /add_ips HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000000\r\n\r\n" + b"[" * 1000)
+        s.sendall(b"POST /add_ips HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10000000000\r\n\r\n" + b"[" * 1000)
         assert s.recv(4096).startswith(b"HTTP/1.1 413")
     assert small.ips() == [1]
 
 
 def test_malformed_http_is_a_4xx(small):
-    for raw in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
-                b"GET /healthz HTTP/1.1\r\nHost: x\r\nX: a\rb\r\n\r\n",
-                b"POST /add_ips HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n"):
+    for raw in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nHost: localhost\r\nBad Header\r\n\r\n",
+                b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX: a\rb\r\n\r\n",
+                b"POST /add_ips HTTP/1.1\r\nHost: localhost\r\nContent-Length: -1\r\n\r\n"):
         with socket.create_connection(("127.0.0.1", small.port), timeout=10) as s:
             s.sendall(raw)
             status = s.recv(4096).split(b" ", 2)[1]

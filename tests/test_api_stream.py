@@ -246,7 +246,7 @@ def test_a_stream_client_that_stops_reading_does_not_grow_memory(live):
     dropped0 = stats(srv)["api"]["sse_dropped_events"]
     sock = socket.create_connection(("127.0.0.1", srv.port))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.sendall(b"GET /events/stream HTTP/1.1\r\nHost: x\r\n\r\n")  # ... and never read again
+    sock.sendall(b"GET /events/stream HTTP/1.1\r\nHost: localhost\r\n\r\n")  # ... and never read again
     wait_for(lambda: stats(srv)["api"]["event_streams"] == 1, what="the stream to open")
     rss0 = rss_kib(srv.proc.pid)
     batch = [event(pid=7300, comm="flood" + "x" * 9, count=i) for i in range(500)]

@@ -1,0 +1,429 @@
+// syswatch dashboard: reads the API it is served by (same origin) and nothing else.
+//
+// Every second: GET /stats (aggregates: the charts' rates are computed here from successive
+// cumulative totals) and, unless paused, GET /events?limit=50&<filters> (the tail). The page never
+// subscribes to the raw event stream, so it stays responsive at 100k events/s on the host.
+// Fields of the v2 event model (ret, lat_ns, container_*, host, collectors, hosts) are shown when
+// the API sends them and shown as "–" when it does not.
+"use strict";
+
+(function () {
+  const POLL_MS = 1000;
+  const WINDOW = 120;          // chart samples kept (two minutes)
+  const HEALTH_WINDOW_S = 60;  // lost/dropped/malformed growth within this window raises the warning
+  const TAIL_LIMIT = 50;
+  const TIME_INCRS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600];  // x ticks: whole seconds and minutes
+  const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
+  const $ = (id) => document.getElementById(id);
+
+  const state = {
+    host: "",
+    prev: null,            // {t, totals} of the previous /stats answer (same host selection)
+    times: [],             // chart x values (unix seconds)
+    calls: {},             // syscall -> [calls/s ...]
+    bytes: {},             // syscall -> [bytes/s ...]
+    syscalls: [],          // the series shown, in order of appearance
+    charts: {},            // "calls"/"bytes" -> uPlot
+    health: {},            // collector key -> [{t, lost, dropped, malformed}]
+    paused: false,
+    filters: {},
+    token: null,
+    lastStats: null,
+  };
+
+  // --- formatting -------------------------------------------------------------------------------
+  const dash = "–";
+  function num(v) { return (typeof v === "number" && isFinite(v)) ? v.toLocaleString("en-US") : dash; }
+  function bytes(v) {
+    if (typeof v !== "number" || !isFinite(v)) return dash;
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    while (Math.abs(v) >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+    return (i === 0 ? Math.round(v) : v.toFixed(1)) + " " + units[i];
+  }
+  function rate(v) {
+    if (typeof v !== "number" || !isFinite(v)) return dash;
+    if (Math.abs(v) >= 1e6) return (v / 1e6).toFixed(1) + "M";
+    if (Math.abs(v) >= 1e3) return (v / 1e3).toFixed(1) + "k";
+    return String(Math.round(v * 10) / 10);
+  }
+  function latency(ns) {
+    if (typeof ns !== "number" || !isFinite(ns)) return dash;
+    if (ns >= 1e9) return (ns / 1e9).toFixed(2) + " s";
+    if (ns >= 1e6) return (ns / 1e6).toFixed(2) + " ms";
+    if (ns >= 1e3) return (ns / 1e3).toFixed(1) + " µs";
+    return Math.round(ns) + " ns";
+  }
+  function avgLatency(row) {
+    return (typeof row.lat_ns_sum === "number" && row.calls > 0) ? latency(row.lat_ns_sum / row.calls) : dash;
+  }
+  function clock(tsNs) {
+    if (typeof tsNs !== "number") return dash;
+    const d = new Date(tsNs / 1e6);
+    return d.toLocaleTimeString("en-GB", { hour12: false }) + "." + String(d.getMilliseconds()).padStart(3, "0");
+  }
+  function container(row) {
+    const name = row.container_name || "";
+    const id = row.container_id || "";
+    if (!name && !id) return row.container_id === "" ? "(host)" : dash;
+    return name ? (id ? name + " (" + id.slice(0, 12) + ")" : name) : id.slice(0, 12);
+  }
+  function text(v) { return (v === undefined || v === null || v === "") ? dash : String(v); }
+
+  // DOM rows are built with textContent only: process names and errors are data, never markup.
+  function fillTable(tbody, rows, cells) {
+    const frag = document.createDocumentFragment();
+    for (const row of rows) {
+      const tr = document.createElement("tr");
+      for (const [value, cls] of cells(row)) {
+        const td = document.createElement("td");
+        td.textContent = value;
+        if (cls) td.className = cls;
+        tr.appendChild(td);
+      }
+      frag.appendChild(tr);
+    }
+    tbody.replaceChildren(frag);
+  }
+
+  // --- API calls ----------------------------------------------------------------------------------
+  async function getJSON(path) {
+    const r = await fetch(path, { cache: "no-store", headers: { "Accept": "application/json" } });
+    const body = await r.json().catch(() => ({ error: "answer is not JSON (HTTP " + r.status + ")" }));
+    if (!r.ok) throw new Error(body.error || ("HTTP " + r.status));
+    return body;
+  }
+
+  async function postJSON(path, payload) {
+    const headers = { "Content-Type": "application/json", "Accept": "application/json" };
+    if (state.token) headers["Authorization"] = "Bearer " + state.token;
+    const r = await fetch(path, { method: "POST", headers, body: JSON.stringify(payload), cache: "no-store" });
+    const body = await r.json().catch(() => ({ error: "answer is not JSON (HTTP " + r.status + ")" }));
+    return { status: r.status, body };
+  }
+
+  // --- /stats: header, charts, tables, health --------------------------------------------------------
+  function collectorsOf(s) {
+    if (Array.isArray(s.collectors)) return s.collectors;
+    // v1 API: one collector, described by top-level fields
+    return [{ endpoint: s.collector || "", host: s.collector_status ? s.collector_status.host : "",
+              connected: s.connected, last_message_age_s: s.last_message_age_s, status: s.collector_status || null }];
+  }
+
+  function updateHosts(s) {
+    const hosts = Array.isArray(s.hosts) ? s.hosts : [];
+    const sel = $("host");
+    const have = Array.from(sel.options).slice(1).map((o) => o.value);
+    if (hosts.join("\n") === have.join("\n")) return;
+    const keep = sel.value;
+    sel.replaceChildren(new Option("all hosts", ""));
+    for (const h of hosts) sel.appendChild(new Option(h, h));
+    sel.value = hosts.includes(keep) ? keep : "";
+  }
+
+  function pushSample(s, now) {
+    const totals = s.totals || {};
+    for (const sc of Object.keys(totals)) {
+      if (!state.syscalls.includes(sc)) {
+        state.syscalls.push(sc);
+        state.calls[sc] = state.times.map(() => null);
+        state.bytes[sc] = state.times.map(() => null);
+        const opt = new Option(sc, sc);
+        $("f-syscall").appendChild(opt);
+        rebuildCharts();
+      }
+    }
+    const prev = state.prev;
+    state.prev = { t: now, totals };
+    if (!prev) return;
+    const dt = (now - prev.t) / 1000;
+    if (dt <= 0) return;
+    state.times.push(now / 1000);
+    for (const sc of state.syscalls) {
+      const a = totals[sc], b = prev.totals[sc];
+      let c = null, y = null;
+      if (a && b) {
+        c = (a.calls - b.calls) / dt;
+        y = (a.bytes - b.bytes) / dt;
+        if (c < 0 || y < 0) { c = null; y = null; }  // the API restarted: its counters began again
+      } else if (a) { c = 0; y = 0; }
+      state.calls[sc].push(c);
+      state.bytes[sc].push(y);
+    }
+    while (state.times.length > WINDOW) {
+      state.times.shift();
+      for (const sc of state.syscalls) { state.calls[sc].shift(); state.bytes[sc].shift(); }
+    }
+    drawCharts();
+  }
+
+  function chartOpts(el, unitFmt) {
+    return {
+      width: Math.max(300, el.clientWidth - 4), height: 220,
+      legend: { live: true },
+      cursor: { drag: { x: false, y: false } },
+      scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] } },
+      axes: [{ space: 70, incrs: TIME_INCRS }, { size: 90, values: (u, vals) => vals.map(unitFmt) }],
+      series: [{}].concat(state.syscalls.map((sc, i) => ({
+        label: sc, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: false,
+        value: (u, v) => v === null || v === undefined ? dash : unitFmt(v),
+      }))),
+    };
+  }
+
+  function rebuildCharts() {
+    if (typeof uPlot === "undefined") return;
+    for (const [key, fmt] of [["calls", (v) => rate(v) + "/s"], ["bytes", (v) => bytes(v) + "/s"]]) {
+      const el = $("chart-" + key);
+      if (state.charts[key]) state.charts[key].destroy();
+      el.replaceChildren();
+      state.charts[key] = new uPlot(chartOpts(el, fmt), chartData(key), el);
+    }
+  }
+
+  function chartData(key) {
+    return [state.times.slice()].concat(state.syscalls.map((sc) => state[key][sc].slice()));
+  }
+
+  function drawCharts() {
+    for (const key of ["calls", "bytes"]) {
+      const el = $("chart-" + key);
+      const chart = state.charts[key];
+      if (chart) {
+        chart.setData(chartData(key));
+        // legend: the newest values while the mouse is not over the chart
+        if (state.times.length && !(chart.cursor.left >= 0)) chart.setLegend({ idx: state.times.length - 1 });
+      }
+      let max = 0;
+      for (const sc of state.syscalls) for (const v of state[key][sc]) if (v > max) max = v;
+      el.dataset.samples = String(state.times.length);
+      el.dataset.max = String(max);
+    }
+  }
+
+  function updateTables(s) {
+    const procOrder = $("proc-order").value;
+    const procs = (procOrder === "bytes" ? s.top_processes_by_bytes : s.top_processes_by_calls) || [];
+    fillTable($("top-procs").tBodies[0], procs, (p) => [
+      [text(p.host)], [text(p.pid)], [text(p.comm)], [container(p)], [num(p.calls), "num"], [bytes(p.bytes), "num"],
+      [num(p.errors), p.errors > 0 ? "num bad" : "num"], [avgLatency(p), "num"],
+    ]);
+    const contOrder = $("cont-order").value;
+    const conts = (contOrder === "bytes" ? s.top_containers_by_bytes : s.top_containers_by_calls);
+    $("no-containers").hidden = Array.isArray(conts);
+    fillTable($("top-containers").tBodies[0], conts || [], (c) => [
+      [text(c.host)], [c.container_id ? c.container_id.slice(0, 12) : "(host)"], [text(c.container_name)],
+      [num(c.calls), "num"], [bytes(c.bytes), "num"], [num(c.errors), c.errors > 0 ? "num bad" : "num"],
+      [avgLatency(c), "num"],
+    ]);
+  }
+
+  function updateHealth(s, now) {
+    const collectors = collectorsOf(s);
+    const warnings = [];
+    const tSec = now / 1000;
+    for (const c of collectors) {
+      const key = (c.endpoint || "") + "|" + (c.host || "");
+      const st = c.status || {};
+      const samples = state.health[key] || (state.health[key] = []);
+      samples.push({ t: tSec, lost: st.lost_total, dropped: st.dropped_total, malformed: st.malformed_total });
+      while (samples.length > 2 && tSec - samples[0].t > HEALTH_WINDOW_S) samples.shift();
+      const first = samples[0], last = samples[samples.length - 1];
+      const name = c.host || c.endpoint || "collector";
+      for (const field of ["lost", "dropped", "malformed"]) {
+        const grew = (typeof last[field] === "number" && typeof first[field] === "number") ? last[field] - first[field] : 0;
+        if (grew > 0) warnings.push(name + ": " + grew.toLocaleString("en-US") + " events " + field +
+                                    " in the last " + Math.round(Math.min(HEALTH_WINDOW_S, last.t - first.t) || 1) + " s");
+      }
+      c._grew = samples.length > 1 && ["lost", "dropped", "malformed"].some((f) => last[f] > first[f]);
+      if (!c.connected) warnings.push(name + ": not connected" + (c.last_message_age_s != null
+        ? " (last message " + Math.round(c.last_message_age_s) + " s ago)" : " (no message received yet)"));
+    }
+    fillTable($("collectors").tBodies[0], collectors, (c) => {
+      const st = c.status || {};
+      return [[text(c.endpoint)], [text(c.host || st.host)], [c.connected ? "connected" : "not connected", c.connected ? "good" : "bad"],
+              [text(st.probe)], [num(st.events_total), "num"], [num(st.lost_total), c._grew ? "num bad" : "num"],
+              [num(st.dropped_total), c._grew ? "num bad" : "num"], [num(st.malformed_total), c._grew ? "num bad" : "num"]];
+    });
+    const api = s.api || {};
+    const apiBits = [];
+    if (typeof api.events_not_received === "number") apiBits.push("events not received by the API: " + num(api.events_not_received));
+    if (typeof api.malformed_messages === "number") apiBits.push("malformed messages: " + num(api.malformed_messages));
+    if (typeof api.sse_dropped_events === "number") apiBits.push("events dropped for slow streams: " + num(api.sse_dropped_events));
+    $("api-counters").textContent = apiBits.join(" · ");
+    const box = $("warning");
+    box.hidden = warnings.length === 0;
+    box.textContent = warnings.length ? "⚠ " + warnings.join("\n⚠ ") : "";
+  }
+
+  async function pollStats() {
+    try {
+      const q = state.host ? "?host=" + encodeURIComponent(state.host) : "";
+      const s = await getJSON("stats" + q);
+      const now = Date.now();
+      state.lastStats = s;
+      updateHosts(s);
+      const conn = $("conn");
+      const anyConnected = collectorsOf(s).some((c) => c.connected);
+      conn.textContent = anyConnected ? "collector connected" : "collector not connected";
+      conn.className = "badge " + (anyConnected ? "ok" : "bad");
+      $("rate").textContent = rate(s.events_per_s) + " events/s · " + num(s.events_received) + " received";
+      pushSample(s, now);
+      updateTables(s);
+      updateHealth(s, now);
+    } catch (err) {
+      const conn = $("conn");
+      conn.textContent = "API unreachable: " + err.message;
+      conn.className = "badge bad";
+    }
+  }
+
+  // --- the tail -----------------------------------------------------------------------------------------
+  function readFilters() {
+    const f = {};
+    for (const name of ["pid", "comm", "container", "syscall"]) {
+      const v = $("f-" + name).value.trim();
+      if (v) f[name] = v;
+    }
+    return f;
+  }
+
+  async function pollTail() {
+    if (state.paused) return;
+    const params = new URLSearchParams({ limit: String(TAIL_LIMIT) });
+    for (const [k, v] of Object.entries(state.filters)) params.set(k, v);
+    if (state.host) params.set("host", state.host);
+    try {
+      const body = await getJSON("events?" + params.toString());
+      if (state.paused) return;
+      const events = (body.events || []).slice().reverse();  // newest first
+      fillTable($("tail").tBodies[0], events, (e) => [
+        [clock(e.ts_ns)], [text(e.host)], [text(e.pid)], [text(e.tid)], [text(e.comm)], [text(e.syscall)],
+        [text(e.fd), "num"], [num(e.count), "num"],
+        [typeof e.ret === "number" ? num(e.ret) : dash, e.ret < 0 ? "num bad" : "num"], [latency(e.lat_ns), "num"],
+        [container(e)],
+      ]);
+      const shown = Object.entries(state.filters).map(([k, v]) => k + "=" + v).join(", ");
+      $("tail-status").textContent = events.length + " events" + (shown ? " (" + shown + ")" : "");
+    } catch (err) {
+      $("tail-status").textContent = "tail: " + err.message;
+    }
+  }
+
+  // --- the IP list ------------------------------------------------------------------------------------
+  function parseIps(raw) {
+    return raw.split(/[\s,]+/).filter(Boolean).map((x) => /^\d+$/.test(x) ? Number(x) : x);
+  }
+
+  function needToken(body) {
+    $("token-form").hidden = false;
+    $("token-input").focus();
+    ipStatus(body.error || "this API requires a token", true);
+  }
+
+  function ipStatus(message, bad) {
+    const el = $("ip-status");
+    el.textContent = message;
+    el.className = bad ? "warning" : "muted";
+  }
+
+  function showIps(ips, total) {
+    const frag = document.createDocumentFragment();
+    for (const ip of ips) {
+      const li = document.createElement("li");
+      li.textContent = String(ip);
+      frag.appendChild(li);
+    }
+    $("ip-list").replaceChildren(frag);
+    $("ip-count").textContent = "(" + num(total) + ")";
+  }
+
+  async function ipCall(path, payload, after) {
+    try {
+      const { status, body } = await postJSON(path, payload);
+      if (status === 401) return needToken(body);
+      if (status !== 200) return ipStatus(body.error || ("HTTP " + status), true);
+      $("token-form").hidden = true;
+      await after(body);
+    } catch (err) {
+      ipStatus("IP list: " + err.message, true);
+    }
+  }
+
+  function refreshIps(message) {
+    return ipCall("print_all_ips", { print_all_ips: true }, (b) => {
+      showIps(b.ips, b.total_ips);
+      ipStatus(message || b.message, false);
+    });
+  }
+
+  // --- wiring ----------------------------------------------------------------------------------------
+  function loop(fn) {
+    const run = async () => { await fn(); setTimeout(run, POLL_MS); };
+    run();
+  }
+
+  function init() {
+    $("host").addEventListener("change", (e) => {
+      state.host = e.target.value;
+      state.prev = null;  // rates of another selection are not comparable
+      state.times = [];
+      for (const sc of state.syscalls) { state.calls[sc] = []; state.bytes[sc] = []; }
+      drawCharts();
+      pollTail();
+    });
+    $("proc-order").addEventListener("change", () => state.lastStats && updateTables(state.lastStats));
+    $("cont-order").addEventListener("change", () => state.lastStats && updateTables(state.lastStats));
+    $("tail-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      state.filters = readFilters();
+      pollTail();
+    });
+    $("f-clear").addEventListener("click", () => {
+      for (const name of ["pid", "comm", "container", "syscall"]) $("f-" + name).value = "";
+      state.filters = {};
+      pollTail();
+    });
+    $("tail-pause").addEventListener("click", (e) => {
+      state.paused = !state.paused;
+      e.target.textContent = state.paused ? "resume" : "pause";
+      e.target.classList.toggle("active", state.paused);
+      if (state.paused) $("tail-status").textContent = "paused";
+      else pollTail();
+    });
+    $("ip-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      const ips = parseIps($("ip-input").value);
+      if (!ips.length) return ipStatus("type one or more addresses, separated by commas or spaces", true);
+      ipCall("add_ips", { add_ips: ips }, (b) => {
+        $("ip-input").value = "";
+        const ignored = (b.ignored_ips || []).length;
+        return refreshIps("added " + b.added_ips.length + (ignored ? ", " + ignored + " already listed" : ""));
+      });
+    });
+    $("ip-refresh").addEventListener("click", () => refreshIps());
+    $("ip-clear").addEventListener("click", () => {
+      if (!window.confirm("Remove every address from the IP list?")) return;
+      ipCall("clear_ip_list", { clear_ip_list: true }, () => refreshIps("list cleared"));
+    });
+    $("token-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      state.token = $("token-input").value.trim() || null;  // kept in this page's memory only
+      $("token-input").value = "";
+      refreshIps();
+    });
+    window.addEventListener("resize", () => {
+      for (const key of ["calls", "bytes"]) {
+        const chart = state.charts[key];
+        if (chart) chart.setSize({ width: Math.max(300, $("chart-" + key).clientWidth - 4), height: 220 });
+      }
+    });
+    rebuildCharts();
+    loop(pollStats);
+    loop(pollTail);
+    refreshIps();
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
+  else init();
+})();

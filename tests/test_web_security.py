@@ -251,6 +251,7 @@ def test_stream_events_carry_ids_and_a_reconnect_resumes_after_last_event_id(liv
     assert first.resp.status == 200
     sent = [event(pid=8100 + i, comm="resume-a", count=i) for i in range(5)]
     pub.events(sent + [event(pid=8200, comm="someone-else")])
+    sent = [{**e, "host": pub.host} for e in sent]          # the API adds each event's collector host
     got = first.events(5)
     assert [e for _, e in got] == sent
     ids = [i for i, _ in got]
@@ -262,6 +263,7 @@ def test_stream_events_carry_ids_and_a_reconnect_resumes_after_last_event_id(liv
     # missed while disconnected: these are in the replay buffer
     missed = [event(pid=8300 + i, comm="resume-a", count=100 + i) for i in range(3)]
     pub.events(missed)
+    missed = [{**e, "host": pub.host} for e in missed]
     wait_for(lambda: srv.get("/events", params={"comm": "resume-a"}).json()["count"] >= 8, 10, 0.1, "the API got them")
     wait_for(lambda: streams_open(srv) == 0, 10, 0.05, "the first stream's slot freed")
     again = SSE(srv, "?comm=resume-a", last_event_id=ids[2])
@@ -273,7 +275,7 @@ def test_stream_events_carry_ids_and_a_reconnect_resumes_after_last_event_id(liv
     live_one = event(pid=8400, comm="resume-a")
     pub.events([live_one])
     (live_id, live_ev), = again.events(1)
-    assert live_ev == live_one and int(live_id.split("-")[1]) > int(replayed[-1][0].split("-")[1])
+    assert live_ev == {**live_one, "host": pub.host} and int(live_id.split("-")[1]) > int(replayed[-1][0].split("-")[1])
     again.close()
 
     for bad, notice in (("garbage", "is not an id of this stream"), ("0123abcd-5", "the API restarted since"),

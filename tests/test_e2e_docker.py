@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -87,7 +88,9 @@ def test_host_subscriber_and_api_see_a_child_process(stack):
                    for e in answer["events"]), answer["events"][:3]
         code, stats = stack.http("GET", "/stats")
         assert code == 200 and stats["connected"] is True, stats
-        assert stats["collector"] == "tcp://collector:5556"
+        assert [c["endpoint"] for c in stats["collectors"]] == ["tcp://collector:5556"]
+        # the traced machine's name, not the collector container's id
+        assert stats["hosts"] == [socket.gethostname()] and status["host"] == socket.gethostname()
         assert stats["totals"]["write"]["calls"] >= len(mine), stats["totals"]
         assert stats["collector_status"]["probe"] == status["probe"]
         assert child.poll() is None, "the child stopped early"
@@ -95,6 +98,47 @@ def test_host_subscriber_and_api_see_a_child_process(stack):
         if child:
             child.kill()
             child.wait()
+        sock.close()
+        ctx.term()
+
+
+def test_a_container_s_events_carry_its_id_and_name_and_the_api_is_left_out(stack):
+    """Event model v2 in compose: a process in another container is named by that container (id as
+    `docker ps` shows it, and name), a host process by ""; the API container, a subscriber, is not
+    traced (its host PID is in excluded_pids)."""
+    name = f"swe2e-ctr-{uuid.uuid4().hex[:6]}"
+    ctx = zmq.Context()
+    sock = zmqsock.make_subscriber(ctx, stack.collector_endpoint, (protocol.topic_for("write"), protocol.TOPIC_STATUS))
+    try:
+        wait_for_status(sock)
+        cid = docker("run", "-d", "--rm", "--name", name, "debian:bookworm-slim", "sh", "-c",
+                     "while :; do echo swe2e-ctr > /dev/null; done").stdout.strip()
+        assert len(cid) == 64, cid
+        theirs, status = [], None
+        for msg in receive(sock, time.monotonic() + 30):
+            if msg.topic == protocol.TOPIC_STATUS:
+                status = msg.payload
+            theirs += [e for e in msg.events if e["count"] == len("swe2e-ctr\n") and e["comm"] == "sh"
+                       and e["container_id"] == cid[:12]]
+            if len(theirs) >= 20 and status:
+                break
+        assert len(theirs) >= 20, f"{len(theirs)} events of container {name}"
+        assert {(e["container_id"], e["container_name"], e["ret"]) for e in theirs} == {(cid[:12], name, 10)}
+        api_pid = stack.inspect("api")["State"]["Pid"]
+        assert api_pid in status["excluded_pids"], (api_pid, status["excluded_pids"])
+        deadline = time.monotonic() + 20
+        while True:
+            code, stats = stack.http("GET", "/stats")
+            tops = {c["container_id"]: c for c in stats["top_containers_by_calls"]}
+            if cid[:12] in tops:
+                break
+            assert time.monotonic() < deadline, stats["top_containers_by_calls"]
+            time.sleep(0.5)
+        assert tops[cid[:12]]["container_name"] == name and tops[cid[:12]]["calls"] >= 20
+        code, answer = stack.http("GET", f"/events?container={name}&limit=5")
+        assert code == 200 and answer["events"] and all(e["container_id"] == cid[:12] for e in answer["events"])
+    finally:
+        docker("rm", "-f", name, check=False)
         sock.close()
         ctx.term()
 

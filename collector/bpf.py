@@ -111,9 +111,9 @@ def _die_with_parent() -> None:
 class Bpftrace:
     """One bpftrace child. Reads are non-blocking (the collector polls both pipes)."""
 
-    def __init__(self, argv: list[str]):
+    def __init__(self, argv: list[str], version=None):
         env = dict(os.environ)
-        for key, val in program.ENV.items():
+        for key, val in program.env(version).items():
             env.setdefault(key, val)
         # Own session: a terminal's Ctrl-C reaches the collector only, which then stops bpftrace
         # in order. PDEATHSIG: if the collector itself dies (SIGKILL, OOM), the kernel sends

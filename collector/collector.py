@@ -41,7 +41,7 @@ from shared.protocol import (DEFAULT_ENDPOINT, DEFAULT_SYSCALLS, SYSCALLS, TOPIC
 from shared.zmqsock import EndpointError, check_endpoint, make_publisher  # noqa: E402
 
 from shared import __version__  # noqa: E402
-from . import bpf, program  # noqa: E402
+from . import bpf, bpfversion, program  # noqa: E402
 from .bpf import Bpftrace, SetupError  # noqa: E402
 from .containers import Containers  # noqa: E402
 from .echo import Echo  # noqa: E402
@@ -203,7 +203,8 @@ class Collector:
         self.rejected_subscriptions = 0
         self.echo = Echo(args.echo_rate if args.mode == "events" else 0)
         self.ready = False
-        self.parser = Parser(args.mode, args.syscalls, containers, self._log_malformed, self._set_ready)
+        self.parser = Parser(args.mode, args.syscalls, containers, self._log_malformed, self._set_ready,
+                             keys_escaped_twice=args.bpftrace_version.map_key_strings_escaped_twice)
         self.exclusions = Exclusions(self.parser.excluded_pids, [os.getpid()], endpoint_port(sock))
         self.bt: Bpftrace | None = None
         self.poller: zmq.Poller | None = None
@@ -226,7 +227,7 @@ class Collector:
         self.ready = True
         print("Monitoring sys_read and sys_write calls...")
         print(f"Host PID: {os.getpid()}")
-        for pid in self.exclusions.own:
+        for pid in (os.getpid(), self.bt.pid):
             print(f"Skipping self PID: {pid}")
         sys.stdout.flush()
 
@@ -252,7 +253,8 @@ class Collector:
         text = program.render(self.args.mode, probe, self.args.syscalls, self.args.pid, self.args.comm,
                               self.cgroups)
         interval_ms = max(1, round(self.args.interval * 1000))
-        self.bt = Bpftrace(program.command(self.args.bpftrace, self.args.mode, text, interval_ms))
+        self.bt = Bpftrace(program.command(self.args.bpftrace, self.args.mode, text, interval_ms),
+                           self.args.bpftrace_version)
         self.probe = probe
         self.exclusions.own = {os.getpid(), self.bt.pid}
         self.poller = zmq.Poller()
@@ -378,6 +380,8 @@ class Collector:
         return {"host": self.args.hostname, "ts_ns": time.time_ns(), "mode": self.args.mode,
                 "probe": self.probe, "syscalls": list(self.args.syscalls),
                 "excluded_pids": self.exclusions.pids(),
+                "bpftrace": str(self.args.bpftrace_version),
+                "output": "ringbuf" if self.args.bpftrace_version.ringbuf_output else "perf",
                 "events_total": self.parser.events, "lost_total": self.parser.lost,
                 "dropped_total": self.dropped, "malformed_total": self.parser.malformed,
                 "uptime_s": round(time.monotonic() - self.started, 3)}
@@ -423,6 +427,10 @@ def setup(args: argparse.Namespace) -> tuple[object, list[int]]:
     """Checks that must pass before anything is bound; (containers lookup, container cgroups)."""
     bpf.check_root()
     args.bpftrace = bpf.find_bpftrace(args.bpftrace)
+    try:
+        args.bpftrace_version = bpfversion.detect(args.bpftrace)
+    except bpfversion.BpftraceVersionError as exc:
+        raise SetupError(f"cannot tell which bpftrace {args.bpftrace} is: {exc}") from None
     bpf.check_host_pid_namespace()
     bpf.ensure_tracefs()
     program.predicate(args.pid, args.comm)          # validates the filters
@@ -474,8 +482,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         coll.start()
         if not coll.stop_requested:
-            log.info("probe %s, mode %s, syscalls %s, host %s, publishing on %s%s", coll.probe, args.mode,
-                     ",".join(args.syscalls), args.hostname, args.bind, " (CurveZMQ)" if server_keys else "")
+            log.info("probe %s, mode %s, syscalls %s, host %s, %s (%s output), publishing on %s%s", coll.probe,
+                     args.mode, ",".join(args.syscalls), args.hostname, args.bpftrace_version.raw,
+                     "ring buffer" if args.bpftrace_version.ringbuf_output else "perf buffer", args.bind,
+                     " (CurveZMQ)" if server_keys else "")
             code = coll.run()
     except BpftraceFailed as exc:
         print(f"error: bpftrace could not start tracing: {exc}", file=sys.stderr)

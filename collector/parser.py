@@ -107,8 +107,9 @@ class Parser:
 
     def __init__(self, mode: str, syscalls: list[str], containers=None,
                  on_malformed: Callable[[bytes], None] | None = None,
-                 on_ready: Callable[[], None] | None = None):
+                 on_ready: Callable[[], None] | None = None, keys_escaped_twice: bool = False):
         self.mode = mode
+        self.keys_escaped_twice = keys_escaped_twice   # bpftrace 0.22+ escapes map-key strings once more
         self.syscalls = list(syscalls)
         self.containers = containers or NoContainers()
         self.excluded_pids: set[int] = set()
@@ -235,7 +236,8 @@ class Parser:
             try:
                 pid, cgroup, idx, comm = key.split(",", 3)
                 syscall = self.syscalls[int(idx)]
-                row = self._row(int(pid), int(cgroup), syscall, decode_comm(comm.encode("latin-1")))
+                raw = unescape_bpftrace(comm) if self.keys_escaped_twice else comm.encode("latin-1")
+                row = self._row(int(pid), int(cgroup), syscall, decode_comm(raw))
                 if kind == "calls":
                     calls, lat_sum = val["count"], val["total"]
                     if type(calls) is not int or type(lat_sum) is not int or calls < 0 or lat_sum < 0:

@@ -25,12 +25,18 @@ HERE = Path(__file__).resolve().parent
 FILES = {"events": HERE / "syscalls.bt", "counts": HERE / "syscalls_counts.bt"}
 COMM_MAX = 15                        # TASK_COMM_LEN - 1: the kernel truncates longer names
 _SAFE_COMM = re.compile(r"[\x20-\x7e]+")
-ENV = {
-    # Per-CPU perf ring of 1024 pages (4 MiB): absorbs bursts at saturation.
-    "BPFTRACE_PERF_RB_PAGES": "1024",
-    # Room for many keys: threads inside a call (@inflight) and (pid, cgroup, syscall, comm) rows.
-    "BPFTRACE_MAP_KEYS_MAX": "65536",
-}
+def env(version=None) -> dict[str, str]:
+    """bpftrace's environment for ``version`` (collector.bpfversion.Version; None: 0.17's names).
+
+    Output buffer: 0.17 has a perf ring per CPU, 1024 pages (4 MiB) each; 0.18+ one BPF ring
+    buffer for all CPUs sized by the same variable in total pages: 4096 (16 MiB). Map size: room
+    for many keys (threads inside a call, (pid, cgroup, syscall, name) rows); the variable was
+    renamed in 0.20.
+    """
+    ringbuf = version is not None and version.ringbuf_output
+    renamed = version is not None and version.at_least(0, 20)
+    return {"BPFTRACE_PERF_RB_PAGES": "4096" if ringbuf else "1024",
+            "BPFTRACE_MAX_MAP_KEYS" if renamed else "BPFTRACE_MAP_KEYS_MAX": "65536"}
 READY = "syswatch-ready"
 INTERVAL = "syswatch-interval"
 KICK = "syswatch-kick"               # events mode: per-CPU count of events printed, for the loss check

@@ -224,6 +224,11 @@ def clean_status(p: dict) -> dict:
     if type(up) not in (int, float) or not math.isfinite(up) or not 0 <= up <= 1e10:
         raise ProtocolError(f"{what} field 'uptime_s' must be a finite number of seconds, got {_short(up)}")
     out["uptime_s"] = up
+    # optional: which bpftrace runs and its output path (a collector of this version sends them)
+    if type(p.get("bpftrace")) is str and len(p["bpftrace"]) <= 32:
+        out["bpftrace"] = p["bpftrace"]
+    if p.get("output") in ("perf", "ringbuf"):
+        out["output"] = p["output"]
     return out
 
 

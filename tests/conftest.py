@@ -70,3 +70,30 @@ def die_with_test() -> None:
     import ctypes
     import signal
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)   # PR_SET_PDEATHSIG
+
+
+TRIXIE_SCRIPT = ROOT / "scripts" / "trixie-bpftrace.sh"
+
+
+def trixie_bpftrace() -> str | None:
+    """bpftrace 0.23 (Debian trixie) through scripts/trixie-bpftrace.sh's wrapper, if it is built."""
+    import subprocess
+    try:
+        ok = subprocess.run(["bash", str(TRIXIE_SCRIPT), "--check"], capture_output=True, timeout=60).returncode == 0
+        path = subprocess.run(["bash", str(TRIXIE_SCRIPT), "--print-path"], capture_output=True, text=True,
+                              timeout=60).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return path if ok and path else None
+
+
+@pytest.fixture(params=["0.17", "0.23"], scope="session")
+def bpftrace_bin(request):
+    """The bpftrace the collector runs: bookworm's 0.17 on PATH, and trixie's 0.23 (issue 16)."""
+    require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
+    if request.param == "0.17":
+        require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-host.sh does it)")
+        return shutil.which("bpftrace")
+    path = trixie_bpftrace()
+    require(path is not None, "build bpftrace 0.23: sudo scripts/trixie-bpftrace.sh (scripts/test.sh does it)")
+    return path

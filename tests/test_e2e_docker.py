@@ -54,7 +54,7 @@ def test_api_walkthrough_script_passes(stack):
     proc = subprocess.run([str(ROOT / "test_api.sh")], env={**stack.env, "BASE_URL": stack.api_url},
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "all 6 answers are correct" in proc.stdout
+    assert "all 7 answers are correct" in proc.stdout
 
 
 def test_host_subscriber_and_api_see_a_child_process(stack):

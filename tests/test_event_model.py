@@ -77,7 +77,7 @@ def traced(tmp_path, script: Script, *args: str, topics=("syscall.", "status")):
     return coll, sub
 
 
-def test_short_read_bad_fd_and_write_carry_ret(tmp_path, prereqs):
+def test_short_read_bad_fd_and_write_carry_ret(tmp_path, bpftrace_bin):
     (tmp_path / "three").write_bytes(b"abc")
     child = Script("""
         fd = os.open("three", os.O_RDONLY)
@@ -93,7 +93,7 @@ def test_short_read_bad_fd_and_write_carry_ret(tmp_path, prereqs):
             pass
         os.write(wfd, b"x" * 4242)
         """, tmp_path)
-    coll, sub = traced(tmp_path, child)
+    coll, sub = traced(tmp_path, child, "--bpftrace", bpftrace_bin)
     try:
         child.run()
         got = events_of(sub, child.pid, lambda ev: len([e for e in ev if e["count"] in (1 << 20, 777, 4242)]) >= 4)
@@ -271,7 +271,7 @@ def test_container_filter_keeps_only_that_container(tmp_path, prereqs):
         group.remove()
 
 
-def test_counts_rows_add_up_with_bytes_moved_errors_and_latency(tmp_path, prereqs):
+def test_counts_rows_add_up_with_bytes_moved_errors_and_latency(tmp_path, bpftrace_bin):
     (tmp_path / "five").write_bytes(b"12345")
     child = Script("""
         fd = os.open("five", os.O_RDONLY)
@@ -287,7 +287,8 @@ def test_counts_rows_add_up_with_bytes_moved_errors_and_latency(tmp_path, prereq
             except OSError:
                 pass
         """, tmp_path)
-    coll = Collector(tmp_path, "--mode", "counts", "--interval", "0.25", "--pid", str(child.pid))
+    coll = Collector(tmp_path, "--mode", "counts", "--interval", "0.25", "--pid", str(child.pid),
+                     "--bpftrace", bpftrace_bin)
     sub = Subscriber(coll.endpoint, ("counts", "status"))
     try:
         sub.wait_status()

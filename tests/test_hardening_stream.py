@@ -126,14 +126,14 @@ os.read(0, 3)
 """
 
 
-def test_a_loss_shows_in_status_even_if_bpftrace_never_reports_it(tmp_path, prereqs):
+def test_a_loss_shows_in_status_even_if_bpftrace_never_reports_it(tmp_path, bpftrace_bin):
     """bpftrace stopped during a burst on a target that then goes quiet: the kernel drops what does
     not fit its buffers, and bpftrace would report it only when a later event reaches that CPU's
     buffer. status must show it within seconds, and delivered + lost must be what was made."""
     made = 300_000
     child = subprocess.Popen([sys.executable, "-c", BURST, str(made)], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
-    coll = Collector(tmp_path, "--echo-rate", "0", "--comm", "sw-burst")
+    coll = Collector(tmp_path, "--echo-rate", "0", "--comm", "sw-burst", "--bpftrace", bpftrace_bin)
     sub = Subscriber(coll.endpoint)
     try:
         sub.wait_status()

@@ -1,8 +1,10 @@
 """The traced machine's name, also when the collector runs in a container.
 
-In docker-compose the collector's own UTS namespace holds the container's id as hostname.
-With `pid: host` PID 1 is the host's init, so the collector reads the name in PID 1's UTS
-namespace: a short-lived thread joins it (setns changes only the calling thread) and asks.
+In docker-compose the collector's own UTS namespace holds the container's id as hostname, and
+docker-compose 1.29 has no `uts: host`. The compose file mounts the host's /etc/hostname at
+/host/etc/hostname, which is read first. Elsewhere, when the collector runs in another UTS
+namespace than PID 1 (the host's init, with `pid: host`) and may look at it, a short-lived thread
+joins PID 1's UTS namespace (setns changes only the calling thread) and asks.
 """
 from __future__ import annotations
 
@@ -21,8 +23,18 @@ def _same_uts() -> bool:
         return True                     # cannot tell: use our own name
 
 
+MOUNTED_HOSTNAME = "/host/etc/hostname"
+
+
 def host_name() -> str:
-    """The host's name: ours, or PID 1's when we run in another UTS namespace."""
+    """The host's name: the mounted host /etc/hostname, ours, or PID 1's in another UTS namespace."""
+    try:
+        with open(MOUNTED_HOSTNAME) as f:
+            name = f.read().strip()
+        if name:
+            return name
+    except OSError:
+        pass
     if _same_uts():
         return socket.gethostname()
     result: list[str] = []

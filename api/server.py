@@ -8,6 +8,7 @@ to the collector (api/stream.py). Flags beat environment variables, which beat d
 from __future__ import annotations
 
 import argparse
+import functools
 import errno
 import logging
 import os
@@ -17,8 +18,8 @@ import string
 import sys
 import textwrap
 
-from shared import curve, protocol
-from shared.config import add_option, env_default
+from shared import __version__, curve, protocol
+from shared.config import add_option
 from shared.zmqsock import check_endpoint
 
 EPILOG = textwrap.dedent("""\
@@ -49,90 +50,78 @@ EPILOG = textwrap.dedent("""\
         """)
 
 
-def _positive(text: str) -> int:
+def positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise ValueError(f"must be at least 1, got {value}")
     return value
 
 
-def _port(text: str) -> int:
+def port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
         raise ValueError(f"a TCP port is 0..65535, got {value}")
     return value
 
 
-def _arg_type(convert):
-    """argparse type from a converter, keeping the converter's message."""
-    def parse(text):
-        try:
-            return convert(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-    parse.__name__ = convert.__name__.lstrip("_")
-    return parse
+def seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 3600:
+        raise ValueError(f"must be a positive number of seconds (at most 3600), got {text}")
+    return value
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m api.server", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        prog="syswatch-api", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="syswatch API: the IP list (SQLite) and live views of the collector's syscall stream.")
-    add = p.add_argument
-    pos, port = _arg_type(_positive), _arg_type(_port)
-    add("--host", default=env_default("SYSWATCH_HOST", "127.0.0.1"),
-        help="address to listen on (default: %(default)s)")
-    add("--port", type=port, default=env_default("SYSWATCH_PORT", 8080, _port),
-        help="TCP port to listen on (default: %(default)s)")
-    add_option(p, "--collector", env="SYSWATCH_COLLECTOR", default=[protocol.DEFAULT_ENDPOINT], repeatable=True,
-               type=check_endpoint, metavar="ENDPOINT",
-               help="a collector's ZeroMQ PUB endpoint; repeat (env: comma separated) for one view over several")
-    add("--db", default=env_default("SYSWATCH_DB", "./syswatch.sqlite3"),
-        help="SQLite file holding the IP list (default: %(default)s)")
-    add("--token-file", default=None,
-        help="file holding the bearer token every POST must send; beats SYSWATCH_TOKEN "
-             "(default: none, POSTs are open unless SYSWATCH_TOKEN is set)")
-    add("--max-body-bytes", type=pos, default=env_default("SYSWATCH_MAX_BODY_BYTES", 1 << 20, _positive),
-        help="largest POST body accepted, else 413 (default: %(default)s)")
-    add("--max-items", type=pos, default=env_default("SYSWATCH_MAX_ITEMS", 10_000, _positive),
-        help="most add_ips items in one request, else 413 (default: %(default)s)")
-    add("--max-ips", type=pos, default=env_default("SYSWATCH_MAX_IPS", 100_000, _positive),
-        help="most addresses the list may hold, else 409 (default: %(default)s)")
-    add("--recent-events", type=pos, default=env_default("SYSWATCH_RECENT_EVENTS", 10_000, _positive),
-        help="events kept for GET /events; also its largest ?limit= (default: %(default)s)")
-    add("--max-streams", type=pos, default=env_default("SYSWATCH_MAX_STREAMS", 8, _positive),
-        help="most concurrent GET /events/stream clients, else 503 (default: %(default)s)")
-    add("--stream-queue", type=pos, default=env_default("SYSWATCH_STREAM_QUEUE", 20_000, _positive),
-        help="events queued per stream client before drops (default: %(default)s)")
-    add("--cors-origin", action="append", default=None, metavar="ORIGIN",
+    opt = functools.partial(add_option, p)
+    opt("--host", env="SYSWATCH_HOST", default="127.0.0.1", help="address to listen on")
+    opt("--port", env="SYSWATCH_PORT", default=8080, type=port, help="TCP port to listen on")
+    opt("--collector", env="SYSWATCH_COLLECTOR", default=[protocol.DEFAULT_ENDPOINT], repeatable=True,
+        type=check_endpoint, metavar="ENDPOINT",
+        help="a collector's ZeroMQ PUB endpoint; repeat (env: comma separated) for one view over several")
+    opt("--db", env="SYSWATCH_DB", default="./syswatch.sqlite3", help="SQLite file holding the IP list")
+    opt("--token-file", help="file holding the bearer token every POST must send; beats SYSWATCH_TOKEN "
+                             "(none: POSTs are open unless SYSWATCH_TOKEN is set)")
+    opt("--max-body-bytes", env="SYSWATCH_MAX_BODY_BYTES", default=1 << 20, type=positive,
+        help="largest POST body accepted, else 413")
+    opt("--max-items", env="SYSWATCH_MAX_ITEMS", default=10_000, type=positive,
+        help="most add_ips items in one request, else 413")
+    opt("--max-ips", env="SYSWATCH_MAX_IPS", default=100_000, type=positive,
+        help="most addresses the list may hold, else 409")
+    opt("--recent-events", env="SYSWATCH_RECENT_EVENTS", default=10_000, type=positive,
+        help="events kept for GET /events; also its largest ?limit=")
+    opt("--max-streams", env="SYSWATCH_MAX_STREAMS", default=8, type=positive,
+        help="most concurrent GET /events/stream clients, else 503")
+    opt("--stream-queue", env="SYSWATCH_STREAM_QUEUE", default=20_000, type=positive,
+        help="events queued per stream client before drops")
+    opt("--cors-origin", env="SYSWATCH_CORS_ORIGINS", default=[], repeatable=True, metavar="ORIGIN",
         help="a browser origin (scheme://host[:port], exact, no wildcard) whose pages may call the API "
-             "(CORS); repeatable [env SYSWATCH_CORS_ORIGINS, comma separated] (default: none, same origin only)")
-    add("--allowed-host", action="append", default=None, metavar="NAME",
+             "(CORS); repeatable (none: same origin only)")
+    opt("--allowed-host", env="SYSWATCH_ALLOWED_HOSTS", default=[], repeatable=True, metavar="NAME",
         help="a Host name the API answers to besides localhost/127.0.0.1/[::1]; repeatable; turns the "
-             "Host check on for any --host [env SYSWATCH_ALLOWED_HOSTS, comma separated] (default: the check "
-             "is on when --host is a loopback address, with loopback names only)")
-    add("--sse-heartbeat", type=float, default=10.0,
-        help="seconds between heartbeat comments on an idle event stream (default: %(default)s)")
-    add("--threads", type=pos, default=env_default("SYSWATCH_THREADS", 16, _positive),
-        help="waitress worker threads; at least --max-streams + 4 (default: %(default)s)")
-    add("--max-connections", type=pos, default=env_default("SYSWATCH_MAX_CONNECTIONS", 1000, _positive),
-        help="open connections waitress accepts; more wait in the listen backlog (default: %(default)s)")
-    add("--channel-timeout", type=pos, default=env_default("SYSWATCH_CHANNEL_TIMEOUT", 60, _positive),
-        help="seconds before an idle connection is closed (default: %(default)s)")
+             "Host check on for any --host (none: the check is on when --host is a loopback address, "
+             "with loopback names only)")
+    opt("--sse-heartbeat", env="SYSWATCH_SSE_HEARTBEAT", default=10.0, type=seconds,
+        help="seconds between heartbeat comments on an idle event stream")
+    opt("--threads", env="SYSWATCH_THREADS", default=16, type=positive,
+        help="waitress worker threads; at least --max-streams + 4")
+    opt("--max-connections", env="SYSWATCH_MAX_CONNECTIONS", default=1000, type=positive,
+        help="open connections waitress accepts; more wait in the listen backlog")
+    opt("--channel-timeout", env="SYSWATCH_CHANNEL_TIMEOUT", default=60, type=positive,
+        help="seconds before an idle connection is closed")
+    p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     args = p.parse_args(argv)
     from api import web
     try:
-        args.cors_origin = web.parse_origins(args.cors_origin if args.cors_origin is not None
-                                             else [os.environ.get("SYSWATCH_CORS_ORIGINS", "")])
+        args.cors_origin = web.parse_origins(args.cors_origin)
     except web.BadOrigin as exc:
         p.error(f"--cors-origin / SYSWATCH_CORS_ORIGINS: {exc}")
-    hosts = args.allowed_host if args.allowed_host is not None else [os.environ.get("SYSWATCH_ALLOWED_HOSTS", "")]
-    args.allowed_host = tuple(h.strip().lower() for v in hosts for h in v.split(",") if h.strip())
+    args.allowed_host = tuple(h.strip().lower() for h in args.allowed_host if h.strip())
     if args.threads < args.max_streams + 4:
         p.error(f"--threads {args.threads} must be at least --max-streams {args.max_streams} + 4, "
                 f"so that open event streams never take every worker thread")
-    if args.sse_heartbeat <= 0:
-        p.error("--sse-heartbeat must be a positive number of seconds")
     return args
 
 

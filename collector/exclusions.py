@@ -38,53 +38,80 @@ def _host_pid_namespace() -> int:
     return os.stat("/proc/self/ns/pid").st_ino
 
 
-def host_pid(pid: int, pid_ns: int, proc: str = "/proc") -> int | None:
-    """The host PID of process ``pid`` as seen in PID namespace ``pid_ns``, or None."""
+def _nspid(pid: str, proc: str) -> list[int]:
+    """The PIDs of a process in each nested namespace (/proc/PID/status "NSpid:", readable by all)."""
+    with open(f"{proc}/{pid}/status") as f:
+        for line in f:
+            if line.startswith("NSpid:"):
+                return [int(x) for x in line.split()[1:]]
+    return []
+
+
+def host_pids(pid: int, pid_ns: int, proc: str = "/proc") -> list[int]:
+    """Host PIDs that may be process ``pid`` of PID namespace ``pid_ns``: exactly one when the
+    namespace can be read (/proc/N/ns/pid needs ptrace access), else every process whose
+    innermost PID is ``pid`` in a nested namespace (the connection check decides)."""
     if pid_ns == _host_pid_namespace():
-        return pid if os.path.exists(f"{proc}/{pid}") else None
+        return [pid] if os.path.exists(f"{proc}/{pid}") else []
+    maybe = []
     for name in os.listdir(proc):
         if not name.isdigit():
             continue
         try:
-            if os.stat(f"{proc}/{name}/ns/pid").st_ino != pid_ns:
+            nspid = _nspid(name, proc)
+            if len(nspid) < 2 or nspid[-1] != pid:
                 continue
-            with open(f"{proc}/{name}/status") as f:
-                for line in f:
-                    if line.startswith("NSpid:"):
-                        if int(line.split()[-1]) == pid:
-                            return int(name)
-                        break
+            try:
+                if os.stat(f"{proc}/{name}/ns/pid").st_ino == pid_ns:
+                    return [int(name)]
+            except PermissionError:         # an unprivileged process seen without CAP_SYS_PTRACE
+                maybe.append(int(name))
         except (OSError, ValueError):
             continue
-    return None
+    return maybe
+
+
+def _socket_inodes(pid: int, proc: str) -> set[str] | None:
+    """The inodes of the process's sockets, or None when its fds cannot be read (no ptrace access)."""
+    try:
+        names = os.listdir(f"{proc}/{pid}/fd")
+    except PermissionError:
+        return None
+    inodes = set()
+    for fd in names:
+        try:
+            target = os.readlink(f"{proc}/{pid}/fd/{fd}")
+        except PermissionError:             # the list may be readable, the links not
+            return None
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
 
 
 def connected_to(pid: int, port: int, proc: str = "/proc") -> bool:
-    """Whether process ``pid`` holds an established TCP connection to remote port ``port``."""
+    """Whether process ``pid`` holds an established TCP connection to remote port ``port``.
+
+    Where its fds cannot be read (a process of another user, in a container, and no
+    CAP_SYS_PTRACE), a connection to that port in the process's network namespace counts."""
     try:
-        inodes = set()
-        for fd in os.listdir(f"{proc}/{pid}/fd"):
-            try:
-                target = os.readlink(f"{proc}/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-        if not inodes:
-            return False
-        for table in ("tcp", "tcp6"):
-            try:
-                with open(f"{proc}/{pid}/net/{table}") as f:
-                    next(f, None)
-                    for line in f:
-                        cols = line.split()
-                        if len(cols) > 9 and cols[3] == _ESTABLISHED and cols[9] in inodes \
-                                and int(cols[2].rsplit(":", 1)[1], 16) == port:
-                            return True
-            except OSError:
-                continue
+        inodes = _socket_inodes(pid, proc)
     except OSError:
         return False
+    if inodes is not None and not inodes:
+        return False
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"{proc}/{pid}/net/{table}") as f:
+                next(f, None)
+                for line in f:
+                    cols = line.split()
+                    if len(cols) > 9 and cols[3] == _ESTABLISHED and (inodes is None or cols[9] in inodes) \
+                            and int(cols[2].rsplit(":", 1)[1], 16) == port:
+                        return True
+        except OSError:
+            continue
     return False
 
 
@@ -134,10 +161,15 @@ class Exclusions:
 
     def announce(self, pid: int, pid_ns: int) -> None:
         """A subscriber announced itself: verify and exclude it."""
-        hpid = host_pid(pid, pid_ns)
-        if hpid is None or hpid in self.own:
+        candidates = [p for p in host_pids(pid, pid_ns) if p not in self.own]
+        if self.port is not None and len(candidates) > 1:
+            candidates = [p for p in candidates if connected_to(p, self.port)]
+        if len(candidates) != 1:
             self.refused += 1
+            log.warning("a subscriber announced PID %d of PID namespace %d, which matches %d processes "
+                        "here: not excluded", pid, pid_ns, len(candidates))
             return
+        hpid = candidates[0]
         if hpid in self.subscribers:
             return
         if len(self.subscribers) >= MAX_SUBSCRIBERS:

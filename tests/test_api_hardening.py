@@ -219,7 +219,7 @@ ALIASES = ["/clear_ip_list%ff", "//clear_ip_list", "/%2Fclear_ip_list", "/%2fcle
 
 
 def post_raw(port: int, target: str, body: bytes) -> tuple[int, dict, bytes]:
-    return raw_request(port, f"POST {target} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    return raw_request(port, f"POST {target} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                              f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
 
 
@@ -232,7 +232,7 @@ def test_path_alias_is_404_and_changes_nothing(api, alias):
     assert "no such endpoint" in strict_json(body)["error"]
     assert api.ips() == [7]
     status, _, body = raw_request(api.port, f"GET {alias.replace('clear_ip_list', 'apis')} HTTP/1.1\r\n"
-                                            f"Host: x\r\nConnection: close\r\n\r\n".encode())
+                                            f"Host: localhost\r\nConnection: close\r\n\r\n".encode())
     assert status == 404, body
 
 

@@ -58,7 +58,7 @@ def test_authorised_subscriber_receives_and_a_stranger_gets_nothing(curve_stack,
     ctx3, plain = zmq.Context(), None
     try:
         plain = zmqsock.make_subscriber(ctx3, curve_stack.collector_endpoint, (protocol.TOPIC_STATUS,))
-        assert wait_for_status(alice, timeout=30)["v"] == 1
+        assert wait_for_status(alice, timeout=30)["v"] == 2
         # The collector publishes status every second: 5 s of silence means refused.
         assert list(receive(mallory, time.monotonic() + 5)) == []
         assert list(receive(plain, time.monotonic() + 1)) == []

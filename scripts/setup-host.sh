@@ -2,7 +2,8 @@
 # Prepare a Debian bookworm host (as root) for running and testing syswatch.
 #
 # What it does, each step skipped when already done (a second run takes ~1 s):
-#   1. apt packages: bpftrace docker.io docker-compose debootstrap curl bpftool strace
+#   1. apt packages: bpftrace docker.io docker-compose debootstrap curl bpftool strace wrk, and
+#      qemu-system-x86 (the kprobe VM of scripts/kernel-vm.sh)
 #   2. tracefs on /sys/kernel/tracing and debugfs on /sys/kernel/debug (bpftrace's tracepoints need them)
 #   3. the Python test dependencies: python3 -m pip install -r requirements-dev.txt
 #   4. dockerd: started in the background (log: $SYSWATCH_DOCKERD_LOG) when its socket does not answer
@@ -15,7 +16,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DOCKERD_LOG="${SYSWATCH_DOCKERD_LOG:-/var/log/syswatch-dockerd.log}"
 DOCKERD_WAIT="${SYSWATCH_DOCKERD_WAIT:-60}"
-APT_PACKAGES=(bpftrace docker.io docker-compose debootstrap curl bpftool strace wrk)
+APT_PACKAGES=(bpftrace docker.io docker-compose debootstrap curl bpftool strace wrk qemu-system-x86 e2fsprogs)
 
 say() { echo "setup-host: $*"; }
 die() { echo "setup-host: error: $*" >&2; exit 1; }

@@ -6,7 +6,10 @@
 #   sudo scripts/test.sh tests/test_e2e_docker.py -x
 #
 # Stages: setup-host.sh (apt packages, tracefs, pip requirements, dockerd), build-base-image.sh
-# (debian:bookworm-slim without a registry), pytest. Prints how long each stage took. The exit
+# (debian:bookworm-slim without a registry), vm-root (the cached root of the kprobe VM,
+# scripts/kernel-vm.sh --build-only: minutes the first time, then ~0 s), pytest. The VM itself runs
+# in pytest (tests/test_kernel_vm.py, marker vm); tests marked kprobe are deselected on a kernel
+# without kprobes (tests/conftest.py) and run inside that VM. Prints how long each stage took. The exit
 # status is pytest's; "no tests collected" (5) counts as a failure like any other non-zero status.
 # With CI=true (set by CI) a missing prerequisite or a skipped test fails the run (tests/conftest.py).
 set -euo pipefail
@@ -32,6 +35,9 @@ trap report EXIT
 [[ $(id -u) -eq 0 ]] || { echo "test.sh: error: run as root: sudo $0 (bpftrace and docker need it)" >&2; exit 1; }
 stage setup-host scripts/setup-host.sh
 stage base-image scripts/build-base-image.sh
+# Not fatal here: tests/test_kernel_vm.py then fails with the reason, and other tests still run.
+stage vm-root scripts/kernel-vm.sh --build-only \
+    || echo "test.sh: warning: the kprobe VM's root could not be built; tests/test_kernel_vm.py will fail" >&2
 
 rc=0
 stage pytest python3 -m pytest --durations=15 "$@" || rc=$?

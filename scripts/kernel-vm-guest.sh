@@ -19,7 +19,7 @@ poweroff_now() {
     echo o >/proc/sysrq-trigger
     sleep 30                 # the power-off is asynchronous; PID 1 must not exit meanwhile
 }
-trap 'echo "SYSWATCH-VM-DONE status=${DONE_STATUS:-3}"; poweroff_now' EXIT
+trap 'echo "SYSWATCH-VM-DONE status=${DONE_STATUS:-125}"; poweroff_now' EXIT
 
 mnt() {  # fstype dir [options]: mount unless already mounted
     local fstype=$1 dir=$2 opts=${3:-}

@@ -123,7 +123,7 @@ done
 # Prerequisites ---------------------------------------------------------------------------------
 [[ $(id -u) -eq 0 ]] || die 69 "run as root: sudo $0 (debootstrap and the root image need it)"
 for cmd in qemu-system-x86_64:qemu-system-x86 debootstrap:debootstrap mkfs.ext4:e2fsprogs \
-           sha256sum:coreutils flock:util-linux; do
+           sha256sum:coreutils flock:util-linux setpriv:util-linux; do
     command -v "${cmd%%:*}" >/dev/null \
         || die 69 "${cmd%%:*} is missing: apt-get install -y ${cmd#*:} (scripts/setup-host.sh installs it)"
 done
@@ -249,7 +249,8 @@ say "stage boot+tests: qemu TCG, ${SMP} CPU(s), ${MEMORY} MiB, limit ${TIMEOUT}s
 for i in "${!PASSES[@]}"; do say "  SYSWATCH_PROBE=${PASSES[i]} python3 -m pytest ${PASS_ARGS[i]}"; done
 : >"$LOG"
 start=$SECONDS
-TMPDIR=/var/tmp qemu-system-x86_64 -accel tcg -cpu max -smp "$SMP" -m "$MEMORY" \
+# setpriv --pdeathsig: QEMU dies with this script even when the script is SIGKILLed (no trap runs then)
+TMPDIR=/var/tmp setpriv --pdeathsig KILL qemu-system-x86_64 -accel tcg -cpu max -smp "$SMP" -m "$MEMORY" \
     -display none -monitor none -serial "file:$LOG" -nic none -no-reboot \
     -kernel "$IMG_DIR/vmlinuz" -initrd "$IMG_DIR/initrd.img" \
     -append "root=/dev/vda rw console=ttyS0 init=/sbin/syswatch-vm-init panic=-1 quiet loglevel=3" \

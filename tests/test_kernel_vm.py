@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import subprocess
 
 import pytest
@@ -48,15 +49,26 @@ def test_collector_and_kprobe_tests_pass_in_a_kprobe_vm():
     for cmd, pkg in (("qemu-system-x86_64", "qemu-system-x86"), ("debootstrap", "debootstrap"),
                      ("mkfs.ext4", "e2fsprogs")):
         require(have(cmd), f"install {pkg}: apt-get install -y {pkg} (scripts/setup-host.sh does it)")
-    res = subprocess.run(
-        [str(SCRIPT), "--timeout", str(RUN_TIMEOUT), "--build-timeout", str(BUILD_TIMEOUT),
-         *[a for probe, args in PASSES.items()
-           for a in ("--pass", f"{probe}:-v --durations=10 {shlex.join(args)}")]],
-        cwd=ROOT, capture_output=True, text=True, timeout=BUILD_TIMEOUT + RUN_TIMEOUT + 120)
-    out = res.stdout
+    argv = [str(SCRIPT), "--timeout", str(RUN_TIMEOUT), "--build-timeout", str(BUILD_TIMEOUT),
+            *[a for probe, args in PASSES.items() for a in ("--pass", f"{probe}:-v --durations=10 {shlex.join(args)}")]]
+    # The script has its own hard timeouts; this one is a backstop. Its own session, so that the
+    # whole group goes (QEMU also dies with the script: setpriv --pdeathsig).
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=BUILD_TIMEOUT + RUN_TIMEOUT + 120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    res = subprocess.CompletedProcess(argv, proc.returncode, out, err)
     results = re.findall(r"^\s*SYSWATCH-VM-RESULT probe=(\S+) status=(\d+) seconds=(\d+) summary=(.*)$", out, re.M)
     booted = re.search(r"^\s*SYSWATCH-VM-BOOTED (.*)$", out, re.M)
-    stages = [l for l in out.splitlines() if l.startswith("kernel-vm: [")]
+    stages = [l for l in out.splitlines() if l.startswith("kernel-vm: [") and "python3 -m pytest" not in l]
     vm_report.append(f"kernel-vm.sh exit {res.returncode}; {booted.group(1) if booted else 'guest did not boot'}")
     vm_report.extend(f"SYSWATCH_PROBE={p}: pytest exit {s} in {t}s: {summ}" for p, s, t, summ in results)
     vm_report.extend(stages)

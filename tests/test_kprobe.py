@@ -36,6 +36,15 @@ def kprobe_kernel():
     assert reason is None, f"the kprobe tests need a kernel with kprobes: {reason}"
 
 
+def _bpftrace_pid(coll: Collector, timeout: float = 30) -> int:
+    """bpftrace's PID from the start-up lines. The collector writes them one by one after
+    "Monitoring..." (which is all Collector waits for): under emulation a read can fall between."""
+    deadline = time.monotonic() + timeout
+    while len(coll.excluded_pids()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return coll.bpftrace_pid()
+
+
 def _status_probe(coll: Collector) -> str:
     sub = Subscriber(coll.endpoint, ("status",))
     try:
@@ -165,7 +174,7 @@ def test_sigterm_leaves_no_kprobe_and_no_program(tmp_path):
     before = _kprobe_list_hits()
     coll = Collector(tmp_path, "--probe", "kprobe", "--echo-rate", "0")
     try:
-        bt = coll.bpftrace_pid()
+        bt = _bpftrace_pid(coll)
         attached = _perf_attachments(bt)
         funcs = {a.get("func") for a in attached}
         assert {"__x64_sys_read", "__x64_sys_write"} <= funcs, attached
@@ -190,7 +199,7 @@ def test_sigkill_of_the_collector_removes_the_kprobes(tmp_path):
     """SIGKILL on the collector (OOM killer): bpftrace dies with it and its kprobes go with it."""
     before = _kprobe_list_hits()
     coll = Collector(tmp_path, "--probe", "kprobe", "--echo-rate", "0", "--pid", "1")
-    bt = coll.bpftrace_pid()
+    bt = _bpftrace_pid(coll)
     coll.proc.kill()
     coll.proc.wait()
     deadline = time.monotonic() + 30

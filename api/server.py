@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     from api.httplog import AccessLog, RequestStats, json_server_errors, stdout_line
     from api.iplist import DatabaseUnusable, IPList
     from api.routes import Api, Limits, build_app
-    from api.stream import StreamHub, StreamStats, Subscriber
+    from api.stream import StreamHub, StreamStats, StreamSubscriber
     from api.web import StaticFiles, WebGuard
 
     try:
@@ -194,7 +194,7 @@ def main(argv=None) -> int:
     except curve.CurveError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    subscriber = Subscriber(args.collector, stats, hub, curve_client=curve_client)
+    subscriber = StreamSubscriber(args.collector, stats, hub, curve_client=curve_client)
     requests = RequestStats()
     limits = Limits(max_body_bytes=args.max_body_bytes, max_items=args.max_items,
                     max_events_limit=args.recent_events, default_events_limit=min(100, args.recent_events),

@@ -1,7 +1,7 @@
 """The live side of the API: one background thread owns the ZeroMQ SUB sockets (one per collector)
 and feeds one stats model.
 
-    Subscriber (thread) --decode--> StreamStats (per-host aggregates + recent events, short lock)
+    StreamSubscriber (thread) --decode--> StreamStats (per-host aggregates + recent events, short lock)
                                 \-> StreamHub   (one bounded queue per /events/stream client)
 
 HTTP threads only read copies (``StreamStats.snapshot`` / ``recent_events``), so a slow reader
@@ -520,7 +520,7 @@ class StreamHub:
             self.stats.add_sse_dropped(dropped)
 
 
-class Subscriber(threading.Thread):
+class StreamSubscriber(threading.Thread):
     """Owns one SUB socket per collector endpoint (used from this thread only); decodes into ``stats`` and ``hub``."""
 
     def __init__(self, endpoints: list[str], stats: StreamStats, hub: StreamHub,

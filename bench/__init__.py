@@ -1,1 +1,1 @@
-"""syswatch benchmark suite: `python3 -m bench.run [--quick]` (see docs/readme/bench.md)."""
+"""syswatch benchmark suite: `python3 -m bench.run [--quick]` (see docs/BENCH.md)."""

@@ -40,7 +40,7 @@ ENDPOINTS = ("add_ips", "print_all_ips", "stats")
 CONCURRENCY = (1, 16)
 
 
-class ApiServer:
+class BenchApi:
     """``python3 -m api.server`` on a free port with a temporary database."""
 
     def __init__(self, collector: str, extra: list[str] | None = None):
@@ -51,7 +51,7 @@ class ApiServer:
         self.extra = extra or []
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "ApiServer":
+    def start(self) -> "BenchApi":
         argv = [sys.executable, "-m", "api.server", "--port", str(self.port),
                 "--collector", self.collector, "--db", str(self.dir / "ips.sqlite3"), *self.extra]
         env = {k: v for k, v in os.environ.items() if k != "SYSWATCH_TOKEN"}
@@ -221,7 +221,7 @@ def _batches(n_pids: int = 50, per_batch: int = 256) -> list[list[bytes]]:
     return out
 
 
-def subscriber_rate(api: ApiServer, pub: zmq.Socket, rate: int, seconds: float) -> dict:
+def subscriber_rate(api: BenchApi, pub: zmq.Socket, rate: int, seconds: float) -> dict:
     """Offer ``rate`` events/s for ``seconds``; how fast the API took them in."""
     batches, per_batch = _batches(), 256
     before = api.stats()["events_received"]
@@ -263,7 +263,7 @@ def run(plan: Plan, log: Callable[[str], None]) -> dict:
     pub = make_publisher(ctx, endpoint, sndhwm=100_000)
     rows = []
     try:
-        with ApiServer(endpoint) as api:
+        with BenchApi(endpoint) as api:
             base = 1
             for kind in ENDPOINTS:
                 if kind == "print_all_ips":  # a list of plan.api_ips addresses

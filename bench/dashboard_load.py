@@ -9,11 +9,11 @@ interval timer's lateness). A measurement, not a test: nothing is asserted.
 """
 import sys, time, threading, tempfile
 from pathlib import Path
-from tests.apiserver import ApiServer, Publisher, connect, event
+from tests.apiserver import ApiProcess, Publisher, connect, event
 from tests.browser import start_chromium
 SECONDS = float(sys.argv[1]) if len(sys.argv) > 1 else 20
 tmp = Path(tempfile.mkdtemp(prefix="syswatch-dashload-"))
-api = ApiServer(tmp / "ips.sqlite3").start()
+api = ApiProcess(tmp / "ips.sqlite3").start()
 driver = None
 stop = threading.Event()
 sent = [0]

@@ -16,7 +16,7 @@ from . import procs, stats, tracers, workloads
 from .plan import Plan
 
 
-def paced_run(tracer: tracers.Collector, rate: int, seconds: float) -> dict:
+def paced_run(tracer: tracers.CollectorTracer, rate: int, seconds: float) -> dict:
     """Run the writer at ``rate`` for ``seconds``; delivery counts and latency percentiles."""
     sub = tracer.subscriber
     out = Path(tempfile.mkstemp(prefix="syswatch-bench-send.")[1])

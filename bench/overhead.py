@@ -76,7 +76,7 @@ def timed_run(tracer: tracers.Tracer, wl: Workload) -> dict:
         run["counted_calls"] = sub.counted_calls
         for key in ("events_total", "lost_total", "dropped_total", "malformed_total"):
             run[key.replace("_total", "")] = st1[key] - st0[key]
-    if isinstance(tracer, tracers.Collector) and not tracer.alive():
+    if isinstance(tracer, tracers.CollectorTracer) and not tracer.alive():
         run["collector_exited"] = f"status {tracer.proc.returncode}: {tracer.log_tail(6)}"
     elif pids.get("bpftrace") and procs.comm_of(pids["bpftrace"]) != "bpftrace":
         run["collector_exited"] = f"its bpftrace {pids['bpftrace']} is gone: {getattr(tracer, 'log_tail', str)()}"

@@ -139,7 +139,7 @@ class Gated:
 
     def release(self) -> None:
         self.started = time.perf_counter()
-        self.started_mono = time.monotonic()  # comparable with Subscriber.last_arrival
+        self.started_mono = time.monotonic()  # comparable with BenchSubscriber.last_arrival
         os.write(self._wfd, b"g")
         os.close(self._wfd)
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from . import machine, procs, report, tracers, workloads
-from .api_load import ApiServer
+from .api_load import BenchApi
 from .subscriber import NoStatus
 
 
@@ -82,7 +82,7 @@ def soak(duration: float, rate: int, api_rps: float, log) -> dict:
 
 
 def _soak(result: dict, out: Path, duration: float, rate: int, api_rps: float, log) -> dict:
-    with tracers.Collector("events") as col, ApiServer(col.endpoint) as api:
+    with tracers.CollectorTracer("events") as col, BenchApi(col.endpoint) as api:
         sub = col.subscriber
         deadline = time.monotonic() + 15
         while not api.request("GET", "/healthz")[1].get("collector_connected"):

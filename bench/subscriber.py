@@ -37,7 +37,7 @@ class NoStatus(RuntimeError):
     """No status message from the collector in time: the run's lost/dropped counts are unknown."""
 
 
-class Subscriber(threading.Thread):
+class BenchSubscriber(threading.Thread):
     def __init__(self, endpoint: str):
         super().__init__(daemon=True, name="bench-subscriber")
         self.endpoint = endpoint

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from . import procs
-from .subscriber import Subscriber
+from .subscriber import BenchSubscriber
 
 REPO = Path(__file__).resolve().parent.parent
 PROBES = "tracepoint:syscalls:sys_enter_read,tracepoint:syscalls:sys_enter_write"
@@ -56,7 +56,7 @@ class Tracer:
     """No tracing; the base of every set-up. ``wrap`` turns a workload into what to run."""
 
     name = "none"
-    subscriber: Subscriber | None = None
+    subscriber: BenchSubscriber | None = None
 
     def wrap(self, argv: list[str]) -> list[str]:
         return argv
@@ -154,8 +154,8 @@ def trixie_available() -> str | None:
     return None
 
 
-class Collector(Tracer):
-    """``python3 -m collector.collector --mode MODE`` on a free port, with a Subscriber attached."""
+class CollectorTracer(Tracer):
+    """``python3 -m collector.collector --mode MODE`` on a free port, with a BenchSubscriber attached."""
 
     def __init__(self, mode: str, interval: float = 1.0):
         self.mode = mode
@@ -175,7 +175,7 @@ class Collector(Tracer):
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT)
-        self.subscriber = Subscriber(self.endpoint)
+        self.subscriber = BenchSubscriber(self.endpoint)
         self.subscriber.start()
         try:
             self.subscriber.wait_ready(timeout=60)
@@ -232,5 +232,5 @@ def make(name: str) -> Tracer:
             raise RuntimeError(trixie_available())
         return RawBpftrace(name, RAW23[name], binary)
     if name.startswith("collector-"):
-        return Collector(name.split("-", 1)[1])
+        return CollectorTracer(name.split("-", 1)[1])
     raise ValueError(f"unknown tracer {name!r}; known: {', '.join(LABELS)}")

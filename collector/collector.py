@@ -6,7 +6,7 @@ One process, one thread for the work (the XPUB socket is used from this thread o
 loop reads bpftrace's stdout in 256 KiB chunks, turns each chunk into one batch message per
 syscall topic (so every batch is published within one read of its arrival, well inside the
 contract's 10 ms), applies subscriptions, publishes ``status`` every second and echoes a
-capped number of events on the console. See docs/readme/collector.md and docs/PROTOCOL.md.
+capped number of events on the console. See docs/COLLECTOR.md and docs/PROTOCOL.md.
 """
 from __future__ import annotations
 

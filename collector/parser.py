@@ -262,7 +262,9 @@ class Parser:
         return row
 
     def _finish_interval(self) -> list[dict]:
-        rows = [r for r in self._pending.values() if r["calls"]]
+        excluded = self.excluded_pids            # subscribers and other collectors: counted, not published
+        rows = [r for r in self._pending.values() if r["calls"] and r["pid"] not in excluded]
+        self.excluded += sum(r["calls"] for r in self._pending.values() if r["pid"] in excluded)
         self._pending.clear()
         self.events += sum(r["calls"] for r in rows)
         return rows

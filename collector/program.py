@@ -69,11 +69,10 @@ def comm_literal(name: str) -> str:
 def check_syscalls(names: list[str]) -> list[str]:
     """The syscalls to trace, in protocol order, or FilterError naming the valid ones."""
     if not names:
-        raise FilterError(f"--syscalls needs at least one of: {', '.join(SYSCALLS)}")
+        raise FilterError(f"name at least one of: {', '.join(SYSCALLS)}")
     unknown = [n for n in names if n not in SYSCALLS]
     if unknown:
-        raise FilterError(f"--syscalls: unknown {', '.join(map(repr, unknown))}; "
-                          f"valid: {', '.join(SYSCALLS)}")
+        raise FilterError(f"unknown {', '.join(map(repr, unknown))}; valid: {', '.join(SYSCALLS)}")
     return [s for s in SYSCALLS if s in names]
 
 

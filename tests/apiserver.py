@@ -24,7 +24,7 @@ from tests.conftest import ROOT, die_with_test, free_port
 PYTHON = os.environ.get("SYSWATCH_TEST_PYTHON", sys.executable)
 
 
-class ApiServer:
+class ApiProcess:
     """`python -m api.server` on 127.0.0.1:<free port>; stdout and stderr are collected in ``lines``."""
 
     def __init__(self, db: Path, *args: str, collector: str | None = None, env: dict | None = None):
@@ -41,7 +41,7 @@ class ApiServer:
         return [PYTHON, "-m", "api.server", "--host", "127.0.0.1", "--port", str(self.port),
                 "--db", self.db, "--collector", self.collector, *self.args]
 
-    def start(self, wait: bool = True, timeout: float = 15) -> "ApiServer":
+    def start(self, wait: bool = True, timeout: float = 15) -> "ApiProcess":
         env = {k: v for k, v in os.environ.items() if not k.startswith("SYSWATCH_")}
         env.update(PYTHONUNBUFFERED="1", **self.extra_env)
         self.lines = []
@@ -162,7 +162,7 @@ def wait_for(predicate, timeout: float = 10, interval: float = 0.05, what: str =
         time.sleep(interval)
 
 
-def connect(server: ApiServer, pub: Publisher, timeout: float = 15) -> None:
+def connect(server: ApiProcess, pub: Publisher, timeout: float = 15) -> None:
     """Send status messages until the API reports the collector connected (ZeroMQ's slow joiner)."""
     def connected():
         pub.status()

@@ -82,7 +82,7 @@ class Child:
         return set(range(self.base, self.base + n))
 
 
-class Collector:
+class CollectorProcess:
     """``python -m collector.collector`` on a free port, output in files under ``tmp``."""
 
     def __init__(self, tmp: Path, *args: str, env: dict | None = None, wait: bool = True,
@@ -144,7 +144,7 @@ class Collector:
                 self.proc.wait()
 
 
-class Subscriber:
+class StreamReader:
     """A real SUB socket on the collector, decoding strictly."""
 
     def __init__(self, endpoint: str, topics=("",), curve_client=None, **sockopts):
@@ -175,7 +175,7 @@ class Subscriber:
         self.ctx.term()
 
 
-def collect_child_events(sub: Subscriber, child: Child, timeout: float = 20) -> tuple[list[dict], list[dict], int]:
+def collect_child_events(sub: StreamReader, child: Child, timeout: float = 20) -> tuple[list[dict], list[dict], int]:
     """Runs the child; returns (its marked events, every event seen, lost_total growth meanwhile).
 
     Stops when every expected event arrived (plus 0.3 s to catch duplicates), or, on a machine

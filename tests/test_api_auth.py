@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from tests.apiserver import ApiServer, wait_for
+from tests.apiserver import ApiProcess, wait_for
 
 TOKEN = "s3cret-Token_for.tests~42"
 
@@ -14,12 +14,12 @@ TOKEN = "s3cret-Token_for.tests~42"
 def server(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("auth")
     if request.param == "env":
-        srv = ApiServer(tmp / "ips.sqlite3", env={"SYSWATCH_TOKEN": TOKEN})
+        srv = ApiProcess(tmp / "ips.sqlite3", env={"SYSWATCH_TOKEN": TOKEN})
     else:
         token_file = tmp / "token"
         token_file.write_text(TOKEN + "\n")
         # the file beats the environment variable
-        srv = ApiServer(tmp / "ips.sqlite3", "--token-file", str(token_file), env={"SYSWATCH_TOKEN": "other"})
+        srv = ApiProcess(tmp / "ips.sqlite3", "--token-file", str(token_file), env={"SYSWATCH_TOKEN": "other"})
     with srv:
         yield srv
 
@@ -65,6 +65,6 @@ def test_token_never_appears_in_the_log(server):
 def test_bad_token_file_is_refused_at_start(tmp_path, content, message):
     token_file = tmp_path / "token"
     token_file.write_text(content)
-    srv = ApiServer(tmp_path / "ips.sqlite3", "--token-file", str(token_file)).start(wait=False)
+    srv = ApiProcess(tmp_path / "ips.sqlite3", "--token-file", str(token_file)).start(wait=False)
     assert srv.wait_exit() != 0
     assert message in srv.output and "Traceback" not in srv.output

@@ -5,7 +5,7 @@ import re
 import socket
 import subprocess
 
-from tests.apiserver import PYTHON, ApiServer
+from tests.apiserver import PYTHON, ApiProcess
 from tests.conftest import ROOT
 
 
@@ -53,7 +53,7 @@ def test_port_in_use_is_a_clear_error(tmp_path):
 
 
 def test_environment_configures_and_flags_beat_it(tmp_path):
-    srv = ApiServer(tmp_path / "ips.sqlite3", "--max-items", "3", env={"SYSWATCH_MAX_ITEMS": "1",
+    srv = ApiProcess(tmp_path / "ips.sqlite3", "--max-items", "3", env={"SYSWATCH_MAX_ITEMS": "1",
                                                                      "SYSWATCH_MAX_IPS": "4"})
     with srv:
         assert srv.post("/add_ips", {"add_ips": [1, 2, 3]}).status_code == 200      # flag: 3 per request
@@ -65,7 +65,7 @@ def test_environment_configures_and_flags_beat_it(tmp_path):
 def test_sigterm_ends_open_streams_and_exits_0(tmp_path):
     import requests
     from tests.apiserver import wait_for
-    srv = ApiServer(tmp_path / "ips.sqlite3").start()
+    srv = ApiProcess(tmp_path / "ips.sqlite3").start()
     with requests.get(srv.url("/events/stream"), stream=True, timeout=10) as r:
         assert r.status_code == 200
         wait_for(lambda: srv.get("/stats").json()["api"]["event_streams"] == 1, what="the stream")

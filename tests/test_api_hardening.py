@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from tests.apiserver import PYTHON, ApiServer
+from tests.apiserver import PYTHON, ApiProcess
 from tests.conftest import ROOT, is_root, require
 
 
@@ -47,7 +47,7 @@ def strict_json(body: bytes):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = ApiServer(tmp_path_factory.mktemp("hard") / "ips.sqlite3", "--max-body-bytes", "4096")
+    srv = ApiProcess(tmp_path_factory.mktemp("hard") / "ips.sqlite3", "--max-body-bytes", "4096")
     with srv:
         yield srv
 
@@ -112,7 +112,7 @@ def test_database_written_by_python_3_11_and_then_3_13_dedupes(tmp_path):
     make_db(db, [("::ffff:102:304", '"::ffff:102:304"'), ("10.0.0.1", '"10.0.0.1"'), ("2001:db8::1", '"2001:db8::1"'),
                  ("::ffff:1.2.3.4", '"::ffff:1.2.3.4"'), ("::ffff:a00:1", '"::ffff:a00:1"')])
     for run in range(2):  # and again: the respelling is done once and changes nothing the second time
-        with ApiServer(db) as srv:
+        with ApiProcess(db) as srv:
             assert srv.ips() == ["::ffff:1.2.3.4", "10.0.0.1", "2001:db8::1", "::ffff:10.0.0.1"]
             r = srv.post("/add_ips", {"add_ips": ["::ffff:102:304", "::ffff:1.2.3.4", "::ffff:10.0.0.1"]})
             assert r.json()["added_ips"] == [] and r.json()["total_ips"] == 4
@@ -135,7 +135,7 @@ def test_ips_table_of_another_schema_is_refused_at_start_up(tmp_path, schema):
         conn.execute(schema)
     conn.close()
     before = sha256(db)
-    srv = ApiServer(db).start(wait=False)
+    srv = ApiProcess(db).start(wait=False)
     try:
         assert srv.wait_exit(timeout=30) == 2, srv.output
     finally:
@@ -160,7 +160,7 @@ def test_db_that_is_not_a_regular_file_is_a_clear_error_and_left_untouched(tmp_p
         require(is_root(), "run as root (the test makes a device node): sudo scripts/test.sh")
         os.mknod(db, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # like /dev/null
         expected, is_kind = "is a character device", stat.S_ISCHR
-    srv = ApiServer(db).start(wait=False)
+    srv = ApiProcess(db).start(wait=False)
     try:
         assert srv.wait_exit(timeout=30) == 2, srv.output
     finally:
@@ -177,7 +177,7 @@ def test_full_disk_is_507_disk_full_and_changes_nothing(tmp_path):
     mnt = tmp_path / "small"
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "syswatch-test-tmpfs", str(mnt)], check=True)
-    srv = ApiServer(mnt / "ips.sqlite3", "--max-items", "20000", "--max-body-bytes", "1000000")
+    srv = ApiProcess(mnt / "ips.sqlite3", "--max-items", "20000", "--max-body-bytes", "1000000")
     try:
         srv.start()
         assert srv.post("/add_ips", {"add_ips": [1, 2, "10.0.0.1"]}).status_code == 200
@@ -331,7 +331,7 @@ def test_env_default_exits_2_with_its_message_on_stderr(monkeypatch, capsys):
 
 # --- 10. test_api.sh against a list that is not empty ------------------------------------------
 
-def run_walk_through(srv: ApiServer) -> subprocess.CompletedProcess:
+def run_walk_through(srv: ApiProcess) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYSWATCH_")}
     return subprocess.run([str(ROOT / "test_api.sh")], env={**env, "BASE_URL": srv.base}, capture_output=True,
                           text=True, timeout=120)

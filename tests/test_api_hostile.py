@@ -9,14 +9,14 @@ import time
 import pytest
 import requests
 
-from tests.apiserver import ApiServer
+from tests.apiserver import ApiProcess
 from tests.conftest import rss_kib
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """Few worker threads, few connections, a short idle timeout: limits are reached quickly."""
-    srv = ApiServer(tmp_path_factory.mktemp("hostile") / "ips.sqlite3", "--threads", "5", "--max-streams", "1",
+    srv = ApiProcess(tmp_path_factory.mktemp("hostile") / "ips.sqlite3", "--threads", "5", "--max-streams", "1",
                     "--max-connections", "40", "--channel-timeout", "2", "--max-body-bytes", "1000")
     with srv:
         yield srv
@@ -72,7 +72,7 @@ def test_more_idle_connections_than_the_limit_delay_but_do_not_stop_service(smal
 
 
 def test_many_idle_connections_use_bounded_memory(tmp_path):
-    with ApiServer(tmp_path / "ips.sqlite3") as srv:  # default --max-connections 1000
+    with ApiProcess(tmp_path / "ips.sqlite3") as srv:  # default --max-connections 1000
         srv.get("/healthz")
         rss0 = rss_kib(srv.proc.pid)
         idle = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(600)]

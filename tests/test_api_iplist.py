@@ -14,12 +14,12 @@ import time
 import pytest
 import requests
 
-from tests.apiserver import ApiServer, wait_for
+from tests.apiserver import ApiProcess, wait_for
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = ApiServer(tmp_path_factory.mktemp("api") / "ips.sqlite3", "--max-items", "50", "--max-ips", "200",
+    srv = ApiProcess(tmp_path_factory.mktemp("api") / "ips.sqlite3", "--max-items", "50", "--max-ips", "200",
                     "--max-body-bytes", "4096")
     with srv:
         yield srv
@@ -230,16 +230,16 @@ def test_fifty_parallel_clients_lose_no_update(api):
 
 def test_restart_keeps_the_list(tmp_path):
     db = tmp_path / "ips.sqlite3"
-    with ApiServer(db) as srv:
+    with ApiProcess(db) as srv:
         srv.post("/add_ips", {"add_ips": [1, "::1", "192.168.0.1"]})
-    with ApiServer(db) as srv:
+    with ApiProcess(db) as srv:
         assert srv.ips() == [1, "::1", "192.168.0.1"]
         assert "(3 addresses)" in srv.output
 
 
 def test_kill_9_mid_burst_keeps_every_acknowledged_add(tmp_path):
     db = tmp_path / "ips.sqlite3"
-    srv = ApiServer(db).start()
+    srv = ApiProcess(db).start()
     acked, stop = [], threading.Event()
 
     def writer(w):
@@ -264,7 +264,7 @@ def test_kill_9_mid_burst_keeps_every_acknowledged_add(tmp_path):
     for t in threads:
         t.join(10)
     assert len(acked) > 20, "the burst did not get going"
-    with ApiServer(db) as again:
+    with ApiProcess(db) as again:
         stored = again.ips()
     missing = [ip for batch in acked for ip in batch if ip not in set(stored)]
     assert not missing, f"{len(missing)} acknowledged addresses lost, e.g. {missing[:3]}"
@@ -283,7 +283,7 @@ def test_corrupt_database_is_refused_at_start_and_left_untouched(tmp_path, conte
     db = tmp_path / "ips.sqlite3"
     db.write_bytes(content)
     before = hashlib.sha256(db.read_bytes()).hexdigest()
-    srv = ApiServer(db).start(wait=False)
+    srv = ApiProcess(db).start(wait=False)
     assert srv.wait_exit() == 2
     assert "error: the database" in srv.output and "left untouched" in srv.output, srv.output
     assert "Traceback" not in srv.output
@@ -293,12 +293,12 @@ def test_corrupt_database_is_refused_at_start_and_left_untouched(tmp_path, conte
 
 def test_unreadable_database_is_a_clear_error(tmp_path):
     db = tmp_path / "missing-dir" / "ips.sqlite3"
-    srv = ApiServer(db).start(wait=False)
+    srv = ApiProcess(db).start(wait=False)
     assert srv.wait_exit() == 2
     assert "does not exist: create it" in srv.output
     other = tmp_path / "dir.sqlite3"
     other.mkdir()
-    srv = ApiServer(other).start(wait=False)
+    srv = ApiProcess(other).start(wait=False)
     assert srv.wait_exit() == 2
     assert "is a directory" in srv.output
 
@@ -309,7 +309,7 @@ def test_foreign_sqlite_database_is_refused(tmp_path):
     with sqlite3.connect(db) as conn:
         conn.execute("CREATE TABLE customers (id INTEGER)")
     before = db.read_bytes()
-    srv = ApiServer(db).start(wait=False)
+    srv = ApiProcess(db).start(wait=False)
     assert srv.wait_exit() == 2
     assert "is not a syswatch IP list (tables: customers" in srv.output
     assert db.read_bytes() == before

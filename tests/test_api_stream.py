@@ -10,14 +10,14 @@ import pytest
 import requests
 
 from shared import protocol
-from tests.apiserver import ApiServer, Publisher, connect, event, wait_for
+from tests.apiserver import ApiProcess, Publisher, connect, event, wait_for
 from tests.conftest import rss_kib
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     """(server, publisher): the API subscribed to a publisher it has heard from."""
-    srv = ApiServer(tmp_path_factory.mktemp("stream") / "ips.sqlite3", "--max-streams", "2",
+    srv = ApiProcess(tmp_path_factory.mktemp("stream") / "ips.sqlite3", "--max-streams", "2",
                     "--threads", "8", "--sse-heartbeat", "0.5", "--stream-queue", "1000")
     with srv:
         pub = Publisher(srv.collector)
@@ -327,7 +327,7 @@ def test_malformed_messages_are_counted_and_skipped(live):
 
 
 def test_api_starts_without_collector_then_picks_it_up_and_survives_its_restart(tmp_path):
-    with ApiServer(tmp_path / "ips.sqlite3") as srv:
+    with ApiProcess(tmp_path / "ips.sqlite3") as srv:
         h = srv.get("/healthz")
         assert h.status_code == 200 and h.json()["collector_connected"] is False
         s = stats(srv)
@@ -353,7 +353,7 @@ def test_api_starts_without_collector_then_picks_it_up_and_survives_its_restart(
 
 def test_at_full_speed_every_event_is_received_or_counted(tmp_path):
     """A publisher sending as fast as it can: received + estimated-not-received == published."""
-    with ApiServer(tmp_path / "ips.sqlite3") as srv:
+    with ApiProcess(tmp_path / "ips.sqlite3") as srv:
         pub = Publisher(srv.collector)
         connect(srv, pub)
         pub.status()

@@ -9,7 +9,7 @@ import zmq
 import zmq.auth
 
 from shared import curve
-from tests.apiserver import ApiServer, Publisher, connect, event, wait_for
+from tests.apiserver import ApiProcess, Publisher, connect, event, wait_for
 from tests.conftest import require
 
 
@@ -42,9 +42,9 @@ def curve_publisher(keys):
 def test_authorised_api_receives_and_unknown_key_gets_nothing(tmp_path, keys, curve_publisher):
     pub = curve_publisher
     common = {curve.ENV_SERVER_KEY: str(keys / "server.key")}
-    alice = ApiServer(tmp_path / "a.sqlite3", collector=pub.endpoint,
+    alice = ApiProcess(tmp_path / "a.sqlite3", collector=pub.endpoint,
                       env={**common, curve.ENV_CLIENT_KEY: str(keys / "clients" / "alice.key_secret")})
-    mallory = ApiServer(tmp_path / "m.sqlite3", collector=pub.endpoint,
+    mallory = ApiProcess(tmp_path / "m.sqlite3", collector=pub.endpoint,
                         env={**common, curve.ENV_CLIENT_KEY: str(keys / "others" / "mallory.key_secret")})
     with alice, mallory:
         assert "(CurveZMQ)" in alice.output
@@ -60,7 +60,7 @@ def test_authorised_api_receives_and_unknown_key_gets_nothing(tmp_path, keys, cu
 
 
 def test_server_key_without_client_key_is_a_clear_error(tmp_path, keys):
-    srv = ApiServer(tmp_path / "x.sqlite3", env={curve.ENV_SERVER_KEY: str(keys / "server.key")})
+    srv = ApiProcess(tmp_path / "x.sqlite3", env={curve.ENV_SERVER_KEY: str(keys / "server.key")})
     srv.start(wait=False)
     assert srv.wait_exit() == 2
     assert "set SYSWATCH_CURVE_CLIENT_KEY" in srv.output and "Traceback" not in srv.output

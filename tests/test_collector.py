@@ -15,7 +15,7 @@ import pytest
 
 from collector import program
 from shared import protocol
-from tests.collector_helpers import Child, Collector, Subscriber, assert_delivered, collect_child_events
+from tests.collector_helpers import Child, CollectorProcess, StreamReader, assert_delivered, collect_child_events
 from tests.conftest import ROOT, free_port, have, is_root, require
 
 HOSTILE = [
@@ -33,14 +33,14 @@ HOSTILE = [
 def events_collector(tmp_path_factory):
     require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
     require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-host.sh does it)")
-    coll = Collector(tmp_path_factory.mktemp("events"), "--echo-rate", "5")
+    coll = CollectorProcess(tmp_path_factory.mktemp("events"), "--echo-rate", "5")
     yield coll
     coll.kill()
 
 
 @pytest.fixture
 def subscriber(events_collector):
-    sub = Subscriber(events_collector.endpoint)
+    sub = StreamReader(events_collector.endpoint)
     sub.wait_status()                       # connected (ZeroMQ's slow joiner)
     yield sub
     sub.close()
@@ -83,8 +83,8 @@ def traced_child(tmp_path_factory):
     require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
     require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace")
     child = Child([b"syswatch-evt"] + HOSTILE, base=770_001, writes=6, reads=4)
-    coll = Collector(tmp_path_factory.mktemp("filtered"), "--pid", str(child.pid), "--echo-rate", "0")
-    sub = Subscriber(coll.endpoint)
+    coll = CollectorProcess(tmp_path_factory.mktemp("filtered"), "--pid", str(child.pid), "--echo-rate", "0")
+    sub = StreamReader(coll.endpoint)
     try:
         t0 = time.time_ns()
         mine, seen, lost = collect_child_events(sub, child)
@@ -150,13 +150,13 @@ def test_status_counters_and_echo(events_collector, subscriber):
 def counts_collector(tmp_path_factory):
     require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
     require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace")
-    coll = Collector(tmp_path_factory.mktemp("counts"), "--mode", "counts", "--interval", "0.25")
+    coll = CollectorProcess(tmp_path_factory.mktemp("counts"), "--mode", "counts", "--interval", "0.25")
     yield coll
     coll.kill()
 
 
 def test_counts_mode_sums_are_exact(counts_collector):
-    sub = Subscriber(counts_collector.endpoint, ("counts", "status"))
+    sub = StreamReader(counts_collector.endpoint, ("counts", "status"))
     try:
         sub.wait_status()
         names = [b"syswatch-cnt", b'q"uo\nte\xff']
@@ -195,8 +195,8 @@ def test_filters_restrict_in_the_kernel(tmp_path, root_and_bpftrace):
     assert text.count('/pid != $1 && pid != $3 && (pid == 4242 || pid == 4343) && (comm == "nginx")/') == 2
     child = Child([b"syswatch-flt"], base=660_001, writes=5, reads=5)
     other = Child([b"syswatch-flt"], base=660_001, writes=5, reads=5)
-    coll = Collector(tmp_path, "--pid", str(child.pid), "--comm", "syswatch-flt", "--echo-rate", "0")
-    sub = Subscriber(coll.endpoint)
+    coll = CollectorProcess(tmp_path, "--pid", str(child.pid), "--comm", "syswatch-flt", "--echo-rate", "0")
+    sub = StreamReader(coll.endpoint)
     try:
         sub.wait_status()
         other.run()
@@ -247,7 +247,7 @@ def _prog_ids() -> set[int]:
 
 def test_sigterm_exits_0_and_detaches_everything(tmp_path, root_and_bpftrace):
     require(have("bpftool"), "install bpftool: apt-get install -y bpftool (scripts/setup-host.sh does it)")
-    coll = Collector(tmp_path, "--echo-rate", "0")
+    coll = CollectorProcess(tmp_path, "--echo-rate", "0")
     try:
         bt = coll.bpftrace_pid()
         progs = _bpf_attachments(bt)
@@ -264,7 +264,7 @@ def test_sigterm_exits_0_and_detaches_everything(tmp_path, root_and_bpftrace):
 
 def test_collector_killed_takes_bpftrace_with_it(tmp_path, root_and_bpftrace):
     """SIGKILL on the collector (OOM killer): bpftrace must not survive as an orphan with its probes."""
-    coll = Collector(tmp_path, "--echo-rate", "0", "--pid", "1")
+    coll = CollectorProcess(tmp_path, "--echo-rate", "0", "--pid", "1")
     bt = coll.bpftrace_pid()
     coll.proc.kill()
     coll.proc.wait()
@@ -275,7 +275,7 @@ def test_collector_killed_takes_bpftrace_with_it(tmp_path, root_and_bpftrace):
 
 
 def test_sigint_exits_0(tmp_path, root_and_bpftrace):
-    coll = Collector(tmp_path, "--mode", "counts")
+    coll = CollectorProcess(tmp_path, "--mode", "counts")
     try:
         code, took = coll.stop(signal.SIGINT)
         assert code == 0 and took < 2.0
@@ -284,7 +284,7 @@ def test_sigint_exits_0(tmp_path, root_and_bpftrace):
 
 
 def test_bpftrace_killed_exits_nonzero_with_message(tmp_path, root_and_bpftrace):
-    coll = Collector(tmp_path, "--echo-rate", "0")
+    coll = CollectorProcess(tmp_path, "--echo-rate", "0")
     try:
         os.kill(coll.bpftrace_pid(), signal.SIGKILL)
         start = time.monotonic()
@@ -316,8 +316,8 @@ def test_bpftrace_missing_or_failing(tmp_path, root_and_bpftrace):
 
 def test_explicit_kprobe_fails_clearly_without_kernel_support(tmp_path, root_and_bpftrace):
     if not program_kprobes_missing():             # a kernel with kprobes: they must work
-        coll = Collector(tmp_path, "--probe", "kprobe", "--echo-rate", "0")
-        sub = Subscriber(coll.endpoint, ("status",))
+        coll = CollectorProcess(tmp_path, "--probe", "kprobe", "--echo-rate", "0")
+        sub = StreamReader(coll.endpoint, ("status",))
         try:
             assert sub.wait_status()["probe"] == "kprobe"
         finally:
@@ -390,7 +390,7 @@ def test_env_overrides_and_bad_env(tmp_path):
 
 def test_non_loopback_bind_warns(tmp_path, root_and_bpftrace):
     port = free_port()
-    coll = Collector(tmp_path, "--echo-rate", "0", bind=f"tcp://0.0.0.0:{port}")
+    coll = CollectorProcess(tmp_path, "--echo-rate", "0", bind=f"tcp://0.0.0.0:{port}")
     try:
         err = coll.stderr()
         assert "is not a loopback address" in err and "SYSWATCH_CURVE_SERVER_KEY" in err

@@ -10,7 +10,7 @@ import time
 import zmq
 
 from collector.collector import PUB_SNDHWM
-from tests.collector_helpers import Collector, Subscriber
+from tests.collector_helpers import CollectorProcess, StreamReader
 from tests.conftest import have, is_root, require, rss_kib
 
 # Bursts of 100 one-byte writes to /dev/null with a short pause between them, under a
@@ -34,10 +34,10 @@ QUEUES_OF_MESSAGES = 4        # the stream is this many times what the stalled s
 def test_stalled_subscriber_bounded_memory(tmp_path):
     require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
     require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace")
-    coll = Collector(tmp_path, "--echo-rate", "0", "--comm", "sw-load")
-    reader = Subscriber(coll.endpoint, ("syscall.", "status"))
+    coll = CollectorProcess(tmp_path, "--echo-rate", "0", "--comm", "sw-load")
+    reader = StreamReader(coll.endpoint, ("syscall.", "status"))
     # connects, then never reads; a tiny receive queue so the collector's send queue fills
-    stalled = Subscriber(coll.endpoint, ("",), rcvhwm=10)
+    stalled = StreamReader(coll.endpoint, ("",), rcvhwm=10)
     stalled.sock.setsockopt(zmq.RCVBUF, 4096)
     load = None
     try:

@@ -9,7 +9,7 @@ import pytest
 import zmq
 
 from shared import curve
-from tests.collector_helpers import Collector, Subscriber
+from tests.collector_helpers import CollectorProcess, StreamReader
 from tests.conftest import ROOT, have, is_root, require
 
 
@@ -50,12 +50,12 @@ def test_authorised_and_unauthorised_subscribers(tmp_path, root_and_bpftrace):
     # the collector's directory of authorised subscribers holds public keys only
     os.rename(clients / "alice.key_secret", keys / "alice.key_secret")
     env = {"SYSWATCH_CURVE_SERVER_KEY": str(keys / "server.key_secret"), "SYSWATCH_CURVE_CLIENTS": str(clients)}
-    coll = Collector(tmp_path, "--echo-rate", "0", "--comm", "sw-curve", env=env)
+    coll = CollectorProcess(tmp_path, "--echo-rate", "0", "--comm", "sw-curve", env=env)
     as_client = lambda own: curve.client_from_env({"SYSWATCH_CURVE_SERVER_KEY": str(keys / "server.key"),
                                                    "SYSWATCH_CURVE_CLIENT_KEY": str(own)})
-    alice = Subscriber(coll.endpoint, ("status",), curve_client=as_client(keys / "alice.key_secret"))
-    mallory = Subscriber(coll.endpoint, ("status",), curve_client=as_client(outsiders / "mallory.key_secret"))
-    plain = Subscriber(coll.endpoint, ("status",))
+    alice = StreamReader(coll.endpoint, ("status",), curve_client=as_client(keys / "alice.key_secret"))
+    mallory = StreamReader(coll.endpoint, ("status",), curve_client=as_client(outsiders / "mallory.key_secret"))
+    plain = StreamReader(coll.endpoint, ("status",))
     try:
         assert alice.wait_status(10)["mode"] == "events"
         for intruder in (mallory, plain):

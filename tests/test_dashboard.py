@@ -23,9 +23,9 @@ import time
 import pytest
 import requests
 
-from tests.apiserver import ApiServer, Publisher, connect, wait_for
+from tests.apiserver import ApiProcess, Publisher, connect, wait_for
 from tests.browser import OtherOrigin, console_errors, save_screenshot, start_chromium
-from tests.collector_helpers import Collector
+from tests.collector_helpers import CollectorProcess
 from tests.conftest import have, is_root, require
 
 TAG = f"{os.getpid() % 10000:04d}"
@@ -69,8 +69,8 @@ def stack(tmp_path_factory):
     collector = api = driver = None
     loopers: dict[str, Looper] = {}
     try:
-        collector = Collector(tmp, "--comm", ALPHA, "--comm", BETA, "--echo-rate", "0")
-        api = ApiServer(tmp / "ips.sqlite3", collector=collector.endpoint).start()
+        collector = CollectorProcess(tmp, "--comm", ALPHA, "--comm", BETA, "--echo-rate", "0")
+        api = ApiProcess(tmp / "ips.sqlite3", collector=collector.endpoint).start()
         wait_for(lambda: api.get("/healthz").json()["collector_connected"], 20, 0.2, "the API to hear the collector")
         driver = start_chromium(tmp / "profile")
         yield collector, api, driver, loopers
@@ -234,7 +234,7 @@ def test_the_page_asks_for_the_token_when_the_api_wants_one(stack, tmp_path):
     collector, _, driver, _ = stack
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
-    with ApiServer(tmp_path / "ips.sqlite3", "--token-file", str(token_file), collector=collector.endpoint) as api:
+    with ApiProcess(tmp_path / "ips.sqlite3", "--token-file", str(token_file), collector=collector.endpoint) as api:
         driver.get(api.url("/"))
         wait_for(lambda: driver.find_element("id", "token-input").is_displayed(), 10, 0.2, "the token prompt")
         assert "bearer token" in text(driver, "ip-status")
@@ -254,7 +254,7 @@ def test_a_visible_warning_when_the_collector_loses_events(stack, tmp_path):
     protocol stands in for the collector, since a real collector loses events only under overload."""
     _, _, driver, _ = stack
     leave(driver)
-    with ApiServer(tmp_path / "ips.sqlite3") as api:
+    with ApiProcess(tmp_path / "ips.sqlite3") as api:
         pub = Publisher(api.collector)
         try:
             connect(api, pub)
@@ -303,7 +303,7 @@ async function attempt(name, fn) { try { results[name] = await fn(); } catch (e)
 </script>"""
 
 
-def run_evil_page(driver, site: OtherOrigin, api: ApiServer) -> dict:
+def run_evil_page(driver, site: OtherOrigin, api: ApiProcess) -> dict:
     driver.get(site.url(f"/evil.html?api={api.base}"))
     wait_for(lambda: driver.title == "done", 20, 0.2, "the other site's page to finish its attempts")
     return json.loads(text(driver, "out"))
@@ -333,7 +333,7 @@ def test_with_cors_origin_that_site_may_call_the_api(stack, tmp_path):
     ensure_loopers(loopers)  # events for its EventSource to receive
     with OtherOrigin({"/evil.html": EVIL_PAGE}) as site:
         origin = site.url("").rstrip("/")
-        with ApiServer(tmp_path / "ips.sqlite3", "--cors-origin", origin, collector=collector.endpoint) as api:
+        with ApiProcess(tmp_path / "ips.sqlite3", "--cors-origin", origin, collector=collector.endpoint) as api:
             wait_for(lambda: api.get("/healthz").json()["collector_connected"], 20, 0.2, "the second API connected")
             results = run_evil_page(driver, site, api)
             leave(driver)

@@ -19,8 +19,8 @@ import pytest
 
 from collector.containers import container_of_path, find_cgroup2_root
 from shared import protocol
-from tests.apiserver import ApiServer
-from tests.collector_helpers import Collector, Subscriber
+from tests.apiserver import ApiProcess
+from tests.collector_helpers import CollectorProcess, StreamReader
 from tests.conftest import ROOT, have, is_root, require
 
 # A child that sets up, prints {"pid": ...} (plus what `prepare` adds), waits for "go", then runs `body`.
@@ -57,7 +57,7 @@ def prereqs():
     require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-host.sh does it)")
 
 
-def events_of(sub: Subscriber, pid: int, want, timeout: float = 20) -> list[dict]:
+def events_of(sub: StreamReader, pid: int, want, timeout: float = 20) -> list[dict]:
     """The events of ``pid`` until ``want(events)`` holds (then 0.3 s more, to catch duplicates)."""
     got: list[dict] = []
     end = None
@@ -71,8 +71,8 @@ def events_of(sub: Subscriber, pid: int, want, timeout: float = 20) -> list[dict
 
 
 def traced(tmp_path, script: Script, *args: str, topics=("syscall.", "status")):
-    coll = Collector(tmp_path, "--pid", str(script.pid), "--echo-rate", "0", *args)
-    sub = Subscriber(coll.endpoint, topics)
+    coll = CollectorProcess(tmp_path, "--pid", str(script.pid), "--echo-rate", "0", *args)
+    sub = StreamReader(coll.endpoint, topics)
     sub.wait_status()
     return coll, sub
 
@@ -211,8 +211,8 @@ def test_cgroup_id_and_container_of_a_v2_group(tmp_path, prereqs):
             children.append(child)
         host = Script("wfd = os.open('/dev/null', os.O_WRONLY)", "os.write(wfd, b'h' * 5151)", tmp_path)
         children.append(host)
-        coll = Collector(tmp_path, "--echo-rate", "0", *[a for c in children for a in ("--pid", str(c.pid))])
-        sub = Subscriber(coll.endpoint)
+        coll = CollectorProcess(tmp_path, "--echo-rate", "0", *[a for c in children for a in ("--pid", str(c.pid))])
+        sub = StreamReader(coll.endpoint)
         try:
             sub.wait_status()
             for child in children:
@@ -245,8 +245,8 @@ def test_container_filter_keeps_only_that_container(tmp_path, prereqs):
     outside = Script("wfd = os.open('/dev/null', os.O_WRONLY)", "os.write(wfd, b'o' * 6161)", tmp_path)
     try:
         group.add(inside.pid)
-        coll = Collector(tmp_path, "--echo-rate", "0", "--container", full[:12])
-        sub = Subscriber(coll.endpoint)
+        coll = CollectorProcess(tmp_path, "--echo-rate", "0", "--container", full[:12])
+        sub = StreamReader(coll.endpoint)
         try:
             sub.wait_status()
             outside.run()
@@ -287,9 +287,9 @@ def test_counts_rows_add_up_with_bytes_moved_errors_and_latency(tmp_path, bpftra
             except OSError:
                 pass
         """, tmp_path)
-    coll = Collector(tmp_path, "--mode", "counts", "--interval", "0.25", "--pid", str(child.pid),
+    coll = CollectorProcess(tmp_path, "--mode", "counts", "--interval", "0.25", "--pid", str(child.pid),
                      "--bpftrace", bpftrace_bin)
-    sub = Subscriber(coll.endpoint, ("counts", "status"))
+    sub = StreamReader(coll.endpoint, ("counts", "status"))
     try:
         sub.wait_status()
         child.run()
@@ -315,7 +315,7 @@ def test_counts_rows_add_up_with_bytes_moved_errors_and_latency(tmp_path, bpftra
         coll.kill()
 
 
-def _rate(sub: Subscriber, seconds: float) -> tuple[float, list[dict]]:
+def _rate(sub: StreamReader, seconds: float) -> tuple[float, list[dict]]:
     """Events per second published by the collector (from its status), and the events seen meanwhile.
 
     Starts at the first status sent after this call: what queued up before it is skipped."""
@@ -336,11 +336,11 @@ def _rate(sub: Subscriber, seconds: float) -> tuple[float, list[dict]]:
 
 def test_consumers_never_receive_their_own_io(tmp_path, prereqs):
     """A host-wide collector with the API and a tail.py subscribed: none of the stream's events are theirs."""
-    coll = Collector(tmp_path, "--echo-rate", "0")
-    with ApiServer(tmp_path / "ips.sqlite3", collector=coll.endpoint) as api:
+    coll = CollectorProcess(tmp_path, "--echo-rate", "0")
+    with ApiProcess(tmp_path / "ips.sqlite3", collector=coll.endpoint) as api:
         tail = subprocess.Popen([sys.executable, str(ROOT / "subscribers" / "tail.py"), "-e", coll.endpoint],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        sub = Subscriber(coll.endpoint)
+        sub = StreamReader(coll.endpoint)
         try:
             time.sleep(2.5)                    # the announces are verified and applied
             rate, seen = _rate(sub, 5)
@@ -358,12 +358,12 @@ def test_consumers_never_receive_their_own_io(tmp_path, prereqs):
 
 
 def test_two_collectors_do_not_feed_each_other(tmp_path, prereqs):
-    a = Collector(tmp_path / "a" if (tmp_path / "a").mkdir() is None else tmp_path, "--echo-rate", "0")
-    sub = Subscriber(a.endpoint)
+    a = CollectorProcess(tmp_path / "a" if (tmp_path / "a").mkdir() is None else tmp_path, "--echo-rate", "0")
+    sub = StreamReader(a.endpoint)
     try:
         alone, _ = _rate(sub, 4)
         (tmp_path / "b").mkdir()
-        b = Collector(tmp_path / "b", "--echo-rate", "0")
+        b = CollectorProcess(tmp_path / "b", "--echo-rate", "0")
         try:
             b_pids = set(b.excluded_pids())
             time.sleep(2.5)                    # A's /proc scan finds B (every 2 s)

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from tests.apiserver import ApiServer, wait_for
-from tests.collector_helpers import Collector
+from tests.apiserver import ApiProcess, wait_for
+from tests.collector_helpers import CollectorProcess
 from tests.conftest import ROOT, die_with_test, have, is_root, require
 
 # Writes COUNT bytes to /dev/null N times per round; one round each time a line arrives on stdin.
@@ -46,13 +46,13 @@ class Writer:
         self.proc.wait()
 
 
-def host_stats(api: ApiServer, host: str) -> dict:
+def host_stats(api: ApiProcess, host: str) -> dict:
     r = api.get("/stats", params={"host": host})
     assert r.status_code == 200, r.text
     return r.json()
 
 
-def writes_of(api: ApiServer, host: str, pid: int) -> tuple[int, int]:
+def writes_of(api: ApiProcess, host: str, pid: int) -> tuple[int, int]:
     """(calls, bytes moved) of ``pid``'s marked writes (11 or 13 bytes) on ``host``, from /events.
 
     (The writer's own "round" lines and stdin reads are events too: they are not counted.)"""
@@ -67,10 +67,10 @@ def test_two_hosts_one_api_exact_per_host_and_a_restart(tmp_path):
     alpha, beta = Writer("sw-alpha", 100, 11), Writer("sw-beta", 70, 13)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    ca = Collector(tmp_path / "a", "--hostname", "node-a", "--pid", str(alpha.pid), "--echo-rate", "0")
-    cb = Collector(tmp_path / "b", "--hostname", "node-b", "--pid", str(beta.pid), "--echo-rate", "0")
+    ca = CollectorProcess(tmp_path / "a", "--hostname", "node-a", "--pid", str(alpha.pid), "--echo-rate", "0")
+    cb = CollectorProcess(tmp_path / "b", "--hostname", "node-b", "--pid", str(beta.pid), "--echo-rate", "0")
     # --collector is repeatable: the helper passes the first, the second follows
-    api = ApiServer(tmp_path / "ips.sqlite3", "--collector", cb.endpoint, collector=ca.endpoint)
+    api = ApiProcess(tmp_path / "ips.sqlite3", "--collector", cb.endpoint, collector=ca.endpoint)
     try:
         api.start()
         wait_for(lambda: api.get("/stats").json()["hosts"] == ["node-a", "node-b"], 20, 0.2, "both hosts")
@@ -101,7 +101,7 @@ def test_two_hosts_one_api_exact_per_host_and_a_restart(tmp_path):
         alpha.round()
         wait_for(lambda: writes_of(api, "node-a", alpha.pid)[0] == 400, 20, 0.2, "node-a still flowing")
         # ... and comes back on the same endpoint: it resumes
-        cb = Collector(tmp_path / "b", "--hostname", "node-b", "--pid", str(beta.pid), "--echo-rate", "0",
+        cb = CollectorProcess(tmp_path / "b", "--hostname", "node-b", "--pid", str(beta.pid), "--echo-rate", "0",
                        bind=cb.endpoint)
         wait_for(lambda: {c["host"]: c["connected"] for c in api.get("/stats").json()["collectors"]}
                  == {"node-a": True, "node-b": True}, 30, 0.3, "node-b back")
@@ -124,8 +124,8 @@ def test_scripts_take_several_endpoints(tmp_path):
     alpha, beta = Writer("sw-alpha", 20, 11), Writer("sw-beta", 20, 13)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    ca = Collector(tmp_path / "a", "--hostname", "node-a", "--pid", str(alpha.pid), "--echo-rate", "0")
-    cb = Collector(tmp_path / "b", "--hostname", "node-b", "--pid", str(beta.pid), "--echo-rate", "0")
+    ca = CollectorProcess(tmp_path / "a", "--hostname", "node-a", "--pid", str(alpha.pid), "--echo-rate", "0")
+    cb = CollectorProcess(tmp_path / "b", "--hostname", "node-b", "--pid", str(beta.pid), "--echo-rate", "0")
     tail = subprocess.Popen([sys.executable, str(ROOT / "subscribers" / "tail.py"), "-e", ca.endpoint,
                              "-e", cb.endpoint, "--json", "-n", "sw-alpha", "-n", "sw-beta", "--count", "40",
                              "-d", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

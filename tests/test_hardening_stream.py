@@ -19,8 +19,8 @@ import pytest
 import zmq
 
 from shared import protocol
-from tests.apiserver import ApiServer, Publisher, connect, event, wait_for
-from tests.collector_helpers import Collector, Subscriber
+from tests.apiserver import ApiProcess, Publisher, connect, event, wait_for
+from tests.collector_helpers import CollectorProcess, StreamReader
 from tests.conftest import ROOT, free_port, have, is_root, require, rss_kib
 
 
@@ -51,7 +51,7 @@ def test_subscriptions_cannot_bloat_the_collector(tmp_path, prereqs):
     """A 2 MB topic closes that peer's connection (ZeroMQ keeps reconnecting and resending it);
     20,000 distinct topics are not stored; the collector's memory stays where it was and a
     normal subscriber still gets its messages."""
-    coll = Collector(tmp_path, "--echo-rate", "0", "--pid", "1")
+    coll = CollectorProcess(tmp_path, "--echo-rate", "0", "--pid", "1")
     attacker = None
     try:
         time.sleep(1)
@@ -62,7 +62,7 @@ def test_subscriptions_cannot_bloat_the_collector(tmp_path, prereqs):
         time.sleep(4)
         grown_mib = (rss_kib(coll.proc.pid) - before) / 1024
         assert grown_mib < 20, f"the collector grew by {grown_mib:.0f} MiB"
-        sub = Subscriber(coll.endpoint, ("status",))
+        sub = StreamReader(coll.endpoint, ("status",))
         try:
             assert sub.wait_status()["mode"] == "events"
         finally:
@@ -133,8 +133,8 @@ def test_a_loss_shows_in_status_even_if_bpftrace_never_reports_it(tmp_path, bpft
     made = 300_000
     child = subprocess.Popen([sys.executable, "-c", BURST, str(made)], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
-    coll = Collector(tmp_path, "--echo-rate", "0", "--comm", "sw-burst", "--bpftrace", bpftrace_bin)
-    sub = Subscriber(coll.endpoint)
+    coll = CollectorProcess(tmp_path, "--echo-rate", "0", "--comm", "sw-burst", "--bpftrace", bpftrace_bin)
+    sub = StreamReader(coll.endpoint)
     try:
         sub.wait_status()
         bt = coll.bpftrace_pid()
@@ -168,7 +168,7 @@ def test_a_loss_shows_in_status_even_if_bpftrace_never_reports_it(tmp_path, bpft
 def test_the_api_memory_stays_bounded_under_hostile_messages(tmp_path):
     """Issue 12 item 4: 300 events padded with 1 MB each, a status with 3M excluded PIDs, huge
     numbers: the API drops what the protocol does not know and stays within its bound."""
-    with ApiServer(tmp_path / "ips.sqlite3") as srv:
+    with ApiProcess(tmp_path / "ips.sqlite3") as srv:
         pub = Publisher(srv.collector)
         connect(srv, pub)
         before = rss_kib(srv.proc.pid)

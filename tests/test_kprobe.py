@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from collector import bpf
-from tests.collector_helpers import Child, Collector, Subscriber, collect_child_events
+from tests.collector_helpers import Child, CollectorProcess, StreamReader, collect_child_events
 from tests.conftest import have, is_root, require
 
 pytestmark = pytest.mark.kprobe
@@ -36,7 +36,7 @@ def kprobe_kernel():
     assert reason is None, f"the kprobe tests need a kernel with kprobes: {reason}"
 
 
-def _bpftrace_pid(coll: Collector, timeout: float = 30) -> int:
+def _bpftrace_pid(coll: CollectorProcess, timeout: float = 30) -> int:
     """bpftrace's PID from the start-up lines. The collector writes them one by one after
     "Monitoring..." (which is all Collector waits for): under emulation a read can fall between."""
     deadline = time.monotonic() + timeout
@@ -45,8 +45,8 @@ def _bpftrace_pid(coll: Collector, timeout: float = 30) -> int:
     return coll.bpftrace_pid()
 
 
-def _status_probe(coll: Collector) -> str:
-    sub = Subscriber(coll.endpoint, ("status",))
+def _status_probe(coll: CollectorProcess) -> str:
+    sub = StreamReader(coll.endpoint, ("status",))
     try:
         return sub.wait_status(30)["probe"]
     finally:
@@ -57,7 +57,7 @@ def _status_probe(coll: Collector) -> str:
 def test_auto_picks_kprobe(tmp_path, monkeypatch, how):
     """auto (the default, or SYSWATCH_PROBE=auto) chooses kprobes on such a kernel."""
     monkeypatch.delenv("SYSWATCH_PROBE", raising=False)
-    coll = Collector(tmp_path, "--echo-rate", "0", "--pid", "1",
+    coll = CollectorProcess(tmp_path, "--echo-rate", "0", "--pid", "1",
                      env={"SYSWATCH_PROBE": "auto"} if how == "env" else {})
     try:
         assert _status_probe(coll) == "kprobe"
@@ -70,7 +70,7 @@ def test_auto_picks_kprobe(tmp_path, monkeypatch, how):
 def test_explicit_tracepoint_still_works_here(tmp_path):
     """--probe tracepoint on a kprobe kernel: the flag beats SYSWATCH_PROBE, and kprobes being there
     do not break the other path."""
-    coll = Collector(tmp_path, "--probe", "tracepoint", "--echo-rate", "0", "--pid", "1",
+    coll = CollectorProcess(tmp_path, "--probe", "tracepoint", "--echo-rate", "0", "--pid", "1",
                      env={"SYSWATCH_PROBE": "kprobe"})
     try:
         assert _status_probe(coll) == "tracepoint"
@@ -83,9 +83,9 @@ def kprobe_events(tmp_path_factory):
     """One child, traced by a collector on --probe kprobe filtered on its PID."""
     require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
     child = Child([b"syswatch-kp", b'k"p\n\xff'], base=550_001, writes=20, reads=12)
-    coll = Collector(tmp_path_factory.mktemp("kprobe"), "--probe", "kprobe", "--pid", str(child.pid),
+    coll = CollectorProcess(tmp_path_factory.mktemp("kprobe"), "--probe", "kprobe", "--pid", str(child.pid),
                      "--echo-rate", "0")
-    sub = Subscriber(coll.endpoint)
+    sub = StreamReader(coll.endpoint)
     try:
         mine, seen, lost = collect_child_events(sub, child)
         yield child, mine, seen, lost, sub.statuses
@@ -116,9 +116,9 @@ def test_kprobe_counts_exact(tmp_path):
     """Counts mode on kprobes: per (comm, syscall) calls and bytes are the child's, exactly."""
     names = [b"syswatch-kpc", b"kp cnt"]
     child = Child(names, base=440_001, writes=150, reads=100)
-    coll = Collector(tmp_path, "--probe", "kprobe", "--mode", "counts", "--interval", "0.25",
+    coll = CollectorProcess(tmp_path, "--probe", "kprobe", "--mode", "counts", "--interval", "0.25",
                      "--pid", str(child.pid))
-    sub = Subscriber(coll.endpoint, ("counts", "status"))
+    sub = StreamReader(coll.endpoint, ("counts", "status"))
     try:
         assert sub.wait_status(30)["probe"] == "kprobe"
         child.run()
@@ -172,7 +172,7 @@ def test_sigterm_leaves_no_kprobe_and_no_program(tmp_path):
     require(KPROBE_LIST.exists(), f"mount debugfs for {KPROBE_LIST}: mount -t debugfs debugfs /sys/kernel/debug")
     kprobe_events_file = bpf.tracefs_dir() / "kprobe_events"
     before = _kprobe_list_hits()
-    coll = Collector(tmp_path, "--probe", "kprobe", "--echo-rate", "0")
+    coll = CollectorProcess(tmp_path, "--probe", "kprobe", "--echo-rate", "0")
     try:
         bt = _bpftrace_pid(coll)
         attached = _perf_attachments(bt)
@@ -201,7 +201,7 @@ def test_sigterm_leaves_no_kprobe_and_no_program(tmp_path):
 def test_sigkill_of_the_collector_removes_the_kprobes(tmp_path):
     """SIGKILL on the collector (OOM killer): bpftrace dies with it and its kprobes go with it."""
     before = _kprobe_list_hits()
-    coll = Collector(tmp_path, "--probe", "kprobe", "--echo-rate", "0", "--pid", "1")
+    coll = CollectorProcess(tmp_path, "--probe", "kprobe", "--echo-rate", "0", "--pid", "1")
     bt = _bpftrace_pid(coll)
     coll.proc.kill()
     coll.proc.wait()

@@ -11,12 +11,12 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from tests.apiserver import ApiServer, Publisher, connect, event
+from tests.apiserver import ApiProcess, Publisher, connect, event
 
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory):
-    srv = ApiServer(tmp_path_factory.mktemp("fuzz") / "ips.sqlite3", "--max-items", "100",
+    srv = ApiProcess(tmp_path_factory.mktemp("fuzz") / "ips.sqlite3", "--max-items", "100",
                     "--recent-events", "500")
     with srv:
         pub = Publisher(srv.collector)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.collector_helpers import Child, Collector, Subscriber
+from tests.collector_helpers import Child, CollectorProcess, StreamReader
 from tests.conftest import ROOT, have, is_root, require
 
 
@@ -20,7 +20,7 @@ def child_and_collector(tmp_path_factory):
     require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
     require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace")
     child = Child([b"sw-tail"], base=550_001, writes=30, reads=20)
-    coll = Collector(tmp_path_factory.mktemp("subs"), "--pid", str(child.pid), "--echo-rate", "0")
+    coll = CollectorProcess(tmp_path_factory.mktemp("subs"), "--pid", str(child.pid), "--echo-rate", "0")
     yield child, coll
     coll.kill()
 
@@ -49,7 +49,7 @@ def tcp_connected(pid: int, port: int) -> bool:
     return False
 
 
-def wait_connected(coll: Collector, *scripts: subprocess.Popen, timeout: float = 30) -> None:
+def wait_connected(coll: CollectorProcess, *scripts: subprocess.Popen, timeout: float = 30) -> None:
     """ZeroMQ's slow joiner: until every script has a TCP connection to the collector, then until
     a status the collector sent after that has come through, so the subscription each script
     sent on its connection right after the handshake had time to reach the PUB."""
@@ -61,7 +61,7 @@ def wait_connected(coll: Collector, *scripts: subprocess.Popen, timeout: float =
         assert time.monotonic() < deadline, f"not every script connected to {coll.endpoint} within {timeout} s"
         time.sleep(0.05)
     connected_ns = time.time_ns()
-    sub = Subscriber(coll.endpoint, ("status",))
+    sub = StreamReader(coll.endpoint, ("status",))
     try:
         while sub.wait_status(timeout)["ts_ns"] <= connected_ns:
             pass

@@ -15,14 +15,14 @@ import time
 import pytest
 import requests
 
-from tests.apiserver import ApiServer, Publisher, connect, event, wait_for
+from tests.apiserver import ApiProcess, Publisher, connect, event, wait_for
 
 FORM = "application/x-www-form-urlencoded"
 
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
-    srv = ApiServer(tmp_path_factory.mktemp("websec") / "ips.sqlite3", "--max-streams", "2", "--threads", "8")
+    srv = ApiProcess(tmp_path_factory.mktemp("websec") / "ips.sqlite3", "--max-streams", "2", "--threads", "8")
     with srv:
         yield srv
 
@@ -30,7 +30,7 @@ def api(tmp_path_factory):
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     """(server, publisher) for the stream tests; default heartbeat (10 s), two stream slots."""
-    srv = ApiServer(tmp_path_factory.mktemp("websse") / "ips.sqlite3", "--max-streams", "2", "--threads", "8")
+    srv = ApiProcess(tmp_path_factory.mktemp("websse") / "ips.sqlite3", "--max-streams", "2", "--threads", "8")
     with srv:
         pub = Publisher(srv.collector)
         connect(srv, pub)
@@ -38,7 +38,7 @@ def live(tmp_path_factory):
         pub.close()
 
 
-def host_header(srv: ApiServer, name: str) -> dict:
+def host_header(srv: ApiProcess, name: str) -> dict:
     return {"Host": f"{name}:{srv.port}"}
 
 
@@ -63,14 +63,14 @@ def test_loopback_names_are_accepted(api, name):
 
 
 def test_allowed_host_adds_a_name_and_a_non_loopback_bind_checks_only_when_asked(tmp_path):
-    with ApiServer(tmp_path / "a.sqlite3", "--allowed-host", "syswatch.internal") as srv:
+    with ApiProcess(tmp_path / "a.sqlite3", "--allowed-host", "syswatch.internal") as srv:
         assert requests.get(srv.url("/stats"), headers=host_header(srv, "syswatch.internal"), timeout=10).ok
         assert requests.get(srv.url("/stats"), headers=host_header(srv, "localhost"), timeout=10).ok
         assert requests.get(srv.url("/stats"), headers=host_header(srv, "evil.example"), timeout=10).status_code == 403
     # listening on every interface (e.g. in a container behind a published port): names are not known
-    with ApiServer(tmp_path / "b.sqlite3", "--host", "0.0.0.0") as srv:
+    with ApiProcess(tmp_path / "b.sqlite3", "--host", "0.0.0.0") as srv:
         assert requests.get(srv.url("/stats"), headers=host_header(srv, "api.example"), timeout=10).ok
-    with ApiServer(tmp_path / "c.sqlite3", "--host", "0.0.0.0", env={"SYSWATCH_ALLOWED_HOSTS": "api.example,x.example"}) as srv:
+    with ApiProcess(tmp_path / "c.sqlite3", "--host", "0.0.0.0", env={"SYSWATCH_ALLOWED_HOSTS": "api.example,x.example"}) as srv:
         assert requests.get(srv.url("/stats"), headers=host_header(srv, "x.example"), timeout=10).ok
         assert requests.get(srv.url("/stats"), headers=host_header(srv, "evil.example"), timeout=10).status_code == 403
 
@@ -123,7 +123,7 @@ def test_cross_origin_reads_are_refused_and_carry_no_cors_headers(api):
 # --- CORS, opt-in -------------------------------------------------------------------------------------------
 def test_cors_is_opt_in_for_exact_origins(tmp_path):
     allowed = "http://localhost:3000"
-    with ApiServer(tmp_path / "ips.sqlite3", "--cors-origin", allowed, "--cors-origin", "https://Dash.Example/") as srv:
+    with ApiProcess(tmp_path / "ips.sqlite3", "--cors-origin", allowed, "--cors-origin", "https://Dash.Example/") as srv:
         r = requests.get(srv.url("/stats"), headers={"Origin": allowed}, timeout=10)
         assert r.status_code == 200 and r.headers["Access-Control-Allow-Origin"] == allowed
         assert "Origin" in r.headers["Vary"]
@@ -143,7 +143,7 @@ def test_cors_is_opt_in_for_exact_origins(tmp_path):
             assert r.status_code == 403 and "Access-Control-Allow-Origin" not in r.headers, other
         # same-origin requests get no CORS header
         assert "Access-Control-Allow-Origin" not in srv.get("/stats").headers
-    with ApiServer(tmp_path / "env.sqlite3", env={"SYSWATCH_CORS_ORIGINS": "http://a.example, http://b.example:81"}) as srv:
+    with ApiProcess(tmp_path / "env.sqlite3", env={"SYSWATCH_CORS_ORIGINS": "http://a.example, http://b.example:81"}) as srv:
         for origin in ("http://a.example", "http://b.example:81"):
             r = requests.get(srv.url("/stats"), headers={"Origin": origin}, timeout=10)
             assert r.headers.get("Access-Control-Allow-Origin") == origin
@@ -154,7 +154,7 @@ def test_cors_is_opt_in_for_exact_origins(tmp_path):
     ("http://a.example/path", "no path"), ("localhost:3000", "is not an origin"), ("ftp://a.example", "is not an origin"),
 ])
 def test_bad_cors_origins_are_refused_at_start(tmp_path, value, message):
-    srv = ApiServer(tmp_path / "ips.sqlite3", "--cors-origin", value)
+    srv = ApiProcess(tmp_path / "ips.sqlite3", "--cors-origin", value)
     srv.start(wait=False)
     assert srv.wait_exit() == 2
     assert "--cors-origin" in srv.output and message in srv.output, srv.output
@@ -206,7 +206,7 @@ def test_static_files_have_their_types_and_cache_headers(api):
 class SSE:
     """A raw SSE client on http.client: reads events and comments as the server sends them."""
 
-    def __init__(self, srv: ApiServer, query: str = "", last_event_id: str | None = None):
+    def __init__(self, srv: ApiProcess, query: str = "", last_event_id: str | None = None):
         self.conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
         headers = {"Accept": "text/event-stream"}
         if last_event_id:
@@ -240,7 +240,7 @@ class SSE:
         self.conn.close()
 
 
-def streams_open(srv: ApiServer) -> int:
+def streams_open(srv: ApiProcess) -> int:
     return srv.get("/stats").json()["api"]["event_streams"]
 
 
@@ -309,7 +309,7 @@ def test_a_stream_slot_is_freed_as_soon_as_its_client_leaves(live):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_the_api_exits_promptly_with_a_stream_open(tmp_path, sig):
-    srv = ApiServer(tmp_path / "ips.sqlite3").start()
+    srv = ApiProcess(tmp_path / "ips.sqlite3").start()
     try:
         stream = SSE(srv)
         assert stream.resp.status == 200

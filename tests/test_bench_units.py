@@ -115,7 +115,7 @@ def test_bench_subscriber_is_ready_only_with_a_status_and_says_when_one_is_missi
 
     monkeypatch.setattr(bench_subscriber, "STATUS_TIMEOUT_S", 1.5)
     pub = Publisher(f"tcp://127.0.0.1:{free_port()}")
-    sub = bench_subscriber.StreamReader(pub.endpoint)
+    sub = bench_subscriber.BenchSubscriber(pub.endpoint)
     sending, stop, lock = threading.Event(), threading.Event(), threading.Lock()
 
     def collector():

@@ -176,5 +176,5 @@ def test_test_command_fails_when_pytest_collects_nothing():
     assert out.returncode == 5, out.stdout[-2000:] + out.stderr
     assert "pytest collected no tests (exit 5)" in out.stderr
     timings = out.stdout[out.stdout.index("=== stage timings"):].splitlines()[1:]
-    assert [line.split()[0] for line in timings] == ["setup-host", "base-image", "vm-root", "pytest"], timings
+    assert [line.split()[0] for line in timings] == ["setup-host", "base-image", "trixie-bpftrace", "vm-root", "pytest"], timings
     assert timings[-1].endswith("exit 5")

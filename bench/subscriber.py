@@ -156,8 +156,10 @@ class BenchSubscriber(threading.Thread):
     # -- the thread ------------------------------------------------------------------------------
     def run(self) -> None:
         ctx = zmq.Context.instance()
-        events = make_subscriber(ctx, self.endpoint, (protocol.EVENT_PREFIX, protocol.TOPIC_COUNTS))
-        status = make_subscriber(ctx, self.endpoint, (protocol.TOPIC_STATUS,))
+        # announce=False: the bench checks that the stream is live with events of its own PID, so its
+        # own I/O must stay in the stream (as it was before subscribers were left out)
+        events = make_subscriber(ctx, self.endpoint, (protocol.EVENT_PREFIX, protocol.TOPIC_COUNTS), announce=False)
+        status = make_subscriber(ctx, self.endpoint, (protocol.TOPIC_STATUS,), announce=False)
         poller = zmq.Poller()
         poller.register(events, zmq.POLLIN)
         poller.register(status, zmq.POLLIN)

@@ -112,7 +112,10 @@ def encode_event_batch(topic: str, host_json: bytes, events_json: Iterable[bytes
     ``events_json`` one EVENT object as JSON bytes. Nothing is re-parsed.
     """
     return [topic.encode("ascii"),
-            b'{"v":2,"host":' + host_json + b',"events":[' + b",".join(events_json) + b"]}"]
+            _BATCH_HEAD + host_json + b',"events":[' + b",".join(events_json) + b"]}"]
+
+
+_BATCH_HEAD = b'{"v":%d,"host":' % VERSION
 
 
 def json_string(text: str) -> bytes:

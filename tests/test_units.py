@@ -1,0 +1,145 @@
+"""The fast unit layer (pytest -m unit): pure in-process tests of the program renderer, the console
+echo, the stream's stats model, the event filter, the metrics and the option helper. No root, no
+child process, no network: seconds."""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+
+import pytest
+
+from api import metrics
+from api.stream import COUNTERS, StreamStats
+from api.validation import BadRequest, EventFilter, event_query
+from collector import program
+from collector.echo import Echo
+from shared import protocol
+from shared.config import add_option
+
+pytestmark = pytest.mark.unit
+
+
+def test_the_shipped_programs_are_the_renderer_s_defaults():
+    assert program.FILES["events"].read_text() == program.render("events")
+    assert program.FILES["counts"].read_text() == program.render("counts")
+
+
+def test_render_places_filters_in_the_entry_predicate_and_every_syscall_gets_entry_and_exit():
+    text = program.render("events", "tracepoint", protocol.SYSCALLS, pids=[7, 8], comms=["nginx"], cgroups=[99])
+    pred = '/pid != $1 && pid != $3 && (pid == 7 || pid == 8) && (comm == "nginx") && (cgroup == 99)/'
+    assert text.count(pred) == len(protocol.SYSCALLS)
+    for i, name in enumerate(protocol.SYSCALLS):
+        assert f"tracepoint:syscalls:sys_enter_{name}\n" in text and f"tracepoint:syscalls:sys_exit_{name}\n" in text
+        assert f'"%d:{i}{{\\"ts_ns' in text
+    kp = program.render("counts", "kprobe", ["readv"])
+    assert "kprobe:__x64_sys_readv" in kp and "kretprobe:__x64_sys_readv" in kp and "retval" in kp
+    assert "args->" not in kp
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"comms": ["x" * 16]}, "longer than 15 bytes"), ({"comms": ['a"b']}, "printable ASCII"),
+    ({"pids": [0]}, "a PID is between"), ({"syscalls": ["open"]}, "unknown 'open'"), ({"syscalls": []}, "at least"),
+])
+def test_render_refuses_what_cannot_be_a_predicate(bad, message):
+    with pytest.raises(program.FilterError, match=message):
+        program.render("events", **bad)
+
+
+def test_env_names_follow_the_bpftrace_version():
+    from collector.bpfversion import parse
+    assert program.env(parse("bpftrace v0.17.0")) == {"BPFTRACE_PERF_RB_PAGES": "1024", "BPFTRACE_MAP_KEYS_MAX": "65536"}
+    assert program.env(parse("bpftrace v0.23.2")) == {"BPFTRACE_PERF_RB_PAGES": "4096", "BPFTRACE_MAX_MAP_KEYS": "65536"}
+
+
+def test_echo_caps_lines_per_second_and_summarises_the_rest():
+    now = [100.0]
+    out = io.StringIO()
+    echo = Echo(2, out, clock=lambda: now[0])
+    ev = [b'{"ts_ns":1,"pid":%d,"tid":1}' % p for p in (11, 12, 13, 14)]
+    echo.events("read", ev)
+    assert out.getvalue() == "11 - hello sys_read was called\n12 - hello sys_read was called\n"
+    now[0] += 1.0
+    echo.tick()
+    assert "... 2 more sys_read/sys_write calls in the last second were not echoed" in out.getvalue()
+    echo.events("write", ev[:1])
+    assert out.getvalue().endswith("11 - hello sys_write was called\n")
+
+
+def _event(**over):
+    e = {"ts_ns": 1, "pid": 10, "tid": 10, "uid": 0, "comm": "a", "syscall": "read", "fd": 3, "count": 100,
+         "ret": 100, "lat_ns": 1000, "cgroup_id": 1, "container_id": "", "container_name": ""}
+    return {**e, **over}
+
+
+def test_stream_stats_per_host_bytes_moved_errors_latency_and_containers():
+    st = StreamStats(["tcp://a:1", "tcp://b:1"], 100)
+    st.add_events("h1", [_event(), _event(ret=-9), _event(ret=40, container_id="0123456789ab", container_name="web")],
+                  "tcp://a:1")
+    st.add_events("h2", [_event(syscall="write", pid=20, ret=7)], "tcp://b:1")
+    one = st.snapshot("h1")
+    assert one["totals"]["read"] == {"calls": 3, "bytes": 140, "errors": 1, "lat_ns_sum": 3000}
+    assert one["totals"]["write"]["calls"] == 0
+    assert one["top_containers_by_calls"] == [{"host": "h1", "container_id": "0123456789ab", "container_name": "web",
+                                               "calls": 1, "bytes": 40, "errors": 0, "lat_ns_sum": 1000}]
+    every = st.snapshot()
+    assert every["hosts"] == ["h1", "h2"] and every["totals"]["write"]["bytes"] == 7
+    assert {c["host"] for c in every["collectors"]} == {"h1", "h2"} and every["connected"]
+    assert set(every["api"]) >= set(COUNTERS)
+    assert st.recent_events(EventFilter(host="h2"), 10)[0]["pid"] == 20
+
+
+def test_stream_stats_estimate_what_did_not_arrive_per_host():
+    st = StreamStats(["e"], 10)
+    status = {"host": "h", "ts_ns": 1, "mode": "events", "probe": "tracepoint", "syscalls": ["read"],
+              "excluded_pids": [], "events_total": 0, "lost_total": 0, "dropped_total": 0, "malformed_total": 0,
+              "uptime_s": 1.0}
+    st.set_status(status)
+    st.add_events("h", [_event()] * 5)
+    st.set_status({**status, "events_total": 8, "uptime_s": 2.0})
+    assert st.snapshot()["api"]["events_not_received"] == 3
+
+
+def test_event_filter_and_query():
+    flt, limit = event_query({"container": ["web"], "syscall": ["pread64"], "limit": ["5"]}, ("limit",), 100, 10)
+    assert limit == 5 and flt.matches(_event(syscall="pread64", container_id="0123456789ab", container_name="web"))
+    assert not flt.matches(_event(syscall="pread64"))
+    assert EventFilter(container="0123").matches(_event(container_id="0123456789ab"))
+    for bad in ({"syscall": ["open"]}, {"host": [""]}, {"container": ["x" * 300]}, {"colour": ["red"]}):
+        with pytest.raises(BadRequest):
+            event_query(bad)
+
+
+def test_metrics_are_derived_from_the_stats_model():
+    st = StreamStats(["e"], 10)
+    st.add_events("h1", [_event(ret=-4), _event(ret=50)])
+    text = metrics.render(st, {("/stats", "GET", 200): 3}, 7, 1)
+    assert 'syswatch_events_total{host="h1",syscall="read"} 2' in text
+    assert 'syswatch_moved_bytes_total{host="h1",syscall="read"} 50' in text
+    assert 'syswatch_errors_total{host="h1",syscall="read"} 1' in text
+    for name, (kind, _) in COUNTERS.items():
+        assert f"# TYPE syswatch_api_{name}{'_total' if kind == 'counter' else ''} {kind}" in text
+    assert "syswatch_ip_list_size 7" in text
+
+
+def test_option_helper_flag_beats_env_beats_default(monkeypatch):
+    def parser():
+        p = argparse.ArgumentParser()
+        add_option(p, "-p", "--pid", env="SW_TEST_PID", default=[], type=int, repeatable=True, help="pids")
+        add_option(p, "--mode", env="SW_TEST_MODE", default="events", help="mode")
+        return p
+    assert vars(parser().parse_args([])) == {"pid": [], "mode": "events"}
+    monkeypatch.setenv("SW_TEST_PID", "1,2")
+    monkeypatch.setenv("SW_TEST_MODE", "counts")
+    assert vars(parser().parse_args([])) == {"pid": [1, 2], "mode": "counts"}
+    assert vars(parser().parse_args(["-p", "3", "--mode", "x"])) == {"pid": [3], "mode": "x"}
+    assert "[env SW_TEST_PID] (default: 1,2)" in " ".join(parser().format_help().split())
+    monkeypatch.setenv("SW_TEST_PID", "one")
+    with pytest.raises(SystemExit) as exc:
+        parser()
+    assert exc.value.code == 2
+
+
+def test_encode_event_batch_uses_the_protocol_version():
+    frames = protocol.encode_event_batch("syscall.read", protocol.json_string("h"), [json.dumps(_event()).encode()])
+    assert protocol.decode(frames).payload["v"] == protocol.VERSION

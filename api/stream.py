@@ -2,7 +2,7 @@
 and feeds one stats model.
 
     StreamSubscriber (thread) --decode--> StreamStats (per-host aggregates + recent events, short lock)
-                                \-> StreamHub   (one bounded queue per /events/stream client)
+                                +-> StreamHub   (one bounded queue per /events/stream client)
 
 HTTP threads only read copies (``StreamStats.snapshot`` / ``recent_events``), so a slow reader
 never slows the subscriber, and the subscriber holds the lock only while it applies one message.

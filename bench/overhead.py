@@ -131,6 +131,6 @@ def run(plan: Plan, log: Callable[[str], None], only_tracers: list[str] | None =
         })
     warnings = [f"{r['tracer']} {r['workload']} run {i + 1}: {run['collector_exited']}"
                 for r in rows for i, run in enumerate(r["runs"]) if run.get("collector_exited")]
-    return {"rows": rows, "raw_lost": raw_lost, "warnings": warnings,
+    return {"rows": rows, "skipped": skipped, "raw_lost": raw_lost, "warnings": warnings,
             "workloads": {w.key: w.desc for w in wls[False]},
             "strace_workloads": {w.key: w.desc for w in wls[True]}}

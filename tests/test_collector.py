@@ -305,13 +305,21 @@ def test_bpftrace_missing_or_failing(tmp_path, root_and_bpftrace):
     # failing: explicit kprobes on a kernel without them, or a bpftrace that cannot attach
     fake = tmp_path / "bin"
     fake.mkdir()
-    (fake / "bpftrace").write_text("#!/bin/sh\necho 'ERROR: Error attaching probe: fake' >&2\nexit 1\n")
+    # it tells its version (the collector asks first), then cannot attach
+    (fake / "bpftrace").write_text("#!/bin/sh\n[ \"$1\" = --version ] && { echo 'bpftrace v0.17.0'; exit 0; }\n"
+                                   "echo 'ERROR: Error attaching probe: fake' >&2\nexit 1\n")
     (fake / "bpftrace").chmod(0o755)
     res = subprocess.run([sys.executable, "-m", "collector.collector", "--bind", f"tcp://127.0.0.1:{free_port()}"],
                          cwd=ROOT, capture_output=True, text=True, timeout=30,
                          env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"})
     assert res.returncode == 1
     assert "bpftrace exited with status 1; bpftrace said: ERROR: Error attaching probe: fake" in res.stderr
+    # one that cannot even say which version it is: a set-up error, before anything is bound
+    (fake / "bpftrace").write_text("#!/bin/sh\necho 'broken' >&2\nexit 3\n")
+    res = subprocess.run([sys.executable, "-m", "collector.collector", "--bind", f"tcp://127.0.0.1:{free_port()}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"})
+    assert res.returncode == 2 and "cannot tell which bpftrace" in res.stderr and "broken" in res.stderr
 
 
 def test_explicit_kprobe_fails_clearly_without_kernel_support(tmp_path, root_and_bpftrace):

@@ -148,8 +148,9 @@ class Parser:
         elif kind == "lost_events" and isinstance(data, dict) and type(data.get("events")) is int \
                 and data["events"] >= 0:
             self.reported_lost += data["events"]
-            if self.mode == "counts":
-                self.lost = self.reported_lost
+            # bpftrace's own count is a floor (it also counts kick lines lost while a buffer was
+            # full, a few per CPU and second); the kicks make it exact and timely (_kick)
+            self.lost = max(self.lost, self.reported_lost)
         elif kind == "attached_probes":
             pass                           # bpftrace's own start-up record
         elif self.mode == "events" and kind == "printf" and isinstance(data, str) and _KICK.fullmatch(data):
@@ -224,7 +225,7 @@ class Parser:
         lost = printed - self._arrived.get(cpu, 0)
         if lost > self._lost_by_cpu.get(cpu, 0):
             self._lost_by_cpu[cpu] = lost
-            self.lost = sum(self._lost_by_cpu.values())
+            self.lost = max(self.lost, sum(self._lost_by_cpu.values()))
 
     # --- counts mode -------------------------------------------------------------------------
     def _map(self, line: bytes, data: dict) -> None:

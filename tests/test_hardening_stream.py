@@ -147,7 +147,7 @@ def test_a_loss_shows_in_status_even_if_bpftrace_never_reports_it(tmp_path, bpft
             os.kill(bt, signal.SIGCONT)
         resumed = time.monotonic()
         delivered, lost, seen_at = 0, 0, None
-        for msg in sub.messages(30):
+        for msg in sub.messages(45):
             delivered += sum(1 for e in msg.events if e["comm"] == "sw-burst")
             if msg.topic == "status":
                 lost = msg.payload["lost_total"]
@@ -157,7 +157,9 @@ def test_a_loss_shows_in_status_even_if_bpftrace_never_reports_it(tmp_path, bpft
                     break
         assert lost > 0, "the burst overflowed the buffers, so something must be counted lost"
         assert seen_at is not None and seen_at < 10, seen_at
-        assert delivered + lost == made + 1, (delivered, lost, made)      # + the write of "done"
+        # + the write of "done"; bpftrace's own count (a floor) may add the few kick lines that were
+        # lost too while the buffers were full (at most one per CPU and second)
+        assert made + 1 <= delivered + lost <= made + 1 + 4 * os.cpu_count(), (delivered, lost, made)
     finally:
         child.kill()
         child.wait()

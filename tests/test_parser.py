@@ -131,7 +131,7 @@ def test_lost_ready_attach_and_malformed_lines_are_counted():
                        line(b"ok")])
     reads, writes = parse(data, p)
     assert (len(reads), len(writes)) == (0, 1)
-    assert (p.reported_lost, p.lost, p.malformed, ready) == (20, 0, 7, [1])
+    assert (p.reported_lost, p.lost, p.malformed, ready) == (20, 20, 7, [1])
     assert bad[0] == b"garbage"
 
 
@@ -147,6 +147,8 @@ def test_kicks_show_losses_bpftrace_has_not_reported():
     assert p.lost == 10
     p.parse(b'{"type": "lost_events", "data": {"events": 10}}')      # bpftrace reports them later: not twice
     assert p.lost == 10
+    p.parse(b'{"type": "lost_events", "data": {"events": 2}}')       # and lost kick lines: a floor
+    assert p.lost == 12
     p.parse(b"\n".join([line(b"b", cpu=1)] * 2 + [kick(1, 9), kick(0, 25)]))   # CPU 1: 9 printed, 6 arrived
     assert p.lost == 13
     p.excluded_pids.add(42)

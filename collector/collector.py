@@ -351,7 +351,7 @@ class Collector:
         cut = data.rfind(b"\n")
         if cut < 0:
             if len(data) > MAX_LINE:             # no newline in 1 MiB: not bpftrace's output format
-                self.parser._bad(data[:200])
+                self.parser.bad_line(data[:200])
                 data = b""
             self._partial = data
             return True

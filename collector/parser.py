@@ -160,9 +160,10 @@ class Parser:
         elif self.mode == "counts" and kind == "printf" and data == _INTERVAL_DATA:
             out.intervals.append(self._finish_interval())
         else:
-            self._bad(line)
+            self.bad_line(line)
 
-    def _bad(self, line: bytes) -> None:
+    def bad_line(self, line: bytes) -> None:
+        """Count (and report) a line that is not bpftrace output of this program."""
         self.malformed += 1
         if self._on_malformed:
             self._on_malformed(line)
@@ -185,7 +186,7 @@ class Parser:
             cpu = int(cpu)
             arrived[cpu] = arrived.get(cpu, 0) + 1     # before any check: it arrived, kept or not
             if names.get(idx) != syscall:
-                self._bad(line)            # the index picks the topic: it must agree with the name
+                self.bad_line(line)            # the index picks the topic: it must agree with the name
                 continue
             if excluded and int(pid) in excluded:
                 n_excluded += 1
@@ -194,7 +195,7 @@ class Parser:
             if tail is None:
                 tail = self._comm_json(escaped)
                 if tail is None:
-                    self._bad(line)
+                    self.bad_line(line)
                     continue
             event = body.replace(b'\\"', b'"') + containers(int(cgroup)) + tail
             batch = batches.get(syscall)
@@ -232,7 +233,7 @@ class Parser:
         ((name, entries),) = data.items()
         kind, _, gen = name[1:].rpartition("_")
         if kind not in ("calls", "bytes", "errors") or gen not in ("a", "b") or not isinstance(entries, dict):
-            return self._bad(line)
+            return self.bad_line(line)
         for key, val in entries.items():
             try:
                 pid, cgroup, idx, comm = key.split(",", 3)
@@ -250,7 +251,7 @@ class Parser:
                         raise ValueError("negative or non-integer count")
                     row[kind] += val
             except (ValueError, KeyError, TypeError, IndexError, UnicodeError):
-                self._bad(line)
+                self.bad_line(line)
 
     def _row(self, pid: int, cgroup: int, syscall: str, comm: str) -> dict:
         key = (pid, cgroup, syscall, comm)

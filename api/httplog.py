@@ -27,7 +27,7 @@ from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, MultiSocketServer
 from waitress.task import ErrorTask
 
-from api.validation import printable
+from .validation import printable
 
 
 def _printable(text: str, limit: int = 200) -> str:

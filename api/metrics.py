@@ -28,7 +28,7 @@ class _Doc:
 
 def render(stream, requests: dict, ip_count: int, streams_open: int) -> str:
     """``stream``: the StreamStats; ``requests``: RequestStats.snapshot(). Per-host series carry a ``host`` label."""
-    from api.stream import COUNTERS
+    from .stream import COUNTERS
     d = _Doc()
     overall = stream.snapshot()
     per_host = {h: stream.snapshot(h) for h in overall["hosts"]}

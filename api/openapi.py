@@ -6,8 +6,8 @@ tests/test_openapi_fuzz.py fuzzes the API against it with schemathesis.
 """
 from __future__ import annotations
 
-from api.stream import COUNTERS
-from shared.protocol import SYSCALLS
+from .stream import COUNTERS
+from syswatch.shared.protocol import SYSCALLS
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 IP_ENTRY = {"$ref": "#/components/schemas/IpEntry"}

@@ -15,14 +15,14 @@ from urllib.parse import parse_qs
 
 import bottle
 
-from api import metrics, openapi
-from api.httplog import RequestStats
-from api.iplist import DiskFull, IPList, ListFull
-from api.sse import EventStream
-from api.stream import StreamHub, StreamStats, TooManyStreams
-from api import validation
-from api.web import StaticFiles
-from api.validation import BadRequest
+from . import metrics, openapi
+from .httplog import RequestStats
+from .iplist import DiskFull, IPList, ListFull
+from .sse import EventStream
+from .stream import StreamHub, StreamStats, TooManyStreams
+from . import validation
+from .web import StaticFiles
+from .validation import BadRequest
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,10 @@ import string
 import sys
 import textwrap
 
-from shared import __version__, curve, protocol
-from shared.config import add_option
-from shared.zmqsock import check_endpoint
+from syswatch import __version__
+from syswatch.shared import curve, protocol
+from syswatch.shared.config import add_option
+from syswatch.shared.zmqsock import check_endpoint
 
 EPILOG = textwrap.dedent("""\
     environment (a flag beats its variable, which beats the default):
@@ -31,13 +32,13 @@ EPILOG = textwrap.dedent("""\
       SYSWATCH_CURVE_SERVER_KEY + SYSWATCH_CURVE_CLIENT_KEY: subscribe with CurveZMQ (shared/curve.py)
 
     examples:
-      python -m api.server                                  # 127.0.0.1:8080, collector tcp://127.0.0.1:5556
-      python -m api.server --host 0.0.0.0 --port 9080       # listen on every interface, port 9080
-      python -m api.server --db /var/lib/syswatch/ips.sqlite3
-      python -m api.server --collector tcp://10.0.0.5:5556  # a collector on another host
-      SYSWATCH_TOKEN=s3cret python -m api.server            # POSTs need: Authorization: Bearer s3cret
-      python -m api.server --token-file /run/secrets/syswatch_token
-      python -m api.server --max-items 1000 --max-ips 50000 # tighter IP list limits
+      syswatch-api                                            # 127.0.0.1:8080, collector tcp://127.0.0.1:5556
+      syswatch-api --host 0.0.0.0 --port 9080                 # listen on every interface, port 9080
+      syswatch-api --db /var/lib/syswatch/ips.sqlite3
+      syswatch-api --collector tcp://10.0.0.5:5556            # a collector on another host
+      SYSWATCH_TOKEN=s3cret syswatch-api                      # POSTs need: Authorization: Bearer s3cret
+      syswatch-api --token-file /run/secrets/syswatch_token
+      syswatch-api --max-items 1000 --max-ips 50000           # tighter IP list limits
 
       curl -s localhost:8080/apis
       curl -s -X POST localhost:8080/add_ips -H 'Content-Type: application/json' -d '{"add_ips": [1, 2, 3]}'
@@ -46,7 +47,7 @@ EPILOG = textwrap.dedent("""\
       xdg-open http://localhost:8080/                       # the live dashboard
 
       # a page served from http://localhost:3000 may call the API (CORS), nothing else may:
-      python -m api.server --cors-origin http://localhost:3000
+      syswatch-api --cors-origin http://localhost:3000
         """)
 
 
@@ -113,7 +114,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="seconds before an idle connection is closed")
     p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     args = p.parse_args(argv)
-    from api import web
+    from . import web
     try:
         args.cors_origin = web.parse_origins(args.cors_origin)
     except web.BadOrigin as exc:
@@ -165,11 +166,11 @@ def main(argv=None) -> int:
     import waitress
     import zmq
 
-    from api.httplog import AccessLog, RequestStats, json_server_errors, stdout_line
-    from api.iplist import DatabaseUnusable, IPList
-    from api.routes import Api, Limits, build_app
-    from api.stream import StreamHub, StreamStats, StreamSubscriber
-    from api.web import StaticFiles, WebGuard
+    from .httplog import AccessLog, RequestStats, json_server_errors, stdout_line
+    from .iplist import DatabaseUnusable, IPList
+    from .routes import Api, Limits, build_app
+    from .stream import StreamHub, StreamStats, StreamSubscriber
+    from .web import StaticFiles, WebGuard
 
     try:
         iplist = IPList(args.db, args.max_ips)

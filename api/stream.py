@@ -30,8 +30,8 @@ import threading
 import time
 import zmq
 
-from api.validation import EventFilter
-from shared import protocol, zmqsock
+from .validation import EventFilter
+from syswatch.shared import protocol, zmqsock
 
 CONNECTED_WINDOW_S = 3.0        # the collector sends a status every second
 RATE_WINDOW_S = 5.0             # events/s is averaged over this many seconds

@@ -9,7 +9,7 @@ import ipaddress
 import json
 from typing import Any, NamedTuple
 
-from shared.protocol import MAX_COMM, MAX_CONTAINER_NAME, MAX_HOST, SYSCALLS
+from syswatch.shared.protocol import MAX_COMM, MAX_CONTAINER_NAME, MAX_HOST, SYSCALLS
 
 MAX_IPV4_INT = 2**32 - 1
 COMM_MAX_CHARS = MAX_COMM  # bpftrace's comm is 16 bytes; escaped non-UTF-8 bytes take 4 chars each

@@ -28,8 +28,8 @@ from typing import Callable
 
 import zmq
 
-from shared import protocol
-from shared.zmqsock import make_publisher
+from syswatch.shared import protocol
+from syswatch.shared.zmqsock import make_publisher
 
 from . import procs, stats
 from .plan import Plan

@@ -22,8 +22,8 @@ from typing import Callable
 
 import zmq
 
-from shared import protocol
-from shared.zmqsock import make_subscriber
+from syswatch.shared import protocol
+from syswatch.shared.zmqsock import make_subscriber
 
 from .workloads import BASE_COUNT
 

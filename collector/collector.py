@@ -14,8 +14,9 @@ import os
 import sys
 
 # Say "must run as root" before any third-party import: an unprivileged user's interpreter may
-# not be able to import zmq at all (issue 17). Only when run as a program, and not for --help.
-if __name__ == "__main__" and os.geteuid() != 0 and not any(
+# not be able to import zmq at all (issue 17). Only when run as a program (python -m, or the
+# installed syswatch-collector script), and not for --help.
+if (__name__ == "__main__" or os.path.basename(sys.argv[0]) == "syswatch-collector") and os.geteuid() != 0 and not any(
         a in ("-h", "-V") or len(a) > 3 and ("--help".startswith(a) or "--version".startswith(a)) for a in sys.argv[1:]):
     from .bpf import SetupError, check_root     # stdlib only
     try:
@@ -33,14 +34,14 @@ import time  # noqa: E402
 
 import zmq  # noqa: E402
 
-from shared import curve  # noqa: E402
-from shared.config import add_option  # noqa: E402
-from shared.protocol import (DEFAULT_ENDPOINT, DEFAULT_SYSCALLS, SYSCALLS, TOPIC_COUNTS,  # noqa: E402
+from syswatch.shared import curve  # noqa: E402
+from syswatch.shared.config import add_option  # noqa: E402
+from syswatch.shared.protocol import (DEFAULT_ENDPOINT, DEFAULT_SYSCALLS, SYSCALLS, TOPIC_COUNTS,  # noqa: E402
                              TOPIC_STATUS, encode, encode_event_batch, json_string, parse_announce,
                              topic_for, valid_subscription)
-from shared.zmqsock import EndpointError, check_endpoint, make_publisher  # noqa: E402
+from syswatch.shared.zmqsock import EndpointError, check_endpoint, make_publisher  # noqa: E402
 
-from shared import __version__  # noqa: E402
+from syswatch import __version__  # noqa: E402
 from . import bpf, bpfversion, program  # noqa: E402
 from .bpf import Bpftrace, SetupError  # noqa: E402
 from .containers import Containers  # noqa: E402
@@ -67,22 +68,22 @@ COALESCE_S = 0.002
 
 EPILOG = """\
 examples:
-  sudo python -m collector.collector
+  sudo syswatch-collector
         trace every read/write on the host, publish on tcp://127.0.0.1:5556
-  sudo python -m collector.collector --syscalls read,write,pread64,pwrite64,readv,writev
+  sudo syswatch-collector --syscalls read,write,pread64,pwrite64,readv,writev
         the whole read/write family, each syscall on its own topic (syscall.pread64, ...)
-  sudo python -m collector.collector --mode counts --interval 5
+  sudo syswatch-collector --mode counts --interval 5
         count calls, bytes moved, errors and latency per process in the kernel, every 5 s
-  sudo python -m collector.collector -p 1234 -p 5678 -n nginx
+  sudo syswatch-collector -p 1234 -p 5678 -n nginx
         only PIDs 1234 and 5678 whose name is nginx (filtered in the kernel)
-  sudo python -m collector.collector --container web -d 60
+  sudo syswatch-collector --container web -d 60
         only the processes of container "web" (name or id prefix), for 60 seconds
-  sudo python -m collector.collector --probe tracepoint --echo-rate 0
+  sudo syswatch-collector --probe tracepoint --echo-rate 0
         syscall tracepoints, no console echo
   sudo SYSWATCH_CURVE_SERVER_KEY=keys/server.key_secret SYSWATCH_CURVE_CLIENTS=keys/clients \\
-       python -m collector.collector --bind tcp://0.0.0.0:5556
+       syswatch-collector --bind tcp://0.0.0.0:5556
         publish beyond this host, encrypted, to authorised subscribers only
-  python subscribers/tail.py         # watch the stream;  python subscribers/top.py: busiest processes
+  syswatch-tail                      # watch the stream;  syswatch-top: busiest processes
 
 Every flag has an environment variable (flag > environment > default), shown as [env NAME].
 Status (topic "status", every second) counts events, lost (bpftrace's buffer overflowed),

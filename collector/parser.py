@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
-from shared.protocol import json_string
+from syswatch.shared.protocol import json_string
 
 from .program import INTERVAL, KICK, READY
 

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from shared.protocol import DEFAULT_SYSCALLS, SYSCALLS
+from syswatch.shared.protocol import DEFAULT_SYSCALLS, SYSCALLS
 
 HERE = Path(__file__).resolve().parent
 FILES = {"events": HERE / "syscalls.bt", "counts": HERE / "syscalls_counts.bt"}

@@ -3,7 +3,8 @@
 #
 # What it does, each step skipped when already done (a second run takes ~1 s):
 #   1. apt packages: bpftrace docker.io docker-compose debootstrap curl bpftool strace wrk systemd
-#      chromium chromium-driver python3-selenium qemu-system-x86 e2fsprogs (systemd: systemd-analyze
+#      chromium chromium-driver python3-selenium qemu-system-x86 e2fsprogs python3-venv (venv: the
+#      wheel is installed into a fresh virtual environment by tests/test_package.py; systemd: systemd-analyze
 #      verifies the units in deploy/systemd; chromium: the browser tests use the system browser,
 #      nothing downloads one; qemu: the kprobe VM of scripts/kernel-vm.sh)
 #   2. tracefs on /sys/kernel/tracing and debugfs on /sys/kernel/debug (bpftrace's tracepoints need them)
@@ -20,7 +21,7 @@ DOCKERD_LOG="${SYSWATCH_DOCKERD_LOG:-/var/log/syswatch-dockerd.log}"
 DOCKERD_WAIT="${SYSWATCH_DOCKERD_WAIT:-60}"
 # chromium, chromium-driver, python3-selenium: the dashboard's browser tests (tests/test_dashboard.py)
 APT_PACKAGES=(bpftrace docker.io docker-compose debootstrap curl bpftool strace wrk systemd chromium
-              chromium-driver python3-selenium qemu-system-x86 e2fsprogs)
+              chromium-driver python3-selenium qemu-system-x86 e2fsprogs python3-venv)
 
 say() { echo "setup-host: $*"; }
 die() { echo "setup-host: error: $*" >&2; exit 1; }

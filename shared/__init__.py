@@ -1,2 +1,1 @@
 """Code shared by the collector, the API and subscriber scripts (wire protocol, config)."""
-__version__ = "0.2.0"

@@ -12,10 +12,11 @@ if __package__ in (None, ""):                       # run as a script: python su
 
 import zmq
 
-from shared import __version__, curve
-from shared.config import add_option
-from shared.protocol import DEFAULT_ENDPOINT, Message, ProtocolError, decode
-from shared.zmqsock import EndpointError, check_endpoint, make_subscriber
+from syswatch import __version__
+from syswatch.shared import curve
+from syswatch.shared.config import add_option
+from syswatch.shared.protocol import DEFAULT_ENDPOINT, Message, ProtocolError, decode
+from syswatch.shared.zmqsock import EndpointError, check_endpoint, make_subscriber
 
 
 def add_common_flags(p: argparse.ArgumentParser) -> None:

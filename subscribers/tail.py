@@ -14,19 +14,19 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared.protocol import EVENT_PREFIX, TOPIC_COUNTS, TOPIC_STATUS
-from subscribers.common import Subscription, add_common_flags, wanted
+from syswatch.shared.protocol import EVENT_PREFIX, TOPIC_COUNTS, TOPIC_STATUS
+from syswatch.subscribers.common import Subscription, add_common_flags, wanted
 
 EPILOG = """\
 examples:
-  python subscribers/tail.py                           every read/write event, seed-style lines
-  python subscribers/tail.py --json --count 100        100 events as JSON lines, then exit
-  python subscribers/tail.py --topic syscall.write -n nginx
-  python subscribers/tail.py -p 1234 -d 10             PID 1234 only, stop after 10 s
-  python subscribers/tail.py -c web                    container "web" only (name or id prefix)
-  python subscribers/tail.py -e tcp://node1:5556 -e tcp://node2:5556   several collectors
-  python subscribers/tail.py --topic status --json     the collector's counters every second
-  python subscribers/tail.py --topic counts            counts mode totals
+  syswatch-tail                                         every read/write event, seed-style lines
+  syswatch-tail --json --count 100                      100 events as JSON lines, then exit
+  syswatch-tail --topic syscall.write -n nginx
+  syswatch-tail -p 1234 -d 10                           PID 1234 only, stop after 10 s
+  syswatch-tail -c web                                  container "web" only (name or id prefix)
+  syswatch-tail -e tcp://node1:5556 -e tcp://node2:5556  several collectors
+  syswatch-tail --topic status --json                   the collector's counters every second
+  syswatch-tail --topic counts                          counts mode totals
 
 Each line: pid, syscall, then tid, uid, name, container, fd, the bytes asked for (count),
 what the call returned (ret: bytes moved, or -errno) and how long it took (lat).

@@ -19,17 +19,17 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared.protocol import EVENT_PREFIX, TOPIC_COUNTS, TOPIC_STATUS
-from subscribers.common import Subscription, add_common_flags, wanted
+from syswatch.shared.protocol import EVENT_PREFIX, TOPIC_COUNTS, TOPIC_STATUS
+from syswatch.subscribers.common import Subscription, add_common_flags, wanted
 
 EPILOG = """\
 examples:
-  python subscribers/top.py                        refresh every second, busiest first by calls/s
-  python subscribers/top.py --sort bytes --rows 10
-  python subscribers/top.py --group container      busiest containers ("-" is the host itself)
-  python subscribers/top.py --once                 one 1-second sample as plain text, then exit
-  python subscribers/top.py --iterations 5 --delay 2 --json   5 samples of 2 s as JSON lines
-  python subscribers/top.py -e tcp://node1:5556 -e tcp://node2:5556   several collectors (HOST column)
+  syswatch-top                                      refresh every second, busiest first by calls/s
+  syswatch-top --sort bytes --rows 10
+  syswatch-top --group container                    busiest containers ("-" is the host itself)
+  syswatch-top --once                               one 1-second sample as plain text, then exit
+  syswatch-top --iterations 5 --delay 2 --json      5 samples of 2 s as JSON lines
+  syswatch-top -e tcp://node1:5556 -e tcp://node2:5556  several collectors (HOST column)
 
 Columns: reads and writes per second (the read family: read, pread64, readv; the write family:
 write, pwrite64, writev), bytes actually moved per second (the sum of positive ret), failed

@@ -18,7 +18,7 @@ from pathlib import Path
 import requests
 import zmq
 
-from shared import protocol, zmqsock
+from syswatch.shared import protocol, zmqsock
 from tests.conftest import ROOT, die_with_test, free_port
 
 PYTHON = os.environ.get("SYSWATCH_TEST_PYTHON", sys.executable)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import zmq
 
-from shared.protocol import decode
-from shared.zmqsock import make_subscriber
+from syswatch.shared.protocol import decode
+from syswatch.shared.zmqsock import make_subscriber
 from tests.conftest import ROOT, die_with_test, free_port
 
 # The child: a worker thread renames itself (prctl PR_SET_NAME) to each given name in

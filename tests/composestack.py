@@ -19,7 +19,7 @@ from pathlib import Path
 
 import zmq
 
-from shared import protocol
+from syswatch.shared import protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_IMAGE = "debian:bookworm-slim"

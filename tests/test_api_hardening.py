@@ -73,7 +73,7 @@ def other_pythons() -> list[str]:
 def test_ipv4_mapped_address_is_spelled_the_same_by_every_python_version():
     """validation.entry gives RFC 5952's mixed form on this interpreter and on any other one found here
     (Python 3.11/3.12 print ::ffff:102:304, 3.13 ::ffff:1.2.3.4): our code decides, not the stdlib."""
-    code = ("import json, sys; from api.validation import entry; "
+    code = ("import json, sys; from syswatch.api.validation import entry; "
             "print(json.dumps([list(entry(a, 0)) for a in json.loads(sys.argv[1])]))")
     spellings = MAPPED_SPELLINGS + ["::ffff:0:0"]
     for python in [PYTHON, *other_pythons()]:
@@ -96,7 +96,7 @@ def test_ipv4_mapped_address_is_stored_once_and_apart_from_the_ipv4_address(api)
 
 
 def make_db(path, rows, schema: str | None = None, user_version: int = 1) -> None:
-    from api.iplist import SCHEMA
+    from syswatch.api.iplist import SCHEMA
     conn = sqlite3.connect(path)
     with conn:
         conn.executescript(schema or SCHEMA)
@@ -319,7 +319,7 @@ def test_bad_environment_variable_exits_2_like_a_bad_flag():
 
 
 def test_env_default_exits_2_with_its_message_on_stderr(monkeypatch, capsys):
-    from shared.config import env_default
+    from syswatch.shared.config import env_default
     monkeypatch.setenv("SYSWATCH_TEST_NUMBER", "x")
     with pytest.raises(SystemExit) as exc:
         env_default("SYSWATCH_TEST_NUMBER", 1, int)

@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from shared import protocol
+from syswatch.shared import protocol
 from tests.apiserver import ApiProcess, Publisher, connect, event, wait_for
 from tests.conftest import rss_kib
 

@@ -8,7 +8,7 @@ import pytest
 import zmq
 import zmq.auth
 
-from shared import curve
+from syswatch.shared import curve
 from tests.apiserver import ApiProcess, Publisher, connect, event, wait_for
 from tests.conftest import require
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from collector import bpfversion
+from syswatch.collector import bpfversion
 from tests.conftest import ROOT, have, is_root, require
 
 SCRIPT = ROOT / "scripts" / "trixie-bpftrace.sh"

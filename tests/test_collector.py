@@ -13,8 +13,8 @@ from collections import Counter
 
 import pytest
 
-from collector import program
-from shared import protocol
+from syswatch.collector import program
+from syswatch.shared import protocol
 from tests.collector_helpers import Child, CollectorProcess, StreamReader, assert_delivered, collect_child_events
 from tests.conftest import ROOT, free_port, have, is_root, require
 
@@ -58,7 +58,7 @@ def test_startup_lines_and_auto_probe_falls_back(events_collector):
 
 
 def program_kprobes_missing() -> bool:
-    from collector import bpf
+    from syswatch.collector import bpf
     return bpf.kprobes_unavailable_reason() is not None
 
 
@@ -384,7 +384,7 @@ def test_help_lists_every_flag_with_defaults():
 
 
 def test_env_overrides_and_bad_env(tmp_path):
-    from collector.collector import parse_args
+    from syswatch.collector.collector import parse_args
     os.environ["SYSWATCH_MODE"] = "counts"
     try:
         assert parse_args([]).mode == "counts"

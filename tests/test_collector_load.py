@@ -9,7 +9,7 @@ import time
 
 import zmq
 
-from collector.collector import PUB_SNDHWM
+from syswatch.collector.collector import PUB_SNDHWM
 from tests.collector_helpers import CollectorProcess, StreamReader
 from tests.conftest import have, is_root, require, rss_kib
 

@@ -8,7 +8,7 @@ import time
 import pytest
 import zmq
 
-from shared import curve, protocol, zmqsock
+from syswatch.shared import curve, protocol, zmqsock
 from tests.composestack import (ROOT, ComposeStack, receive, require_compose_stack, uncaptured_printer,
                                 wait_for_status)
 from tests.conftest import free_port, is_root, require

@@ -8,7 +8,7 @@ import sys
 import pytest
 import zmq
 
-from shared import curve
+from syswatch.shared import curve
 from tests.collector_helpers import CollectorProcess, StreamReader
 from tests.conftest import ROOT, have, is_root, require
 

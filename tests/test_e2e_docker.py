@@ -17,7 +17,7 @@ import uuid
 import pytest
 import zmq
 
-from shared import protocol, zmqsock
+from syswatch.shared import protocol, zmqsock
 from tests.composestack import (ROOT, ComposeStack, docker, receive, require_compose_stack, uncaptured_printer,
                                 wait_for_status)
 from tests.conftest import free_port

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.containers import container_of_path, find_cgroup2_root
-from shared import protocol
+from syswatch.collector.containers import container_of_path, find_cgroup2_root
+from syswatch.shared import protocol
 from tests.apiserver import ApiProcess
 from tests.collector_helpers import CollectorProcess, StreamReader
 from tests.conftest import ROOT, have, is_root, require

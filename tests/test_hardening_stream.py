@@ -18,7 +18,7 @@ import time
 import pytest
 import zmq
 
-from shared import protocol
+from syswatch.shared import protocol
 from tests.apiserver import ApiProcess, Publisher, connect, event, wait_for
 from tests.collector_helpers import CollectorProcess, StreamReader
 from tests.conftest import ROOT, free_port, have, is_root, require, rss_kib

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from collector import bpf
+from syswatch.collector import bpf
 from tests.collector_helpers import Child, CollectorProcess, StreamReader, collect_child_events
 from tests.conftest import have, is_root, require
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 
-from collector.parser import Parser, decode_comm
+from syswatch.collector.parser import Parser, decode_comm
 
 
 def bt_escape(raw: bytes) -> bytes:

@@ -7,7 +7,7 @@ import json
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from shared.protocol import (EVENT_FIELDS, ProtocolError, announce_topic, decode, encode, encode_event_batch,
+from syswatch.shared.protocol import (EVENT_FIELDS, ProtocolError, announce_topic, decode, encode, encode_event_batch,
                              json_string, parse_announce, topic_for, valid_subscription)
 
 

@@ -9,13 +9,13 @@ import json
 
 import pytest
 
-from api import metrics
-from api.stream import COUNTERS, StreamStats
-from api.validation import BadRequest, EventFilter, event_query
-from collector import program
-from collector.echo import Echo
-from shared import protocol
-from shared.config import add_option
+from syswatch.api import metrics
+from syswatch.api.stream import COUNTERS, StreamStats
+from syswatch.api.validation import BadRequest, EventFilter, event_query
+from syswatch.collector import program
+from syswatch.collector.echo import Echo
+from syswatch.shared import protocol
+from syswatch.shared.config import add_option
 
 pytestmark = pytest.mark.unit
 
@@ -47,7 +47,7 @@ def test_render_refuses_what_cannot_be_a_predicate(bad, message):
 
 
 def test_env_names_follow_the_bpftrace_version():
-    from collector.bpfversion import parse
+    from syswatch.collector.bpfversion import parse
     assert program.env(parse("bpftrace v0.17.0")) == {"BPFTRACE_PERF_RB_PAGES": "1024", "BPFTRACE_MAP_KEYS_MAX": "65536"}
     assert program.env(parse("bpftrace v0.23.2")) == {"BPFTRACE_PERF_RB_PAGES": "4096", "BPFTRACE_MAX_MAP_KEYS": "65536"}
 

@@ -1,0 +1,169 @@
+"""The installed package (issue 13): build the wheel, install it into a fresh virtual environment
+outside the checkout, and run the console scripts from there, the collector as root with real
+bpftrace and the API, end to end.
+
+The venv has no system site-packages and its working directory is a temporary one, so nothing
+of the checkout can leak in: what runs is what the wheel holds plus its declared dependencies
+(pip fetches them from the index, as a user's install would).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import requests
+
+from syswatch import __version__
+from tests.conftest import ROOT, die_with_test, free_port, have, is_root, require
+
+SCRIPTS = ("syswatch-collector", "syswatch-api", "syswatch-tail", "syswatch-top")
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    # A copy of the checkout, so the build cannot leave build/ or *.egg-info in it.
+    src = out / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "*.sqlite3*"))
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(src)], timeout=300)
+    wheels = list(out.glob("syswatch-*.whl"))
+    assert len(wheels) == 1, wheels
+    return wheels[0]
+
+
+@pytest.fixture(scope="module")
+def venv(wheel, tmp_path_factory) -> Path:
+    """A fresh venv (no system site-packages) with the wheel and its dependencies installed."""
+    require(subprocess.run([sys.executable, "-c", "import ensurepip"]).returncode == 0,
+            "python3 -m venv needs ensurepip: apt-get install -y python3-venv (scripts/setup-host.sh does it)")
+    env_dir = tmp_path_factory.mktemp("venv") / "env"
+    run([sys.executable, "-m", "venv", str(env_dir)], timeout=120)
+    run([str(env_dir / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(wheel)], timeout=600)
+    return env_dir
+
+
+def run(argv: list[str], timeout: float = 60, cwd: Path | None = None, check: bool = True,
+        **kw) -> subprocess.CompletedProcess:
+    out = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=clean_env(), **kw)
+    if check:
+        assert out.returncode == 0, f"{argv} exited {out.returncode}:\n{out.stdout}\n{out.stderr}"
+    return out
+
+
+def clean_env() -> dict:
+    """No PYTHONPATH and no SYSWATCH_* settings: only the venv's own packages count."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("SYSWATCH_")}
+
+
+def test_wheel_holds_one_top_level_package_and_the_programs(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names}
+    assert top == {"syswatch", f"syswatch-{__version__}.dist-info"}, top
+    for data in ("syswatch/collector/syscalls.bt", "syswatch/collector/syscalls_counts.bt",
+                 "syswatch/api/static/index.html", "syswatch/api/static/dashboard.js",
+                 "syswatch/api/static/vendor/uplot/uPlot.iife.min.js",
+                 "syswatch/api/static/vendor/uplot/LICENSE"):
+        assert data in names, data
+    assert not [n for n in names if n.startswith(("syswatch/tests", "syswatch/bench"))]
+    entry_points = zipfile.ZipFile(wheel).read(f"syswatch-{__version__}.dist-info/entry_points.txt").decode()
+    for script in SCRIPTS:
+        assert f"{script} = syswatch." in entry_points, entry_points
+
+
+def test_console_scripts_work_from_any_directory(venv, tmp_path):
+    for script in SCRIPTS:
+        out = run([str(venv / "bin" / script), "--version"], cwd=tmp_path)
+        assert out.stdout.strip() == f"{script} {__version__}"
+        assert f"usage: {script}" in run([str(venv / "bin" / script), "--help"], cwd=tmp_path).stdout
+        bad = run([str(venv / "bin" / script), "--no-such-flag"], cwd=tmp_path, check=False)
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr, (script, bad.stderr)
+
+
+def test_the_venv_sees_syswatch_from_site_packages_and_no_generic_names(venv, tmp_path):
+    code = ("import importlib.util, syswatch, syswatch.shared.protocol as p;"
+            "print(syswatch.__file__); print(p.VERSION);"
+            "print([n for n in ('api', 'shared', 'collector', 'subscribers') if importlib.util.find_spec(n)])")
+    lines = run([str(venv / "bin" / "python"), "-c", code], cwd=tmp_path).stdout.splitlines()
+    assert lines[0].startswith(str(venv)) and "site-packages" in lines[0], lines
+    assert lines[1] == "2" and lines[2] == "[]", lines
+
+
+def test_installed_collector_and_api_end_to_end(venv, tmp_path):
+    """syswatch-collector (root, real bpftrace) -> syswatch-api and syswatch-tail, all from the venv:
+    a child with its own name writes a known number of times, and the API counts exactly that."""
+    require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
+    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-host.sh does it)")
+    bind, api_port = f"tcp://127.0.0.1:{free_port()}", free_port()
+    comm, writes = "pkgtest-writer", 300
+    procs: list[subprocess.Popen] = []
+
+    def start(argv: list[str], name: str) -> subprocess.Popen:
+        proc = subprocess.Popen(argv, cwd=tmp_path, env={**clean_env(), "PYTHONUNBUFFERED": "1"},
+                                stdout=open(tmp_path / f"{name}.out", "w"), stderr=subprocess.STDOUT,
+                                preexec_fn=die_with_test)
+        procs.append(proc)
+        return proc
+
+    def output(name: str) -> str:
+        return (tmp_path / f"{name}.out").read_text()
+
+    def wait(predicate, what: str, timeout: float = 60):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            for p in procs:
+                assert p.poll() is None or p.args[0].endswith("syswatch-tail"), \
+                    f"{p.args[0]} exited {p.returncode} while waiting for {what}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.1)
+
+    try:
+        start([str(venv / "bin" / "syswatch-collector"), "--bind", bind, "-n", comm, "--echo-rate", "0"], "collector")
+        wait(lambda: "Monitoring sys_read and sys_write calls..." in output("collector"), "the collector to start")
+        start([str(venv / "bin" / "syswatch-api"), "--port", str(api_port), "--collector", bind,
+               "--db", str(tmp_path / "ips.sqlite3")], "api")
+        base = f"http://127.0.0.1:{api_port}"
+
+        def api_connected() -> bool:
+            try:
+                return requests.get(f"{base}/healthz", timeout=2).json().get("collector_connected") is True
+            except (requests.ConnectionError, ValueError):
+                return False
+        wait(api_connected, "the API to connect to the collector")
+        tail = start([str(venv / "bin" / "syswatch-tail"), "-e", bind, "--json", "--count", "5", "-n", comm], "tail")
+        time.sleep(1)    # let the subscriptions arrive before the burst (ZeroMQ's slow joiner)
+
+        writer = ("import ctypes, os; ctypes.CDLL(None).prctl(15, b'%s', 0, 0, 0)\n"
+                  "fd = os.open('/dev/null', os.O_WRONLY)\n"
+                  "for _ in range(%d): os.write(fd, b'x')\n") % (comm, writes)
+        subprocess.run([sys.executable, "-c", writer], check=True, timeout=60)
+
+        def counted() -> int:
+            body = requests.get(f"{base}/events", params={"comm": comm, "syscall": "write", "limit": 1000},
+                                timeout=5).json()
+            return body["count"]
+        wait(lambda: counted() >= writes, f"{writes} write events in the API", timeout=30)
+        time.sleep(1.5)   # a late duplicate would show now
+        assert counted() == writes
+        assert tail.wait(30) == 0, output("tail")
+        lines = [json.loads(line) for line in output("tail").splitlines() if line.startswith("{")]
+        assert len(lines) == 5 and {e["comm"] for e in lines} == {comm}, output("tail")
+        added = requests.post(f"{base}/add_ips", json={"add_ips": [1, "192.0.2.7"]}, timeout=5)
+        assert added.status_code == 200 and added.json()["total_ips"] == 2, added.text
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    assert procs[0].returncode == 0, output("collector")

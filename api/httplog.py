@@ -1,5 +1,5 @@
-"""WSGI middleware around the Bottle app: one access-log line per request, request counts, and
-exact paths; and JSON for the errors waitress answers itself.
+"""WSGI middleware around the Bottle app: one access-log line per request, request counts and
+durations (RequestStats, for /metrics), and exact paths; and JSON for the errors waitress answers itself.
 
 Line format (stdout):  2026-11-24T19:50:00.123Z 127.0.0.1 POST /add_ips 200 1.4ms
 The path is the request target as sent (waitress's REQUEST_URI), so /%63lear_ip_list is logged as
@@ -15,7 +15,8 @@ answers (400 malformed request, 413, 431, 501, 500) JSON objects ``{"error": ...
 """
 from __future__ import annotations
 
-import collections
+import bisect
+import itertools
 import json
 import re
 import sys
@@ -40,20 +41,45 @@ def stdout_line(line: str) -> None:
     sys.stdout.flush()
 
 
+# Upper bounds (seconds) of the request-duration histogram's buckets: API answers take about a
+# millisecond, so the low end is finer than prometheus_client's defaults; /events/stream requests
+# last as long as their stream and fall in the high ones (or +Inf).
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0, 60.0, float("inf"))
+UNMATCHED = "unmatched"  # the route label of every request no route took (404s, 405s, refusals)
+
+
 class RequestStats:
-    """Requests answered, by (route, method, status); ``route`` is the route's rule, never the raw path."""
+    """Requests answered and their durations, by (route, method, status): the API's request model,
+    read by /metrics at scrape time. ``route`` is the route's template (``/static/<name:path>``),
+    never the raw path, and one of ``routes`` or UNMATCHED: the label set stays bounded."""
 
-    def __init__(self):
+    def __init__(self, routes=()):
+        self.routes = frozenset(routes)
         self._lock = threading.Lock()
-        self._counts: collections.Counter = collections.Counter()
+        self._rows: dict[tuple, list] = {}  # key -> [count per bucket (not cumulative)..., sum of seconds]
 
-    def add(self, route: str, method: str, status: int) -> None:
+    def add(self, route: str, method: str, status: int, seconds: float = 0.0) -> None:
+        key = (route if route in self.routes else UNMATCHED, method, status)
+        bucket = bisect.bisect_left(DURATION_BUCKETS, seconds)  # le is inclusive: 0.001 falls in le="0.001"
         with self._lock:
-            self._counts[(route, method, status)] += 1
+            row = self._rows.get(key)
+            if row is None:
+                row = self._rows[key] = [0] * len(DURATION_BUCKETS) + [0.0]
+            row[bucket] += 1
+            row[-1] += seconds
 
     def snapshot(self) -> dict:
+        """{(route, method, status): requests}"""
         with self._lock:
-            return dict(self._counts)
+            return {key: sum(row[:-1]) for key, row in self._rows.items()}
+
+    def durations(self) -> dict:
+        """{(route, method, status): ([(le, cumulative count), ...], sum of seconds)}"""
+        with self._lock:
+            rows = {key: list(row) for key, row in self._rows.items()}
+        return {key: (list(zip(DURATION_BUCKETS, itertools.accumulate(row[:-1]))), row[-1])
+                for key, row in rows.items()}
 
 
 _ABSOLUTE_FORM = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/]*")  # "http://host" of "http://host/path"
@@ -132,7 +158,7 @@ class AccessLog:
         return _ClosingIter(body, lambda: self._done(environ, seen["status"], started))
 
     def _done(self, environ, status: int, started: float) -> None:
-        ms = (time.perf_counter() - started) * 1000
+        seconds = time.perf_counter() - started
         method = environ.get("REQUEST_METHOD", "?")
         path = environ.get("REQUEST_URI") or environ.get("RAW_URI")
         if path is None:
@@ -140,11 +166,11 @@ class AccessLog:
             if environ.get("QUERY_STRING"):
                 path += "?" + environ["QUERY_STRING"]
         route = environ.get("bottle.route")
-        rule = getattr(route, "rule", None) or "unmatched"
-        self.stats.add(rule, method if method in self.KNOWN_METHODS else "other", status)
+        rule = getattr(route, "rule", None) or UNMATCHED
+        self.stats.add(rule, method if method in self.KNOWN_METHODS else "other", status, seconds)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
         self.log(f"{stamp} {environ.get('REMOTE_ADDR', '-')} {_printable(method, 16)} "
-                 f"{_printable(path)} {status} {ms:.1f}ms")
+                 f"{_printable(path)} {status} {seconds * 1000:.1f}ms")
 
 
 class _ClosingIter:

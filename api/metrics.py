@@ -1,62 +1,123 @@
-"""Prometheus text exposition (format 0.0.4): a thin adapter over the stats snapshots."""
+"""GET /metrics with prometheus_client: one private registry per API, read at scrape time.
+
+``StatsCollector`` turns the API's models into metric families when Prometheus scrapes: the
+stream's StreamStats (``metrics_view``), the RequestStats of the access log, the IP list's size and
+the open event streams. Nothing is incremented for metrics alone, so /stats, /metrics and the
+dashboard can never disagree, and the event loop pays nothing for them. Only counters leave this
+module: Prometheus computes rates itself (``rate(syswatch_events_total[1m])``).
+
+Label sets are bounded by the models: ``host`` by MAX_HOSTS (api/stream.py, each name at most 255
+characters, checked by shared/protocol.py), ``syscall`` by protocol.SYSCALLS, ``route`` by the route
+table (api/routes.py ROUTES, everything else is ``unmatched``), ``method`` by AccessLog.KNOWN_METHODS.
+"""
 from __future__ import annotations
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+import platform
+
+import zmq
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
+                                    InfoMetricFamily)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
+
+import syswatch
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# (name without _total, column of a totals row, scale, help): the per-host, per-syscall counters.
+TRAFFIC = (
+    ("syswatch_events", "calls", 1, "Syscall events received from the collectors, by host and syscall."),
+    ("syswatch_moved_bytes", "bytes", 1, "Bytes the traced calls actually moved (sum of positive ret)."),
+    ("syswatch_errors", "errors", 1, "Traced calls that failed (ret < 0)."),
+    ("syswatch_call_latency_seconds", "lat_ns_sum", 1e-9,
+     "Time spent in the traced calls, summed; divided by the rate of syswatch_events_total: mean latency."),
+)
+# Counters of the collector's own status message, by host.
+COLLECTOR_STATUS = (
+    ("events_total", "Events the collector read from bpftrace (its last status)."),
+    ("lost_total", "Events bpftrace could not deliver (collector status)."),
+    ("dropped_total", "Events the collector could not publish (collector status)."),
+    ("malformed_total", "bpftrace lines the collector could not parse (collector status)."),
+)
 
 
-def _label(value) -> str:
-    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class StatsCollector(Collector):
+    """The API's models as metric families, built anew at each scrape."""
+
+    def __init__(self, stream, requests, iplist, hub):
+        self.stream, self.requests, self.iplist, self.hub = stream, requests, iplist, hub
+
+    def collect(self):
+        from .stream import COUNTERS
+        view = self.stream.metrics_view()
+        yield from self._traffic(view["totals_by_host"])
+        yield from self._collectors(view["collectors"])
+        for name, (kind, help_text) in COUNTERS.items():
+            family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            yield family(f"syswatch_api_{name}", help_text, value=view["api"][name])
+        yield GaugeMetricFamily("syswatch_api_event_streams", "Open /events/stream connections.",
+                                value=self.hub.count())
+        yield GaugeMetricFamily("syswatch_ip_list_size", "Addresses in the IP list.", value=self.iplist.count())
+        yield from self._http()
+        build = InfoMetricFamily("syswatch_build", "The running API: its version and what it runs on.")
+        build.add_metric([], {"version": syswatch.__version__, "python": platform.python_version(),
+                              "pyzmq": zmq.pyzmq_version(), "libzmq": zmq.zmq_version()})
+        yield build
+
+    @staticmethod
+    def _traffic(by_host: dict):
+        for name, column, scale, help_text in TRAFFIC:
+            family = CounterMetricFamily(name, help_text, labels=["host", "syscall"])
+            for host, totals in sorted(by_host.items()):
+                for syscall, row in totals.items():
+                    family.add_metric([host, syscall], row[column] * scale)
+            yield family
+
+    @staticmethod
+    def _collectors(collectors: list):
+        connected = GaugeMetricFamily("syswatch_collector_connected",
+                                      "1 when a message from the collector arrived in the last 3 seconds.",
+                                      labels=["host", "endpoint"])
+        for c in collectors:  # a --collector not heard from yet: host=""
+            connected.add_metric([c["host"] or "", c["endpoint"] or ""], int(c["connected"]))
+        yield connected
+        for key, help_text in COLLECTOR_STATUS:
+            family = CounterMetricFamily(f"syswatch_collector_{key}", help_text, labels=["host"])
+            for c in collectors:
+                if c["status"]:
+                    family.add_metric([c["host"]], c["status"][key])
+            yield family
+
+    def _http(self):
+        requests = CounterMetricFamily("syswatch_http_requests", "HTTP requests answered, by route, method and status.",
+                                       labels=["route", "method", "status"])
+        durations = HistogramMetricFamily(
+            "syswatch_http_request_duration_seconds",
+            "Time from a request's arrival to its answer's last byte, by route template, method and status "
+            "(an /events/stream request lasts as long as its stream).", labels=["route", "method", "status"])
+        for (route, method, status), (buckets, total) in sorted(self.requests.durations().items()):
+            labels = [route, method, str(status)]
+            requests.add_metric(labels, buckets[-1][1])
+            durations.add_metric(labels, [(floatToGoString(le), n) for le, n in buckets], total)
+        yield requests
+        yield durations
 
 
-class _Doc:
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def metric(self, name: str, kind: str, help_text: str, samples) -> None:
-        """``samples``: a number, or a list of (labels dict, number)."""
-        self.lines.append(f"# HELP {name} {help_text}")
-        self.lines.append(f"# TYPE {name} {kind}")
-        if not isinstance(samples, list):
-            samples = [({}, samples)]
-        for labels, value in samples:
-            text = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
-            self.lines.append(f"{name}{{{text}}} {value}" if text else f"{name} {value}")
-
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
+def registry(stream, requests, iplist, hub) -> CollectorRegistry:
+    """A registry of its own per API (tests run several in one process): the models plus the standard
+    process_*, python_info and python_gc_* collectors of prometheus_client."""
+    reg = CollectorRegistry()
+    reg.register(StatsCollector(stream, requests, iplist, hub))
+    ProcessCollector(registry=reg)
+    PlatformCollector(registry=reg)
+    GCCollector(registry=reg)
+    return reg
 
 
-def render(stream, requests: dict, ip_count: int, streams_open: int) -> str:
-    """``stream``: the StreamStats; ``requests``: RequestStats.snapshot(). Per-host series carry a ``host`` label."""
-    from .stream import COUNTERS
-    d = _Doc()
-    overall = stream.snapshot()
-    per_host = {h: stream.snapshot(h) for h in overall["hosts"]}
-    for name, col, help_text in (
-            ("syswatch_events_total", "calls", "Syscall events received from the collectors, by host and syscall."),
-            ("syswatch_moved_bytes_total", "bytes", "Bytes the traced calls actually moved (sum of positive ret)."),
-            ("syswatch_errors_total", "errors", "Traced calls that failed (ret < 0)."),
-            ("syswatch_call_latency_nanoseconds_total", "lat_ns_sum", "Time spent in the traced calls, summed.")):
-        d.metric(name, "counter", help_text,
-                 [({"host": h, "syscall": sc}, row[col]) for h, snap in sorted(per_host.items())
-                  for sc, row in snap["totals"].items()])
-    d.metric("syswatch_events_per_second", "gauge", "Events received per second (5 s average).",
-             overall["events_per_s"])
-    d.metric("syswatch_collector_connected", "gauge",
-             "1 when a message from the collector arrived in the last 3 seconds.",
-             [({"host": c["host"] or "", "endpoint": c["endpoint"] or ""}, int(c["connected"]))
-              for c in overall["collectors"]])
-    for key, help_text in (("events_total", "Events the collector read from bpftrace (its last status)."),
-                           ("lost_total", "Events bpftrace could not deliver (collector status)."),
-                           ("dropped_total", "Events the collector could not publish (collector status)."),
-                           ("malformed_total", "bpftrace lines the collector could not parse (collector status).")):
-        d.metric(f"syswatch_collector_{key}", "counter", help_text,
-                 [({"host": c["host"]}, c["status"][key]) for c in overall["collectors"] if c["status"]])
-    for name, (kind, help_text) in COUNTERS.items():
-        d.metric(f"syswatch_api_{name}" + ("_total" if kind == "counter" else ""), kind, help_text,
-                 overall["api"][name])
-    d.metric("syswatch_api_event_streams", "gauge", "Open /events/stream connections.", streams_open)
-    d.metric("syswatch_ip_list_size", "gauge", "Addresses in the IP list.", ip_count)
-    d.metric("syswatch_http_requests_total", "counter", "HTTP requests answered, by route, method and status.",
-             [({"route": r, "method": m, "status": s}, n) for (r, m, s), n in sorted(requests.items())])
-    return d.text()
+def exposition(reg: CollectorRegistry) -> bytes:
+    """The text exposition of ``reg`` (CONTENT_TYPE)."""
+    return generate_latest(reg)

@@ -108,6 +108,7 @@ class Api:
         self._token = token.encode() if token else None
         self._openapi = json.dumps(openapi.document(limits.max_items, limits.max_events_limit,
                                                     limits.default_events_limit), indent=1)
+        self.registry = metrics.registry(stats, requests, iplist, hub)  # this API's own, read at each scrape
 
     # --- request helpers ---------------------------------------------------------------------
     def _check_token(self) -> None:
@@ -224,9 +225,7 @@ class Api:
                            env.get("waitress.client_disconnected"))
 
     def metrics(self):
-        text = metrics.render(self.stream, self.requests.snapshot(), self.iplist.count(),
-                              self.hub.count())
-        return _ok(text, metrics.CONTENT_TYPE)
+        return _ok(metrics.exposition(self.registry), metrics.CONTENT_TYPE)
 
     def healthz(self):
         return _ok(json.dumps({"status": "ok", "collector_connected": self.stream.connected(),

@@ -168,7 +168,7 @@ def main(argv=None) -> int:
 
     from .httplog import AccessLog, RequestStats, json_server_errors, stdout_line
     from .iplist import DatabaseUnusable, IPList
-    from .routes import Api, Limits, build_app
+    from .routes import ROUTES, Api, Limits, build_app
     from .stream import StreamHub, StreamStats, StreamSubscriber
     from .web import StaticFiles, WebGuard
 
@@ -196,7 +196,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     subscriber = StreamSubscriber(args.collector, stats, hub, curve_client=curve_client)
-    requests = RequestStats()
+    requests = RequestStats(r.path for r in ROUTES)  # route labels: the table's templates, nothing else
     limits = Limits(max_body_bytes=args.max_body_bytes, max_items=args.max_items,
                     max_events_limit=args.recent_events, default_events_limit=min(100, args.recent_events),
                     sse_heartbeat_s=args.sse_heartbeat)

@@ -9,7 +9,7 @@ never slows the subscriber, and the subscriber holds the lock only while it appl
 Every message goes through shared.protocol.decode, the stream's one validator: unknown fields are
 dropped and every number, string and list is bounded, so what a publisher sends cannot make the
 API's memory or its answers grow without bound. Every figure this module counts is declared once
-in COUNTERS; /stats, /metrics and the OpenAPI document are derived from it.
+in COUNTERS; /stats, /metrics (api/metrics.py, at scrape time) and the OpenAPI document are derived from it.
 
 What can be counted, honestly:
 - ``malformed_messages``: messages that are not wire protocol v2 (garbage, wrong ``v``, one frame,
@@ -278,10 +278,7 @@ class StreamStats:
                 for cid, row in h.containers.items():
                     containers[(name, cid)] = list(row)
             collectors = self._collectors(now)
-            counters = dict(self.counters)
-            counters["recent_events_buffered"] = len(self.recent)
-            counters["processes_tracked"] = sum(len(h.procs) for h in self.hosts.values())
-            counters["containers_tracked"] = sum(len(h.containers) for h in self.hosts.values())
+            counters = self._counters()
             events_received = sum(h.events_received for h in chosen.values())
             last_malformed = self.last_malformed
             hosts = sorted(self.hosts)
@@ -311,6 +308,27 @@ class StreamStats:
             "api": {**counters, "last_malformed_reason": last_malformed,
                     "recent_events_capacity": self.recent.maxlen},
         }
+
+    def metrics_view(self) -> dict:
+        """What /metrics reads, one consistent copy without the top-N tables (cheap at every scrape):
+        ``totals_by_host`` {host: {syscall: row}} (every syscall a host traces, zero before its first
+        call), ``collectors`` (as in snapshot) and ``api`` (the COUNTERS)."""
+        now = time.monotonic()
+        with self.lock:
+            by_host = {}
+            for name, h in self.hosts.items():
+                rows = {sc: [0, 0, 0, 0] for sc in (h.status or {}).get("syscalls", protocol.DEFAULT_SYSCALLS)}
+                rows.update((sc, list(row)) for sc, row in h.totals.items())
+                by_host[name] = {sc: _as_dict(rows[sc]) for sc in protocol.SYSCALLS if sc in rows}
+            return {"totals_by_host": by_host, "collectors": self._collectors(now), "api": self._counters()}
+
+    def _counters(self) -> dict:
+        """The COUNTERS, gauges filled in; called with the lock held."""
+        counters = dict(self.counters)
+        counters["recent_events_buffered"] = len(self.recent)
+        counters["processes_tracked"] = sum(len(h.procs) for h in self.hosts.values())
+        counters["containers_tracked"] = sum(len(h.containers) for h in self.hosts.values())
+        return counters
 
     def _collectors(self, now: float) -> list[dict]:
         """One entry per (endpoint, host) heard from, and per endpoint not heard from yet."""

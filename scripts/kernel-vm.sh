@@ -55,6 +55,7 @@ GUEST_PACKAGES=(
     python3 python3-zmq python3-cffi-backend                 # the collector (cffi: python3-zmq's dependency)
     python3-pytest python3-hypothesis                        # the tests
     python3-bottle python3-waitress python3-requests         # the API and its tests
+    python3-prometheus-client                                # the API's /metrics
     iproute2 util-linux procps e2fsprogs                     # ip, setpriv/unshare/mountpoint, pgrep
 )
 DEFAULT_PYTEST_ARGS=(tests/test_collector.py tests/test_kprobe.py)

@@ -6,7 +6,9 @@
 #      chromium chromium-driver python3-selenium qemu-system-x86 e2fsprogs python3-venv (venv: the
 #      wheel is installed into a fresh virtual environment by tests/test_package.py; systemd: systemd-analyze
 #      verifies the units in deploy/systemd; chromium: the browser tests use the system browser,
-#      nothing downloads one; qemu: the kprobe VM of scripts/kernel-vm.sh)
+#      nothing downloads one; qemu: the kprobe VM of scripts/kernel-vm.sh), and prometheus (2.42:
+#      prometheus and promtool for tests/test_metrics_prometheus.py, which runs its own server) with
+#      its service kept from starting and disabled, so nothing listens on :9090 or scrapes in the background
 #   2. tracefs on /sys/kernel/tracing and debugfs on /sys/kernel/debug (bpftrace's tracepoints need them)
 #   3. the Python test dependencies: python3 -m pip install -r requirements-dev.txt
 #   4. dockerd: started in the background (log: $SYSWATCH_DOCKERD_LOG) when its socket does not answer
@@ -22,6 +24,8 @@ DOCKERD_WAIT="${SYSWATCH_DOCKERD_WAIT:-60}"
 # chromium, chromium-driver, python3-selenium: the dashboard's browser tests (tests/test_dashboard.py)
 APT_PACKAGES=(bpftrace docker.io docker-compose debootstrap curl bpftool strace wrk systemd chromium
               chromium-driver python3-selenium qemu-system-x86 e2fsprogs python3-venv)
+# Installed for their programs only: their services must not start (see quiet_services below).
+NO_SERVICE_PACKAGES=(prometheus)
 
 say() { echo "setup-host: $*"; }
 die() { echo "setup-host: error: $*" >&2; exit 1; }
@@ -29,19 +33,61 @@ die() { echo "setup-host: error: $*" >&2; exit 1; }
 [[ $(id -u) -eq 0 ]] || die "run as root: sudo $0 (it installs packages, mounts tracefs and starts dockerd)"
 
 # 1. apt packages ------------------------------------------------------------------------------
-missing=()
-for pkg in "${APT_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
-done
+missing_of() {  # PACKAGE...: those not installed
+    local pkg
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || echo "$pkg"
+    done
+}
+apt_updated=0
+apt_install() {  # PACKAGE...
+    export DEBIAN_FRONTEND=noninteractive
+    if ((!apt_updated)); then
+        apt-get update -q || die "apt-get update failed: check the mirror in /etc/apt/sources.list(.d)"
+        apt_updated=1
+    fi
+    apt-get install -y -q --no-install-recommends "$@" || die "apt-get install $* failed (see the messages above)"
+}
+POLICY_RC=/usr/sbin/policy-rc.d
+own_policy=0
+drop_policy() { ((own_policy)) && rm -f "$POLICY_RC"; own_policy=0; }
+trap drop_policy EXIT
+quiet_services() {  # UNIT...: stopped now and not started at boot (systemd, or SysV init scripts)
+    local unit
+    for unit in "$@"; do
+        [[ -e /lib/systemd/system/$unit.service || -e /etc/init.d/$unit ]] || continue
+        if [[ -d /run/systemd/system ]]; then
+            systemctl disable --now --quiet "$unit" || die "systemctl disable --now $unit failed"
+        else
+            systemctl disable --quiet "$unit" 2>/dev/null || update-rc.d "$unit" disable >/dev/null 2>&1 || true
+            if [[ -x /etc/init.d/$unit ]] && /etc/init.d/"$unit" status >/dev/null 2>&1; then
+                /etc/init.d/"$unit" stop || die "/etc/init.d/$unit stop failed"
+            fi
+        fi
+    done
+}
+
+mapfile -t missing < <(missing_of "${APT_PACKAGES[@]}")
 if ((${#missing[@]})); then
     say "installing apt packages: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q || die "apt-get update failed: check the mirror in /etc/apt/sources.list(.d)"
-    apt-get install -y -q --no-install-recommends "${missing[@]}" \
-        || die "apt-get install ${missing[*]} failed (see the messages above)"
+    apt_install "${missing[@]}"
 else
     say "apt packages present: ${APT_PACKAGES[*]}"
 fi
+mapfile -t missing < <(missing_of "${NO_SERVICE_PACKAGES[@]}")
+if ((${#missing[@]})); then
+    say "installing apt packages without starting their services: ${missing[*]}"
+    if [[ ! -e $POLICY_RC ]]; then  # invoke-rc.d and deb-systemd-invoke start nothing while it says 101
+        printf '#!/bin/sh\n# written by syswatch scripts/setup-host.sh for one apt-get install\nexit 101\n' >"$POLICY_RC"
+        chmod 0755 "$POLICY_RC"
+        own_policy=1
+    fi
+    apt_install "${missing[@]}"
+    drop_policy
+else
+    say "apt packages present: ${NO_SERVICE_PACKAGES[*]}"
+fi
+quiet_services prometheus prometheus-node-exporter
 
 # 2. tracefs / debugfs -------------------------------------------------------------------------
 mount_if_missing() {  # fstype mountpoint

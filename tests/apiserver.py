@@ -17,6 +17,7 @@ from pathlib import Path
 
 import requests
 import zmq
+from prometheus_client.parser import text_string_to_metric_families
 
 from syswatch.shared import protocol, zmqsock
 from tests.conftest import ROOT, die_with_test, free_port
@@ -168,3 +169,13 @@ def connect(server: ApiProcess, pub: Publisher, timeout: float = 15) -> None:
         pub.status()
         return server.get("/healthz").json()["collector_connected"]
     wait_for(connected, timeout, 0.1, "the API to receive the publisher's status")
+
+
+def metric(text: str, name: str, **labels) -> float | None:
+    """The value of sample ``name`` with exactly ``labels`` in a /metrics text, read with
+    prometheus_client's parser (None when there is no such sample)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return None

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.apiserver import ApiProcess, wait_for
+from tests.apiserver import ApiProcess, metric, wait_for
 from tests.collector_helpers import CollectorProcess
 from tests.conftest import ROOT, die_with_test, have, is_root, require
 
@@ -91,7 +91,8 @@ def test_two_hosts_one_api_exact_per_host_and_a_restart(tmp_path):
         ev = api.get("/events", params={"host": "node-b", "limit": 1000}).json()["events"]
         assert ev and {(e["host"], e["pid"]) for e in ev if e["comm"] == "sw-beta"} == {("node-b", beta.pid)}
         metrics = api.get("/metrics").text
-        assert 'syswatch_collector_connected{host="node-a"' in metrics and 'host="node-b"' in metrics
+        assert metric(metrics, "syswatch_collector_connected", host="node-a", endpoint=ca.endpoint) == 1
+        assert metric(metrics, "syswatch_collector_connected", host="node-b", endpoint=cb.endpoint) == 1
 
         # node-b goes away: shown disconnected, node-a keeps flowing
         cb.proc.kill()

@@ -1,6 +1,6 @@
 """The fast unit layer (pytest -m unit): pure in-process tests of the program renderer, the console
-echo, the stream's stats model, the event filter, the metrics and the option helper. No root, no
-child process, no network: seconds."""
+echo, the stream's stats model, the event filter and the option helper (/metrics: test_metrics_units.py).
+No root, no child process, no network: seconds."""
 from __future__ import annotations
 
 import argparse
@@ -108,18 +108,6 @@ def test_event_filter_and_query():
     for bad in ({"syscall": ["open"]}, {"host": [""]}, {"container": ["x" * 300]}, {"colour": ["red"]}):
         with pytest.raises(BadRequest):
             event_query(bad)
-
-
-def test_metrics_are_derived_from_the_stats_model():
-    st = StreamStats(["e"], 10)
-    st.add_events("h1", [_event(ret=-4), _event(ret=50)])
-    text = metrics.render(st, {("/stats", "GET", 200): 3}, 7, 1)
-    assert 'syswatch_events_total{host="h1",syscall="read"} 2' in text
-    assert 'syswatch_moved_bytes_total{host="h1",syscall="read"} 50' in text
-    assert 'syswatch_errors_total{host="h1",syscall="read"} 1' in text
-    for name, (kind, _) in COUNTERS.items():
-        assert f"# TYPE syswatch_api_{name}{'_total' if kind == 'counter' else ''} {kind}" in text
-    assert "syswatch_ip_list_size 7" in text
 
 
 def test_option_helper_flag_beats_env_beats_default(monkeypatch):

@@ -183,7 +183,7 @@ def warn_if_public(endpoint: str, curve_on: bool) -> None:
                     "can leave this host%s", endpoint,
                     "" if curve_on else
                     "; set SYSWATCH_CURVE_SERVER_KEY and SYSWATCH_CURVE_CLIENTS to encrypt it and "
-                    "admit only authorised subscribers (python -m shared.curve --help)")
+                    "admit only authorised subscribers (python3 -m syswatch.shared.curve --help)")
 
 
 class BpftraceFailed(RuntimeError):

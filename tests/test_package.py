@@ -167,3 +167,52 @@ def test_installed_collector_and_api_end_to_end(venv, tmp_path):
                     proc.kill()
                     proc.wait()
     assert procs[0].returncode == 0, output("collector")
+
+
+# -- what the installed programs tell a user to run must exist in the install ------------------
+def suggested_modules(text: str) -> list[str]:
+    """Every ``python -m MODULE`` / ``python3 -m MODULE`` a message or help text tells the user to run."""
+    import re
+    return re.findall(r"python3? -m ([\w.]+)", text)
+
+
+def assert_runnable_in(venv: Path, text: str, tmp_path: Path) -> None:
+    """Each module the text names can be run with the venv's python (outside any checkout)."""
+    for module in suggested_modules(text):
+        res = run([str(venv / "bin" / "python"), "-m", module, "--help"], cwd=tmp_path, check=False)
+        assert res.returncode == 0, f"the text says to run python -m {module}, which fails installed:\n" \
+                                    f"{res.stderr}\n--- the text:\n{text}"
+
+
+def test_installed_collector_not_root_names_a_command_of_the_install(venv, tmp_path):
+    """An unprivileged user running the installed script is told to run it as root, with a command
+    that exists there (not the checkout's python -m collector.collector)."""
+    require(is_root(), "needs root to start an unprivileged process (unshare --user)")
+    require(have("unshare"), "needs util-linux unshare")
+    for argv, want in (([str(venv / "bin" / "syswatch-collector")], "sudo syswatch-collector"),
+                       ([str(venv / "bin" / "python"), "-m", "syswatch.collector.collector"],
+                        "-m syswatch.collector.collector")):
+        res = run(["unshare", "--user", *argv], cwd=tmp_path, check=False)
+        assert res.returncode == 2 and "must run as root" in res.stderr, res.stderr
+        assert "Traceback" not in res.stderr, res.stderr
+        assert want in res.stderr, res.stderr
+        assert_runnable_in(venv, res.stderr, tmp_path)
+
+
+def test_installed_curve_errors_name_a_key_command_of_the_install(venv, tmp_path):
+    """A missing or incomplete CurveZMQ set-up: the error says how to make keys, and that command
+    works in the install (python -m shared.curve does not: no top-level shared is installed)."""
+    keys = tmp_path / "keys"
+    res = run([str(venv / "bin" / "python"), "-m", "syswatch.shared.curve", str(keys), "server"], cwd=tmp_path)
+    assert (keys / "server.key").is_file() and (keys / "server.key_secret").is_file(), res.stdout
+    assert_runnable_in(venv, run([str(venv / "bin" / "python"), "-m", "syswatch.shared.curve", "--help"],
+                                 cwd=tmp_path).stdout, tmp_path)
+    for script, env in (("syswatch-api", {"SYSWATCH_CURVE_SERVER_KEY": str(tmp_path / "no-such.key")}),
+                        ("syswatch-tail", {"SYSWATCH_CURVE_SERVER_KEY": str(keys / "server.key")})):
+        res = subprocess.run([str(venv / "bin" / script), "--port", str(free_port())] if script == "syswatch-api"
+                             else [str(venv / "bin" / script), "-d", "1"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=60, env={**clean_env(), **env}, stdin=subprocess.DEVNULL)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, (script, res.stderr)
+        assert suggested_modules(res.stderr), (script, res.stderr)
+        assert_runnable_in(venv, res.stderr, tmp_path)
+

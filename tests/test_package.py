@@ -216,3 +216,40 @@ def test_installed_curve_errors_name_a_key_command_of_the_install(venv, tmp_path
         assert suggested_modules(res.stderr), (script, res.stderr)
         assert_runnable_in(venv, res.stderr, tmp_path)
 
+
+def test_installed_scripts_exit_2_on_a_bad_flag_or_environment(venv, tmp_path):
+    """Every set-up mistake a user makes with flags or environment variables is exit status 2 and one
+    error line, as the collector and the API do for the rest (not 1, which means "failed at run time")."""
+    (tmp_path / "empty").write_text("")
+    (tmp_path / "spaced").write_text("has space\n")
+    cases = [
+        ("syswatch-collector", ["-d", "1"], {"SYSWATCH_MODE": "x"}),
+        ("syswatch-collector", ["-d", "1"], {"SYSWATCH_CURVE_SERVER_KEY": str(tmp_path / "none.key_secret"),
+                                             "SYSWATCH_CURVE_CLIENTS": str(tmp_path)}),
+        ("syswatch-api", [], {"SYSWATCH_PORT": "abc"}),
+        ("syswatch-api", [], {"SYSWATCH_CURVE_SERVER_KEY": str(tmp_path / "none.key")}),
+        ("syswatch-api", ["--token-file", str(tmp_path / "missing")], {}),
+        ("syswatch-api", ["--token-file", str(tmp_path / "empty")], {}),
+        ("syswatch-api", ["--token-file", str(tmp_path / "spaced")], {}),
+        ("syswatch-api", [], {"SYSWATCH_TOKEN": "has space"}),
+        ("syswatch-tail", ["-d", "1"], {"SYSWATCH_COLLECTOR": "garbage"}),
+        ("syswatch-tail", ["-d", "1"], {"SYSWATCH_CURVE_SERVER_KEY": str(tmp_path / "none.key")}),
+        ("syswatch-top", ["--once"], {"SYSWATCH_COLLECTOR": "garbage"}),
+        ("syswatch-top", ["--once"], {"SYSWATCH_CURVE_SERVER_KEY": str(tmp_path / "none.key")}),
+    ]
+    wrong = []
+    for script, args, env in cases:
+        if script == "syswatch-collector" and not is_root():
+            continue    # unprivileged, it stops at "must run as root" (exit 2 too, checked elsewhere)
+        argv = [str(venv / "bin" / script), *args]
+        if script == "syswatch-api":    # should it start after all, it must not take a port in use
+            argv += ["--port", str(free_port()), "--db", str(tmp_path / "ips.sqlite3")]
+        try:
+            res = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=30,
+                                 env={**clean_env(), **env}, stdin=subprocess.DEVNULL, preexec_fn=die_with_test)
+        except subprocess.TimeoutExpired:    # run() killed it: it started instead of refusing
+            wrong.append((script, args, env, "started", ""))
+            continue
+        if res.returncode != 2 or "Traceback" in res.stderr or "error" not in res.stderr:
+            wrong.append((script, args, env, res.returncode, res.stderr.strip()))
+    assert not wrong, "\n".join(map(str, wrong))

@@ -253,3 +253,35 @@ def test_installed_scripts_exit_2_on_a_bad_flag_or_environment(venv, tmp_path):
         if res.returncode != 2 or "Traceback" in res.stderr or "error" not in res.stderr:
             wrong.append((script, args, env, res.returncode, res.stderr.strip()))
     assert not wrong, "\n".join(map(str, wrong))
+
+
+def test_sdist_builds_the_same_wheel_and_ships_no_half_test_suite(wheel, tmp_path):
+    """The sdist (what `pip download` or an index would hand out) must build the very wheel the checkout
+    builds: same files (the .bt programs, the dashboard, syswatch/__init__.py). Its tests/ would be
+    unusable without conftest.py and the helpers (setuptools' default picks tests/test_*.py only), so
+    it ships either all of them or none."""
+    import tarfile
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "*.sqlite3*",
+                                                             "build", "*.egg-info"))
+    out = tmp_path / "sdist"
+    # As `python -m build --sdist` does: the build-system requirement, fresh from the index, in its own venv.
+    backend = tmp_path / "backend"
+    run([sys.executable, "-m", "venv", str(backend)], timeout=120)
+    requires = __import__("tomllib").loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    run([str(backend / "bin" / "pip"), "install", "-q", "--upgrade", "--disable-pip-version-check", *requires],
+        timeout=300)     # --upgrade: the venv comes with an older setuptools; build would fetch the newest
+    run([str(backend / "bin" / "python"), "-c",
+         f"from setuptools import build_meta; build_meta.build_sdist({str(out)!r})"], cwd=src, timeout=300)
+    sdists = list(out.glob("syswatch-*.tar.gz"))
+    assert len(sdists) == 1, sdists
+    with tarfile.open(sdists[0]) as tar:
+        names = [n.split("/", 1)[1] for n in tar.getnames() if "/" in n]
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    shipped_tests = {n for n in names if n.startswith("tests/") and n.endswith(".py")}
+    all_tests = {str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("*.py")}
+    assert shipped_tests in (set(), all_tests), sorted(all_tests - shipped_tests)
+    (unpacked,) = (tmp_path / "unpacked").iterdir()
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "w"), str(unpacked)], timeout=300)
+    (rebuilt,) = (tmp_path / "w").glob("syswatch-*.whl")
+    assert sorted(zipfile.ZipFile(rebuilt).namelist()) == sorted(zipfile.ZipFile(wheel).namelist())

@@ -78,6 +78,23 @@ def test_wheel_holds_one_top_level_package_and_the_programs(wheel):
         assert f"{script} = syswatch." in entry_points, entry_points
 
 
+
+def test_wheel_holds_every_file_of_the_mapped_directories(wheel):
+    """Whatever lands in collector/, api/ (the dashboard's assets at any depth), shared/, subscribers/ or
+    syswatch/ is in the wheel: package-data globs that miss a new file fail here, not on a user's machine."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    mapping = {"syswatch": "syswatch", "collector": "syswatch/collector", "api": "syswatch/api",
+               "shared": "syswatch/shared", "subscribers": "syswatch/subscribers"}
+    missing = []
+    for src, dest in mapping.items():
+        for path in (ROOT / src).rglob("*"):
+            rel = path.relative_to(ROOT / src)
+            if path.is_file() and "__pycache__" not in rel.parts and path.suffix not in (".pyc", ".pyo") \
+                    and ".sqlite3" not in path.name:    # what the wheel fixture leaves out of its copy
+                if f"{dest}/{rel.as_posix()}" not in names:
+                    missing.append(f"{src}/{rel.as_posix()}")
+    assert not missing, missing
+
 def test_console_scripts_work_from_any_directory(venv, tmp_path):
     for script in SCRIPTS:
         out = run([str(venv / "bin" / script), "--version"], cwd=tmp_path)

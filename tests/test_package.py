@@ -203,10 +203,11 @@ def assert_runnable_in(venv: Path, text: str, tmp_path: Path) -> None:
 
 def test_installed_collector_not_root_names_a_command_of_the_install(venv, tmp_path):
     """An unprivileged user running the installed script is told to run it as root, with a command
-    that exists there (not the checkout's python -m collector.collector)."""
+    that exists there (not the checkout's python -m collector.collector), by its path: sudo's
+    secure_path does not hold the venv's bin/."""
     require(is_root(), "needs root to start an unprivileged process (unshare --user)")
     require(have("unshare"), "needs util-linux unshare")
-    for argv, want in (([str(venv / "bin" / "syswatch-collector")], "sudo syswatch-collector"),
+    for argv, want in (([str(venv / "bin" / "syswatch-collector")], f"sudo {venv / 'bin' / 'syswatch-collector'}"),
                        ([str(venv / "bin" / "python"), "-m", "syswatch.collector.collector"],
                         "-m syswatch.collector.collector")):
         res = run(["unshare", "--user", *argv], cwd=tmp_path, check=False)

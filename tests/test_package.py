@@ -244,7 +244,7 @@ def test_installed_scripts_exit_2_on_a_bad_flag_or_environment(venv, tmp_path):
         ("syswatch-collector", ["-d", "1"], {"SYSWATCH_MODE": "x"}),
         ("syswatch-collector", ["-d", "1"], {"SYSWATCH_CURVE_SERVER_KEY": str(tmp_path / "none.key_secret"),
                                              "SYSWATCH_CURVE_CLIENTS": str(tmp_path)}),
-        ("syswatch-api", [], {"SYSWATCH_PORT": "abc"}),
+        ("syswatch-api", [], {"SYSWATCH_MAX_ITEMS": "abc"}),
         ("syswatch-api", [], {"SYSWATCH_CURVE_SERVER_KEY": str(tmp_path / "none.key")}),
         ("syswatch-api", ["--token-file", str(tmp_path / "missing")], {}),
         ("syswatch-api", ["--token-file", str(tmp_path / "empty")], {}),
@@ -304,3 +304,46 @@ def test_sdist_builds_the_same_wheel_and_ships_no_half_test_suite(wheel, tmp_pat
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "w"), str(unpacked)], timeout=300)
     (rebuilt,) = (tmp_path / "w").glob("syswatch-*.whl")
     assert sorted(zipfile.ZipFile(rebuilt).namelist()) == sorted(zipfile.ZipFile(wheel).namelist())
+
+
+def test_a_flag_beats_a_bad_environment_variable_and_help_still_shows(venv, tmp_path):
+    """Flags beat the environment (CONTRACT): a bad variable the command line overrides is never read,
+    so it cannot stop the program; and --help / --version, which read none, work whatever the
+    environment holds (the way to learn how to fix it). Left alone, the bad variable is still an error."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    bad = {"SYSWATCH_COLLECTOR": "garbage", "SYSWATCH_PORT": "abc", "SYSWATCH_MODE": "x", "SYSWATCH_PID": "abc"}
+    for script in SCRIPTS:
+        for flag in ("--help", "--version"):
+            res = subprocess.run([str(venv / "bin" / script), flag], cwd=tmp_path, capture_output=True, text=True,
+                                 timeout=30, env={**clean_env(), **bad})
+            assert res.returncode == 0 and script in res.stdout, (script, flag, res.stderr)
+    runs = [("syswatch-tail", ["-e", endpoint, "-d", "1"]), ("syswatch-top", ["-e", endpoint, "--once"])]
+    if is_root() and have("bpftrace"):
+        runs.append(("syswatch-collector", ["--bind", endpoint, "--mode", "events", "-p", "1", "-d", "1",
+                                            "--echo-rate", "0"]))
+    for script, args in runs:
+        res = subprocess.run([str(venv / "bin" / script), *args], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=90, env={**clean_env(), **bad}, stdin=subprocess.DEVNULL,
+                             preexec_fn=die_with_test)
+        assert "is invalid" not in res.stderr and "Traceback" not in res.stderr, (script, res.stderr)
+        # syswatch-top waits for a collector's first answer (none here): any failure but the variable's
+        assert res.returncode == 0 or script == "syswatch-top" and "no collector answered" in res.stderr, \
+            (script, res.returncode, res.stderr)
+    api = subprocess.Popen([str(venv / "bin" / "syswatch-api"), "--port", str(free_port()), "--collector", endpoint,
+                            "--db", str(tmp_path / "ips.sqlite3")], cwd=tmp_path, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, env={**clean_env(), **bad}, preexec_fn=die_with_test)
+    try:
+        first = api.stdout.readline()
+        assert first.startswith("API Server starting on"), first + api.stdout.read()
+    finally:
+        api.terminate()
+        try:
+            api.wait(15)
+        except subprocess.TimeoutExpired:
+            api.kill()
+            api.wait()
+    # without the overriding flag the variable is used, and is an error naming it
+    res = subprocess.run([str(venv / "bin" / "syswatch-tail"), "-d", "1"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=30, env={**clean_env(), **bad})
+    assert res.returncode == 2 and "SYSWATCH_COLLECTOR='garbage' is invalid" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr

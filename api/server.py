@@ -17,6 +17,7 @@ import socket
 import string
 import sys
 import textwrap
+from typing import NoReturn
 
 from syswatch import __version__
 from syswatch.shared import curve, protocol
@@ -29,7 +30,8 @@ EPILOG = textwrap.dedent("""\
       SYSWATCH_MAX_BODY_BYTES, SYSWATCH_MAX_ITEMS, SYSWATCH_MAX_IPS, SYSWATCH_MAX_STREAMS,
       SYSWATCH_RECENT_EVENTS, SYSWATCH_STREAM_QUEUE, SYSWATCH_THREADS, SYSWATCH_MAX_CONNECTIONS,
       SYSWATCH_CHANNEL_TIMEOUT, SYSWATCH_CORS_ORIGINS and SYSWATCH_ALLOWED_HOSTS (comma separated)
-      SYSWATCH_CURVE_SERVER_KEY + SYSWATCH_CURVE_CLIENT_KEY: subscribe with CurveZMQ (shared/curve.py)
+      SYSWATCH_CURVE_SERVER_KEY + SYSWATCH_CURVE_CLIENT_KEY: subscribe with CurveZMQ
+        (make the keys with: python3 -m syswatch.shared.curve --help)
 
     examples:
       syswatch-api                                            # 127.0.0.1:8080, collector tcp://127.0.0.1:5556
@@ -126,6 +128,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def token_error(message: str) -> NoReturn:
+    """A token set up wrong is a usage error, like a bad flag or variable: exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def read_token(args: argparse.Namespace) -> str | None:
     """The bearer token from --token-file, else SYSWATCH_TOKEN; None when neither is set."""
     if args.token_file:
@@ -133,10 +141,10 @@ def read_token(args: argparse.Namespace) -> str | None:
             with open(args.token_file, encoding="utf-8") as f:
                 token = f.read().strip()
         except (OSError, UnicodeDecodeError) as exc:
-            raise SystemExit(f"error: cannot read --token-file {args.token_file}: {exc}") from None
+            token_error(f"cannot read --token-file {args.token_file}: {exc}")
         source = f"--token-file {args.token_file}"
         if not token:
-            raise SystemExit(f"error: {source} is empty; put the token in it, or drop the flag")
+            token_error(f"{source} is empty; put the token in it, or drop the flag")
     else:
         token = os.environ.get("SYSWATCH_TOKEN", "").strip()
         source = "SYSWATCH_TOKEN"
@@ -144,8 +152,8 @@ def read_token(args: argparse.Namespace) -> str | None:
             return None
     allowed = set(string.ascii_letters + string.digits + "-._~+/=")
     if not set(token) <= allowed:
-        raise SystemExit(f"error: the token of {source} holds characters a bearer token cannot "
-                         f"(allowed: letters, digits and -._~+/=); e.g. use: openssl rand -hex 32")
+        token_error(f"the token of {source} holds characters a bearer token cannot "
+                    f"(allowed: letters, digits and -._~+/=); e.g. use: openssl rand -hex 32")
     return token
 
 

@@ -10,9 +10,11 @@ import errno
 import fcntl
 import logging
 import os
+import shlex
 import shutil
 import signal
 import subprocess
+import sys
 from collections import deque
 from pathlib import Path
 
@@ -35,7 +37,18 @@ class SetupError(RuntimeError):
 def check_root() -> None:
     if os.geteuid() != 0:
         raise SetupError("the collector must run as root (bpftrace loads BPF programs): "
-                         "sudo python -m collector.collector")
+                         f"sudo {invocation()}")
+
+
+def invocation() -> str:
+    """How this collector was started, as a user would type it again: ``python3 -m collector.collector``
+    in a checkout, ``python3 -m syswatch.collector.collector`` or the console script once installed
+    (where the checkout's module does not exist). The script by the path it ran from: a venv's bin/
+    is on the user's PATH perhaps, but not on sudo's secure_path."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name.endswith("collector.collector"):
+        return f"python3 -m {spec.name}"
+    return shlex.quote(sys.argv[0]) if sys.argv and sys.argv[0] else "syswatch-collector"
 
 
 def find_bpftrace(name: str = "bpftrace") -> str:

@@ -85,6 +85,10 @@ examples:
         publish beyond this host, encrypted, to authorised subscribers only
   syswatch-tail                      # watch the stream;  syswatch-top: busiest processes
 
+Installed in a virtual environment, give sudo the script's path (sudo's PATH does not hold
+the venv's bin/): sudo /opt/syswatch/bin/syswatch-collector. In a checkout, from its top:
+sudo python3 -m collector.collector. CurveZMQ key pairs: python3 -m syswatch.shared.curve --help.
+
 Every flag has an environment variable (flag > environment > default), shown as [env NAME].
 Status (topic "status", every second) counts events, lost (bpftrace's buffer overflowed),
 dropped (could not be queued) and malformed lines. Exit status: 0 on SIGINT/SIGTERM or at the
@@ -183,7 +187,7 @@ def warn_if_public(endpoint: str, curve_on: bool) -> None:
                     "can leave this host%s", endpoint,
                     "" if curve_on else
                     "; set SYSWATCH_CURVE_SERVER_KEY and SYSWATCH_CURVE_CLIENTS to encrypt it and "
-                    "admit only authorised subscribers (python -m shared.curve --help)")
+                    "admit only authorised subscribers (python3 -m syswatch.shared.curve --help)")
 
 
 class BpftraceFailed(RuntimeError):

@@ -8,12 +8,13 @@ from typing import Callable, TypeVar
 T = TypeVar("T")
 
 
-def env_default(name: str, default: T, convert: Callable[[str], T] = str) -> T:
+def env_default(name: str, default: T, convert: Callable[[str], T] = str, report: bool = True) -> T:
     """The value of environment variable ``name`` converted, or ``default`` when unset/empty.
 
     A value that does not convert is reported on stderr with a message naming the variable, then
     SystemExit(2) is raised, the exit status argparse gives a bad flag: a typo in a compose file is
-    reported at start-up instead of being ignored.
+    reported at start-up instead of being ignored. With ``report=False`` the conversion's error is
+    raised instead (add_option reports it later, and only if the value is used).
     """
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -21,8 +22,20 @@ def env_default(name: str, default: T, convert: Callable[[str], T] = str) -> T:
     try:
         return convert(raw)
     except (TypeError, ValueError) as exc:
+        if not report:
+            raise
         print(f"error: environment variable {name}={raw!r} is invalid: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+class _BadEnv(str):
+    """An option's default taken from a variable whose value does not convert: argparse converts a
+    str default only when the flag is absent, and converting this one reports it (exit 2)."""
+    problem = ""
+
+    def fail(self):
+        print(f"error: {self.problem}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def add_option(parser, *flags: str, env: str | None = None, default=None, type: Callable = str,
@@ -36,6 +49,8 @@ def add_option(parser, *flags: str, env: str | None = None, default=None, type: 
     import argparse
 
     def convert(text: str):
+        if isinstance(text, _BadEnv):   # argparse converts a str default only when the flag is absent
+            text.fail()
         try:
             return type(text)
         except (TypeError, ValueError) as exc:
@@ -46,8 +61,15 @@ def add_option(parser, *flags: str, env: str | None = None, default=None, type: 
         return [type(item.strip()) for item in text.split(",") if item.strip()]
 
     if env:
-        default = env_default(env, default, split if repeatable else type)
-    shown = ",".join(map(str, default)) if repeatable and default else default
+        # A bad value is reported only if it is used: not when the flag overrides it (flag > environment),
+        # nor for --help / --version, which exit before argparse converts the defaults it still needs.
+        raw = os.environ.get(env)
+        try:
+            default = env_default(env, default, split if repeatable else type, report=False)
+        except (TypeError, ValueError) as exc:
+            default = _BadEnv(raw)
+            default.problem = f"environment variable {env}={raw!r} is invalid: {exc}"
+    shown = ",".join(map(str, default)) if repeatable and default and not isinstance(default, _BadEnv) else default
     suffix = (f" [env {env}]" if env else "") + f" (default: {shown if shown not in (None, '', []) else 'none'})"
     return parser.add_argument(*flags, type=convert, default=default, help=help + suffix,
                                action=_Repeat if repeatable else "store", **kwargs)

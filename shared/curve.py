@@ -14,7 +14,7 @@ and on each subscriber (API, subscribers/*.py):
 A subscriber whose public key is not in SYSWATCH_CURVE_CLIENTS is refused during the
 handshake (ZAP) and receives nothing. Generate key pairs with:
 
-    python -m shared.curve DIR NAME      # writes DIR/NAME.key (public) and DIR/NAME.key_secret
+    python3 -m syswatch.shared.curve DIR NAME    # writes DIR/NAME.key (public) and DIR/NAME.key_secret
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def _load(path: str, env: str, need_secret: bool) -> tuple[bytes, bytes | None]:
         public, secret = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:
         raise CurveError(f"{env}={path!r}: cannot load a key file ({exc}); "
-                         "create one with: python -m shared.curve DIR NAME") from None
+                         "create one with: python3 -m syswatch.shared.curve DIR NAME") from None
     if need_secret and not secret:
         raise CurveError(f"{env}={path!r} holds no secret key: point it at the NAME.key_secret file")
     return public, secret
@@ -90,7 +90,7 @@ def client_from_env(environ=os.environ) -> ClientKeys | None:
     own = environ.get(ENV_CLIENT_KEY)
     if not own:
         raise CurveError(f"{ENV_SERVER_KEY} is set, so the collector uses CurveZMQ: set {ENV_CLIENT_KEY} "
-                         "to this subscriber's NAME.key_secret (python -m shared.curve DIR NAME) and give "
+                         "to this subscriber's NAME.key_secret (python3 -m syswatch.shared.curve DIR NAME) and give "
                          "the collector's operator NAME.key")
     public, secret = _load(own, ENV_CLIENT_KEY, need_secret=True)
     return ClientKeys(public, secret, server_public)
@@ -107,12 +107,12 @@ def start_authenticator(ctx: zmq.Context, keys: ServerKeys):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m shared.curve",
+        prog="python3 -m syswatch.shared.curve",
         description="Generate a CurveZMQ key pair for the syswatch collector or a subscriber.",
         epilog="examples:\n"
-               "  python -m shared.curve keys server          # collector: keys/server.key(_secret)\n"
-               "  python -m shared.curve keys/clients alice   # a subscriber; keep keys/clients/alice.key\n"
-               "  mv keys/clients/alice.key_secret ~alice/    # its secret goes to the subscriber only\n",
+               "  python3 -m syswatch.shared.curve keys server         # collector: keys/server.key(_secret)\n"
+               "  python3 -m syswatch.shared.curve keys/clients alice  # a subscriber; keep keys/clients/alice.key\n"
+               "  mv keys/clients/alice.key_secret ~alice/              # its secret goes to the subscriber only\n",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("directory", help="where to write NAME.key and NAME.key_secret (created if missing)")
     p.add_argument("name", help="file name stem, e.g. server or the subscriber's name")

@@ -56,7 +56,8 @@ class Subscription:
         try:
             keys = curve.client_from_env()
         except curve.CurveError as exc:
-            raise SystemExit(f"error: {exc}") from None
+            print(f"error: {exc}", file=sys.stderr)   # set up wrong: a usage error, as for a bad flag
+            raise SystemExit(2) from None
         self.ctx = zmq.Context()
         self.socks = []
         for endpoint in endpoints:

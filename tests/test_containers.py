@@ -99,16 +99,18 @@ def test_dockerfiles_copy_only_what_each_image_runs():
         lines = [line.split() for line in text.splitlines() if line and not line.startswith("#")]
         assert lines[0] == ["FROM", "debian:bookworm-slim"], name
         copies = {tuple(words[1:]) for words in lines if words[0] == "COPY"}
-        assert copies == {("shared/", "shared/"), (f"{package}/", f"{package}/")}, (name, copies)
+        # syswatch/: the package's __init__.py, which the imports (syswatch.shared...) need
+        assert copies == {("syswatch/", "syswatch/"), ("shared/", "shared/"), (f"{package}/", f"{package}/")}, \
+            (name, copies)
         assert "pip" not in text.replace("python3-", ""), f"{name}: Debian packages only (no PyPI in the build)"
     assert "USER syswatch" in (ROOT / "Dockerfile.api").read_text()
 
 
-def test_dockerignore_admits_only_the_three_packages():
+def test_dockerignore_admits_only_the_packages():
     lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
     assert lines[0] == "*"
-    assert {line for line in lines if line.startswith("!")} == {"!collector/", "!api/", "!shared/"}
+    assert {line for line in lines if line.startswith("!")} == {"!syswatch/", "!collector/", "!api/", "!shared/"}
 
 
 def test_curve_override_gives_each_service_only_its_own_keys():

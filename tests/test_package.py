@@ -78,6 +78,23 @@ def test_wheel_holds_one_top_level_package_and_the_programs(wheel):
         assert f"{script} = syswatch." in entry_points, entry_points
 
 
+
+def test_wheel_holds_every_file_of_the_mapped_directories(wheel):
+    """Whatever lands in collector/, api/ (the dashboard's assets at any depth), shared/, subscribers/ or
+    syswatch/ is in the wheel: package-data globs that miss a new file fail here, not on a user's machine."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    mapping = {"syswatch": "syswatch", "collector": "syswatch/collector", "api": "syswatch/api",
+               "shared": "syswatch/shared", "subscribers": "syswatch/subscribers"}
+    missing = []
+    for src, dest in mapping.items():
+        for path in (ROOT / src).rglob("*"):
+            rel = path.relative_to(ROOT / src)
+            if path.is_file() and "__pycache__" not in rel.parts and path.suffix not in (".pyc", ".pyo") \
+                    and ".sqlite3" not in path.name:    # what the wheel fixture leaves out of its copy
+                if f"{dest}/{rel.as_posix()}" not in names:
+                    missing.append(f"{src}/{rel.as_posix()}")
+    assert not missing, missing
+
 def test_console_scripts_work_from_any_directory(venv, tmp_path):
     for script in SCRIPTS:
         out = run([str(venv / "bin" / script), "--version"], cwd=tmp_path)
@@ -167,3 +184,166 @@ def test_installed_collector_and_api_end_to_end(venv, tmp_path):
                     proc.kill()
                     proc.wait()
     assert procs[0].returncode == 0, output("collector")
+
+
+# -- what the installed programs tell a user to run must exist in the install ------------------
+def suggested_modules(text: str) -> list[str]:
+    """Every ``python -m MODULE`` / ``python3 -m MODULE`` a message or help text tells the user to run."""
+    import re
+    return re.findall(r"python3? -m ([\w.]+)", text)
+
+
+def assert_runnable_in(venv: Path, text: str, tmp_path: Path) -> None:
+    """Each module the text names can be run with the venv's python (outside any checkout)."""
+    for module in suggested_modules(text):
+        res = run([str(venv / "bin" / "python"), "-m", module, "--help"], cwd=tmp_path, check=False)
+        assert res.returncode == 0, f"the text says to run python -m {module}, which fails installed:\n" \
+                                    f"{res.stderr}\n--- the text:\n{text}"
+
+
+def test_installed_collector_not_root_names_a_command_of_the_install(venv, tmp_path):
+    """An unprivileged user running the installed script is told to run it as root, with a command
+    that exists there (not the checkout's python -m collector.collector), by its path: sudo's
+    secure_path does not hold the venv's bin/."""
+    require(is_root(), "needs root to start an unprivileged process (unshare --user)")
+    require(have("unshare"), "needs util-linux unshare")
+    for argv, want in (([str(venv / "bin" / "syswatch-collector")], f"sudo {venv / 'bin' / 'syswatch-collector'}"),
+                       ([str(venv / "bin" / "python"), "-m", "syswatch.collector.collector"],
+                        "-m syswatch.collector.collector")):
+        res = run(["unshare", "--user", *argv], cwd=tmp_path, check=False)
+        assert res.returncode == 2 and "must run as root" in res.stderr, res.stderr
+        assert "Traceback" not in res.stderr, res.stderr
+        assert want in res.stderr, res.stderr
+        assert_runnable_in(venv, res.stderr, tmp_path)
+
+
+def test_installed_curve_errors_name_a_key_command_of_the_install(venv, tmp_path):
+    """A missing or incomplete CurveZMQ set-up: the error says how to make keys, and that command
+    works in the install (python -m shared.curve does not: no top-level shared is installed)."""
+    keys = tmp_path / "keys"
+    res = run([str(venv / "bin" / "python"), "-m", "syswatch.shared.curve", str(keys), "server"], cwd=tmp_path)
+    assert (keys / "server.key").is_file() and (keys / "server.key_secret").is_file(), res.stdout
+    assert_runnable_in(venv, run([str(venv / "bin" / "python"), "-m", "syswatch.shared.curve", "--help"],
+                                 cwd=tmp_path).stdout, tmp_path)
+    for script, env in (("syswatch-api", {"SYSWATCH_CURVE_SERVER_KEY": str(tmp_path / "no-such.key")}),
+                        ("syswatch-tail", {"SYSWATCH_CURVE_SERVER_KEY": str(keys / "server.key")})):
+        res = subprocess.run([str(venv / "bin" / script), "--port", str(free_port())] if script == "syswatch-api"
+                             else [str(venv / "bin" / script), "-d", "1"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=60, env={**clean_env(), **env}, stdin=subprocess.DEVNULL)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, (script, res.stderr)
+        assert suggested_modules(res.stderr), (script, res.stderr)
+        assert_runnable_in(venv, res.stderr, tmp_path)
+
+
+def test_installed_scripts_exit_2_on_a_bad_flag_or_environment(venv, tmp_path):
+    """Every set-up mistake a user makes with flags or environment variables is exit status 2 and one
+    error line, as the collector and the API do for the rest (not 1, which means "failed at run time")."""
+    (tmp_path / "empty").write_text("")
+    (tmp_path / "spaced").write_text("has space\n")
+    cases = [
+        ("syswatch-collector", ["-d", "1"], {"SYSWATCH_MODE": "x"}),
+        ("syswatch-collector", ["-d", "1"], {"SYSWATCH_CURVE_SERVER_KEY": str(tmp_path / "none.key_secret"),
+                                             "SYSWATCH_CURVE_CLIENTS": str(tmp_path)}),
+        ("syswatch-api", [], {"SYSWATCH_MAX_ITEMS": "abc"}),
+        ("syswatch-api", [], {"SYSWATCH_CURVE_SERVER_KEY": str(tmp_path / "none.key")}),
+        ("syswatch-api", ["--token-file", str(tmp_path / "missing")], {}),
+        ("syswatch-api", ["--token-file", str(tmp_path / "empty")], {}),
+        ("syswatch-api", ["--token-file", str(tmp_path / "spaced")], {}),
+        ("syswatch-api", [], {"SYSWATCH_TOKEN": "has space"}),
+        ("syswatch-tail", ["-d", "1"], {"SYSWATCH_COLLECTOR": "garbage"}),
+        ("syswatch-tail", ["-d", "1"], {"SYSWATCH_CURVE_SERVER_KEY": str(tmp_path / "none.key")}),
+        ("syswatch-top", ["--once"], {"SYSWATCH_COLLECTOR": "garbage"}),
+        ("syswatch-top", ["--once"], {"SYSWATCH_CURVE_SERVER_KEY": str(tmp_path / "none.key")}),
+    ]
+    wrong = []
+    for script, args, env in cases:
+        if script == "syswatch-collector" and not is_root():
+            continue    # unprivileged, it stops at "must run as root" (exit 2 too, checked elsewhere)
+        argv = [str(venv / "bin" / script), *args]
+        if script == "syswatch-api":    # should it start after all, it must not take a port in use
+            argv += ["--port", str(free_port()), "--db", str(tmp_path / "ips.sqlite3")]
+        try:
+            res = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=30,
+                                 env={**clean_env(), **env}, stdin=subprocess.DEVNULL, preexec_fn=die_with_test)
+        except subprocess.TimeoutExpired:    # run() killed it: it started instead of refusing
+            wrong.append((script, args, env, "started", ""))
+            continue
+        if res.returncode != 2 or "Traceback" in res.stderr or "error" not in res.stderr:
+            wrong.append((script, args, env, res.returncode, res.stderr.strip()))
+    assert not wrong, "\n".join(map(str, wrong))
+
+
+def test_sdist_builds_the_same_wheel_and_ships_no_half_test_suite(wheel, tmp_path):
+    """The sdist (what `pip download` or an index would hand out) must build the very wheel the checkout
+    builds: same files (the .bt programs, the dashboard, syswatch/__init__.py). Its tests/ would be
+    unusable without conftest.py and the helpers (setuptools' default picks tests/test_*.py only), so
+    it ships either all of them or none."""
+    import tarfile
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "*.sqlite3*",
+                                                             "build", "*.egg-info"))
+    out = tmp_path / "sdist"
+    # As `python -m build --sdist` does: the build-system requirement, fresh from the index, in its own venv.
+    backend = tmp_path / "backend"
+    run([sys.executable, "-m", "venv", str(backend)], timeout=120)
+    requires = __import__("tomllib").loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    run([str(backend / "bin" / "pip"), "install", "-q", "--upgrade", "--disable-pip-version-check", *requires],
+        timeout=300)     # --upgrade: the venv comes with an older setuptools; build would fetch the newest
+    run([str(backend / "bin" / "python"), "-c",
+         f"from setuptools import build_meta; build_meta.build_sdist({str(out)!r})"], cwd=src, timeout=300)
+    sdists = list(out.glob("syswatch-*.tar.gz"))
+    assert len(sdists) == 1, sdists
+    with tarfile.open(sdists[0]) as tar:
+        names = [n.split("/", 1)[1] for n in tar.getnames() if "/" in n]
+        # our own archive; filter= only where this Python has it (Debian 12's 3.11.2 does not)
+        tar.extractall(tmp_path / "unpacked", **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    shipped_tests = {n for n in names if n.startswith("tests/") and n.endswith(".py")}
+    all_tests = {str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("*.py")}
+    assert shipped_tests in (set(), all_tests), sorted(all_tests - shipped_tests)
+    (unpacked,) = (tmp_path / "unpacked").iterdir()
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "w"), str(unpacked)], timeout=300)
+    (rebuilt,) = (tmp_path / "w").glob("syswatch-*.whl")
+    assert sorted(zipfile.ZipFile(rebuilt).namelist()) == sorted(zipfile.ZipFile(wheel).namelist())
+
+
+def test_a_flag_beats_a_bad_environment_variable_and_help_still_shows(venv, tmp_path):
+    """Flags beat the environment (CONTRACT): a bad variable the command line overrides is never read,
+    so it cannot stop the program; and --help / --version, which read none, work whatever the
+    environment holds (the way to learn how to fix it). Left alone, the bad variable is still an error."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    bad = {"SYSWATCH_COLLECTOR": "garbage", "SYSWATCH_PORT": "abc", "SYSWATCH_MODE": "x", "SYSWATCH_PID": "abc"}
+    for script in SCRIPTS:
+        for flag in ("--help", "--version"):
+            res = subprocess.run([str(venv / "bin" / script), flag], cwd=tmp_path, capture_output=True, text=True,
+                                 timeout=30, env={**clean_env(), **bad})
+            assert res.returncode == 0 and script in res.stdout, (script, flag, res.stderr)
+    runs = [("syswatch-tail", ["-e", endpoint, "-d", "1"]), ("syswatch-top", ["-e", endpoint, "--once"])]
+    if is_root() and have("bpftrace"):
+        runs.append(("syswatch-collector", ["--bind", endpoint, "--mode", "events", "-p", "1", "-d", "1",
+                                            "--echo-rate", "0"]))
+    for script, args in runs:
+        res = subprocess.run([str(venv / "bin" / script), *args], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=90, env={**clean_env(), **bad}, stdin=subprocess.DEVNULL,
+                             preexec_fn=die_with_test)
+        assert "is invalid" not in res.stderr and "Traceback" not in res.stderr, (script, res.stderr)
+        # syswatch-top waits for a collector's first answer (none here): any failure but the variable's
+        assert res.returncode == 0 or script == "syswatch-top" and "no collector answered" in res.stderr, \
+            (script, res.returncode, res.stderr)
+    api = subprocess.Popen([str(venv / "bin" / "syswatch-api"), "--port", str(free_port()), "--collector", endpoint,
+                            "--db", str(tmp_path / "ips.sqlite3")], cwd=tmp_path, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, env={**clean_env(), **bad}, preexec_fn=die_with_test)
+    try:
+        first = api.stdout.readline()
+        assert first.startswith("API Server starting on"), first + api.stdout.read()
+    finally:
+        api.terminate()
+        try:
+            api.wait(15)
+        except subprocess.TimeoutExpired:
+            api.kill()
+            api.wait()
+    # without the overriding flag the variable is used, and is an error naming it
+    res = subprocess.run([str(venv / "bin" / "syswatch-tail"), "-d", "1"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=30, env={**clean_env(), **bad})
+    assert res.returncode == 2 and "SYSWATCH_COLLECTOR='garbage' is invalid" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr

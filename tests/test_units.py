@@ -123,9 +123,11 @@ def test_option_helper_flag_beats_env_beats_default(monkeypatch):
     assert vars(parser().parse_args(["-p", "3", "--mode", "x"])) == {"pid": [3], "mode": "x"}
     assert "[env SW_TEST_PID] (default: 1,2)" in " ".join(parser().format_help().split())
     monkeypatch.setenv("SW_TEST_PID", "one")
-    with pytest.raises(SystemExit) as exc:
-        parser()
+    with pytest.raises(SystemExit) as exc:      # a bad value that is used: exit 2
+        parser().parse_args([])
     assert exc.value.code == 2
+    assert parser().parse_args(["-p", "3"]).pid == [3]    # one the flag overrides is never used
+    assert "[env SW_TEST_PID] (default: one)" in " ".join(parser().format_help().split())
 
 
 def test_encode_event_batch_uses_the_protocol_version():

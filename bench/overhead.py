@@ -20,7 +20,8 @@ from . import procs, stats, tracers, workloads
 from .plan import Plan
 
 TRACERS = ["bpf-empty", "bpf-count", "bpf-printf", "bpf23-empty", "bpf23-count", "bpf23-printf",
-           "collector-events", "collector-counts", "strace"]
+           "collector-events", "collector-counts", "compose-events", "compose-counts", "strace"]
+COMPOSE = ("compose-events", "compose-counts")
 
 
 def dd_like(bs: int) -> Callable[[dict], bool]:
@@ -77,7 +78,7 @@ def timed_run(tracer: tracers.Tracer, wl: Workload) -> dict:
         for key in ("events_total", "lost_total", "dropped_total", "malformed_total"):
             run[key.replace("_total", "")] = st1[key] - st0[key]
     if isinstance(tracer, tracers.CollectorTracer) and not tracer.alive():
-        run["collector_exited"] = f"status {tracer.proc.returncode}: {tracer.log_tail(6)}"
+        run["collector_exited"] = f"status {getattr(tracer.proc, 'returncode', '?')}: {tracer.log_tail(6)}"
     elif pids.get("bpftrace") and procs.comm_of(pids["bpftrace"]) != "bpftrace":
         run["collector_exited"] = f"its bpftrace {pids['bpftrace']} is gone: {getattr(tracer, 'log_tail', str)()}"
     cpu1 = {role: procs.cpu_seconds(pid) for role, pid in pids.items()}
@@ -99,7 +100,14 @@ def run(plan: Plan, log: Callable[[str], None], only_tracers: list[str] | None =
         for t in [t for t in names if t in tracers.RAW23]:
             skipped[t] = why
             names.remove(t)
+    if any(t in COMPOSE for t in names):
+        from . import compose
+        why = compose.unavailable()
+        for t in [t for t in names if t in COMPOSE] if why else []:
+            skipped[t] = why
+            names.remove(t)
     pairs: dict[tuple[str, str], list[tuple[dict, dict]]] = {}
+    versions: dict[str, str] = {}
     raw_lost: dict[str, int] = {}
     try:
         for rnd in range(plan.rounds):
@@ -108,6 +116,9 @@ def run(plan: Plan, log: Callable[[str], None], only_tracers: list[str] | None =
                 base = {wl.key: timed_run(tracers.Tracer(), wl) for wl in wl_set}
                 with tracers.make(name) as tracer:
                     traced = {wl.key: timed_run(tracer, wl) for wl in wl_set}
+                    if tracer.subscriber and tracer.subscriber.status:   # which bpftrace, output, policy
+                        st = tracer.subscriber.status
+                        versions[name] = " ".join(str(st[k]) for k in ("bpftrace", "output", "overload") if k in st)
                 if hasattr(tracer, "lost"):
                     raw_lost[name] = raw_lost.get(name, 0) + tracer.lost
                 for wl in wl_set:
@@ -131,6 +142,6 @@ def run(plan: Plan, log: Callable[[str], None], only_tracers: list[str] | None =
         })
     warnings = [f"{r['tracer']} {r['workload']} run {i + 1}: {run['collector_exited']}"
                 for r in rows for i, run in enumerate(r["runs"]) if run.get("collector_exited")]
-    return {"rows": rows, "skipped": skipped, "raw_lost": raw_lost, "warnings": warnings,
+    return {"rows": rows, "skipped": skipped, "raw_lost": raw_lost, "warnings": warnings, "versions": versions,
             "workloads": {w.key: w.desc for w in wls[False]},
             "strace_workloads": {w.key: w.desc for w in wls[True]}}

@@ -9,7 +9,11 @@
                     through scripts/trixie-bpftrace.sh's wrapper (ring-buffer output; issue 16)
     strace          strace -f -e trace=read,write -o /dev/null (wraps the workload)
     collector-events / collector-counts
-                    python3 -m collector.collector in that mode, with a subscriber attached
+                    python3 -m collector.collector in that mode, with a subscriber attached (the
+                    host's bpftrace: bookworm's 0.17)
+    compose-events / compose-counts
+                    the compose stack's collector (image on trixie, bpftrace 0.23) in that mode,
+                    started from docker-compose.yml (bench/compose.py), with a subscriber attached
 
 The raw bpftrace programs carry the collector's own predicate (its own pid excluded, so
 printing to /dev/null does not trace itself), so in-kernel costs are comparable.
@@ -49,6 +53,8 @@ LABELS = {
     "strace": "strace -f -e trace=read,write",
     "collector-events": "collector, events mode + subscriber",
     "collector-counts": "collector, counts mode + subscriber",
+    "compose-events": "compose collector (0.23), events mode + subscriber",
+    "compose-counts": "compose collector (0.23), counts mode + subscriber",
 }
 
 
@@ -157,10 +163,11 @@ def trixie_available() -> str | None:
 class CollectorTracer(Tracer):
     """``python3 -m collector.collector --mode MODE`` on a free port, with a BenchSubscriber attached."""
 
-    def __init__(self, mode: str, interval: float = 1.0):
+    def __init__(self, mode: str, interval: float = 1.0, extra: tuple[str, ...] = ()):
         self.mode = mode
         self.name = f"collector-{mode}"
         self.interval = interval
+        self.extra = list(extra)             # e.g. ("-c", NAME): then the bench's own writes are not traced
         self.endpoint = f"tcp://127.0.0.1:{procs.free_port()}"
         self.proc: subprocess.Popen | None = None
         self.bpftrace_pid: int | None = None
@@ -172,13 +179,18 @@ class CollectorTracer(Tracer):
                 "--bind", self.endpoint, "--echo-rate", "0"]
         if self.mode == "counts":
             argv += ["--interval", str(self.interval)]
+        argv += self.extra
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT)
         self.subscriber = BenchSubscriber(self.endpoint)
         self.subscriber.start()
         try:
-            self.subscriber.wait_ready(timeout=60)
+            if self.extra:       # filtered: the bench's own writes do not show; a status means running
+                if not self.subscriber.status_seen.wait(60):
+                    raise TimeoutError("no status message within 60 s")
+            else:
+                self.subscriber.wait_ready(timeout=60)
         except Exception as exc:
             tail = self.log_tail()
             self.stop()
@@ -233,4 +245,7 @@ def make(name: str) -> Tracer:
         return RawBpftrace(name, RAW23[name], binary)
     if name.startswith("collector-"):
         return CollectorTracer(name.split("-", 1)[1])
+    if name.startswith("compose-"):
+        from .compose import ComposeCollectorTracer
+        return ComposeCollectorTracer(name.split("-", 1)[1])
     raise ValueError(f"unknown tracer {name!r}; known: {', '.join(LABELS)}")

@@ -138,7 +138,10 @@ HEADERS = {
  * own buffer, behind the events it printed before: the collector's loss count for that CPU is
  * then the count minus the events of that CPU that arrived. Exact, and known within a second even
  * on a quiet target, where bpftrace would report a full buffer only when a later event reaches
- * that CPU. A kick lost in a full buffer costs nothing but that second's update.
+ * that CPU. A kick lost in a full buffer costs nothing but that second's update; kicks are
+ * numbered per CPU, so the collector knows how many of bpftrace's lost events were kicks.
+ * (bpftrace 0.18+ with its ring buffer reports losses exactly and at once: the collector then
+ * renders this program without @sent and the kick.)
  *
  * Output (bpftrace -f json): one JSON line per call whose "data" is the CPU, ":", the syscall's
  * index in the program and the EVENT object without the container fields, the process name last. bpftrace's
@@ -150,7 +153,7 @@ HEADERS = {
  * Example output:
  *   {"type": "printf", "data": "syswatch-ready\\n"}
  *   {"type": "printf", "data": "0:1{\\"ts_ns\\":1795548582161190450,\\"pid\\":5489,\\"tid\\":5489,\\"uid\\":0,\\"syscall\\":\\"write\\",\\"fd\\":1,\\"count\\":5,\\"ret\\":5,\\"lat_ns\\":3120,\\"cgroup_id\\":1,\\"comm\\":\\"bash\\"}\\n"}
- *   {"type": "printf", "data": "syswatch-kick 0 1\\n"}
+ *   {"type": "printf", "data": "syswatch-kick 0 1 1\\n"}
  */
 """,
     "counts": """\
@@ -237,11 +240,13 @@ tracepoint:sched:sched_process_exit
         out.append(f"""
 profile:hz:1
 {{
-	/* on every CPU: the events it printed so far, behind them in its buffer */
-	printf("{KICK} %d %d\\n", cpu, @sent[cpu]);
+	/* on every CPU: the events it printed so far, behind them in its buffer, and the kick's
+	   number (a gap: kick lines lost, which bpftrace's own loss count includes) */
+	@kicks[cpu] = @kicks[cpu] + 1;
+	printf("{KICK} %d %d %d\\n", cpu, @sent[cpu], @kicks[cpu]);
 }}
 """)
-    out.append("\nEND\n{\n\tclear(@inflight);\n" + ("\tclear(@sent);\n" if kicks else "") + "}\n")
+    out.append("\nEND\n{\n\tclear(@inflight);\n" + ("\tclear(@sent);\n\tclear(@kicks);\n" if kicks else "") + "}\n")
     return "".join(out)
 
 

@@ -19,7 +19,8 @@ from typing import Callable
 from . import procs, stats, tracers, workloads
 from .plan import Plan
 
-TRACERS = ["bpf-empty", "bpf-count", "bpf-printf", "bpf23-empty", "bpf23-count", "bpf23-printf",
+TRACERS = ["bpf-empty", "bpf-empty-exit", "bpf-count", "bpf-printf",
+           "bpf23-empty", "bpf23-empty-exit", "bpf23-count", "bpf23-printf",
            "collector-events", "collector-counts", "compose-events", "compose-counts", "strace"]
 COMPOSE = ("compose-events", "compose-counts")
 
@@ -138,6 +139,10 @@ def run(plan: Plan, log: Callable[[str], None], only_tracers: list[str] | None =
             "base_s": stats.median([b["elapsed_s"] for b, _ in runs]),
             "traced_s": stats.median([t["elapsed_s"] for _, t in runs]),
             "ratio": stats.median([t["elapsed_s"] / b["elapsed_s"] for b, t in runs]),
+            # the workload's own CPU time (the BPF programs run in its context): what tracing costs
+            # the traced process, apart from the CPUs that bpftrace and the collector take from it
+            "cpu_ratio": stats.median([t["workload_cpu_s"] / b["workload_cpu_s"] for b, t in runs
+                                       if b.get("workload_cpu_s")]),
             "runs": [t for _, t in runs],
         })
     warnings = [f"{r['tracer']} {r['workload']} run {i + 1}: {run['collector_exited']}"

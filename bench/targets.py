@@ -70,9 +70,10 @@ def check(results: dict) -> list[dict]:
     return rows + issue16(results)
 
 
-def vs_empty(overhead: dict, tracer: str, workload: str, empty: str) -> float | None:
-    """``tracer``'s slowdown over the empty probe's (same workload, same run)."""
-    rows = {(r["tracer"], r["workload"]): r["ratio"] for r in (overhead or {}).get("rows", [])}
+def vs_empty(overhead: dict, tracer: str, workload: str, empty: str, key: str = "ratio") -> float | None:
+    """``tracer``'s slowdown over the empty probe's (same workload, same run); ``key`` cpu_ratio:
+    the workload's own CPU time instead of its elapsed time."""
+    rows = {(r["tracer"], r["workload"]): r.get(key) for r in (overhead or {}).get("rows", [])}
     a, b = rows.get((tracer, workload)), rows.get((empty, workload))
     return a / b if a and b else None
 

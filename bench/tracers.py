@@ -2,9 +2,11 @@
 
     none            no tracing (the baseline every ratio is taken against)
     bpf-empty       bpftrace, an empty probe on the read/write tracepoints
+    bpf-empty-exit  bpftrace, empty probes on the entry and exit tracepoints (the floor of anything
+                    that reports ret and lat_ns)
     bpf-count       bpftrace, count() per pid in the kernel, nothing printed per event
     bpf-printf      bpftrace, one printf line per event (the same fields as the collector's), to /dev/null
-    bpf23-empty / bpf23-count / bpf23-printf
+    bpf23-empty / bpf23-empty-exit / bpf23-count / bpf23-printf
                     the same three programs under bpftrace 0.23 from a Debian trixie root, run
                     through scripts/trixie-bpftrace.sh's wrapper (ring-buffer output; issue 16)
     strace          strace -f -e trace=read,write -o /dev/null (wraps the workload)
@@ -33,8 +35,11 @@ from .subscriber import BenchSubscriber
 REPO = Path(__file__).resolve().parent.parent
 PROBES = "tracepoint:syscalls:sys_enter_read,tracepoint:syscalls:sys_enter_write"
 PRED = "/pid != $1/"
+EXITS = PROBES.replace("sys_enter_", "sys_exit_")
 RAW_PROGRAMS = {
     "bpf-empty": f"{PROBES} {PRED} {{ }}",
+    # the floor of any program that sees entry and exit (ret, lat_ns): two empty probes per call
+    "bpf-empty-exit": f"{PROBES} {PRED} {{ }} {EXITS} {PRED} {{ }}",
     "bpf-count": f"{PROBES} {PRED} {{ @[pid] = count(); }} END {{ clear(@); }}",
     "bpf-printf": (f"{PROBES} {PRED} {{ printf(\"%llu %d %d %d %d %llu %s\\n\", "
                    f"nsecs, pid, tid, uid, args->fd, args->count, comm); }}"),
@@ -45,9 +50,11 @@ TRIXIE_SCRIPT = REPO / "scripts" / "trixie-bpftrace.sh"
 LABELS = {
     "none": "no tracing",
     "bpf-empty": "bpftrace, empty probe",
+    "bpf-empty-exit": "bpftrace, empty probes at entry and exit",
     "bpf-count": "bpftrace, count() per pid",
     "bpf-printf": "bpftrace, printf per event to /dev/null",
     "bpf23-empty": "bpftrace 0.23, empty probe",
+    "bpf23-empty-exit": "bpftrace 0.23, empty probes at entry and exit",
     "bpf23-count": "bpftrace 0.23, count() per pid",
     "bpf23-printf": "bpftrace 0.23, printf per event to /dev/null",
     "strace": "strace -f -e trace=read,write",

@@ -9,7 +9,8 @@
 # Takes under a minute with a nearby mirror; the temporary rootfs is removed whatever happens.
 #
 # Usage:  sudo scripts/build-base-image.sh [--suite bookworm|trixie|all] [--print-mirror]
-#           --suite SUITE    the Debian suite (default bookworm; all: bookworm and trixie)
+#           --suite SUITE    the Debian suite (default all: bookworm and trixie; bookworm when
+#                            SYSWATCH_BASE_IMAGE names one image)
 #           --print-mirror   print the mirrors it would use, build nothing
 # Env:    SYSWATCH_SUITE            same as --suite
 #         SYSWATCH_BASE_IMAGE       tag to build            (default debian:<suite>-slim)
@@ -21,13 +22,14 @@
 #         SYSWATCH_APT_ETC          the host's apt directory (default /etc/apt: sources.list,
 #                                   sources.list.d/*.list and sources.list.d/*.sources are read)
 # Examples:
-#   sudo scripts/build-base-image.sh
-#   sudo scripts/build-base-image.sh --suite all
+#   sudo scripts/build-base-image.sh                  # debian:bookworm-slim and debian:trixie-slim
+#   sudo scripts/build-base-image.sh --suite trixie
 #   sudo SYSWATCH_MIRROR=http://ftp.de.debian.org/debian scripts/build-base-image.sh
 set -euo pipefail
 
 APT_ETC="${SYSWATCH_APT_ETC:-/etc/apt}"
-SUITE="${SYSWATCH_SUITE:-bookworm}"
+# Default: both images compose builds from (one image when SYSWATCH_BASE_IMAGE names it: bookworm).
+SUITE="${SYSWATCH_SUITE:-$([[ -n ${SYSWATCH_BASE_IMAGE:-} ]] && echo bookworm || echo all)}"
 
 say() { echo "build-base-image: $*"; }
 die() { echo "build-base-image: error: $*" >&2; exit 1; }

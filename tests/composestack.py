@@ -35,7 +35,7 @@ def require_compose_stack() -> None:
                        "sudo scripts/test.sh")
     for image in (BASE_IMAGE, COLLECTOR_BASE_IMAGE):
         require(image_present(image), f"build {image} without a registry: "
-                                      "sudo scripts/build-base-image.sh --suite all")
+                                      "sudo scripts/build-base-image.sh")
 
 
 def uncaptured_printer(config):

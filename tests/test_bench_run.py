@@ -61,7 +61,8 @@ def test_quick_run_has_every_section(quick):
 def test_overhead_rows_cover_every_tracer_and_workload(quick):
     rows = quick["results"]["overhead"]["rows"]
     got = {(row["tracer"], row["workload"]) for row in rows}
-    tracers = {"bpf-empty", "bpf-count", "bpf-printf", "bpf23-empty", "bpf23-count", "bpf23-printf",
+    tracers = {"bpf-empty", "bpf-empty-exit", "bpf-count", "bpf-printf", "bpf23-empty", "bpf23-empty-exit",
+               "bpf23-count", "bpf23-printf",
                "collector-events", "collector-counts", "compose-events", "compose-counts", "strace"}
     assert quick["results"]["overhead"]["skipped"] == {}
     assert got == {(t, w) for t in tracers for w in ("dd", "copy")}

@@ -56,6 +56,12 @@ def run(plan: Plan, log: Callable[[str], None]) -> dict:
             results[key] = r
             log(f"paced writer {key}: {rate}/s for {secs}s: delivered {r['delivered']}/{r['made']}, "
                 f"latency p50 {_fmt(r['p50_ms'])} ms p99 {_fmt(r['p99_ms'])} ms")
+    from . import compose
+    if compose.unavailable() is None:          # the compose collector (0.23): the steady rate too
+        with tracers.make("compose-events") as tracer:
+            r = results["steady-compose"] = paced_run(tracer, plan.steady_rate, plan.steady_s)
+        log(f"paced writer steady (compose collector): {plan.steady_rate}/s for {plan.steady_s}s: "
+            f"delivered {r['delivered']}/{r['made']}, latency p99 {_fmt(r['p99_ms'])} ms")
     return results
 
 

@@ -19,8 +19,10 @@ from typing import Callable
 from . import procs, stats, tracers, workloads
 from .plan import Plan
 
-TRACERS = ["bpf-empty", "bpf-count", "bpf-printf", "bpf23-empty", "bpf23-count", "bpf23-printf",
-           "collector-events", "collector-counts", "strace"]
+TRACERS = ["bpf-empty", "bpf-empty-exit", "bpf-count", "bpf-printf",
+           "bpf23-empty", "bpf23-empty-exit", "bpf23-count", "bpf23-printf",
+           "collector-events", "collector-counts", "compose-events", "compose-counts", "strace"]
+COMPOSE = ("compose-events", "compose-counts")
 
 
 def dd_like(bs: int) -> Callable[[dict], bool]:
@@ -77,7 +79,7 @@ def timed_run(tracer: tracers.Tracer, wl: Workload) -> dict:
         for key in ("events_total", "lost_total", "dropped_total", "malformed_total"):
             run[key.replace("_total", "")] = st1[key] - st0[key]
     if isinstance(tracer, tracers.CollectorTracer) and not tracer.alive():
-        run["collector_exited"] = f"status {tracer.proc.returncode}: {tracer.log_tail(6)}"
+        run["collector_exited"] = f"status {getattr(tracer.proc, 'returncode', '?')}: {tracer.log_tail(6)}"
     elif pids.get("bpftrace") and procs.comm_of(pids["bpftrace"]) != "bpftrace":
         run["collector_exited"] = f"its bpftrace {pids['bpftrace']} is gone: {getattr(tracer, 'log_tail', str)()}"
     cpu1 = {role: procs.cpu_seconds(pid) for role, pid in pids.items()}
@@ -99,7 +101,14 @@ def run(plan: Plan, log: Callable[[str], None], only_tracers: list[str] | None =
         for t in [t for t in names if t in tracers.RAW23]:
             skipped[t] = why
             names.remove(t)
+    if any(t in COMPOSE for t in names):
+        from . import compose
+        why = compose.unavailable()
+        for t in [t for t in names if t in COMPOSE] if why else []:
+            skipped[t] = why
+            names.remove(t)
     pairs: dict[tuple[str, str], list[tuple[dict, dict]]] = {}
+    versions: dict[str, str] = {}
     raw_lost: dict[str, int] = {}
     try:
         for rnd in range(plan.rounds):
@@ -108,6 +117,9 @@ def run(plan: Plan, log: Callable[[str], None], only_tracers: list[str] | None =
                 base = {wl.key: timed_run(tracers.Tracer(), wl) for wl in wl_set}
                 with tracers.make(name) as tracer:
                     traced = {wl.key: timed_run(tracer, wl) for wl in wl_set}
+                    if tracer.subscriber and tracer.subscriber.status:   # which bpftrace, output, policy
+                        st = tracer.subscriber.status
+                        versions[name] = " ".join(str(st[k]) for k in ("bpftrace", "output", "overload") if k in st)
                 if hasattr(tracer, "lost"):
                     raw_lost[name] = raw_lost.get(name, 0) + tracer.lost
                 for wl in wl_set:
@@ -127,10 +139,14 @@ def run(plan: Plan, log: Callable[[str], None], only_tracers: list[str] | None =
             "base_s": stats.median([b["elapsed_s"] for b, _ in runs]),
             "traced_s": stats.median([t["elapsed_s"] for _, t in runs]),
             "ratio": stats.median([t["elapsed_s"] / b["elapsed_s"] for b, t in runs]),
+            # the workload's own CPU time (the BPF programs run in its context): what tracing costs
+            # the traced process, apart from the CPUs that bpftrace and the collector take from it
+            "cpu_ratio": stats.median([t["workload_cpu_s"] / b["workload_cpu_s"] for b, t in runs
+                                       if b.get("workload_cpu_s")]),
             "runs": [t for _, t in runs],
         })
     warnings = [f"{r['tracer']} {r['workload']} run {i + 1}: {run['collector_exited']}"
                 for r in rows for i, run in enumerate(r["runs"]) if run.get("collector_exited")]
-    return {"rows": rows, "skipped": skipped, "raw_lost": raw_lost, "warnings": warnings,
+    return {"rows": rows, "skipped": skipped, "raw_lost": raw_lost, "warnings": warnings, "versions": versions,
             "workloads": {w.key: w.desc for w in wls[False]},
             "strace_workloads": {w.key: w.desc for w in wls[True]}}

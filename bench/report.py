@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from . import tracers
+from . import targets as _targets, tracers
 
 
 def _f(x, fmt="{:.2f}", none="-"):
@@ -45,13 +45,78 @@ def overhead_md(o: dict) -> list[str]:
            + "), each ratio against its own baseline. Ratio = median of interleaved (baseline, traced) pairs.",
            ""]
     rows = [[tracers.LABELS[r["tracer"]], r["workload"], f"{r['events']:,}", _f(r["base_s"], "{:.3f}"),
-             _f(r["traced_s"], "{:.3f}"), f"**{r['ratio']:.2f}x**", r["pairs"]] for r in o.get("rows", [])]
-    out += _table(["tracing", "workload", "syscalls", "none (s)", "traced (s)", "slowdown", "pairs"], rows)
+             _f(r["traced_s"], "{:.3f}"), f"**{r['ratio']:.2f}x**", _f(r.get("cpu_ratio"), "{:.2f}x"), r["pairs"]]
+            for r in o.get("rows", [])]
+    out += _table(["tracing", "workload", "syscalls", "none (s)", "traced (s)", "slowdown", "workload CPU",
+                   "pairs"], rows)
+    for name, why in o.get("skipped", {}).items():
+        out.append(f"- **skipped** {tracers.LABELS.get(name, name)}: {why}")
     for w in o.get("warnings", []):
         out.append(f"- **warning**: {w}")
+    if o.get("versions"):
+        out += ["", "What each collector ran (its status: bpftrace, output, overload policy): "
+                + "; ".join(f"{k} {v}" for k, v in o["versions"].items()), ""]
+    out += vs_empty_md(o)
     if o.get("raw_lost"):
         out += ["Raw bpftrace \"Lost N events\" over all its runs: "
                 + ", ".join(f"{k} {v}" for k, v in o["raw_lost"].items()), ""]
+    return out
+
+
+def vs_empty_md(o: dict) -> list[str]:
+    """Issue 16's yardstick: each tracer's slowdown over the empty probe's, same workload, same run;
+    and the same with the workload's own CPU time (utime + stime, where the BPF programs run)."""
+    names = [t for t in tracers.LABELS if t not in ("none", "strace")
+             and any(r["tracer"] == t for r in o.get("rows", []))]
+    if not any(r["tracer"] in ("bpf-empty", "bpf23-empty") for r in o.get("rows", [])):
+        return []
+    rows = []
+    for t in names:
+        cells = [_targets.vs_empty(o, t, wl, e, key) for key in ("ratio", "cpu_ratio")
+                 for wl in ("dd", "copy") for e in ("bpf-empty", "bpf23-empty")]
+        rows.append([tracers.LABELS[t]] + [_f(c, "{:.2f}x") for c in cells])
+    return ["Against the floor (issue 16): each slowdown divided by the empty probe's, same workload, same "
+            "run; first by elapsed time, then by the workload's own CPU time (utime + stime from wait4: the BPF "
+            "programs run in its context, while bpftrace's and the collector's user-space work compete with it "
+            "for the 2 CPUs only in elapsed time).", ""] + _table(
+        ["tracing", "dd / empty 0.17", "dd / empty 0.23", "copy / empty 0.17", "copy / empty 0.23",
+         "dd CPU / empty 0.17", "dd CPU / empty 0.23", "copy CPU / empty 0.17", "copy CPU / empty 0.23"], rows)
+
+
+def saturation_md(sat: dict) -> list[str]:
+    out = ["### Saturation: a multi-process burst, and where the ceiling is", ""]
+    multi = sat.get("multi", [])
+    if multi:
+        r0 = multi[0]
+        out += [f"One container runs at once {r0['writers']} `dd if=/dev/zero of=/dev/null bs=1 count={r0['dd_n']:,}` "
+                "and a mixed real workload (`tar cf - /usr/lib/python3.11 | gzip -1`, `cp -r` of the same tree, "
+                "2,000 sqlite3 inserts with a commit each, `cat` of every file under /usr/share). The collector "
+                "traces only that container (`--container`), so its counters are the workload's alone; **made** "
+                "is counted by a second, lossless bpftrace (`count()` of the container's completed read/write "
+                "calls in a map).", ""]
+        rows = [[tracers.LABELS.get(r["tracer"], r["tracer"]), " ".join(str(v) for v in r["status"].values()),
+                 f"{r['made']:,}", f"{r['delivered']:,} ({r['delivered'] / r['made']:.1%})", f"{r['lost']:,}",
+                 f"{r['dropped']:,}", "**exact**" if r["exact"] else
+                 f"**off by {r['delivered'] + r['lost'] + r['dropped'] - r['made']:+,}**",
+                 f"{r['delivered_rate']:,.0f}", f"{r['elapsed_s']:.1f}"] for r in multi]
+        out += _table(["collector", "bpftrace, output, policy", "made", "delivered", "lost", "dropped",
+                       "delivered + lost + dropped", "delivered/s", "workload s"], rows)
+    for name, why in sat.get("skipped", {}).items():
+        out.append(f"- **skipped** {name}: {why}")
+    c = sat.get("ceiling")
+    if c:
+        f, p, ps, z = c["bpftrace_file"], c["bpftrace_pipe"], c["parser"], c["zmq"]
+        out += ["The ceiling, stage by stage (dd bs=1 saturating bpftrace 0.23 running the collector's own "
+                "program; rates over the saturated middle of the run):", ""]
+        out += _table(["stage", "events/s", "notes"], [
+            ["bpftrace 0.23 formatting, into a file (tmpfs)", f"{f['printed_rate']:,.0f}",
+             f"{f['printed']:,} printed, {f['lost']:,} lost of {f['dd_calls']:,} calls; {f['bytes_per_line']:.0f} bytes a line"],
+            ["bpftrace 0.23 into a pipe, drained by one reader", f"{p['printed_rate']:,.0f}", "formatting + the pipe"],
+            ["the collector's parser alone, on the captured output", f"{ps['rate']:,.0f}",
+             f"{ps['events']:,} events in 256 KiB reads"],
+            ["ZeroMQ alone: those batches, PUB -> SUB over TCP loopback", f"{z['rate']:,.0f}",
+             f"{z['received']:,} received"],
+        ])
     return out
 
 
@@ -88,7 +153,7 @@ def throughput_md(t: dict) -> list[str]:
 
 
 def latency_md(lat: dict) -> list[str]:
-    rows = [[k, f"{r['rate']:,}/s for {r['seconds']} s", f"{r['achieved_rate']:,.0f}/s",
+    rows = [[{"steady-compose": "steady, compose collector (0.23)"}.get(k, k), f"{r['rate']:,}/s for {r['seconds']} s", f"{r['achieved_rate']:,.0f}/s",
              f"{r['delivered']:,} / {r['made']:,}", _f(r.get("lost"), "{}"), _f(r.get("dropped"), "{}"),
              _f(r["p50_ms"]), _f(r["p99_ms"]), _f(r["max_ms"])] for k, r in lat.items()]
     return ["### Steady rate and latency (collector, events mode)", "",
@@ -111,7 +176,7 @@ def api_md(api: dict) -> list[str]:
 
 def targets_md(rows: list[dict]) -> list[str]:
     mark = {True: "met", False: "**not met**", None: "not measured"}
-    return ["### Targets (issue 5)", ""] + _table(
+    return ["### Targets (issues 5 and 16)", ""] + _table(
         ["target", "measured", "result"], [[r["target"], r["shown"], mark[r["met"]]] for r in rows])
 
 
@@ -122,6 +187,8 @@ def render(results: dict) -> str:
         out += overhead_md(results["overhead"])
     if "throughput" in results:
         out += throughput_md(results["throughput"])
+    if "saturation" in results:
+        out += saturation_md(results["saturation"])
     if "latency" in results:
         out += latency_md(results["latency"])
     if "api" in results:

@@ -14,11 +14,11 @@ import time
 import traceback
 from pathlib import Path
 
-from . import api_load, latency, machine, overhead, report, targets, throughput
+from . import api_load, latency, machine, overhead, report, saturation, targets, throughput
 from .plan import FULL, QUICK
 from .tracers import REPO
 
-SECTIONS = ("overhead", "latency", "api")
+SECTIONS = ("overhead", "saturation", "latency", "api")
 DOC = REPO / "docs" / "BENCHMARKS.md"
 
 EPILOG = textwrap.dedent(f"""\
@@ -27,6 +27,10 @@ EPILOG = textwrap.dedent(f"""\
                 count(), printf per event), the collector in events and counts mode (subscriber
                 attached) and strace; interleaved pairs. Also gives throughput, lost/dropped counts
                 and CPU per event (collector vs bpftrace, from /proc) from the same runs.
+      saturation  a multi-process burst (4 dd bs=1 writers + tar|gzip, cp -r, sqlite, cat in one
+                container) under the host collector and the compose collector, checked exactly
+                against a lossless count(); and the ceiling stage by stage: bpftrace 0.23 alone
+                (into a file, into a pipe), the parser alone, ZeroMQ alone.
       latency   steady 20,000 writes/s from one process (delivered completely?) and the latency
                 from syscall to subscriber at ~100/s and ~10,000/s.
       api       requests/s and p50/p99 of POST /add_ips, POST /print_all_ips (10,000 IPs) and
@@ -83,6 +87,7 @@ def main(argv=None) -> int:
     results: dict = {"machine": machine.describe(), "plan": plan.as_dict(), "errors": {}}
     log(f"{plan.name} run of {', '.join(args.sections)}; results in {out}")
     runners = {"overhead": lambda: overhead.run(plan, log), "latency": lambda: latency.run(plan, log),
+               "saturation": lambda: saturation.run(plan, log),
                "api": lambda: api_load.run(plan, log)}
     for section in args.sections:
         try:

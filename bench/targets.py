@@ -67,4 +67,38 @@ def check(results: dict) -> list[dict]:
     st = [r["rps"] for r in api_rows if r["endpoint"] == "stats"]
     v = max(st) if st else None
     add("GET /stats >= 2,000 req/s", v, v is not None and v >= 2000, f"{v:,.0f} req/s" if v else "")
+    return rows + issue16(results)
+
+
+def vs_empty(overhead: dict, tracer: str, workload: str, empty: str, key: str = "ratio") -> float | None:
+    """``tracer``'s slowdown over the empty probe's (same workload, same run); ``key`` cpu_ratio:
+    the workload's own CPU time instead of its elapsed time."""
+    rows = {(r["tracer"], r["workload"]): r.get(key) for r in (overhead or {}).get("rows", [])}
+    a, b = rows.get((tracer, workload)), rows.get((empty, workload))
+    return a / b if a and b else None
+
+
+def issue16(results: dict) -> list[dict]:
+    """Issue 16: the compose collector (bpftrace 0.23) against the empty probe of the same
+    bpftrace; exact accounting of the multi-process burst; 20,000/s steady through compose."""
+    rows = []
+
+    def add(what: str, value, ok, shown: str):
+        rows.append({"target": what, "value": value, "met": ok if value is not None else None,
+                     "shown": shown if value is not None else "not measured"})
+    o = results.get("overhead")
+    for mode, limit in (("events", 1.5), ("counts", 1.2)):
+        for wl in ("dd", "copy"):
+            v = vs_empty(o, f"compose-{mode}", wl, "bpf23-empty")
+            add(f"compose collector, {mode} mode <= {limit}x the empty probe's slowdown ({wl})", v,
+                v is not None and v <= limit, f"{v:.2f}x" if v else "")
+    multi = _get(results, "saturation", "multi")
+    v = all(r["exact"] for r in multi) if multi else None
+    add("multi-process saturation: delivered + lost + dropped = made, every collector", v, bool(v),
+        "; ".join(f"{r['tracer']}: {r['delivered'] + r['lost'] + r['dropped']:,} of {r['made']:,}"
+                  for r in multi or []))
+    st = _get(results, "latency", "steady-compose")
+    v = st and st["delivered"] == st["made"] and not st.get("lost") and not st.get("dropped")
+    add("compose collector: steady 20,000 writes/s delivered completely", st and v, bool(v),
+        f"{st['delivered']:,}/{st['made']:,} delivered, lost {st.get('lost')}" if st else "")
     return rows

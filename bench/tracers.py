@@ -2,14 +2,20 @@
 
     none            no tracing (the baseline every ratio is taken against)
     bpf-empty       bpftrace, an empty probe on the read/write tracepoints
+    bpf-empty-exit  bpftrace, empty probes on the entry and exit tracepoints (the floor of anything
+                    that reports ret and lat_ns)
     bpf-count       bpftrace, count() per pid in the kernel, nothing printed per event
     bpf-printf      bpftrace, one printf line per event (the same fields as the collector's), to /dev/null
-    bpf23-empty / bpf23-count / bpf23-printf
+    bpf23-empty / bpf23-empty-exit / bpf23-count / bpf23-printf
                     the same three programs under bpftrace 0.23 from a Debian trixie root, run
                     through scripts/trixie-bpftrace.sh's wrapper (ring-buffer output; issue 16)
     strace          strace -f -e trace=read,write -o /dev/null (wraps the workload)
     collector-events / collector-counts
-                    python3 -m collector.collector in that mode, with a subscriber attached
+                    python3 -m collector.collector in that mode, with a subscriber attached (the
+                    host's bpftrace: bookworm's 0.17)
+    compose-events / compose-counts
+                    the compose stack's collector (image on trixie, bpftrace 0.23) in that mode,
+                    started from docker-compose.yml (bench/compose.py), with a subscriber attached
 
 The raw bpftrace programs carry the collector's own predicate (its own pid excluded, so
 printing to /dev/null does not trace itself), so in-kernel costs are comparable.
@@ -29,8 +35,11 @@ from .subscriber import BenchSubscriber
 REPO = Path(__file__).resolve().parent.parent
 PROBES = "tracepoint:syscalls:sys_enter_read,tracepoint:syscalls:sys_enter_write"
 PRED = "/pid != $1/"
+EXITS = PROBES.replace("sys_enter_", "sys_exit_")
 RAW_PROGRAMS = {
     "bpf-empty": f"{PROBES} {PRED} {{ }}",
+    # the floor of any program that sees entry and exit (ret, lat_ns): two empty probes per call
+    "bpf-empty-exit": f"{PROBES} {PRED} {{ }} {EXITS} {PRED} {{ }}",
     "bpf-count": f"{PROBES} {PRED} {{ @[pid] = count(); }} END {{ clear(@); }}",
     "bpf-printf": (f"{PROBES} {PRED} {{ printf(\"%llu %d %d %d %d %llu %s\\n\", "
                    f"nsecs, pid, tid, uid, args->fd, args->count, comm); }}"),
@@ -41,14 +50,18 @@ TRIXIE_SCRIPT = REPO / "scripts" / "trixie-bpftrace.sh"
 LABELS = {
     "none": "no tracing",
     "bpf-empty": "bpftrace, empty probe",
+    "bpf-empty-exit": "bpftrace, empty probes at entry and exit",
     "bpf-count": "bpftrace, count() per pid",
     "bpf-printf": "bpftrace, printf per event to /dev/null",
     "bpf23-empty": "bpftrace 0.23, empty probe",
+    "bpf23-empty-exit": "bpftrace 0.23, empty probes at entry and exit",
     "bpf23-count": "bpftrace 0.23, count() per pid",
     "bpf23-printf": "bpftrace 0.23, printf per event to /dev/null",
     "strace": "strace -f -e trace=read,write",
     "collector-events": "collector, events mode + subscriber",
     "collector-counts": "collector, counts mode + subscriber",
+    "compose-events": "compose collector (0.23), events mode + subscriber",
+    "compose-counts": "compose collector (0.23), counts mode + subscriber",
 }
 
 
@@ -157,10 +170,11 @@ def trixie_available() -> str | None:
 class CollectorTracer(Tracer):
     """``python3 -m collector.collector --mode MODE`` on a free port, with a BenchSubscriber attached."""
 
-    def __init__(self, mode: str, interval: float = 1.0):
+    def __init__(self, mode: str, interval: float = 1.0, extra: tuple[str, ...] = ()):
         self.mode = mode
         self.name = f"collector-{mode}"
         self.interval = interval
+        self.extra = list(extra)             # e.g. ("-c", NAME): then the bench's own writes are not traced
         self.endpoint = f"tcp://127.0.0.1:{procs.free_port()}"
         self.proc: subprocess.Popen | None = None
         self.bpftrace_pid: int | None = None
@@ -172,13 +186,18 @@ class CollectorTracer(Tracer):
                 "--bind", self.endpoint, "--echo-rate", "0"]
         if self.mode == "counts":
             argv += ["--interval", str(self.interval)]
+        argv += self.extra
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT)
         self.subscriber = BenchSubscriber(self.endpoint)
         self.subscriber.start()
         try:
-            self.subscriber.wait_ready(timeout=60)
+            if self.extra:       # filtered: the bench's own writes do not show; a status means running
+                if not self.subscriber.status_seen.wait(60):
+                    raise TimeoutError("no status message within 60 s")
+            else:
+                self.subscriber.wait_ready(timeout=60)
         except Exception as exc:
             tail = self.log_tail()
             self.stop()
@@ -233,4 +252,7 @@ def make(name: str) -> Tracer:
         return RawBpftrace(name, RAW23[name], binary)
     if name.startswith("collector-"):
         return CollectorTracer(name.split("-", 1)[1])
+    if name.startswith("compose-"):
+        from .compose import ComposeCollectorTracer
+        return ComposeCollectorTracer(name.split("-", 1)[1])
     raise ValueError(f"unknown tracer {name!r}; known: {', '.join(LABELS)}")

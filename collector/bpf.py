@@ -124,10 +124,12 @@ def _die_with_parent() -> None:
 class Bpftrace:
     """One bpftrace child. Reads are non-blocking (the collector polls both pipes)."""
 
-    def __init__(self, argv: list[str], version=None):
+    def __init__(self, argv: list[str], version=None, overload: str = "drop"):
         env = dict(os.environ)
-        for key, val in program.env(version).items():
-            env.setdefault(key, val)
+        for key, val in program.env(version, overload).items():
+            env.setdefault(key, val)               # a BPFTRACE_* the user set wins
+        self.env = env
+        self.ringbuf = version is not None and version.ringbuf_output
         # Own session: a terminal's Ctrl-C reaches the collector only, which then stops bpftrace
         # in order. PDEATHSIG: if the collector itself dies (SIGKILL, OOM), the kernel sends
         # bpftrace SIGTERM, so no orphaned bpftrace keeps its probes attached.
@@ -145,6 +147,14 @@ class Bpftrace:
             log.debug("cannot enlarge bpftrace's stdout pipe: %s", exc)
         self.stderr_tail: deque[str] = deque(maxlen=20)
         self._err_partial = b""
+
+    def buffer_desc(self) -> str:
+        """The output buffer bpftrace was given, for the start-up log."""
+        try:
+            mib = int(self.env.get("BPFTRACE_PERF_RB_PAGES", "64")) * 4096 / 2**20
+        except ValueError:
+            return f"BPFTRACE_PERF_RB_PAGES={self.env['BPFTRACE_PERF_RB_PAGES']!r}"
+        return f"{mib:g} MiB ring buffer" if self.ringbuf else f"{mib:g} MiB perf buffer per CPU"
 
     def read_stdout(self) -> bytes | None:
         """Up to 256 KiB; b"" at EOF, None when nothing is ready."""

@@ -165,6 +165,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                help="stop after this many seconds")
     add_option(p, "--bpftrace", env="SYSWATCH_BPFTRACE", default="bpftrace", metavar="PATH",
                help="the bpftrace binary to run")
+    add_option(p, "--on-overload", env="SYSWATCH_ON_OVERLOAD", default="drop", type=one_of(*program.OVERLOAD),
+               metavar="{drop,buffer}", dest="on_overload",
+               help="when bpftrace falls behind the calls: drop (and count) once a 4 MiB-per-CPU (0.17) / "
+                    "16 MiB (0.23) buffer is full, events late by under a second; buffer: 4x/8x that "
+                    "buffer, fewer drops in bursts, seconds of latency while it drains")
     add_option(p, "--hostname", env="SYSWATCH_HOSTNAME", default=None,
                help="the host field of every message (default: the host's name, also in a container)")
     add_option(p, "--log-level", env="SYSWATCH_LOG_LEVEL", default="info",
@@ -256,10 +261,10 @@ class Collector:
 
     def _start(self, probe: str) -> None:
         text = program.render(self.args.mode, probe, self.args.syscalls, self.args.pid, self.args.comm,
-                              self.cgroups)
+                              self.cgroups, kicks=not self.args.bpftrace_version.ringbuf_output)
         interval_ms = max(1, round(self.args.interval * 1000))
         self.bt = Bpftrace(program.command(self.args.bpftrace, self.args.mode, text, interval_ms),
-                           self.args.bpftrace_version)
+                           self.args.bpftrace_version, self.args.on_overload)
         self.probe = probe
         self.exclusions.own = {os.getpid(), self.bt.pid}
         self.poller = zmq.Poller()
@@ -387,6 +392,7 @@ class Collector:
                 "excluded_pids": self.exclusions.pids(),
                 "bpftrace": str(self.args.bpftrace_version),
                 "output": "ringbuf" if self.args.bpftrace_version.ringbuf_output else "perf",
+                "overload": self.args.on_overload,
                 "events_total": self.parser.events, "lost_total": self.parser.lost,
                 "dropped_total": self.dropped, "malformed_total": self.parser.malformed,
                 "uptime_s": round(time.monotonic() - self.started, 3)}
@@ -487,9 +493,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         coll.start()
         if not coll.stop_requested:
-            log.info("probe %s, mode %s, syscalls %s, host %s, %s (%s output), publishing on %s%s", coll.probe,
-                     args.mode, ",".join(args.syscalls), args.hostname, args.bpftrace_version.raw,
-                     "ring buffer" if args.bpftrace_version.ringbuf_output else "perf buffer", args.bind,
+            log.info("probe %s, mode %s, syscalls %s, host %s, %s (%s output, %s, on overload: %s), "
+                     "publishing on %s%s", coll.probe, args.mode, ",".join(args.syscalls), args.hostname,
+                     args.bpftrace_version.raw,
+                     "ring buffer" if args.bpftrace_version.ringbuf_output else "perf buffer",
+                     coll.bt.buffer_desc(), args.on_overload, args.bind,
                      " (CurveZMQ)" if server_keys else "")
             code = coll.run()
     except BpftraceFailed as exc:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -43,7 +44,8 @@ _EVENT_LINE = re.compile(
     rb'\\"cgroup_id\\":(%s),)\\"comm\\":\\"(.*)\\"\}\\n"\}' % (_NUM, _NUM, _NUM, _NUM, _INT, _NUM, _INT, _NUM, _NUM))
 COMM_CACHE_MAX = 4096                  # distinct names kept; a renaming storm just refills it
 _READY_DATA = READY + "\n"
-_KICK = re.compile(KICK + r" (\d{1,4}) (\d{1,20})\n")
+_KICK = re.compile(KICK + r" (\d{1,4}) (\d{1,20})(?: (\d{1,20}))?\n")
+KICK_STALE_S = 3.0                     # no kick for this long: kicks stopped (bpftrace was stopped)
 _INTERVAL_DATA = INTERVAL + "\n"
 
 # bpftrace 0.17's JSON output escapes bytes >= 0x80 of a string as "\\uffffffNN" (a
@@ -117,7 +119,10 @@ class Parser:
         self.excluded = 0
         self.malformed = 0
         self.reported_lost = 0             # bpftrace's lost_events records (counts mode: the loss count)
-        self.lost = 0                      # what status says; events mode: see _kick
+        self._lost_shown = 0               # what status said last: ``lost`` never steps back
+        self._kick_seen = 0.0              # monotonic time of the last kick (0: none yet)
+        self._kicks: dict[int, int] = {}       # CPU -> kick lines that arrived
+        self._kicks_lost: dict[int, int] = {}  # CPU -> kick lines bpftrace lost (its count has them)
         self._arrived: dict[int, int] = {}     # events mode: CPU -> its events that arrived
         self._lost_by_cpu: dict[int, int] = {}
         self._on_malformed = on_malformed
@@ -148,13 +153,10 @@ class Parser:
         elif kind == "lost_events" and isinstance(data, dict) and type(data.get("events")) is int \
                 and data["events"] >= 0:
             self.reported_lost += data["events"]
-            # bpftrace's own count is a floor (it also counts kick lines lost while a buffer was
-            # full, a few per CPU and second); the kicks make it exact and timely (_kick)
-            self.lost = max(self.lost, self.reported_lost)
         elif kind == "attached_probes":
             pass                           # bpftrace's own start-up record
         elif self.mode == "events" and kind == "printf" and isinstance(data, str) and _KICK.fullmatch(data):
-            self._kick(*map(int, _KICK.fullmatch(data).groups()))
+            self._kick(*(int(g) for g in _KICK.fullmatch(data).groups() if g is not None))
         elif self.mode == "counts" and kind in ("stats", "map") and isinstance(data, dict) and len(data) == 1:
             self._map(line, data)
         elif self.mode == "counts" and kind == "printf" and data == _INTERVAL_DATA:
@@ -219,14 +221,33 @@ class Parser:
         tail = self._comm_cache[escaped] = b'"comm":' + json_string(decode_comm(raw)) + b"}"
         return tail
 
-    def _kick(self, cpu: int, printed: int) -> None:
+    @property
+    def lost(self) -> int:
+        """Events lost, for status. Ring-buffer bpftrace (no kicks) and counts mode: bpftrace's own
+        count, exact and prompt. Events mode with kicks (0.17): the kicks' per-CPU count, exact and
+        known within a second; bpftrace's count also holds the kick lines it lost, so it is used
+        (minus the lost kicks known so far) only once kicks stopped coming: a stopped bpftrace."""
+        if self.mode != "events" or not self._kick_seen:
+            lost = self.reported_lost
+        else:
+            lost = sum(self._lost_by_cpu.values())
+            if time.monotonic() - self._kick_seen > KICK_STALE_S:
+                lost = max(lost, self.reported_lost - sum(self._kicks_lost.values()))
+        self._lost_shown = max(self._lost_shown, lost)      # a counter: never steps back
+        return self._lost_shown
+
+    def _kick(self, cpu: int, printed: int, seq: int | None = None) -> None:
         """CPU ``cpu`` has printed ``printed`` events so far, all of them before this line in its
         buffer: the ones that did not arrive are lost. Exact, and known within a second even when
-        bpftrace would never report them (a full buffer on a CPU that then goes quiet)."""
+        bpftrace would never report them (a full buffer on a CPU that then goes quiet). ``seq``
+        numbers the CPU's kicks: the gaps are kick lines lost, which bpftrace counts as lost events."""
+        self._kick_seen = time.monotonic()
+        self._kicks[cpu] = self._kicks.get(cpu, 0) + 1
+        if seq is not None:
+            self._kicks_lost[cpu] = max(0, seq - self._kicks[cpu])
         lost = printed - self._arrived.get(cpu, 0)
         if lost > self._lost_by_cpu.get(cpu, 0):
             self._lost_by_cpu[cpu] = lost
-            self.lost = max(self.lost, sum(self._lost_by_cpu.values()))
 
     # --- counts mode -------------------------------------------------------------------------
     def _map(self, line: bytes, data: dict) -> None:

@@ -25,18 +25,31 @@ HERE = Path(__file__).resolve().parent
 FILES = {"events": HERE / "syscalls.bt", "counts": HERE / "syscalls_counts.bt"}
 COMM_MAX = 15                        # TASK_COMM_LEN - 1: the kernel truncates longer names
 _SAFE_COMM = re.compile(r"[\x20-\x7e]+")
-def env(version=None) -> dict[str, str]:
+OVERLOAD = ("drop", "buffer")        # --on-overload: what events mode does when bpftrace falls behind
+# Output buffer pages per policy: 0.17 per CPU (perf), 0.18+ in total (one ring buffer).
+_PAGES = {("perf", "drop"): 1024, ("perf", "buffer"): 4096,
+          ("ringbuf", "drop"): 4096, ("ringbuf", "buffer"): 32768}
+
+
+def env(version=None, overload: str = "drop") -> dict[str, str]:
     """bpftrace's environment for ``version`` (collector.bpfversion.Version; None: 0.17's names).
 
-    Output buffer: 0.17 has a perf ring per CPU, 1024 pages (4 MiB) each; 0.18+ one BPF ring
-    buffer for all CPUs sized by the same variable in total pages: 4096 (16 MiB). Map size: room
-    for many keys (threads inside a call, (pid, cgroup, syscall, name) rows); the variable was
-    renamed in 0.20.
+    Output buffer: 0.17 has a perf ring per CPU, 0.18+ one BPF ring buffer for all CPUs, sized by
+    the same variable (per CPU or in total). A BPF program cannot wait for a reader, so when
+    bpftrace falls behind the only choice is how much backlog the kernel holds before it drops
+    (and counts): ``drop`` (default) 4 MiB per CPU / 16 MiB, events late by well under a second;
+    ``buffer`` 4x (0.17) or 8x (0.23) that, absorbing bursts of seconds at the cost of memory and
+    of seconds of latency while the backlog drains. Map size: room for many keys (threads inside
+    a call, (pid, cgroup, syscall, name) rows); the variable was renamed in 0.20.
     """
+    if overload not in OVERLOAD:
+        raise ValueError(f"overload must be one of {OVERLOAD}, not {overload!r}")
     ringbuf = version is not None and version.ringbuf_output
     renamed = version is not None and version.at_least(0, 20)
-    return {"BPFTRACE_PERF_RB_PAGES": "4096" if ringbuf else "1024",
+    return {"BPFTRACE_PERF_RB_PAGES": str(_PAGES["ringbuf" if ringbuf else "perf", overload]),
             "BPFTRACE_MAX_MAP_KEYS" if renamed else "BPFTRACE_MAP_KEYS_MAX": "65536"}
+
+
 READY = "syswatch-ready"
 INTERVAL = "syswatch-interval"
 KICK = "syswatch-kick"               # events mode: per-CPU count of events printed, for the loss check
@@ -125,7 +138,10 @@ HEADERS = {
  * own buffer, behind the events it printed before: the collector's loss count for that CPU is
  * then the count minus the events of that CPU that arrived. Exact, and known within a second even
  * on a quiet target, where bpftrace would report a full buffer only when a later event reaches
- * that CPU. A kick lost in a full buffer costs nothing but that second's update.
+ * that CPU. A kick lost in a full buffer costs nothing but that second's update; kicks are
+ * numbered per CPU, so the collector knows how many of bpftrace's lost events were kicks.
+ * (bpftrace 0.18+ with its ring buffer reports losses exactly and at once: the collector then
+ * renders this program without @sent and the kick.)
  *
  * Output (bpftrace -f json): one JSON line per call whose "data" is the CPU, ":", the syscall's
  * index in the program and the EVENT object without the container fields, the process name last. bpftrace's
@@ -137,7 +153,7 @@ HEADERS = {
  * Example output:
  *   {"type": "printf", "data": "syswatch-ready\\n"}
  *   {"type": "printf", "data": "0:1{\\"ts_ns\\":1795548582161190450,\\"pid\\":5489,\\"tid\\":5489,\\"uid\\":0,\\"syscall\\":\\"write\\",\\"fd\\":1,\\"count\\":5,\\"ret\\":5,\\"lat_ns\\":3120,\\"cgroup_id\\":1,\\"comm\\":\\"bash\\"}\\n"}
- *   {"type": "printf", "data": "syswatch-kick 0 1\\n"}
+ *   {"type": "printf", "data": "syswatch-kick 0 1 1\\n"}
  */
 """,
     "counts": """\
@@ -172,11 +188,36 @@ HEADERS = {
 }
 
 
-def _events(syscalls: list[str], probe: str, pred: str) -> str:
+def _events(syscalls: list[str], probe: str, pred: str, kicks: bool = True) -> str:
+    """``kicks``: per-CPU @sent counts and the profile:hz:1 kick line (0.17's perf buffers report
+    a loss only when a later event reaches that CPU). bpftrace 0.18+ reads its ring buffer's one
+    loss counter at every poll and reports it exactly and at once, so its program leaves both
+    out: a map read and update less per event, in the traced process."""
     out = [HEADERS["events"], "BEGIN\n{\n\t/* every probe is attached once BEGIN runs: the collector waits "
            f"for this line */\n\tprintf(\"{READY}\\n\");\n}}\n"]
     for idx, name in enumerate(syscalls):
         enter, leave, fd, count, ret = _probes(name, probe)
+        fmt = (f'"%d:{idx}{{\\"ts_ns\\":%llu,\\"pid\\":%d,\\"tid\\":%d,\\"uid\\":%d,\\"syscall\\":\\"{name}\\",'
+               f'\\"fd\\":%d,\\"count\\":%llu,\\"ret\\":%lld,\\"lat_ns\\":%llu,\\"cgroup_id\\":%llu,\\"comm\\":\\"%s\\"}}\\n"')
+        values = f"cpu, $e.0 + $2, pid, tid, uid, $e.1, $e.2, {ret}, nsecs - $e.0, cgroup, comm"
+        if kicks:
+            body = f"""/@inflight[tid].0/
+{{
+	$e = @inflight[tid];
+	delete(@inflight[tid]);
+	@sent[cpu] = @sent[cpu] + 1;
+	printf({fmt},
+	    {values});
+}}"""
+        else:   # one lookup (a missing key reads as zeros), no per-CPU count
+            body = f"""{{
+	$e = @inflight[tid];
+	if ($e.0) {{
+		delete(@inflight[tid]);
+		printf({fmt},
+		    {values});
+	}}
+}}"""
         out.append(f"""
 {enter}
 {pred}
@@ -185,39 +226,31 @@ def _events(syscalls: list[str], probe: str, pred: str) -> str:
 }}
 
 {leave}
-/@inflight[tid].0/
-{{
-	$e = @inflight[tid];
-	delete(@inflight[tid]);
-	@sent[cpu] = @sent[cpu] + 1;
-	printf("%d:{idx}{{\\"ts_ns\\":%llu,\\"pid\\":%d,\\"tid\\":%d,\\"uid\\":%d,\\"syscall\\":\\"{name}\\",\\"fd\\":%d,\\"count\\":%llu,\\"ret\\":%lld,\\"lat_ns\\":%llu,\\"cgroup_id\\":%llu,\\"comm\\":\\"%s\\"}}\\n",
-	    cpu, $e.0 + $2, pid, tid, uid, $e.1, $e.2, {ret}, nsecs - $e.0, cgroup, comm);
-}}
+{body}
 """)
-    out.append(f"""
+    out.append("""
 tracepoint:sched:sched_process_exit
 /@inflight[tid].0/
-{{
+{
 	/* a thread that dies inside a call never reaches the exit probe */
 	delete(@inflight[tid]);
-}}
-
+}
+""")
+    if kicks:
+        out.append(f"""
 profile:hz:1
 {{
-	/* on every CPU: the events it printed so far, behind them in its buffer */
-	printf("{KICK} %d %d\\n", cpu, @sent[cpu]);
-}}
-
-END
-{{
-	clear(@inflight);
-	clear(@sent);
+	/* on every CPU: the events it printed so far, behind them in its buffer, and the kick's
+	   number (a gap: kick lines lost, which bpftrace's own loss count includes) */
+	@kicks[cpu] = @kicks[cpu] + 1;
+	printf("{KICK} %d %d %d\\n", cpu, @sent[cpu], @kicks[cpu]);
 }}
 """)
+    out.append("\nEND\n{\n\tclear(@inflight);\n" + ("\tclear(@sent);\n\tclear(@kicks);\n" if kicks else "") + "}\n")
     return "".join(out)
 
 
-def _counts(syscalls: list[str], probe: str, pred: str) -> str:
+def _counts(syscalls: list[str], probe: str, pred: str, kicks: bool = True) -> str:
     out = [HEADERS["counts"], f"BEGIN\n{{\n\t@gen = 0;\n\tprintf(\"{READY}\\n\");\n}}\n"]
     for idx, name in enumerate(syscalls):
         enter, leave, _fd, _count, ret = _probes(name, probe)
@@ -280,11 +313,14 @@ END
 
 
 def render(mode: str, probe: str = "tracepoint", syscalls=DEFAULT_SYSCALLS, pids=(), comms=(),
-           cgroups=()) -> str:
-    """The program text for ``mode`` (events|counts), ``probe`` (kprobe|tracepoint) and filters."""
+           cgroups=(), kicks: bool = True) -> str:
+    """The program text for ``mode`` (events|counts), ``probe`` (kprobe|tracepoint) and filters.
+
+    ``kicks``: events mode's own loss count (bpftrace 0.17); False for bpftrace with ring-buffer
+    output, whose loss reports are exact and prompt (the shipped .bt files are the 0.17 form)."""
     pred = predicate(list(pids), list(comms), list(cgroups))
     build = {"events": _events, "counts": _counts}[mode]
-    return build(check_syscalls(list(syscalls)), probe, pred)
+    return build(check_syscalls(list(syscalls)), probe, pred, kicks)
 
 
 def clock_offset_ns() -> int:

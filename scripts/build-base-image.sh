@@ -1,40 +1,61 @@
 #!/usr/bin/env bash
-# Build the debian:bookworm-slim base image locally, for hosts that cannot pull from a registry.
+# Build a debian:<suite>-slim base image locally, for hosts that cannot pull from a registry.
+# The API image uses debian:bookworm-slim, the collector image debian:trixie-slim (bpftrace 0.23).
 #
 # When the image is already present this does nothing. Otherwise it runs
-#   debootstrap --variant=minbase bookworm <rootfs> <the host's Debian mirror>
+#   debootstrap --variant=minbase <suite> <rootfs> <the host's Debian mirror>
 # trims apt lists, docs and man pages, points the image's apt at the same mirror the host uses
-# (bookworm, bookworm-updates and the host's security mirror, if any) and runs `docker import`.
+# (<suite>, <suite>-updates and the host's security mirror, if any) and runs `docker import`.
 # Takes under a minute with a nearby mirror; the temporary rootfs is removed whatever happens.
 #
-# Usage:  sudo scripts/build-base-image.sh [--print-mirror]
+# Usage:  sudo scripts/build-base-image.sh [--suite bookworm|trixie|all] [--print-mirror]
+#           --suite SUITE    the Debian suite (default all: bookworm and trixie; bookworm when
+#                            SYSWATCH_BASE_IMAGE names one image)
 #           --print-mirror   print the mirrors it would use, build nothing
-# Env:    SYSWATCH_BASE_IMAGE       tag to build            (default debian:bookworm-slim)
-#         SYSWATCH_MIRROR           Debian mirror URL       (default: the host's 'bookworm' entry)
-#         SYSWATCH_SECURITY_MIRROR  security mirror URL     (default: the host's 'bookworm-security'
-#                                                            entry; none: left out)
+# Env:    SYSWATCH_SUITE            same as --suite
+#         SYSWATCH_BASE_IMAGE       tag to build            (default debian:<suite>-slim)
+#         SYSWATCH_MIRROR           Debian mirror URL       (default: the host's '<suite>' entry, else
+#                                                            its 'bookworm' entry: one mirror serves both)
+#         SYSWATCH_SECURITY_MIRROR  security mirror URL     (default: the host's '<suite>-security'
+#                                                            or 'bookworm-security' entry, for
+#                                                            <suite>-security; none: left out)
 #         SYSWATCH_APT_ETC          the host's apt directory (default /etc/apt: sources.list,
 #                                   sources.list.d/*.list and sources.list.d/*.sources are read)
 # Examples:
-#   sudo scripts/build-base-image.sh
+#   sudo scripts/build-base-image.sh                  # debian:bookworm-slim and debian:trixie-slim
+#   sudo scripts/build-base-image.sh --suite trixie
 #   sudo SYSWATCH_MIRROR=http://ftp.de.debian.org/debian scripts/build-base-image.sh
 set -euo pipefail
 
-IMAGE="${SYSWATCH_BASE_IMAGE:-debian:bookworm-slim}"
 APT_ETC="${SYSWATCH_APT_ETC:-/etc/apt}"
-SUITE=bookworm
+# Default: both images compose builds from (one image when SYSWATCH_BASE_IMAGE names it: bookworm).
+SUITE="${SYSWATCH_SUITE:-$([[ -n ${SYSWATCH_BASE_IMAGE:-} ]] && echo bookworm || echo all)}"
 
 say() { echo "build-base-image: $*"; }
 die() { echo "build-base-image: error: $*" >&2; exit 1; }
 
 PRINT_MIRROR=0
-for arg in "$@"; do
-    case $arg in
+while (($#)); do
+    case $1 in
         --print-mirror) PRINT_MIRROR=1 ;;
+        --suite) (($# > 1)) || die "--suite needs a value"; SUITE=$2; shift ;;
+        --suite=*) SUITE=${1#--suite=} ;;
         -h|--help) sed -n '2,/^set -euo/{/^set -euo/d; s/^# \{0,1\}//; p}' "$0"; exit 0 ;;
-        *) die "unknown argument '$arg' (see --help)" ;;
+        *) die "unknown argument '$1' (see --help)" ;;
     esac
+    shift
 done
+case $SUITE in
+    all)  # one run per suite, in child processes so each gets its own cleanup trap
+        [[ -z ${SYSWATCH_BASE_IMAGE:-} ]] || die "SYSWATCH_BASE_IMAGE names one image; it cannot be used with --suite all"
+        for s in bookworm trixie; do
+            if ((PRINT_MIRROR)); then "$0" --suite "$s" --print-mirror; else "$0" --suite "$s"; fi || exit $?
+        done
+        exit 0 ;;
+    bookworm|trixie) ;;
+    *) die "unknown suite '$SUITE' (bookworm, trixie or all)" ;;
+esac
+IMAGE="${SYSWATCH_BASE_IMAGE:-debian:$SUITE-slim}"
 
 # The host's Debian mirrors, from one-line (*.list) and deb822 (*.sources) files.
 # Prints "URI SUITE" for every enabled 'deb' entry.
@@ -63,8 +84,10 @@ host_sources() {
     done
 }
 SOURCES="$(host_sources)"
-MIRROR="${SYSWATCH_MIRROR:-$(awk -v s="$SUITE" '$2 == s { print $1; exit }' <<<"$SOURCES")}"
-SECURITY_MIRROR="${SYSWATCH_SECURITY_MIRROR:-$(awk -v s="$SUITE-security" '$2 == s { print $1; exit }' <<<"$SOURCES")}"
+# A bookworm host usually lists no trixie entry; its bookworm mirror serves trixie as well.
+first_uri() { awk -v s="$1" -v t="$2" '$2 == s { print $1; exit } $2 == t && !f { f = $1 } END { if (f) print f }' <<<"$SOURCES" | head -n 1; }
+MIRROR="${SYSWATCH_MIRROR:-$(first_uri "$SUITE" bookworm)}"
+SECURITY_MIRROR="${SYSWATCH_SECURITY_MIRROR:-$(first_uri "$SUITE-security" bookworm-security)}"
 [[ -n $MIRROR ]] || die "no '$SUITE' entry in $APT_ETC/sources.list or $APT_ETC/sources.list.d/; set SYSWATCH_MIRROR=http://<your mirror>/debian"
 MIRROR="${MIRROR%/}"
 SECURITY_MIRROR="${SECURITY_MIRROR%/}"

@@ -202,6 +202,9 @@ def clean_row(r: object) -> dict:
     return out
 
 
+OVERLOAD_POLICIES = ("drop", "buffer")     # the collector's --on-overload
+
+
 def clean_status(p: dict) -> dict:
     what = "status payload"
     out = {key: _int(p, key, bounds, what) for key, bounds in STATUS_INTS.items()}
@@ -227,11 +230,14 @@ def clean_status(p: dict) -> dict:
     if type(up) not in (int, float) or not math.isfinite(up) or not 0 <= up <= 1e10:
         raise ProtocolError(f"{what} field 'uptime_s' must be a finite number of seconds, got {_short(up)}")
     out["uptime_s"] = up
-    # optional: which bpftrace runs and its output path (a collector of this version sends them)
+    # optional: which bpftrace runs, its output path and the overload policy (a collector of this
+    # version sends them; an unknown value is left out, not an error, so older/newer peers mix)
     if type(p.get("bpftrace")) is str and len(p["bpftrace"]) <= 32:
         out["bpftrace"] = p["bpftrace"]
     if p.get("output") in ("perf", "ringbuf"):
         out["output"] = p["output"]
+    if p.get("overload") in OVERLOAD_POLICIES:
+        out["overload"] = p["overload"]
     return out
 
 

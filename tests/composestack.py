@@ -22,7 +22,8 @@ import zmq
 from syswatch.shared import protocol
 
 ROOT = Path(__file__).resolve().parent.parent
-BASE_IMAGE = "debian:bookworm-slim"
+BASE_IMAGE = "debian:bookworm-slim"                  # the API image's (and test containers')
+COLLECTOR_BASE_IMAGE = "debian:trixie-slim"          # the collector's: bpftrace 0.23
 
 
 def require_compose_stack() -> None:
@@ -32,7 +33,9 @@ def require_compose_stack() -> None:
     require(docker_answers(), "start dockerd: sudo scripts/setup-host.sh")
     require(is_root(), "run as root (the tests watch and signal host processes, write root-owned keys): "
                        "sudo scripts/test.sh")
-    require(image_present(BASE_IMAGE), f"build {BASE_IMAGE} without a registry: sudo scripts/build-base-image.sh")
+    for image in (BASE_IMAGE, COLLECTOR_BASE_IMAGE):
+        require(image_present(image), f"build {image} without a registry: "
+                                      "sudo scripts/build-base-image.sh")
 
 
 def uncaptured_printer(config):

@@ -28,6 +28,12 @@ def quick(tmp_path_factory):
     require(have("strace"), "install strace: apt-get install -y strace (scripts/setup-host.sh does it)")
     require(subprocess.run(["bash", str(ROOT / "scripts" / "trixie-bpftrace.sh"), "--check"]).returncode == 0,
             "build bpftrace 0.23 for the bpf23-* rows: sudo scripts/trixie-bpftrace.sh (scripts/test.sh does it)")
+    # the compose collector rows (issue 16) need the images; the bench itself never builds them
+    from tests.composestack import compose_command, docker_answers
+    require(compose_command() is not None and docker_answers(), "docker-compose and dockerd: scripts/setup-host.sh")
+    build = subprocess.run([*compose_command(), "build", "collector", "api"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=900)
+    assert build.returncode == 0, build.stderr[-2000:]
     out = tmp_path_factory.mktemp("bench")
     doc = ROOT / "docs" / "BENCHMARKS.md"
     doc_before = doc.read_bytes() if doc.exists() else None
@@ -41,11 +47,11 @@ def quick(tmp_path_factory):
 def test_quick_run_has_every_section(quick):
     r = quick["results"]
     assert r["errors"] == {}
-    for section in ("machine", "overhead", "throughput", "latency", "api", "targets"):
+    for section in ("machine", "overhead", "throughput", "saturation", "latency", "api", "targets"):
         assert section in r, section
         assert not (isinstance(r[section], dict) and r[section].get("skipped")), f"{section} skipped: {r[section]}"
-    for heading in ("## Results", "### Overhead", "### Throughput", "### Steady rate and latency", "### API",
-                    "### Targets"):
+    for heading in ("## Results", "### Overhead", "### Throughput", "### Saturation", "### Steady rate and latency",
+                    "### API", "### Targets"):
         assert heading in quick["report"], heading
     assert quick["report"] in quick["stdout"], "the report is printed"
     m = r["machine"]
@@ -55,8 +61,9 @@ def test_quick_run_has_every_section(quick):
 def test_overhead_rows_cover_every_tracer_and_workload(quick):
     rows = quick["results"]["overhead"]["rows"]
     got = {(row["tracer"], row["workload"]) for row in rows}
-    tracers = {"bpf-empty", "bpf-count", "bpf-printf", "bpf23-empty", "bpf23-count", "bpf23-printf",
-               "collector-events", "collector-counts", "strace"}
+    tracers = {"bpf-empty", "bpf-empty-exit", "bpf-count", "bpf-printf", "bpf23-empty", "bpf23-empty-exit",
+               "bpf23-count", "bpf23-printf",
+               "collector-events", "collector-counts", "compose-events", "compose-counts", "strace"}
     assert quick["results"]["overhead"]["skipped"] == {}
     assert got == {(t, w) for t in tracers for w in ("dd", "copy")}
     plan = quick["results"]["plan"]
@@ -98,6 +105,23 @@ def test_latency_and_steady_rate_content(quick):
             assert r["lost"] + r["dropped"] > 0
 
 
+def test_saturation_is_exact_and_names_what_ran(quick):
+    """Issue 16: the multi-process burst under both collectors, checked against the lossless count."""
+    sat = quick["results"]["saturation"]
+    assert sat["skipped"] == {}
+    assert {r["tracer"] for r in sat["multi"]} == {"collector-events", "compose-events"}
+    for r in sat["multi"]:
+        assert r["job_status"] == 0 and r["made"] > 4 * r["dd_n"] * 2, r
+        assert r["delivered"] + r["lost"] + r["dropped"] == r["made"], r
+    by = {r["tracer"]: r["status"] for r in sat["multi"]}
+    assert by["compose-events"]["bpftrace"].startswith("0.23") and by["compose-events"]["output"] == "ringbuf"
+    assert by["collector-events"]["output"] == "perf"
+    c = sat["ceiling"]
+    assert c["parser"]["events"] > 0 and c["zmq"]["received"] > 0 and c["bpftrace_file"]["printed"] > 0
+    steady = quick["results"]["latency"]["steady-compose"]
+    assert 0 <= steady["delivered"] <= steady["made"]
+
+
 def test_api_load_content(quick):
     api = quick["results"]["api"]
     assert {(row["endpoint"], row["clients"]) for row in api["rows"]} == {
@@ -114,7 +138,7 @@ def test_api_load_content(quick):
 def test_every_target_is_evaluated(quick):
     targets = quick["results"]["targets"]
     dd = quick["results"]["throughput"]["workloads"]["dd"]["collector"]
-    assert len(targets) == 12
+    assert len(targets) == 18
     for t in targets:
         assert t["met"] is True or t["met"] is False or t["met"] is None, t
         if t["met"] is None:

@@ -65,6 +65,9 @@ def test_host_subscriber_and_api_see_a_child_process(stack):
     try:
         status = wait_for_status(sock)  # the subscription is live once a message arrives
         assert status["probe"] in ("kprobe", "tracepoint")
+        # the image's trixie bpftrace 0.23, its ring buffer and the default policy (issue 16)
+        assert status["bpftrace"].startswith("0.23.") and status["output"] == "ringbuf", status
+        assert status["overload"] == "drop", status
         child = run_child(comm, 60)  # writes until this test stops it
         mine = []
         for msg in receive(sock, time.monotonic() + 20):

@@ -147,13 +147,38 @@ def test_kicks_show_losses_bpftrace_has_not_reported():
     assert p.lost == 10
     p.parse(b'{"type": "lost_events", "data": {"events": 10}}')      # bpftrace reports them later: not twice
     assert p.lost == 10
-    p.parse(b'{"type": "lost_events", "data": {"events": 2}}')       # and lost kick lines: a floor
-    assert p.lost == 12
+    p.parse(b'{"type": "lost_events", "data": {"events": 2}}')       # lost kick lines: not events
+    assert p.lost == 10
     p.parse(b"\n".join([line(b"b", cpu=1)] * 2 + [kick(1, 9), kick(0, 25)]))   # CPU 1: 9 printed, 6 arrived
     assert p.lost == 13
     p.excluded_pids.add(42)
     p.parse(b"\n".join([line(b"a", cpu=0)] + [kick(0, 26)]))      # excluded, but it arrived
     assert p.lost == 13 and p.excluded == 1
+
+
+@pytest.mark.unit
+def test_bpftrace_s_count_minus_lost_kicks_counts_once_kicks_stop(monkeypatch):
+    """A stopped bpftrace sends no kicks: its own loss count is all there is, less the kick lines
+    it lost (numbered kicks show the gaps); status never steps back."""
+    from collector import parser as parser_mod
+    p = parser()
+    kick = lambda cpu, n, seq: envelope(b"syswatch-kick %d %d %d\n" % (cpu, n, seq))
+    p.parse(b"\n".join([line(b"a", cpu=0)] * 3 + [kick(0, 3, 1), kick(0, 8, 4)]))   # kicks 2, 3 lost
+    assert p.lost == 5
+    p.parse(b'{"type": "lost_events", "data": {"events": 40}}')      # 5 + 2 kicks + 33 after the last kick
+    assert p.lost == 5                                                # kicks still coming: they are exact
+    now = parser_mod.time.monotonic()
+    monkeypatch.setattr(parser_mod.time, "monotonic", lambda: now + parser_mod.KICK_STALE_S + 1)
+    assert p.lost == 38                                               # 40 - 2 kick lines
+    monkeypatch.setattr(parser_mod.time, "monotonic", lambda: now)
+    assert p.lost == 38                                               # a counter never steps back
+
+
+@pytest.mark.unit
+def test_ring_buffer_output_counts_bpftrace_s_own_report():
+    p = parser()                                                      # no kicks: bpftrace 0.18+
+    p.parse(b'{"type": "lost_events", "data": {"events": 1016068}}')
+    assert p.lost == 1016068
 
 
 @pytest.mark.unit

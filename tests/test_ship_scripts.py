@@ -33,10 +33,20 @@ def test_base_image_mirror_comes_from_the_hosts_apt_sources(tmp_path):
         "Types: deb\nURIs: http://disabled.example/debian\nSuites: bookworm-security\nEnabled: no\n\n"
         "Types: deb deb-src\n# a comment inside the stanza\nURIs: http://sec.example/debian-security\n"
         "Suites: bookworm-security\nComponents: main\n")
-    out = run([BUILD_BASE, "--print-mirror"], env={"SYSWATCH_APT_ETC": str(tmp_path)})
+    want = ["mirror: http://mirror.example/debian", "security: http://sec.example/debian-security"]
+    out = run([BUILD_BASE, "--print-mirror", "--suite", "bookworm"], env={"SYSWATCH_APT_ETC": str(tmp_path)})
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == ["mirror: http://mirror.example/debian",
-                                       "security: http://sec.example/debian-security"]
+    assert out.stdout.splitlines() == want
+    # trixie (the collector's base, issue 16): a bookworm host lists no trixie entry; its mirror serves both
+    out = run([BUILD_BASE, "--print-mirror", "--suite", "trixie"], env={"SYSWATCH_APT_ETC": str(tmp_path)})
+    assert out.returncode == 0 and out.stdout.splitlines() == want, out.stderr
+    out = run([BUILD_BASE, "--print-mirror"], env={"SYSWATCH_APT_ETC": str(tmp_path)})   # default: both
+    assert out.returncode == 0 and out.stdout.splitlines() == want + want, out.stderr
+
+
+def test_base_image_rejects_an_unknown_suite():
+    out = run([BUILD_BASE, "--suite", "sid", "--print-mirror"])
+    assert out.returncode == 1 and "unknown suite 'sid'" in out.stderr
 
 
 def test_base_image_without_a_bookworm_source_says_what_to_do(tmp_path):

@@ -50,6 +50,32 @@ def test_env_names_follow_the_bpftrace_version():
     from syswatch.collector.bpfversion import parse
     assert program.env(parse("bpftrace v0.17.0")) == {"BPFTRACE_PERF_RB_PAGES": "1024", "BPFTRACE_MAP_KEYS_MAX": "65536"}
     assert program.env(parse("bpftrace v0.23.2")) == {"BPFTRACE_PERF_RB_PAGES": "4096", "BPFTRACE_MAX_MAP_KEYS": "65536"}
+    # --on-overload buffer: 4x per CPU (0.17), 8x in total (0.23)
+    assert program.env(parse("bpftrace v0.17.0"), "buffer")["BPFTRACE_PERF_RB_PAGES"] == "4096"
+    assert program.env(parse("bpftrace v0.23.2"), "buffer")["BPFTRACE_PERF_RB_PAGES"] == "32768"
+    with pytest.raises(ValueError, match="overload"):
+        program.env(None, "block")
+
+
+def test_ring_buffer_programs_leave_out_the_kick():
+    """0.18+ reports its ring buffer's losses exactly at every poll: no per-CPU count, no kick line,
+    one @inflight lookup per exit; the event line (and so the parser) stays the same."""
+    perf, ring = (text.split("*/", 1)[1] for text in (program.render("events"), program.render("events", kicks=False)))
+    assert "@sent" in perf and program.KICK in perf and "profile:hz:1" in perf
+    assert "@sent" not in ring and program.KICK not in ring and "profile:hz:1" not in ring
+    assert ring.count("$e = @inflight[tid];") == 2 and ring.count("if ($e.0) {") == 2
+    fmt = [ln.strip() for ln in perf.splitlines() if ln.strip().startswith('printf("%d:')]
+    assert fmt and fmt == [ln.strip() for ln in ring.splitlines() if ln.strip().startswith('printf("%d:')]
+    assert program.render("counts", kicks=False) == program.render("counts")
+
+
+def test_status_overload_is_optional_and_bounded():
+    base = {"host": "h", "ts_ns": 1, "mode": "events", "probe": "tracepoint", "syscalls": ["read"],
+            "excluded_pids": [], "events_total": 0, "lost_total": 0, "dropped_total": 0,
+            "malformed_total": 0, "uptime_s": 1.0}
+    assert "overload" not in protocol.clean_status(base)
+    assert protocol.clean_status({**base, "overload": "buffer"})["overload"] == "buffer"
+    assert "overload" not in protocol.clean_status({**base, "overload": "x" * 100})
 
 
 def test_echo_caps_lines_per_second_and_summarises_the_rest():

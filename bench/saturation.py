@@ -52,7 +52,7 @@ def _docker(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 def cgroup_id(pid: int) -> int:
     """The cgroup v2 id (the directory's inode) of process ``pid``, as bpftrace's ``cgroup``."""
-    from collector.containers import find_cgroup2_root     # hybrid hosts: /sys/fs/cgroup/unified
+    from syswatch.collector.containers import find_cgroup2_root     # hybrid hosts: /sys/fs/cgroup/unified
     rel = next(line.split("::", 1)[1] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()
                if line.startswith("0::"))
     return os.stat(f"{find_cgroup2_root()}{rel}").st_ino
@@ -143,7 +143,7 @@ def multi_process_run(make_tracer: Callable[[str], tracers.Tracer], writers: int
 
 # -- the ceiling, stage by stage ------------------------------------------------------------------
 def _collector_program() -> str:
-    from collector import program
+    from syswatch.collector import program
     return program.render("events", kicks=False)
 
 
@@ -151,8 +151,8 @@ def bpftrace_alone(binary: str, dd_n: int, out: Path | None) -> dict:
     """bpftrace 0.23 with the collector's program, output to ``out`` (a file) or, when None, a pipe
     read by this process; dd bs=1 saturates it. The rate is lines printed per second over the
     middle of dd's run (from 0.3 s after its start to its end), when the ring buffer is full."""
-    from collector import program
-    from collector.bpfversion import detect
+    from syswatch.collector import program
+    from syswatch.collector.bpfversion import detect
     env = {**os.environ, **program.env(detect(binary))}
     argv = program.command(binary, "events", _collector_program(), 1000)
     sink = open(out, "wb") if out else subprocess.PIPE
@@ -210,7 +210,7 @@ def bpftrace_alone(binary: str, dd_n: int, out: Path | None) -> dict:
 
 def parser_alone(capture: Path) -> dict:
     """The collector's parser on captured bpftrace output, in the collector's 256 KiB reads."""
-    from collector.parser import Parser
+    from syswatch.collector.parser import Parser
     data = capture.read_bytes()
     p = Parser("events", ["read", "write"])
     chunk, partial, n, t0 = 256 << 10, b"", 0, time.perf_counter()
@@ -230,7 +230,7 @@ def parser_alone(capture: Path) -> dict:
 
 def zmq_alone(batches: list, repeat_to: int = 1_000_000) -> dict:
     """Those batches published over TCP loopback to one subscriber (PUB HWM as the collector's)."""
-    from shared.protocol import encode_event_batch, json_string, topic_for
+    from syswatch.shared.protocol import encode_event_batch, json_string, topic_for
     frames = [encode_event_batch(topic_for(s), json_string("bench"), ev) for s, ev in batches]
     sizes = [len(ev) for _, ev in batches]
     ctx = zmq.Context()

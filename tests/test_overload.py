@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from collector import program
+from syswatch.collector import program
 from tests.collector_helpers import CollectorProcess, StreamReader
 from tests.test_hardening_stream import BURST
 

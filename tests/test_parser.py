@@ -160,7 +160,7 @@ def test_kicks_show_losses_bpftrace_has_not_reported():
 def test_bpftrace_s_count_minus_lost_kicks_counts_once_kicks_stop(monkeypatch):
     """A stopped bpftrace sends no kicks: its own loss count is all there is, less the kick lines
     it lost (numbered kicks show the gaps); status never steps back."""
-    from collector import parser as parser_mod
+    from syswatch.collector import parser as parser_mod
     p = parser()
     kick = lambda cpu, n, seq: envelope(b"syswatch-kick %d %d %d\n" % (cpu, n, seq))
     p.parse(b"\n".join([line(b"a", cpu=0)] * 3 + [kick(0, 3, 1), kick(0, 8, 4)]))   # kicks 2, 3 lost

@@ -48,7 +48,7 @@ from .containers import Containers  # noqa: E402
 from .echo import Echo  # noqa: E402
 from .exclusions import Exclusions  # noqa: E402
 from .hostinfo import host_name  # noqa: E402
-from .parser import NoContainers, Parser  # noqa: E402
+from .parser import KICK_STALE_S, NoContainers, Parser  # noqa: E402
 
 log = logging.getLogger("syswatch.collector")
 
@@ -221,6 +221,7 @@ class Collector:
         self.probe = ""
         self._partial = b""
         self._last_logged = (0, 0, 0)
+        self._last_stale: list[int] = []
         self._next_status_log = 0.0
         self._malformed_logged = 0
         self._malformed_window = 0.0
@@ -395,10 +396,19 @@ class Collector:
                 "overload": self.args.on_overload,
                 "events_total": self.parser.events, "lost_total": self.parser.lost,
                 "dropped_total": self.dropped, "malformed_total": self.parser.malformed,
-                "uptime_s": round(time.monotonic() - self.started, 3)}
+                "uptime_s": round(time.monotonic() - self.started, 3),
+                "stale_cpus": self.parser.stale_cpus()}
 
     def publish_status(self) -> None:
         st = self.status()
+        if st["stale_cpus"] != self._last_stale:
+            if st["stale_cpus"]:
+                log.warning("no loss count from CPU(s) %s for %.0f s: lost_total leaves out what they lost "
+                            "since (bpftrace stopped, or its output buffer on those CPUs stopped delivering)",
+                            ",".join(map(str, st["stale_cpus"])), KICK_STALE_S)
+            else:
+                log.warning("every CPU's loss count is current again")
+            self._last_stale = st["stale_cpus"]
         self._send(encode(TOPIC_STATUS, st), 0)
         bad = (st["lost_total"], st["dropped_total"], st["malformed_total"])
         now = time.monotonic()

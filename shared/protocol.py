@@ -203,6 +203,7 @@ def clean_row(r: object) -> dict:
 
 
 OVERLOAD_POLICIES = ("drop", "buffer")     # the collector's --on-overload
+MAX_CPUS = 8192                            # stale_cpus: the kernel's NR_CPUS limit
 
 
 def clean_status(p: dict) -> dict:
@@ -238,6 +239,13 @@ def clean_status(p: dict) -> dict:
         out["output"] = p["output"]
     if p.get("overload") in OVERLOAD_POLICIES:
         out["overload"] = p["overload"]
+    # optional: CPUs whose loss count stopped updating (collector/parser.py stale_cpus)
+    cpus = p.get("stale_cpus")
+    if cpus is not None:
+        if type(cpus) is not list or len(cpus) > MAX_CPUS or any(type(c) is not int or not 0 <= c <= U32 for c in cpus):
+            raise ProtocolError(f"{what} field 'stale_cpus' must be a list of at most {MAX_CPUS} CPU numbers, "
+                                f"got {_short(cpus)}")
+        out["stale_cpus"] = list(cpus)
     return out
 
 

@@ -146,15 +146,20 @@ def test_a_loss_shows_in_status_even_if_bpftrace_never_reports_it(tmp_path, bpft
         finally:
             os.kill(bt, signal.SIGCONT)
         resumed = time.monotonic()
-        delivered, lost, seen_at = 0, 0, None
+        delivered, lost, seen_at, stale = 0, 0, None, None
         for msg in sub.messages(45):
             delivered += sum(1 for e in msg.events if e["comm"] == "sw-burst")
             if msg.topic == "status":
-                lost = msg.payload["lost_total"]
+                lost, stale = msg.payload["lost_total"], msg.payload.get("stale_cpus")
                 if lost and seen_at is None:
                     seen_at = time.monotonic() - resumed
                 if lost and delivered + lost >= made + 1:
                     break
+        if lost == 0 and stale:
+            # bpftrace 0.17 whose buffer on the burst's CPU never delivered again (see test_overload.py):
+            # status says that CPU's losses are unknown, and the log says so too
+            assert "no loss count from CPU(s)" in coll.stderr(), coll.stderr()[-1500:]
+            return
         assert lost > 0, "the burst overflowed the buffers, so something must be counted lost"
         assert seen_at is not None and seen_at < 10, seen_at
         # + the write of "done"; bpftrace's own count (a floor) may add the few kick lines that were

@@ -65,17 +65,25 @@ def test_policy_sizes_the_buffer_and_a_burst_is_accounted_exactly(tmp_path, bpft
             assert child.stdout.readline().strip() == "done"
         finally:
             os.kill(bt, signal.SIGCONT)
-        delivered, lost, last_change, total = 0, 0, time.monotonic(), None
+        delivered, lost, last_change, total, stale = 0, 0, time.monotonic(), None, None
         for msg in sub.messages(60):
             delivered += sum(1 for e in msg.events if e["comm"] == "sw-burst")
             if msg.topic == "status":
-                lost = msg.payload["lost_total"]
+                lost, stale = msg.payload["lost_total"], msg.payload.get("stale_cpus")
                 if delivered + lost != total:
                     total, last_change = delivered + lost, time.monotonic()
                 elif total >= made + 1 and time.monotonic() - last_change > 2:
                     break
         # + the write of "done"; 0.17's own report may add the few kick lines lost with the burst
         slack = 0 if ringbuf else 4 * os.cpu_count()
+        if not ringbuf and delivered + lost < made + 1:
+            # bpftrace 0.17: twice in CI one CPU's perf buffer never delivered a record again after the
+            # stop (no kick, no loss report; not reproduced at will). Then status must say that the
+            # loss count leaves that CPU out, rather than show a count it cannot vouch for.
+            assert stale, ("a loss count short of what was made, and no stale CPU in status",
+                           delivered, lost, made, coll.stderr()[-1500:])
+            assert "no loss count from CPU(s)" in coll.stderr()
+            return
         assert made + 1 <= delivered + lost <= made + 1 + slack, (delivered, lost, made)
         if ringbuf and policy == "buffer":
             # 128 MiB holds the whole burst (~120 bytes a record): late, but nothing dropped
@@ -85,5 +93,36 @@ def test_policy_sizes_the_buffer_and_a_burst_is_accounted_exactly(tmp_path, bpft
     finally:
         child.kill()
         child.wait()
+        sub.close()
+        coll.kill()
+
+
+def test_status_names_the_cpus_whose_loss_count_stopped(tmp_path, root_and_bpftrace):
+    """bpftrace 0.17 (perf buffers, kicks): while bpftrace is stopped no CPU's kick arrives, so
+    status lists every CPU in stale_cpus (its lost_total cannot be current) and the log says so;
+    once bpftrace runs again the kicks return and the list empties."""
+    coll = CollectorProcess(tmp_path, "--echo-rate", "0", "--comm", "sw-nothing")
+    sub = StreamReader(coll.endpoint, topics=("status",))
+    try:
+        assert sub.wait_status()["output"] == "perf"
+        bt = coll.bpftrace_pid()
+        time.sleep(2.5)                   # every CPU kicks once a second: by now each has, at least once
+        assert sub.wait_status()["stale_cpus"] == []
+        os.kill(bt, signal.SIGSTOP)
+        try:
+            seen = None
+            deadline = time.monotonic() + 15
+            while not seen:
+                assert time.monotonic() < deadline, "stale_cpus stayed empty with bpftrace stopped"
+                seen = sub.wait_status().get("stale_cpus")
+            assert seen == list(range(len(seen))) and len(seen) >= 1, seen
+        finally:
+            os.kill(bt, signal.SIGCONT)
+        deadline = time.monotonic() + 15
+        while sub.wait_status().get("stale_cpus"):
+            assert time.monotonic() < deadline, "stale_cpus did not empty after bpftrace resumed"
+        err = coll.stderr()
+        assert "no loss count from CPU(s)" in err and "every CPU's loss count is current again" in err, err
+    finally:
         sub.close()
         coll.kill()

@@ -175,6 +175,24 @@ def test_bpftrace_s_count_minus_lost_kicks_counts_once_kicks_stop(monkeypatch):
 
 
 @pytest.mark.unit
+def test_a_cpu_whose_kicks_stop_is_named_stale(monkeypatch):
+    """Every CPU kicks once a second: one that stops while the others go on has losses nobody can
+    count any more, and status names it (stale_cpus) until its kicks come back."""
+    from syswatch.collector import parser as parser_mod
+    p = parser()
+    kick = lambda cpu, n, seq: envelope(b"syswatch-kick %d %d %d\n" % (cpu, n, seq))
+    assert p.stale_cpus() == []                                       # no kick yet: nothing to judge
+    p.parse(b"\n".join([kick(0, 0, 1), kick(1, 0, 1)]))
+    assert p.stale_cpus() == []
+    now = parser_mod.time.monotonic()
+    monkeypatch.setattr(parser_mod.time, "monotonic", lambda: now + parser_mod.KICK_STALE_S + 1)
+    p.parse(kick(1, 0, 2))                                            # CPU 1 goes on, CPU 0 fell silent
+    assert p.stale_cpus() == [0]
+    p.parse(kick(0, 0, 2))
+    assert p.stale_cpus() == []
+
+
+@pytest.mark.unit
 def test_ring_buffer_output_counts_bpftrace_s_own_report():
     p = parser()                                                      # no kicks: bpftrace 0.18+
     p.parse(b'{"type": "lost_events", "data": {"events": 1016068}}')

@@ -121,3 +121,15 @@ def test_decode_raises_only_protocol_error(frames):
     except ProtocolError:
         return
     assert msg.payload["v"] == 2 and isinstance(msg.topic, str)
+
+
+@pytest.mark.unit
+def test_stale_cpus_is_optional_and_bounded():
+    """status' stale_cpus (CPUs whose loss count stopped updating): kept when it is a bounded list
+    of CPU numbers, refused otherwise, absent when not sent."""
+    from syswatch.shared.protocol import MAX_CPUS, clean_status
+    assert "stale_cpus" not in clean_status(dict(STATUS))
+    assert clean_status(dict(STATUS, stale_cpus=[0, 3]))["stale_cpus"] == [0, 3]
+    for bad in ([-1], ["0"], [1.5], list(range(MAX_CPUS + 1)), "0", {"0": 1}):
+        with pytest.raises(ProtocolError, match="stale_cpus"):
+            clean_status(dict(STATUS, stale_cpus=bad))

@@ -125,7 +125,7 @@ def multi_process_run(make_tracer: Callable[[str], tracers.Tracer], writers: int
                     if now != last:
                         last, since = now, time.monotonic()
                     time.sleep(0.1)
-                status = {k: st[k] for k in ("bpftrace", "output", "overload") if k in st}
+                status = {k: st[k] for k in ("bpftrace", "output", "overload", "stale_cpus") if k in st}
         finally:
             made = truth.stop()
     finally:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import sys
 import time
 from pathlib import Path
@@ -60,17 +61,24 @@ class Subscription:
             raise SystemExit(2) from None
         self.ctx = zmq.Context()
         self.socks = []
-        for endpoint in endpoints:
-            try:
-                self.socks.append(make_subscriber(self.ctx, endpoint, topics, curve_client=keys))
-            except (zmq.ZMQError, EndpointError) as exc:
-                self.close()
-                print(f"error: cannot connect to {endpoint!r}: {exc}", file=sys.stderr)
-                raise SystemExit(2) from None
-        self.poller = zmq.Poller()
-        for sock in self.socks:
-            self.poller.register(sock, zmq.POLLIN)
         self.malformed = 0
+        atexit.register(self.close)              # whatever path the program leaves by
+        # Closed on any way out, Ctrl-C included: a context left with open sockets makes the
+        # interpreter's exit wait for them forever (zmq_ctx_term), and a Ctrl-C can land here as
+        # soon as the first socket connects (a CI run once hung exactly so).
+        try:
+            for endpoint in endpoints:
+                try:
+                    self.socks.append(make_subscriber(self.ctx, endpoint, topics, curve_client=keys))
+                except (zmq.ZMQError, EndpointError) as exc:
+                    print(f"error: cannot connect to {endpoint!r}: {exc}", file=sys.stderr)
+                    raise SystemExit(2) from None
+            self.poller = zmq.Poller()
+            for sock in self.socks:
+                self.poller.register(sock, zmq.POLLIN)
+        except BaseException:
+            self.close()
+            raise
 
     def messages(self, deadline: float | None = None, tick: float | None = None) -> Iterator[Message | None]:
         """Decoded messages until ``deadline`` (time.monotonic()); yields None every ``tick`` s idle."""
@@ -95,4 +103,6 @@ class Subscription:
     def close(self) -> None:
         for sock in self.socks:
             sock.close(linger=0)
-        self.ctx.term()
+        self.socks = []
+        if not self.ctx.closed:
+            self.ctx.term()

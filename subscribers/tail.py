@@ -82,10 +82,13 @@ def items(msg):
 def main(argv=None) -> int:
     args = parse_args(argv)
     topics = args.topic or [EVENT_PREFIX]
-    sub = Subscription(args.endpoint, topics)
     deadline = time.monotonic() + args.duration if args.duration > 0 else None
     printed = 0
     out = sys.stdout
+    try:
+        sub = Subscription(args.endpoint, topics)
+    except KeyboardInterrupt:                    # Ctrl-C while connecting: it closed itself
+        return 0
     try:
         for msg in sub.messages(deadline):
             host = msg.payload.get("host", "")

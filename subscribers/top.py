@@ -162,13 +162,16 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     iterations = 1 if args.once else args.iterations
     interactive = iterations == 0 and sys.stdout.isatty() and not args.json
-    sub = Subscription(args.endpoint, [EVENT_PREFIX, TOPIC_COUNTS, TOPIC_STATUS])
-    started = time.monotonic()
-    deadline = started + args.duration if args.duration > 0 else None
     heard = False
     done = 0
     sample = Sample(args.group)
     last_counts: dict[str, tuple] = {}
+    try:
+        sub = Subscription(args.endpoint, [EVENT_PREFIX, TOPIC_COUNTS, TOPIC_STATUS])
+    except KeyboardInterrupt:                    # Ctrl-C while connecting: it closed itself
+        return 0
+    started = time.monotonic()
+    deadline = started + args.duration if args.duration > 0 else None
     next_refresh = started + args.delay
     try:
         for msg in sub.messages(deadline, tick=0.1):

@@ -25,9 +25,17 @@ def child_and_collector(tmp_path_factory):
     coll.kill()
 
 
+def _terminal_sigint() -> None:
+    """preexec_fn: SIGINT as a terminal's Ctrl-C finds it. A run started in the background by a
+    non-interactive shell (`.ci/run &`) ignores SIGINT, every child inherits that, and Python then
+    installs no KeyboardInterrupt handler: the scripts would rightly go on running."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def script(name: str, *args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(ROOT / "subscribers" / name), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_terminal_sigint, **kw)
 
 
 def tcp_connected(pid: int, port: int) -> bool:

@@ -120,7 +120,6 @@ class Parser:
         self.malformed = 0
         self.reported_lost = 0             # bpftrace's lost_events records (counts mode: the loss count)
         self._lost_shown = 0               # what status said last: ``lost`` never steps back
-        self._kick_seen = 0.0              # monotonic time of the last kick (0: none yet)
         self._kicks: dict[int, int] = {}       # CPU -> kick lines that arrived
         self._kick_at: dict[int, float] = {}   # CPU -> monotonic time of its last kick
         self._kicks_lost: dict[int, int] = {}  # CPU -> kick lines bpftrace lost (its count has them)
@@ -228,11 +227,12 @@ class Parser:
         count, exact and prompt. Events mode with kicks (0.17): the kicks' per-CPU count, exact and
         known within a second; bpftrace's count also holds the kick lines it lost, so it is used
         (minus the lost kicks known so far) only once kicks stopped coming: a stopped bpftrace."""
-        if self.mode != "events" or not self._kick_seen:
+        last_kick = max(self._kick_at.values(), default=0.0)
+        if self.mode != "events" or not last_kick:
             lost = self.reported_lost
         else:
             lost = sum(self._lost_by_cpu.values())
-            if time.monotonic() - self._kick_seen > KICK_STALE_S:
+            if time.monotonic() - last_kick > KICK_STALE_S:
                 lost = max(lost, self.reported_lost - sum(self._kicks_lost.values()))
         self._lost_shown = max(self._lost_shown, lost)      # a counter: never steps back
         return self._lost_shown
@@ -252,7 +252,7 @@ class Parser:
         buffer: the ones that did not arrive are lost. Exact, and known within a second even when
         bpftrace would never report them (a full buffer on a CPU that then goes quiet). ``seq``
         numbers the CPU's kicks: the gaps are kick lines lost, which bpftrace counts as lost events."""
-        self._kick_seen = self._kick_at[cpu] = time.monotonic()
+        self._kick_at[cpu] = time.monotonic()
         self._kicks[cpu] = self._kicks.get(cpu, 0) + 1
         if seq is not None:
             self._kicks_lost[cpu] = max(0, seq - self._kicks[cpu])

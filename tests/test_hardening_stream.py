@@ -126,6 +126,17 @@ os.read(0, 3)
 """
 
 
+def burst_with_bpftrace_stopped(child: subprocess.Popen, bt: int) -> None:
+    """Let the BURST ``child`` make its calls while bpftrace (pid ``bt``) is stopped, then resume it."""
+    os.kill(bt, signal.SIGSTOP)
+    try:
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "done"
+    finally:
+        os.kill(bt, signal.SIGCONT)
+
+
 def test_a_loss_shows_in_status_even_if_bpftrace_never_reports_it(tmp_path, bpftrace_bin):
     """bpftrace stopped during a burst on a target that then goes quiet: the kernel drops what does
     not fit its buffers, and bpftrace would report it only when a later event reaches that CPU's
@@ -138,13 +149,7 @@ def test_a_loss_shows_in_status_even_if_bpftrace_never_reports_it(tmp_path, bpft
     try:
         sub.wait_status()
         bt = coll.bpftrace_pid()
-        os.kill(bt, signal.SIGSTOP)
-        try:
-            child.stdin.write("go\n")
-            child.stdin.flush()
-            assert child.stdout.readline().strip() == "done"
-        finally:
-            os.kill(bt, signal.SIGCONT)
+        burst_with_bpftrace_stopped(child, bt)
         resumed = time.monotonic()
         delivered, lost, seen_at, stale = 0, 0, None, None
         for msg in sub.messages(45):

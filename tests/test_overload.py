@@ -14,7 +14,7 @@ import pytest
 
 from syswatch.collector import program
 from tests.collector_helpers import CollectorProcess, StreamReader
-from tests.test_hardening_stream import BURST
+from tests.test_hardening_stream import BURST, burst_with_bpftrace_stopped
 
 PAGE = 4096
 
@@ -58,13 +58,7 @@ def test_policy_sizes_the_buffer_and_a_burst_is_accounted_exactly(tmp_path, bpft
             {"drop": 4096, "buffer": 32768}[policy]
         bt = coll.bpftrace_pid()
         assert output_buffer_bytes(bt, ringbuf) == pages * PAGE
-        os.kill(bt, signal.SIGSTOP)
-        try:
-            child.stdin.write("go\n")
-            child.stdin.flush()
-            assert child.stdout.readline().strip() == "done"
-        finally:
-            os.kill(bt, signal.SIGCONT)
+        burst_with_bpftrace_stopped(child, bt)
         delivered, lost, last_change, total, stale = 0, 0, time.monotonic(), None, None
         for msg in sub.messages(60):
             delivered += sum(1 for e in msg.events if e["comm"] == "sw-burst")

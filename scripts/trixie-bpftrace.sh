@@ -138,7 +138,7 @@ fi
 if [[ -n ${SYSWATCH_MIRROR:-} ]]; then
     MIRROR="$SYSWATCH_MIRROR"
 else
-    MIRROR="$("$ROOT_DIR/scripts/build-base-image.sh" --print-mirror 2>/dev/null | awk '$1 == "mirror:" { print $2 }')" || true
+    MIRROR="$("$ROOT_DIR/scripts/build-base-image.sh" --suite "$SUITE" --print-mirror 2>/dev/null | awk '$1 == "mirror:" { print $2 }')" || true
     [[ -n $MIRROR ]] || die "cannot tell the host's Debian mirror: set SYSWATCH_MIRROR=http://<your mirror>/debian"
 fi
 MIRROR="${MIRROR%/}"

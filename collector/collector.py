@@ -47,7 +47,7 @@ from .bpf import Bpftrace, SetupError  # noqa: E402
 from .containers import Containers  # noqa: E402
 from .echo import Echo  # noqa: E402
 from .exclusions import Exclusions  # noqa: E402
-from .hostinfo import host_name  # noqa: E402
+from .hostinfo import host_name, online_cpus  # noqa: E402
 from .parser import KICK_STALE_S, NoContainers, Parser  # noqa: E402
 
 log = logging.getLogger("syswatch.collector")
@@ -214,7 +214,8 @@ class Collector:
         self.echo = Echo(args.echo_rate if args.mode == "events" else 0)
         self.ready = False
         self.parser = Parser(args.mode, args.syscalls, containers, self._log_malformed, self._set_ready,
-                             keys_escaped_twice=args.bpftrace_version.map_key_strings_escaped_twice)
+                             keys_escaped_twice=args.bpftrace_version.map_key_strings_escaped_twice,
+                             kick_cpus=() if args.bpftrace_version.ringbuf_output else online_cpus())
         self.exclusions = Exclusions(self.parser.excluded_pids, [os.getpid()], endpoint_port(sock))
         self.bt: Bpftrace | None = None
         self.poller: zmq.Poller | None = None

@@ -61,3 +61,23 @@ def host_name() -> str:
             return f.read().strip() or socket.gethostname()
     except OSError:
         return socket.gethostname()
+
+
+ONLINE_CPUS = "/sys/devices/system/cpu/online"
+
+
+def online_cpus(path: str = ONLINE_CPUS) -> list[int]:
+    """The CPUs bpftrace's profile probes attach to: the kernel's online list ("0-3,6"), as bpftrace
+    reads it. Falls back to 0..cpu_count-1 when it cannot be read or parsed."""
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+        cpus: set[int] = set()
+        for part in text.split(","):
+            lo, dash, hi = part.partition("-")
+            cpus.update(range(int(lo), int(hi if dash else lo) + 1))
+        if cpus:
+            return sorted(cpus)
+    except (OSError, ValueError):
+        pass
+    return list(range(os.cpu_count() or 1))

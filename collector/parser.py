@@ -27,7 +27,7 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 from syswatch.shared.protocol import json_string
 
@@ -109,8 +109,12 @@ class Parser:
 
     def __init__(self, mode: str, syscalls: list[str], containers=None,
                  on_malformed: Callable[[bytes], None] | None = None,
-                 on_ready: Callable[[], None] | None = None, keys_escaped_twice: bool = False):
+                 on_ready: Callable[[], None] | None = None, keys_escaped_twice: bool = False,
+                 kick_cpus: Iterable[int] = ()):
         self.mode = mode
+        # events mode with kicks (0.17): every online CPU kicks once a second from ready on, so a
+        # CPU that never kicks (its buffer full before its first tick, then stuck) shows as stale
+        self.kick_cpus = list(kick_cpus) if mode == "events" else []
         self.keys_escaped_twice = keys_escaped_twice   # bpftrace 0.22+ escapes map-key strings once more
         self.syscalls = list(syscalls)
         self.containers = containers or NoContainers()
@@ -148,6 +152,9 @@ class Parser:
         record = json_record(line)
         kind, data = record if record else (None, None)
         if kind == "printf" and data == _READY_DATA:
+            now = time.monotonic()
+            for cpu in self.kick_cpus:
+                self._kick_at.setdefault(cpu, now)
             if self._on_ready:
                 self._on_ready()
         elif kind == "lost_events" and isinstance(data, dict) and type(data.get("events")) is int \
@@ -226,13 +233,13 @@ class Parser:
         """Events lost, for status. Ring-buffer bpftrace (no kicks) and counts mode: bpftrace's own
         count, exact and prompt. Events mode with kicks (0.17): the kicks' per-CPU count, exact and
         known within a second; bpftrace's count also holds the kick lines it lost, so it is used
-        (minus the lost kicks known so far) only once kicks stopped coming: a stopped bpftrace."""
-        last_kick = max(self._kick_at.values(), default=0.0)
-        if self.mode != "events" or not last_kick:
+        (minus the lost kicks known so far) only once some CPU's kicks stopped coming: a stopped
+        bpftrace, or a CPU whose buffer stopped delivering."""
+        if self.mode != "events" or not self._kick_at:
             lost = self.reported_lost
         else:
             lost = sum(self._lost_by_cpu.values())
-            if time.monotonic() - last_kick > KICK_STALE_S:
+            if self.stale_cpus():
                 lost = max(lost, self.reported_lost - sum(self._kicks_lost.values()))
         self._lost_shown = max(self._lost_shown, lost)      # a counter: never steps back
         return self._lost_shown

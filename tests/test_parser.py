@@ -193,6 +193,56 @@ def test_a_cpu_whose_kicks_stop_is_named_stale(monkeypatch):
 
 
 @pytest.mark.unit
+def test_a_cpu_that_never_kicks_after_ready_is_stale_and_bpftrace_s_count_is_used(monkeypatch):
+    """CI saw it: bpftrace stopped before a CPU's first kick, that CPU's buffer filled, and it never
+    delivered again. Every online CPU is expected to kick from ready on, so that CPU is named stale,
+    and bpftrace's own count (less the kick lines it lost) is used while any CPU is stale."""
+    from syswatch.collector import parser as parser_mod
+    p = Parser("events", SYSCALLS, None, kick_cpus=[0, 1])
+    kick = lambda cpu, n, seq: envelope(b"syswatch-kick %d %d %d\n" % (cpu, n, seq))
+    p.parse(envelope(b"syswatch-ready\n"))
+    assert p.stale_cpus() == [] and p.lost == 0
+    p.parse(b"\n".join([line(b"a", cpu=1)] * 3 + [b'{"type": "lost_events", "data": {"events": 7}}']))
+    now = parser_mod.time.monotonic()
+    monkeypatch.setattr(parser_mod.time, "monotonic", lambda: now + parser_mod.KICK_STALE_S + 1)
+    p.parse(kick(0, 0, 1))                                            # CPU 0 kicks, CPU 1 never did
+    assert p.stale_cpus() == [1]
+    assert p.lost == 7                                                # what bpftrace counted on CPU 1
+    p.parse(kick(1, 10, 1))                                           # CPU 1 comes back: 10 printed, 3 arrived
+    assert p.stale_cpus() == [] and p.lost == 7
+
+
+@pytest.mark.unit
+def test_counts_mode_and_ring_buffer_expect_no_kicks(monkeypatch):
+    from syswatch.collector import parser as parser_mod
+    p = Parser("counts", SYSCALLS, None, kick_cpus=[0, 1])
+    p.parse(envelope(b"syswatch-ready\n"))
+    now = parser_mod.time.monotonic()
+    monkeypatch.setattr(parser_mod.time, "monotonic", lambda: now + parser_mod.KICK_STALE_S + 1)
+    assert p.stale_cpus() == []
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("text, cpus", [("0-3\n", [0, 1, 2, 3]), ("0,2-3,7", [0, 2, 3, 7]), ("5", [5])])
+def test_online_cpus_reads_the_kernel_s_list(tmp_path, text, cpus):
+    from syswatch.collector.hostinfo import online_cpus
+    f = tmp_path / "online"
+    f.write_text(text)
+    assert online_cpus(str(f)) == cpus
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("text", ["", "x-1", "3-"])
+def test_online_cpus_falls_back_to_the_cpu_count(tmp_path, text):
+    import os
+    from syswatch.collector.hostinfo import online_cpus
+    f = tmp_path / "online"
+    f.write_text(text)
+    assert online_cpus(str(f)) == list(range(os.cpu_count()))
+    assert online_cpus(str(tmp_path / "missing")) == list(range(os.cpu_count()))
+
+
+@pytest.mark.unit
 def test_ring_buffer_output_counts_bpftrace_s_own_report():
     p = parser()                                                      # no kicks: bpftrace 0.18+
     p.parse(b'{"type": "lost_events", "data": {"events": 1016068}}')

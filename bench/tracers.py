@@ -7,8 +7,13 @@
     bpf-count       bpftrace, count() per pid in the kernel, nothing printed per event
     bpf-printf      bpftrace, one printf line per event (the same fields as the collector's), to /dev/null
     bpf23-empty / bpf23-empty-exit / bpf23-count / bpf23-printf
-                    the same three programs under bpftrace 0.23 from a Debian trixie root, run
+                    the same programs under bpftrace 0.23 from a Debian trixie root, run
                     through scripts/trixie-bpftrace.sh's wrapper (ring-buffer output; issue 16)
+    bpf23-inflight / bpf23-record / bpf23-events
+                    the collector's 0.23 events program taken apart (issue 16): only its per-call
+                    state (the @inflight entry saved at entry, read and deleted at exit); only its
+                    record (the same 12 fields printed at exit, no map); and the whole program as
+                    the collector renders it, in bpftrace's JSON output, to /dev/null
     strace          strace -f -e trace=read,write -o /dev/null (wraps the workload)
     collector-events / collector-counts
                     python3 -m collector.collector in that mode, with a subscriber attached (the
@@ -29,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from syswatch.collector import program
+
 from . import procs
 from .subscriber import BenchSubscriber
 
@@ -44,6 +51,22 @@ RAW_PROGRAMS = {
     "bpf-printf": (f"{PROBES} {PRED} {{ printf(\"%llu %d %d %d %d %llu %s\\n\", "
                    f"nsecs, pid, tid, uid, args->fd, args->count, comm); }}"),
 }
+# The collector's events program (bpftrace 0.23: no kicks) and its two parts, each alone.
+_EVENTS = program.render("events", "tracepoint", ["read", "write"], [], [], (), kicks=False)
+_EVENTS = _EVENTS[_EVENTS.index("\nBEGIN"):]              # after the shebang and the header
+_EVENTS = _EVENTS.replace("$3", "$1").replace("$2", "0")   # bpftrace excluded as $1; monotonic ts
+RAW_PROGRAMS.update({
+    "bpf-inflight": f"{PROBES} {PRED} {{ @inflight[tid] = (nsecs, args->fd, args->count); }} "
+                    f"{EXITS} {{ $e = @inflight[tid]; if ($e.0) {{ delete(@inflight[tid]); }} }} "
+                    f"END {{ clear(@inflight); }}",
+    # the same 11 values and text as the events program's record (fd, count, lat_ns: constants)
+    "bpf-record": f"{EXITS} {PRED} {{ printf(\"%d:1{{\\\"ts_ns\\\":%llu,\\\"pid\\\":%d,\\\"tid\\\":%d,"
+                  f"\\\"uid\\\":%d,\\\"syscall\\\":\\\"write\\\",\\\"fd\\\":%d,\\\"count\\\":%llu,"
+                  f"\\\"ret\\\":%lld,\\\"lat_ns\\\":%llu,\\\"cgroup_id\\\":%llu,\\\"comm\\\":\\\"%s\\\"}}\\n\", "
+                  f"cpu, nsecs, pid, tid, uid, 1, 2, args->ret, 3, cgroup, comm); }}",
+    "bpf-events": _EVENTS,
+})
+RAW_FORMAT = {"bpf-events": "json"}      # as the collector runs it
 # bpftrace 0.23 (trixie) runs the same programs: bpf23-X is RAW_PROGRAMS["bpf-X"]
 RAW23 = {f"bpf23-{k[len('bpf-'):]}": k for k in RAW_PROGRAMS}
 TRIXIE_SCRIPT = REPO / "scripts" / "trixie-bpftrace.sh"
@@ -57,6 +80,9 @@ LABELS = {
     "bpf23-empty-exit": "bpftrace 0.23, empty probes at entry and exit",
     "bpf23-count": "bpftrace 0.23, count() per pid",
     "bpf23-printf": "bpftrace 0.23, printf per event to /dev/null",
+    "bpf23-inflight": "bpftrace 0.23, the events program's per-call state alone",
+    "bpf23-record": "bpftrace 0.23, the events program's record alone",
+    "bpf23-events": "bpftrace 0.23, the collector's events program to /dev/null",
     "strace": "strace -f -e trace=read,write",
     "collector-events": "collector, events mode + subscriber",
     "collector-counts": "collector, counts mode + subscriber",
@@ -113,9 +139,14 @@ class RawBpftrace(Tracer):
     def start(self):
         ready = Path(tempfile.mkstemp(prefix="syswatch-bench-ready.")[1])
         ready.unlink()
-        prog = f'BEGIN {{ system("touch {ready}"); }} {RAW_PROGRAMS[self.program]}'
+        touch = f'system("touch {ready}");'
+        prog = RAW_PROGRAMS[self.program]
+        # bpftrace 0.23 takes one BEGIN probe: the touch joins the program's own
+        prog = prog.replace("BEGIN\n{", "BEGIN\n{\n\t" + touch, 1) if "BEGIN\n{" in prog \
+            else f"BEGIN {{ {touch} }} {prog}"
         # Gated: the pid is known before bpftrace starts, so it is passed as $1 and excluded.
-        self.proc = procs.Gated([self.binary, "--unsafe", "-o", "/dev/null", "-e", prog, "@PID@"],
+        fmt = ["-f", RAW_FORMAT[self.program]] if self.program in RAW_FORMAT else []
+        self.proc = procs.Gated([self.binary, "--unsafe", *fmt, "-o", "/dev/null", "-e", prog, "@PID@"],
                                 stderr=subprocess.PIPE)
         self.proc.release()
         deadline = time.monotonic() + 60

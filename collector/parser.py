@@ -246,11 +246,9 @@ class Parser:
 
     def stale_cpus(self) -> list[int]:
         """CPUs whose kicks stopped coming: what they lost since their last kick is not in ``lost``.
-        Every CPU kicks once a second, so this is empty while bpftrace works; it is not empty while
-        bpftrace is stopped, and (seen twice in CI, not reproduced at will) when after a stopped
-        bpftrace 0.17 one CPU's perf buffer never delivers a record again, kick or loss report,
-        while the other CPUs' kicks go on. status says so instead of showing a loss count it
-        cannot vouch for."""
+        Every online CPU kicks about once a second from ready on (profile:hz:1 while busy,
+        power:cpu_idle while idle), so this is empty while bpftrace works and lists every CPU while
+        bpftrace is stopped. status says so instead of showing a loss count it cannot vouch for."""
         now = time.monotonic()
         return sorted(cpu for cpu, at in self._kick_at.items() if now - at > KICK_STALE_S)
 

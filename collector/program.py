@@ -134,8 +134,9 @@ HEADERS = {
  * the entry of a thread that dies inside a call.
  *
  * Losses: each event line starts with the CPU that printed it, and @sent[cpu] counts the events
- * each CPU printed. Once a second every CPU prints its count (profile:hz:1, the "kick") into its
- * own buffer, behind the events it printed before: the collector's loss count for that CPU is
+ * each CPU printed. Once a second every CPU prints its count (the "kick") into its own buffer,
+ * behind the events it printed before: profile:hz:1 kicks a busy CPU and power:cpu_idle an idle
+ * one (a profile probe does not fire on an idle CPU). The collector's loss count for that CPU is
  * then the count minus the events of that CPU that arrived. Exact, and known within a second even
  * on a quiet target, where bpftrace would report a full buffer only when a later event reaches
  * that CPU. A kick lost in a full buffer costs nothing but that second's update; kicks are
@@ -238,15 +239,20 @@ tracepoint:sched:sched_process_exit
 """)
     if kicks:
         out.append(f"""
-profile:hz:1
+profile:hz:1,
+tracepoint:power:cpu_idle
+/nsecs >= @kick_at[cpu]/
 {{
-	/* on every CPU: the events it printed so far, behind them in its buffer, and the kick's
-	   number (a gap: kick lines lost, which bpftrace's own loss count includes) */
+	/* on every CPU, about once a second: the events it printed so far, behind them in its
+	   buffer, and the kick's number (a gap: kick lines lost, which bpftrace's own loss count
+	   includes). cpu_idle kicks an idle CPU, where the profile probe does not fire: without it
+	   a burst's loss on a CPU that then idles would never be counted. */
+	@kick_at[cpu] = nsecs + 900000000;
 	@kicks[cpu] = @kicks[cpu] + 1;
 	printf("{KICK} %d %d %d\\n", cpu, @sent[cpu], @kicks[cpu]);
 }}
 """)
-    out.append("\nEND\n{\n\tclear(@inflight);\n" + ("\tclear(@sent);\n\tclear(@kicks);\n" if kicks else "") + "}\n")
+    out.append("\nEND\n{\n\tclear(@inflight);\n" + ("\tclear(@sent);\n\tclear(@kicks);\n\tclear(@kick_at);\n" if kicks else "") + "}\n")
     return "".join(out)
 
 

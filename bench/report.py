@@ -27,9 +27,10 @@ def machine_md(m: dict, plan: dict) -> list[str]:
     ]
     busy = m["loadavg_at_start"] > 0.5 * m["nproc"] or m.get("other_tracers_at_start")
     if busy:
-        out += [f"**Noisy run**: the machine was busy (other tracers running: "
-                f"{', '.join(m.get('other_tracers_at_start') or []) or 'none'}); another tracer slows every "
-                "syscall and competes for the CPUs, so treat these numbers as indicative only.", ""]
+        others = m.get("other_tracers_at_start")
+        why = (f"other tracers running: {', '.join(others)}; another tracer slows every syscall and competes "
+               "for the CPUs" if others else f"load average {m['loadavg_at_start']:.2f} on {m['nproc']} CPUs")
+        out += [f"**Noisy run**: the machine was busy ({why}), so treat these numbers as indicative only.", ""]
     return out + [
         f"Versions: {v['bpftrace']}; Python {v['python']}; pyzmq {v['pyzmq']}; bottle {v['bottle']}; "
         f"waitress {v['waitress']}; {v['strace']}; wrk: {v['wrk']}.",

@@ -59,10 +59,8 @@ RAW_PROGRAMS.update({
     "bpf-inflight": f"{PROBES} {PRED} {{ @inflight[tid] = (nsecs, args->fd, args->count); }} "
                     f"{EXITS} {{ $e = @inflight[tid]; if ($e.0) {{ delete(@inflight[tid]); }} }} "
                     f"END {{ clear(@inflight); }}",
-    # the same 11 values and text as the events program's record (fd, count, lat_ns: constants)
-    "bpf-record": f"{EXITS} {PRED} {{ printf(\"%d:1{{\\\"ts_ns\\\":%llu,\\\"pid\\\":%d,\\\"tid\\\":%d,"
-                  f"\\\"uid\\\":%d,\\\"syscall\\\":\\\"write\\\",\\\"fd\\\":%d,\\\"count\\\":%llu,"
-                  f"\\\"ret\\\":%lld,\\\"lat_ns\\\":%llu,\\\"cgroup_id\\\":%llu,\\\"comm\\\":\\\"%s\\\"}}\\n\", "
+    # the events program's record (fd, count, lat_ns: constants), printed at exit with no map
+    "bpf-record": f"{EXITS} {PRED} {{ printf({program.record_format(1, 'write')}, "
                   f"cpu, nsecs, pid, tid, uid, 1, 2, args->ret, 3, cgroup, comm); }}",
     "bpf-events": _EVENTS,
 })

@@ -112,8 +112,8 @@ class Parser:
                  on_ready: Callable[[], None] | None = None, keys_escaped_twice: bool = False,
                  kick_cpus: Iterable[int] = ()):
         self.mode = mode
-        # events mode with kicks (0.17): every online CPU kicks once a second from ready on, so a
-        # CPU that never kicks (its buffer full before its first tick, then stuck) shows as stale
+        # events mode with kicks (0.17): every online CPU kicks about once a second from ready on,
+        # so one that never kicks (bpftrace stopped before its first kick) shows as stale too
         self.kick_cpus = list(kick_cpus) if mode == "events" else []
         self.keys_escaped_twice = keys_escaped_twice   # bpftrace 0.22+ escapes map-key strings once more
         self.syscalls = list(syscalls)

@@ -189,6 +189,14 @@ HEADERS = {
 }
 
 
+def record_format(idx: int, name: str) -> str:
+    """The printf format of one event line (a bpftrace string literal): the CPU, the syscall's index
+    and the EVENT object without its container fields. Its values, in order: cpu, ts_ns, pid, tid,
+    uid, fd, count, ret, lat_ns, cgroup_id, comm (collector/parser.py's _EVENT_LINE reads it)."""
+    return (f'"%d:{idx}{{\\"ts_ns\\":%llu,\\"pid\\":%d,\\"tid\\":%d,\\"uid\\":%d,\\"syscall\\":\\"{name}\\",'
+            f'\\"fd\\":%d,\\"count\\":%llu,\\"ret\\":%lld,\\"lat_ns\\":%llu,\\"cgroup_id\\":%llu,\\"comm\\":\\"%s\\"}}\\n"')
+
+
 def _events(syscalls: list[str], probe: str, pred: str, kicks: bool = True) -> str:
     """``kicks``: per-CPU @sent counts and the profile:hz:1 kick line (0.17's perf buffers report
     a loss only when a later event reaches that CPU). bpftrace 0.18+ reads its ring buffer's one
@@ -198,8 +206,7 @@ def _events(syscalls: list[str], probe: str, pred: str, kicks: bool = True) -> s
            f"for this line */\n\tprintf(\"{READY}\\n\");\n}}\n"]
     for idx, name in enumerate(syscalls):
         enter, leave, fd, count, ret = _probes(name, probe)
-        fmt = (f'"%d:{idx}{{\\"ts_ns\\":%llu,\\"pid\\":%d,\\"tid\\":%d,\\"uid\\":%d,\\"syscall\\":\\"{name}\\",'
-               f'\\"fd\\":%d,\\"count\\":%llu,\\"ret\\":%lld,\\"lat_ns\\":%llu,\\"cgroup_id\\":%llu,\\"comm\\":\\"%s\\"}}\\n"')
+        fmt = record_format(idx, name)
         values = f"cpu, $e.0 + $2, pid, tid, uid, $e.1, $e.2, {ret}, nsecs - $e.0, cgroup, comm"
         if kicks:
             body = f"""/@inflight[tid].0/

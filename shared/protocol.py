@@ -249,6 +249,33 @@ def clean_status(p: dict) -> dict:
     return out
 
 
+# The NATS bridge's own status (topic "bridge", subject syswatch.<host>.bridge; NATS only, never on
+# ZeroMQ): what it published to JetStream and what it could not, by reason, in events and messages.
+TOPIC_BRIDGE = "bridge"
+BRIDGE_LOSS_REASONS = ("queue_full", "stream_full", "rejected", "ack_timeout", "too_large")
+BRIDGE_INTS = ("ts_ns", "published_messages", "published_events", "unpublished_messages", "unpublished_events",
+               "queued_messages", "queued_bytes", "reconnects", "malformed_total")
+
+
+def clean_bridge(p: dict) -> dict:
+    what = "bridge payload"
+    out = {key: _int(p, key, (0, U64), what) for key in BRIDGE_INTS}
+    out["host"] = _host(p, what)
+    if type(p.get("nats_connected")) is not bool:
+        raise ProtocolError(f"{what} field 'nats_connected' must be true or false, got {_short(p.get('nats_connected'))}")
+    out["nats_connected"] = p["nats_connected"]
+    up = p.get("uptime_s")
+    if type(up) not in (int, float) or not math.isfinite(up) or not 0 <= up <= 1e10:
+        raise ProtocolError(f"{what} field 'uptime_s' must be a finite number of seconds, got {_short(up)}")
+    out["uptime_s"] = up
+    reasons = p.get("unpublished_by_reason")
+    if type(reasons) is not dict or set(reasons) - set(BRIDGE_LOSS_REASONS):
+        raise ProtocolError(f"{what} field 'unpublished_by_reason' must map {', '.join(BRIDGE_LOSS_REASONS)} "
+                            f"to event counts, got {_short(reasons)}")
+    out["unpublished_by_reason"] = {r: _int(reasons, r, (0, U64), what) for r in BRIDGE_LOSS_REASONS if r in reasons}
+    return out
+
+
 def _host(p: dict, what: str) -> str:
     host = _str(p, "host", MAX_HOST, what)
     if not host.isprintable():
@@ -317,6 +344,8 @@ def decode(frames: Sequence[bytes]) -> Message:
         return Message(topic, out)
     if topic == TOPIC_STATUS:
         return Message(topic, {"v": VERSION, **clean_status(payload)})
+    if topic == TOPIC_BRIDGE:
+        return Message(topic, {"v": VERSION, **clean_bridge(payload)})
     return Message(topic, payload)
 
 

@@ -24,7 +24,7 @@ import requests
 from syswatch import __version__
 from tests.conftest import ROOT, die_with_test, free_port, have, is_root, require
 
-SCRIPTS = ("syswatch-collector", "syswatch-api", "syswatch-tail", "syswatch-top")
+SCRIPTS = ("syswatch-collector", "syswatch-api", "syswatch-tail", "syswatch-top", "syswatch-nats-bridge")
 
 
 @pytest.fixture(scope="module")
@@ -254,6 +254,10 @@ def test_installed_scripts_exit_2_on_a_bad_flag_or_environment(venv, tmp_path):
         ("syswatch-tail", ["-d", "1"], {"SYSWATCH_CURVE_SERVER_KEY": str(tmp_path / "none.key")}),
         ("syswatch-top", ["--once"], {"SYSWATCH_COLLECTOR": "garbage"}),
         ("syswatch-top", ["--once"], {"SYSWATCH_CURVE_SERVER_KEY": str(tmp_path / "none.key")}),
+        ("syswatch-nats-bridge", [], {}),                                  # no --nats
+        ("syswatch-nats-bridge", [], {"SYSWATCH_NATS": "http://nats:4222"}),
+        ("syswatch-nats-bridge", ["--nats", "nats://127.0.0.1:1", "--nats-ca", str(tmp_path / "missing")], {}),
+        ("syswatch-nats-bridge", ["--nats", "nats://127.0.0.1:1"], {"SYSWATCH_NATS_MAX_BYTES": "lots"}),
     ]
     wrong = []
     for script, args, env in cases:

@@ -1,0 +1,248 @@
+"""NATS JetStream on this machine (issue 27): events/s through Debian's nats-server, and what the bridge
+and the API's NATS ingest cost per event.
+
+    python3 -m bench.nats [--quick] [--json FILE]
+
+Stages (each with its own nats-server on a free port, JetStream on a temporary store):
+  publishers  1, then 4 synthetic publisher processes, each publishing collector-sized batches
+              (protocol v2 syscall.write messages) with acknowledgements, 256 in flight, like the
+              bridge: events/s stored, and CPU per event of nats-server and of the publishers
+  bridge      a ZeroMQ publisher standing in for the collector -> syswatch-nats-bridge -> NATS:
+              events/s and the bridge's CPU per event (from /proc, the whole process)
+  api         syswatch-api --nats consuming that stream's backlog: events/s and its CPU per event
+  collector   (root and bpftrace only) a real collector tracing dd bs=1 -> bridge -> NATS -> API
+
+CPU per event is a process's utime+stime over the stage divided by the events; the ratios between
+stages come from one run. Needs nats-server (apt-get install -y nats-server).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .procs import cpu_seconds, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+EVENTS_PER_MESSAGE = 500          # the collector's batches: one read of bpftrace output, ~1,000 events at most
+
+
+def batch_payload(n: int, pid: int = 4242) -> bytes:
+    from syswatch.shared import protocol
+    now = time.time_ns()
+    events = [{"ts_ns": now + k, "pid": pid, "tid": pid, "uid": 1000, "comm": "dd", "syscall": "write", "fd": 1,
+               "count": 1, "ret": 1, "lat_ns": 900 + k % 100, "cgroup_id": 1, "container_id": "",
+               "container_name": ""} for k in range(n)]
+    return protocol.encode("syscall.write", {"host": "bench", "events": events})[1]
+
+
+def publisher_main(url: str, host: str, messages: int, per_message: int) -> None:
+    """One synthetic publisher (a child process): ``messages`` acknowledged publishes, then prints the time."""
+    import queue as q
+
+    from syswatch.shared import jetstream, natsclient
+    conn = natsclient.Connection(natsclient.Options(servers=(url,))).connect()
+    data = batch_payload(per_message)
+    subject = jetstream.subject(host, "syscall.write")
+    acks: q.SimpleQueue = q.SimpleQueue()
+    inflight = 0
+    start = time.monotonic()
+    for i in range(messages):
+        while inflight >= 256:
+            msg = acks.get(timeout=30)
+            assert jetstream.pub_ack(msg)[0] is not None, jetstream.pub_ack(msg)
+            inflight -= 1
+        inbox = conn.new_inbox()
+        conn.expect(inbox, acks.put)
+        conn.publish(subject, data, inbox, {jetstream.MSG_ID_HEADER: f"{host}-{i}"})
+        inflight += 1
+    while inflight:
+        assert jetstream.pub_ack(acks.get(timeout=30))[0] is not None
+        inflight -= 1
+    print(json.dumps({"seconds": time.monotonic() - start}), flush=True)
+    conn.close()
+
+
+class Server:
+    def __init__(self, tmp: Path):
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        conf = tmp / "nats.conf"
+        conf.write_text(f"listen: 127.0.0.1:{self.port}\nmax_payload: 8MB\n"
+                        f"jetstream {{ store_dir: {json.dumps(str(tmp / 'js'))}, max_file_store: 8GB }}\n")
+        binary = shutil.which("nats-server")
+        if binary is None:
+            raise SystemExit("bench.nats: install nats-server (apt-get install -y nats-server)")
+        self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        from syswatch.shared import jetstream, natsclient
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                conn = natsclient.Connection(natsclient.Options(servers=(self.url,))).connect()
+                try:
+                    jetstream.ensure_stream(conn, "SYSWATCH", jetstream.StreamLimits(max_bytes=6 << 30))
+                finally:
+                    conn.close()
+                break
+            except natsclient.NatsError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def stored(self) -> dict:
+        from syswatch.shared import jetstream, natsclient
+        conn = natsclient.Connection(natsclient.Options(servers=(self.url,))).connect()
+        try:
+            return jetstream.stream_info(conn, "SYSWATCH")["state"]
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(15)
+
+
+def stage_publishers(tmp: Path, n: int, messages: int) -> dict:
+    srv = Server(tmp)
+    try:
+        cpu0 = cpu_seconds(srv.proc.pid)
+        before = os.times()
+        start = time.monotonic()
+        procs = [subprocess.Popen([sys.executable, "-m", "bench.nats", "--publisher", srv.url, f"h{i}",
+                                   str(messages), str(EVENTS_PER_MESSAGE)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+                 for i in range(n)]
+        for p in procs:
+            out, _ = p.communicate(timeout=600)
+            assert p.returncode == 0, out
+        wall = time.monotonic() - start
+        events = n * messages * EVENTS_PER_MESSAGE
+        state = srv.stored()
+        assert state["messages"] == n * messages, state
+        server_cpu = cpu_seconds(srv.proc.pid) - cpu0
+        after = os.times()        # the publishers were reaped: their CPU is in the children's times
+        pub_cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+        return {"publishers": n, "events": events, "messages": n * messages, "seconds": round(wall, 2),
+                "events_per_s": round(events / wall), "mb_per_s": round(state["bytes"] / wall / 1e6, 1),
+                "nats_cpu_us_per_event": round(server_cpu / events * 1e6, 3),
+                "publisher_cpu_us_per_event": round(pub_cpu / events * 1e6, 3)}
+    finally:
+        srv.stop()
+
+
+def stage_bridge_and_api(tmp: Path, messages: int) -> tuple[dict, dict]:
+    import zmq
+
+    from syswatch.shared import protocol, zmqsock
+    srv = Server(tmp)
+    ctx = zmq.Context()
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    pub = zmqsock.make_publisher(ctx, endpoint, sndhwm=1_000_000)
+    bridge = subprocess.Popen([sys.executable, "-m", "subscribers.nats_bridge", "-e", endpoint, "--nats", srv.url,
+                               "--stream-max-bytes", "6GiB", "--queue-mb", "512", "--log-level", "warning"],
+                              cwd=REPO, stderr=subprocess.DEVNULL)
+    api = None
+    try:
+        status = protocol.encode("status", {"host": "bench", "ts_ns": time.time_ns(), "mode": "events",
+                                            "probe": "tracepoint", "syscalls": ["read", "write"],
+                                            "excluded_pids": [], "events_total": 0, "lost_total": 0,
+                                            "dropped_total": 0, "malformed_total": 0, "uptime_s": 1.0})
+        deadline = time.monotonic() + 30
+        while srv.stored()["messages"] == 0:            # the bridge subscribed and published a status
+            pub.send_multipart(status)
+            time.sleep(0.1)
+            assert time.monotonic() < deadline and bridge.poll() is None, "the bridge did not start"
+        base = srv.stored()["messages"]
+        data = batch_payload(EVENTS_PER_MESSAGE)
+        cpu0 = cpu_seconds(bridge.pid)
+        start = time.monotonic()
+        for _ in range(messages):
+            pub.send_multipart([b"syscall.write", data])
+        while srv.stored()["messages"] < base + messages:
+            assert bridge.poll() is None and time.monotonic() - start < 600, "the bridge stopped"
+            time.sleep(0.05)
+        wall = time.monotonic() - start
+        events = messages * EVENTS_PER_MESSAGE
+        bridge_row = {"events": events, "seconds": round(wall, 2), "events_per_s": round(events / wall),
+                      "bridge_cpu_us_per_event": round((cpu_seconds(bridge.pid) - cpu0) / events * 1e6, 3)}
+        bridge.terminate()
+        bridge.wait(15)
+        # the API catches up on the stored backlog
+        port = free_port()
+        api = subprocess.Popen([sys.executable, "-m", "api.server", "--port", str(port), "--db",
+                                str(tmp / "ips.sqlite3"), "--nats", srv.url], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import urllib.request
+        start = time.monotonic()
+        got = 0
+        while got < events:
+            assert api.poll() is None and time.monotonic() - start < 600, f"the API stopped at {got}"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as r:
+                    got = json.loads(r.read())["events_received"]
+            except OSError:
+                pass
+            time.sleep(0.1)
+        wall = time.monotonic() - start
+        api_row = {"events": events, "seconds": round(wall, 2), "events_per_s": round(events / wall),
+                   "api_cpu_us_per_event": round(cpu_seconds(api.pid) / events * 1e6, 3)}
+        return bridge_row, api_row
+    finally:
+        for p in (bridge, api):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                p.wait(15)
+        pub.close(0)
+        ctx.term()
+        srv.stop()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python3 -m bench.nats", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes (seconds)")
+    ap.add_argument("--json", type=Path, default=None, help="write the results here too")
+    ap.add_argument("--publisher", nargs=4, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.publisher:
+        url, host, messages, per = args.publisher
+        publisher_main(url, host, int(messages), int(per))
+        return 0
+    messages = 200 if args.quick else 2000
+    results = {"date": time.strftime("%Y-%m-%d"), "events_per_message": EVENTS_PER_MESSAGE, "publishers": []}
+    with tempfile.TemporaryDirectory(prefix="syswatch-bench-nats-") as tmp:
+        for n in (1, 4):
+            d = Path(tmp) / f"pub{n}"
+            d.mkdir()
+            results["publishers"].append(stage_publishers(d, n, messages // n))
+        d = Path(tmp) / "bridge"
+        d.mkdir()
+        results["bridge"], results["api"] = stage_bridge_and_api(d, messages)
+    print(report(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def report(r: dict) -> str:
+    lines = [f"NATS JetStream on this machine ({r['date']}; messages of {r['events_per_message']} events, "
+             "acknowledged, file storage)", "",
+             "| stage | events | events/s | MB/s | CPU µs/event |", "|---|---:|---:|---:|---|"]
+    for p in r["publishers"]:
+        lines.append(f"| {p['publishers']} synthetic publisher(s) -> nats-server | {p['events']:,} | "
+                     f"{p['events_per_s']:,} | {p['mb_per_s']} | nats-server {p['nats_cpu_us_per_event']}, "
+                     f"publishers {p['publisher_cpu_us_per_event']} |")
+    b, a = r["bridge"], r["api"]
+    lines.append(f"| ZeroMQ -> syswatch-nats-bridge -> nats-server | {b['events']:,} | {b['events_per_s']:,} | | "
+                 f"bridge {b['bridge_cpu_us_per_event']} |")
+    lines.append(f"| nats-server -> syswatch-api --nats (backlog) | {a['events']:,} | {a['events_per_s']:,} | | "
+                 f"API {a['api_cpu_us_per_event']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""In-process checks of the NATS pieces: subject spelling, nkeys, headers, ack subjects, the bridge's
+splitting of oversized messages, its flag parsers and the bridge-status validator."""
+from __future__ import annotations
+
+import json
+import secrets
+
+import pytest
+
+from syswatch.shared import jetstream, natsclient, protocol
+from syswatch.shared.metricsserver import check_listen
+from syswatch.subscribers import nats_bridge
+from tests.apiserver import event
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize("host, token", [
+    ("node1", "node1"), ("ip-10-0-0-1.ec2.internal", "ip-10-0-0-1_ec2_internal"), ("a b", "a%20b"),
+    ("x*>", "x%2A%3E"), ("%", "%25"), ("é", "%C3%A9"), ("", "%"), ("$SYS", "%24SYS")])
+def test_host_token_is_one_subject_token(host, token):
+    assert jetstream.host_token(host) == token
+    subj = jetstream.subject(host, "syscall.read")
+    assert subj == f"syswatch.{token}.syscall.read"
+    assert jetstream.split_subject(subj) == (token, "syscall.read")
+    assert not any(c in token for c in " \t\r\n.*>")
+
+
+@pytest.mark.parametrize("subj", ["syswatch", "syswatch.host", "other.h.status", "syswatch..status", ""])
+def test_split_subject_refuses_other_subjects(subj):
+    assert jetstream.split_subject(subj) is None
+
+
+def test_nkey_seed_round_trip_and_checks():
+    raw = secrets.token_bytes(32)
+    seed = natsclient.nkey_encode_seed(raw)
+    assert seed.startswith("SU") and natsclient.nkey_seed_bytes(seed) == raw
+    public = natsclient.nkey_public(seed)
+    assert public.startswith("U") and len(public) == 56
+    broken = seed[:-3] + ("A" if seed[-3] != "A" else "B") + seed[-2:]
+    with pytest.raises(ValueError, match="checksum"):
+        natsclient.nkey_seed_bytes(broken)
+    with pytest.raises(ValueError):
+        natsclient.nkey_seed_bytes(public)          # a public key is not a seed
+
+
+def test_headers_round_trip_and_status_line():
+    raw = natsclient.encode_headers({"Nats-Msg-Id": "abc-1"})
+    assert raw == b"NATS/1.0\r\nNats-Msg-Id: abc-1\r\n\r\n"
+    assert natsclient.parse_headers(raw) == ({"Nats-Msg-Id": "abc-1"}, None, "")
+    assert natsclient.parse_headers(b"NATS/1.0 408 Request Timeout\r\n\r\n")[1:] == (408, "Request Timeout")
+    with pytest.raises(ValueError):
+        natsclient.encode_headers({"a": "b\r\nX: y"})
+
+
+def test_ack_subjects_old_and_new_form():
+    assert jetstream.ack_info("$JS.ACK.S.c.2.17.9.1700000000000000000.4") == jetstream.AckInfo(17, 9, 2, 4)
+    assert jetstream.ack_info("$JS.ACK.dom.acchash.S.c.1.5.5.1700000000000000000.0.rnd") == jetstream.AckInfo(5, 5, 1, 0)
+    assert jetstream.ack_info("_INBOX.x") is None and jetstream.ack_info("$JS.ACK.a.b.c.d.e.f.g") is None
+
+
+def test_urls_are_checked_and_credentials_never_shown():
+    assert natsclient.check_url("nats://a:4222,tls://b:4443") == "nats://a:4222,tls://b:4443"
+    for bad in ("http://x:4222", "nats://", "tcp://127.0.0.1:4222", "nats://h:99999"):
+        with pytest.raises(ValueError):
+            natsclient.check_url(bad)
+    assert natsclient.redact("nats://bridge:s3cret@10.0.0.1:4222") == "nats://***@10.0.0.1:4222"
+    assert "s3cret" not in natsclient.Options(servers=("nats://u:s3cret@h:1", "nats://tok@h:2")).display()
+
+
+def test_stream_config_is_what_the_docs_say():
+    cfg = jetstream.StreamLimits(max_bytes=8 << 30, max_age_s=6 * 3600).config("SYSWATCH")
+    assert cfg["subjects"] == ["syswatch.>"] and cfg["retention"] == "limits" and cfg["discard"] == "new"
+    assert cfg["max_bytes"] == 8 << 30 and cfg["max_age"] == 6 * 3600 * 10**9 and cfg["storage"] == "file"
+    assert cfg["duplicate_window"] == 120 * 10**9
+    short = jetstream.StreamLimits(max_age_s=60).config("S")
+    assert short["duplicate_window"] == 60 * 10**9, "the duplicate window cannot exceed the age"
+
+
+@pytest.mark.parametrize("text, value", [("1GiB", 1 << 30), ("512MiB", 512 << 20), ("8gb", 8 * 10**9),
+                                         ("1000000000", 10**9)])
+def test_sizes(text, value):
+    assert nats_bridge.size(text) == value
+
+
+@pytest.mark.parametrize("text", ["1", "1KiB", "-5GiB", "lots", "1PiB"])
+def test_bad_sizes(text):
+    with pytest.raises(ValueError):
+        nats_bridge.size(text)
+
+
+def test_ages():
+    assert nats_bridge.age("90s") == 90 and nats_bridge.age("6h") == 21600 and nats_bridge.age("7d") == 7 * 86400
+    for bad in ("10s", "400d", "1w", ""):
+        with pytest.raises(ValueError):
+            nats_bridge.age(bad)
+
+
+def test_listen_addresses():
+    assert check_listen("9101") == ("127.0.0.1", 9101)
+    assert check_listen("0.0.0.0:9101") == ("0.0.0.0", 9101)
+    assert check_listen("[::1]:9101") == ("::1", 9101)
+    for bad in ("host:", "host:70000", "x:y"):
+        with pytest.raises(ValueError):
+            check_listen(bad)
+
+
+def test_an_oversized_batch_is_split_into_valid_messages_with_every_event():
+    events = [event(count=i, comm="c" * 15) for i in range(3000)]
+    data = protocol.encode("syscall.write", {"host": "h1", "events": events})[1]
+    item = nats_bridge.Item("syswatch.h1.syscall.write", data, len(events), "p-1")
+    parts = nats_bridge.split(item, 100_000)
+    assert parts and len(parts) > 1 and all(len(p.data) <= 100_000 for p in parts)
+    got = []
+    for p in parts:
+        msg = protocol.decode([b"syscall.write", p.data])
+        assert msg.payload["host"] == "h1" and p.events == len(msg.events)
+        got += [e["count"] for e in msg.events]
+    assert got == list(range(3000)), "every event once, in order"
+    assert len({p.msg_id for p in parts}) == len(parts)
+    one = protocol.encode("syscall.write", {"host": "h1", "events": [event(comm="x" * 60)]})[1]
+    assert nats_bridge.split(nats_bridge.Item("syswatch.h1.syscall.write", one, 1, "p-2"), 100) is None
+
+
+def test_bridge_status_validator():
+    counters = nats_bridge.Counters()
+    counters.host = "node.one"
+    counters.lost("stream_full", 7)
+    st = counters.status((3, 1000))
+    msg = protocol.decode(protocol.encode(protocol.TOPIC_BRIDGE, st))
+    assert msg.payload["unpublished_events"] == 7 and msg.payload["unpublished_by_reason"]["stream_full"] == 7
+    for bad in ({**st, "unpublished_by_reason": {"made_up": 1}}, {**st, "nats_connected": 1},
+                {**st, "published_events": -1}, {**st, "uptime_s": float("inf")}):
+        with pytest.raises(protocol.ProtocolError):
+            protocol.decode([b"bridge", json.dumps({"v": 2, **bad}).encode()])

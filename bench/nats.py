@@ -202,6 +202,72 @@ def stage_bridge_and_api(tmp: Path, messages: int) -> tuple[dict, dict]:
         srv.stop()
 
 
+def stage_collector(tmp: Path, dd_count: int) -> dict:
+    """A real collector (root, bpftrace) tracing ``dd bs=1`` (only dd, filtered in the kernel) -> the
+    bridge -> NATS: events/s from dd's start until the bridge has published every event the collector
+    read, and each process's CPU per event over that time."""
+    from prometheus_client.parser import text_string_to_metric_families
+    import urllib.request
+
+    from .workloads import dd_argv
+    srv = Server(tmp)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    out = open(tmp / "collector.out", "w")
+    col = subprocess.Popen([sys.executable, "-m", "collector.collector", "--bind", endpoint, "-n", "dd",
+                            "--echo-rate", "0", "--hostname", "bench-collector"], cwd=REPO, stdout=out,
+                           stderr=subprocess.STDOUT)
+    mport = free_port()
+    bridge = None
+
+    def bridge_metrics() -> dict:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            return {}
+        return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name.startswith("syswatch_bridge_") and not s.labels.get("reason")}
+    try:
+        deadline = time.monotonic() + 120
+        while "Monitoring sys_read" not in (tmp / "collector.out").read_text():
+            assert col.poll() is None and time.monotonic() < deadline, (tmp / "collector.out").read_text()[-2000:]
+            time.sleep(0.1)
+        bridge = subprocess.Popen([sys.executable, "-m", "subscribers.nats_bridge", "-e", endpoint, "--nats", srv.url,
+                                   "--stream-max-bytes", "6GiB", "--metrics", f"127.0.0.1:{mport}",
+                                   "--log-level", "warning"], cwd=REPO, stderr=subprocess.DEVNULL)
+        while bridge_metrics().get("syswatch_bridge_published_messages_total", 0) == 0:   # a status went through
+            assert bridge.poll() is None and time.monotonic() < deadline, "the bridge did not publish"
+            time.sleep(0.1)
+        before = bridge_metrics()["syswatch_bridge_published_events_total"]
+        cpu0 = {name: cpu_seconds(p.pid) for name, p in (("collector", col), ("bridge", bridge), ("nats", srv.proc))}
+        start = time.monotonic()
+        subprocess.run(dd_argv(dd_count), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        dd_done = time.monotonic()
+        want = 2 * dd_count
+        last, still = -1.0, time.monotonic()
+        while True:                      # until everything dd made is published (or it stops growing)
+            m = bridge_metrics()
+            got = m.get("syswatch_bridge_published_events_total", 0) - before
+            if got >= want:
+                break
+            if got != last:
+                last, still = got, time.monotonic()
+            assert time.monotonic() - still < 30, f"the bridge stopped at {got} of {want} events"
+            time.sleep(0.05)
+        wall = time.monotonic() - start
+        cpu = {name: round((cpu_seconds(p.pid) - cpu0[name]) / got * 1e6, 3)
+               for name, p in (("collector", col), ("bridge", bridge), ("nats", srv.proc))}
+        return {"events": int(got), "seconds": round(wall, 2), "dd_seconds": round(dd_done - start, 2),
+                "events_per_s": round(got / wall), "cpu_us_per_event": cpu,
+                "unpublished": m.get("syswatch_bridge_unpublished_events_total", 0)}
+    finally:
+        for p in (bridge, col):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                p.wait(15)
+        srv.stop()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m bench.nats", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (seconds)")
@@ -222,6 +288,10 @@ def main(argv=None) -> int:
         d = Path(tmp) / "bridge"
         d.mkdir()
         results["bridge"], results["api"] = stage_bridge_and_api(d, messages)
+        if os.geteuid() == 0 and shutil.which("bpftrace"):
+            d = Path(tmp) / "collector"
+            d.mkdir()
+            results["collector"] = stage_collector(d, 100_000 if args.quick else 500_000)
     print(report(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
@@ -241,6 +311,11 @@ def report(r: dict) -> str:
                  f"bridge {b['bridge_cpu_us_per_event']} |")
     lines.append(f"| nats-server -> syswatch-api --nats (backlog) | {a['events']:,} | {a['events_per_s']:,} | | "
                  f"API {a['api_cpu_us_per_event']} |")
+    c = r.get("collector")
+    if c:
+        cpu = c["cpu_us_per_event"]
+        lines.append(f"| real collector (dd bs=1) -> bridge -> nats-server | {c['events']:,} | {c['events_per_s']:,} | | "
+                     f"collector {cpu['collector']}, bridge {cpu['bridge']}, nats-server {cpu['nats']} |")
     return "\n".join(lines)
 
 

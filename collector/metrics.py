@@ -6,8 +6,8 @@ parser or bpftrace's pipes, and never waits for the loop. Prometheus then scrape
 node health no longer depends on an API being up (docs/DEPLOY.md, "Prometheus").
 
 Families (``host`` label on each, so one query answers per node):
-  syswatch_collector_events_total, _lost_events_total, _dropped_events_total, _malformed_lines_total,
-  _excluded_events_total       the counters of the status message
+  syswatch_collector_events_total, _lost_total, _dropped_total, _malformed_total, _excluded_total
+                               the counters of the status message (the names the API uses for them)
   syswatch_collector_syscall_calls_total{syscall}       (events and counts mode)
   syswatch_collector_syscall_bytes_total / _errors_total{syscall}   (counts mode: the rows carry them)
   syswatch_collector_stale_cpus     CPUs whose loss count stopped updating (bpftrace 0.17)
@@ -18,12 +18,14 @@ from __future__ import annotations
 
 from typing import Callable
 
+# The names the API gives the same counters from the status message (api/metrics.py COLLECTOR_STATUS),
+# so one query reads either job.
 COUNTERS = (
-    ("events_total", "events", "Events bpftrace reported (published or dropped)."),
-    ("lost_total", "lost_events", "Events bpftrace lost (its buffer overflowed)."),
-    ("dropped_total", "dropped_events", "Events the collector could not queue for publishing."),
-    ("malformed_total", "malformed_lines", "bpftrace output lines the collector could not parse."),
-    ("excluded_events", "excluded_events", "Events of the collector's own and its subscribers' processes, left out."),
+    ("events_total", "events", "Events the collector read from bpftrace (published or dropped)."),
+    ("lost_total", "lost", "Events bpftrace could not deliver (its buffer overflowed)."),
+    ("dropped_total", "dropped", "Events the collector could not publish."),
+    ("malformed_total", "malformed", "bpftrace lines the collector could not parse."),
+    ("excluded_events", "excluded", "Events of the collector's own and its subscribers' processes, left out."),
 )
 SYSCALL_COLUMNS = (("calls", "Calls traced, per syscall."),
                    ("bytes", "Bytes moved (positive returns), per syscall (counts mode)."),
@@ -55,7 +57,7 @@ def registry(snapshot: Callable[[], dict | None], bpftrace_pid: Callable[[], int
                         m.add_metric([host, sc], value)
                     yield m
             g = GaugeMetricFamily("syswatch_collector_stale_cpus",
-                                  "CPUs whose bpftrace loss count stopped updating (lost_events leaves them out).",
+                                  "CPUs whose bpftrace loss count stopped updating (lost_total leaves them out).",
                                   labels=["host"])
             g.add_metric([host], len(snap["stale_cpus"]))
             yield g
@@ -68,5 +70,5 @@ def registry(snapshot: Callable[[], dict | None], bpftrace_pid: Callable[[], int
     reg = CollectorRegistry()
     reg.register(Snapshot())
     ProcessCollector(registry=reg)
-    ProcessCollector(namespace="syswatch_bpftrace", pid=lambda: str(bpftrace_pid() or "self"), registry=reg)
+    ProcessCollector(namespace="syswatch_bpftrace", pid=lambda: str(bpftrace_pid() or 0), registry=reg)
     return reg

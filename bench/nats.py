@@ -108,26 +108,27 @@ class Server:
         self.proc.wait(15)
 
 
-def stage_publishers(tmp: Path, n: int, messages: int) -> dict:
+def stage_publishers(tmp: Path, n: int, messages: int, per_message: int = EVENTS_PER_MESSAGE) -> dict:
     srv = Server(tmp)
     try:
         cpu0 = cpu_seconds(srv.proc.pid)
         before = os.times()
         start = time.monotonic()
         procs = [subprocess.Popen([sys.executable, "-m", "bench.nats", "--publisher", srv.url, f"h{i}",
-                                   str(messages), str(EVENTS_PER_MESSAGE)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+                                   str(messages), str(per_message)], cwd=REPO, stdout=subprocess.PIPE, text=True)
                  for i in range(n)]
         for p in procs:
             out, _ = p.communicate(timeout=600)
             assert p.returncode == 0, out
         wall = time.monotonic() - start
-        events = n * messages * EVENTS_PER_MESSAGE
+        events = n * messages * per_message
         state = srv.stored()
         assert state["messages"] == n * messages, state
         server_cpu = cpu_seconds(srv.proc.pid) - cpu0
         after = os.times()        # the publishers were reaped: their CPU is in the children's times
         pub_cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
-        return {"publishers": n, "events": events, "messages": n * messages, "seconds": round(wall, 2),
+        return {"publishers": n, "events_per_message": per_message, "events": events, "messages": n * messages,
+                "messages_per_s": round(n * messages / wall), "seconds": round(wall, 2),
                 "events_per_s": round(events / wall), "mb_per_s": round(state["bytes"] / wall / 1e6, 1),
                 "nats_cpu_us_per_event": round(server_cpu / events * 1e6, 3),
                 "publisher_cpu_us_per_event": round(pub_cpu / events * 1e6, 3)}
@@ -135,7 +136,7 @@ def stage_publishers(tmp: Path, n: int, messages: int) -> dict:
         srv.stop()
 
 
-def stage_bridge_and_api(tmp: Path, messages: int) -> tuple[dict, dict]:
+def stage_bridge_and_api(tmp: Path, messages: int, api_too: bool = True) -> tuple[dict, dict | None]:
     import zmq
 
     from syswatch.shared import protocol, zmqsock
@@ -172,6 +173,8 @@ def stage_bridge_and_api(tmp: Path, messages: int) -> tuple[dict, dict]:
                       "bridge_cpu_us_per_event": round((cpu_seconds(bridge.pid) - cpu0) / events * 1e6, 3)}
         bridge.terminate()
         bridge.wait(15)
+        if not api_too:
+            return bridge_row, None
         # the API catches up on the stored backlog
         port = free_port()
         api = subprocess.Popen([sys.executable, "-m", "api.server", "--port", str(port), "--db",
@@ -225,8 +228,12 @@ def stage_collector(tmp: Path, dd_count: int) -> dict:
                 text = r.read().decode()
         except OSError:
             return {}
-        return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
-                if s.name.startswith("syswatch_bridge_") and not s.labels.get("reason")}
+        out: dict = {}
+        for f in text_string_to_metric_families(text):
+            for sample in f.samples:               # summed over labels (reason)
+                if sample.name.startswith("syswatch_bridge_"):
+                    out[sample.name] = out.get(sample.name, 0) + sample.value
+        return out
     try:
         deadline = time.monotonic() + 120
         while "Monitoring sys_read" not in (tmp / "collector.out").read_text():
@@ -238,28 +245,47 @@ def stage_collector(tmp: Path, dd_count: int) -> dict:
         while bridge_metrics().get("syswatch_bridge_published_messages_total", 0) == 0:   # a status went through
             assert bridge.poll() is None and time.monotonic() < deadline, "the bridge did not publish"
             time.sleep(0.1)
-        before = bridge_metrics()["syswatch_bridge_published_events_total"]
+        import zmq
+
+        from syswatch.shared import protocol, zmqsock
+        ctx = zmq.Context()
+        status_sock = zmqsock.make_subscriber(ctx, endpoint, [protocol.TOPIC_STATUS])
+
+        def collector_status() -> dict:
+            st = None
+            while status_sock.poll(1500 if st is None else 0):
+                st = protocol.decode(status_sock.recv_multipart()).payload
+            return st
+        first = collector_status()
+        before = bridge_metrics()
         cpu0 = {name: cpu_seconds(p.pid) for name, p in (("collector", col), ("bridge", bridge), ("nats", srv.proc))}
         start = time.monotonic()
         subprocess.run(dd_argv(dd_count), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
         dd_done = time.monotonic()
-        want = 2 * dd_count
         last, still = -1.0, time.monotonic()
-        while True:                      # until everything dd made is published (or it stops growing)
+        while True:                      # until the bridge has published all it received, and it stops growing
             m = bridge_metrics()
-            got = m.get("syswatch_bridge_published_events_total", 0) - before
-            if got >= want:
-                break
+            got = m["syswatch_bridge_published_events_total"] - before["syswatch_bridge_published_events_total"]
             if got != last:
                 last, still = got, time.monotonic()
-            assert time.monotonic() - still < 30, f"the bridge stopped at {got} of {want} events"
+            elif m["syswatch_bridge_queued_messages"] == 0 and time.monotonic() - still > 3:
+                break
             time.sleep(0.05)
-        wall = time.monotonic() - start
-        cpu = {name: round((cpu_seconds(p.pid) - cpu0[name]) / got * 1e6, 3)
+        wall = still - start
+        st = collector_status()
+        status_sock.close(0)
+        ctx.term()
+        cpu = {name: round((cpu_seconds(p.pid) - cpu0[name]) / max(got, 1) * 1e6, 3)
                for name, p in (("collector", col), ("bridge", bridge), ("nats", srv.proc))}
+        delta = lambda key: int(m[key] - before[key])
         return {"events": int(got), "seconds": round(wall, 2), "dd_seconds": round(dd_done - start, 2),
                 "events_per_s": round(got / wall), "cpu_us_per_event": cpu,
-                "unpublished": m.get("syswatch_bridge_unpublished_events_total", 0)}
+                "collector_events": st["events_total"] - first["events_total"],
+                "collector_lost": st["lost_total"] - first["lost_total"],
+                "collector_dropped": st["dropped_total"] - first["dropped_total"],
+                "bridge_received": delta("syswatch_bridge_received_events_total"),
+                "bridge_not_received": delta("syswatch_bridge_events_not_received"),
+                "bridge_unpublished": delta("syswatch_bridge_unpublished_events_total")}
     finally:
         for p in (bridge, col):
             if p is not None and p.poll() is None:
@@ -272,6 +298,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m bench.nats", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (seconds)")
     ap.add_argument("--json", type=Path, default=None, help="write the results here too")
+    ap.add_argument("--docs", type=Path, default=None,
+                    help="splice the report into this markdown file (e.g. docs/BENCHMARKS.md, section bench:nats)")
+    ap.add_argument("--only", default="publishers,bridge,api,collector",
+                    help="comma-separated stages (default: all; collector needs root and bpftrace)")
     ap.add_argument("--publisher", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.publisher:
@@ -280,42 +310,58 @@ def main(argv=None) -> int:
         return 0
     messages = 200 if args.quick else 2000
     results = {"date": time.strftime("%Y-%m-%d"), "events_per_message": EVENTS_PER_MESSAGE, "publishers": []}
+    only = set(args.only.split(","))
     with tempfile.TemporaryDirectory(prefix="syswatch-bench-nats-") as tmp:
-        for n in (1, 4):
-            d = Path(tmp) / f"pub{n}"
+        # collector-sized batches, then small ones (a node at ~100 calls/s sends one or two events a message)
+        for n, per in ((1, EVENTS_PER_MESSAGE), (4, EVENTS_PER_MESSAGE), (4, 5)) if "publishers" in only else ():
+            d = Path(tmp) / f"pub{n}-{per}"
             d.mkdir()
-            results["publishers"].append(stage_publishers(d, n, messages // n))
-        d = Path(tmp) / "bridge"
-        d.mkdir()
-        results["bridge"], results["api"] = stage_bridge_and_api(d, messages)
-        if os.geteuid() == 0 and shutil.which("bpftrace"):
+            count = messages // n if per == EVENTS_PER_MESSAGE else 20 * messages // n
+            results["publishers"].append(stage_publishers(d, n, count, per))
+        if only & {"bridge", "api"}:
+            d = Path(tmp) / "bridge"
+            d.mkdir()
+            results["bridge"], results["api"] = stage_bridge_and_api(d, messages, "api" in only)
+        if "collector" in only and os.geteuid() == 0 and shutil.which("bpftrace"):
             d = Path(tmp) / "collector"
             d.mkdir()
             results["collector"] = stage_collector(d, 100_000 if args.quick else 500_000)
-    print(report(results))
+    text = report(results)
+    print(text)
+    if args.docs:
+        from .report import splice
+        splice(args.docs, "nats", "## NATS JetStream\n\n`python3 -m bench.nats` (generated; DEPLOY.md reads "
+                                  "its numbers for the 1,000-node estimate)\n\n" + text)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
 
 
 def report(r: dict) -> str:
-    lines = [f"NATS JetStream on this machine ({r['date']}; messages of {r['events_per_message']} events, "
-             "acknowledged, file storage)", "",
-             "| stage | events | events/s | MB/s | CPU µs/event |", "|---|---:|---:|---:|---|"]
+    lines = [f"Run of {r['date']} on this machine: Debian's nats-server, JetStream file storage, every publish "
+             "acknowledged (256 in flight); the bridge and API stages send messages of "
+             f"{r['events_per_message']} events.", "",
+             "| stage | events | events/s | messages/s | MB/s | CPU µs/event |", "|---|---:|---:|---:|---:|---|"]
     for p in r["publishers"]:
-        lines.append(f"| {p['publishers']} synthetic publisher(s) -> nats-server | {p['events']:,} | "
-                     f"{p['events_per_s']:,} | {p['mb_per_s']} | nats-server {p['nats_cpu_us_per_event']}, "
-                     f"publishers {p['publisher_cpu_us_per_event']} |")
-    b, a = r["bridge"], r["api"]
-    lines.append(f"| ZeroMQ -> syswatch-nats-bridge -> nats-server | {b['events']:,} | {b['events_per_s']:,} | | "
-                 f"bridge {b['bridge_cpu_us_per_event']} |")
-    lines.append(f"| nats-server -> syswatch-api --nats (backlog) | {a['events']:,} | {a['events_per_s']:,} | | "
-                 f"API {a['api_cpu_us_per_event']} |")
+        lines.append(f"| {p['publishers']} synthetic publisher(s), {p['events_per_message']} events/message -> "
+                     f"nats-server | {p['events']:,} | {p['events_per_s']:,} | {p['messages_per_s']:,} | {p['mb_per_s']} | "
+                     f"nats-server {p['nats_cpu_us_per_event']}, publishers {p['publisher_cpu_us_per_event']} |")
+    b, a = r.get("bridge"), r.get("api")
+    if b:
+        lines.append(f"| ZeroMQ -> syswatch-nats-bridge -> nats-server | {b['events']:,} | {b['events_per_s']:,} | | | "
+                     f"bridge {b['bridge_cpu_us_per_event']} |")
+    if a:
+        lines.append(f"| nats-server -> syswatch-api --nats (backlog) | {a['events']:,} | {a['events_per_s']:,} | | | "
+                     f"API {a['api_cpu_us_per_event']} |")
     c = r.get("collector")
     if c:
         cpu = c["cpu_us_per_event"]
-        lines.append(f"| real collector (dd bs=1) -> bridge -> nats-server | {c['events']:,} | {c['events_per_s']:,} | | "
+        lines.append(f"| real collector (dd bs=1) -> bridge -> nats-server | {c['events']:,} | {c['events_per_s']:,} | | | "
                      f"collector {cpu['collector']}, bridge {cpu['bridge']}, nats-server {cpu['nats']} |")
+        lines += ["", f"Real collector stage: the collector read {c['collector_events']:,} events (bpftrace lost "
+                      f"{c['collector_lost']:,}, dropped {c['collector_dropped']:,}); the bridge received "
+                      f"{c['bridge_received']:,}, did not receive {c['bridge_not_received']:,} (ZeroMQ, from the "
+                      f"collector's status), published {c['events']:,}, could not publish {c['bridge_unpublished']:,}."]
     return "\n".join(lines)
 
 

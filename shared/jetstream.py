@@ -20,8 +20,8 @@ import re
 import secrets
 import time
 
-from .config import add_option
-from .natsclient import ConnectError, Connection, Msg, NatsError, NoResponders, Options, Timeout, check_url
+from syswatch.shared.config import add_option
+from syswatch.shared.natsclient import ConnectError, Connection, Msg, NatsError, NoResponders, Options, Timeout, check_url
 
 PREFIX = "syswatch"
 DEFAULT_STREAM = "SYSWATCH"

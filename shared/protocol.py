@@ -254,7 +254,8 @@ def clean_status(p: dict) -> dict:
 TOPIC_BRIDGE = "bridge"
 BRIDGE_LOSS_REASONS = ("queue_full", "stream_full", "rejected", "ack_timeout", "too_large")
 BRIDGE_INTS = ("ts_ns", "published_messages", "published_events", "unpublished_messages", "unpublished_events",
-               "queued_messages", "queued_bytes", "reconnects", "malformed_total")
+               "queued_messages", "queued_bytes", "reconnects", "malformed_total", "received_events",
+               "events_not_received")
 
 
 def clean_bridge(p: dict) -> dict:

@@ -184,11 +184,32 @@ class Counters:
         self.unpublished_messages = dict.fromkeys(REASONS, 0)
         self.unpublished_events = dict.fromkeys(REASONS, 0)
         self.malformed = 0
+        self.received_events = 0             # in the collector's messages that reached the bridge
+        self.not_received = 0                # what ZeroMQ dropped before the bridge (from the collector's status)
+        self._base: tuple[int, int] | None = None
+        self._carried = 0
+        self._last_published: int | None = None
         self.reconnects = 0
         self.split_messages = 0
         self.connected = False
         self.host = ""
         self.started = time.monotonic()
+
+    def collector_status(self, st: dict) -> None:
+        """The collector's ``status``: what it published since the first one, minus what arrived here, is
+        what the ZeroMQ hop dropped (a subscriber that falls behind loses messages at the collector's
+        high-water mark, unseen). Exact at each status: it follows, on the same connection, the
+        batches it counts. Events mode only (a counts message stands for many calls)."""
+        published = st["events_total"] - st["dropped_total"]
+        with self.lock:
+            restarted = self._last_published is not None and published < self._last_published
+            if self._base is None or restarted:
+                self._carried = self.not_received
+                self._base = (published, self.received_events)
+            elif st["mode"] == "events":
+                gap = (published - self._base[0]) - (self.received_events - self._base[1])
+                self.not_received = self._carried + max(0, gap)
+            self._last_published = published
 
     def lost(self, reason: str, events: int, messages: int = 1) -> None:
         with self.lock:
@@ -204,7 +225,8 @@ class Counters:
                     "unpublished_events": sum(self.unpublished_events.values()),
                     "unpublished_by_reason": dict(self.unpublished_events),
                     "queued_messages": queued[0], "queued_bytes": queued[1],
-                    "reconnects": self.reconnects, "malformed_total": self.malformed}
+                    "reconnects": self.reconnects, "malformed_total": self.malformed,
+                    "received_events": self.received_events, "events_not_received": self.not_received}
 
 
 class Queue:
@@ -427,6 +449,7 @@ def metrics_registry(counters: Counters, q: Queue):
                     ("published_events", st["published_events"], "Events in the messages JetStream acknowledged."),
                     ("malformed_messages", st["malformed_total"], "Collector messages that failed the v2 validator (not published)."),
                     ("reconnects", st["reconnects"], "Connections to NATS made again after one was lost."),
+                    ("received_events", st["received_events"], "Events in the collector's messages that reached the bridge."),
                     ("split_messages", split_messages, "Messages over the server's max_payload sent as several.")):
                 m = CounterMetricFamily(f"syswatch_bridge_{name}", text, labels=labels)
                 m.add_metric(host, value)
@@ -437,7 +460,10 @@ def metrics_registry(counters: Counters, q: Queue):
                 for reason in REASONS:
                     m.add_metric([st["host"], reason], table[reason])
                 yield m
-            for name, value, text in (("queued_messages", st["queued_messages"], "Messages waiting to be published."),
+            for name, value, text in (("events_not_received", st["events_not_received"],
+                                       "Events the collector published that never reached the bridge (ZeroMQ dropped "
+                                       "them: the bridge fell behind), from the collector's status."),
+                                      ("queued_messages", st["queued_messages"], "Messages waiting to be published."),
                                       ("queued_bytes", st["queued_bytes"], "Bytes waiting to be published."),
                                       ("nats_connected", int(st["nats_connected"]), "1 while connected to NATS.")):
                 m = GaugeMetricFamily(f"syswatch_bridge_{name}", text, labels=labels)
@@ -497,12 +523,13 @@ def main(argv=None) -> int:
             now = time.monotonic()
             if now >= next_log:
                 st = counters.status(q.size())
-                key = (st["unpublished_events"], st["malformed_total"])
+                key = (st["unpublished_events"], st["malformed_total"], st["events_not_received"])
                 log.log(logging.WARNING if key != last_logged else logging.INFO,
-                        "published %d events in %d messages; not published: %d events (%s); queued %d; malformed %d",
-                        st["published_events"], st["published_messages"], st["unpublished_events"],
+                        "published %d events in %d messages; not published: %d events (%s); queued %d; malformed %d; "
+                        "not received from the collector: %d events", st["published_events"], st["published_messages"],
+                        st["unpublished_events"],
                         ", ".join(f"{r} {n}" for r, n in st["unpublished_by_reason"].items() if n) or "none",
-                        st["queued_messages"], st["malformed_total"])
+                        st["queued_messages"], st["malformed_total"], st["events_not_received"])
                 last_logged, next_log = key, now + LOG_EVERY_S
             if item is None:
                 continue
@@ -512,8 +539,13 @@ def main(argv=None) -> int:
                 continue                  # a topic of a newer protocol without a host: nothing to route by
             counters.host = host
             msg_seq += 1
-            q.put(Item(jetstream.subject(host, msg.topic), bytes(frames[1]), carried_events(msg),
-                       f"{publisher.prefix}-{msg_seq}"))
+            events = carried_events(msg)
+            if events:
+                with counters.lock:
+                    counters.received_events += events
+            elif msg.topic == protocol.TOPIC_STATUS:
+                counters.collector_status(msg.payload)
+            q.put(Item(jetstream.subject(host, msg.topic), bytes(frames[1]), events, f"{publisher.prefix}-{msg_seq}"))
             counters.malformed = sub.malformed
     except KeyboardInterrupt:
         pass

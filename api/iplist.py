@@ -22,7 +22,7 @@ import stat
 import threading
 from typing import Iterable
 
-from .validation import Entry, canonical_key
+from syswatch.api.validation import Entry, canonical_key
 
 SCHEMA_VERSION = 1
 SCHEMA = """

@@ -16,8 +16,7 @@ import platform
 
 import zmq
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
-                                    InfoMetricFamily)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -52,7 +51,7 @@ class StatsCollector(Collector):
         self.stream, self.requests, self.iplist, self.hub = stream, requests, iplist, hub
 
     def collect(self):
-        from .stream import COUNTERS
+        from syswatch.api.stream import COUNTERS
         view = self.stream.metrics_view()
         yield from self._traffic(view["totals_by_host"])
         yield from self._collectors(view["collectors"])

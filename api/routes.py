@@ -15,14 +15,13 @@ from urllib.parse import parse_qs
 
 import bottle
 
-from . import metrics, openapi
-from .httplog import RequestStats
-from .iplist import DiskFull, IPList, ListFull
-from .sse import EventStream
-from .stream import StreamHub, StreamStats, TooManyStreams
-from . import validation
-from .web import StaticFiles
-from .validation import BadRequest
+from syswatch.api import metrics, openapi, validation
+from syswatch.api.httplog import RequestStats
+from syswatch.api.iplist import DiskFull, IPList, ListFull
+from syswatch.api.sse import EventStream
+from syswatch.api.stream import StreamHub, StreamStats, TooManyStreams
+from syswatch.api.validation import BadRequest
+from syswatch.api.web import StaticFiles
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ to the collector (api/stream.py). Flags beat environment variables, which beat d
 from __future__ import annotations
 
 import argparse
-import functools
 import errno
+import functools
 import logging
 import os
 import signal
@@ -116,7 +116,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="seconds before an idle connection is closed")
     p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     args = p.parse_args(argv)
-    from . import web
+    from syswatch.api import web
     try:
         args.cors_origin = web.parse_origins(args.cors_origin)
     except web.BadOrigin as exc:
@@ -174,11 +174,11 @@ def main(argv=None) -> int:
     import waitress
     import zmq
 
-    from .httplog import AccessLog, RequestStats, json_server_errors, stdout_line
-    from .iplist import DatabaseUnusable, IPList
-    from .routes import ROUTES, Api, Limits, build_app
-    from .stream import StreamHub, StreamStats, StreamSubscriber
-    from .web import StaticFiles, WebGuard
+    from syswatch.api.httplog import AccessLog, RequestStats, json_server_errors, stdout_line
+    from syswatch.api.iplist import DatabaseUnusable, IPList
+    from syswatch.api.routes import ROUTES, Api, Limits, build_app
+    from syswatch.api.stream import StreamHub, StreamStats, StreamSubscriber
+    from syswatch.api.web import StaticFiles, WebGuard
 
     try:
         iplist = IPList(args.db, args.max_ips)

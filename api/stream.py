@@ -28,9 +28,10 @@ import heapq
 import secrets
 import threading
 import time
+
 import zmq
 
-from .validation import EventFilter
+from syswatch.api.validation import EventFilter
 from syswatch.shared import protocol, zmqsock
 
 CONNECTED_WINDOW_S = 3.0        # the collector sends a status every second

@@ -28,13 +28,12 @@ from typing import Callable
 
 import zmq
 
+from bench import procs, stats
+from bench.plan import Plan
+from bench.procs import free_port
+from bench.tracers import REPO
 from syswatch.shared import protocol
 from syswatch.shared.zmqsock import make_publisher
-
-from . import procs, stats
-from .plan import Plan
-from .procs import free_port
-from .tracers import REPO
 
 ENDPOINTS = ("add_ips", "print_all_ips", "stats")
 CONCURRENCY = (1, 16)

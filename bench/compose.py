@@ -13,9 +13,9 @@ import shutil
 import subprocess
 import uuid
 
-from . import procs
-from .subscriber import BenchSubscriber
-from .tracers import REPO, CollectorTracer
+from bench import procs
+from bench.subscriber import BenchSubscriber
+from bench.tracers import REPO, CollectorTracer
 
 IMAGE = "syswatch-collector:latest"
 

@@ -7,10 +7,15 @@ and the dashboard open in headless Chromium (tests/browser.py). Prints, from the
 Resource Timing, how long its /stats and /events polls took, and the page's event-loop lag (a 100 ms
 interval timer's lateness). A measurement, not a test: nothing is asserted.
 """
-import sys, time, threading, tempfile
+import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
+
 from tests.apiserver import ApiProcess, Publisher, connect, event
 from tests.browser import start_chromium
+
 SECONDS = float(sys.argv[1]) if len(sys.argv) > 1 else 20
 tmp = Path(tempfile.mkdtemp(prefix="syswatch-dashload-"))
 api = ApiProcess(tmp / "ips.sqlite3").start()

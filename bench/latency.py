@@ -12,8 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from . import procs, stats, tracers, workloads
-from .plan import Plan
+from bench import procs, stats, tracers, workloads
+from bench.plan import Plan
 
 
 def paced_run(tracer: tracers.CollectorTracer, rate: int, seconds: float) -> dict:
@@ -56,7 +56,7 @@ def run(plan: Plan, log: Callable[[str], None]) -> dict:
             results[key] = r
             log(f"paced writer {key}: {rate}/s for {secs}s: delivered {r['delivered']}/{r['made']}, "
                 f"latency p50 {_fmt(r['p50_ms'])} ms p99 {_fmt(r['p99_ms'])} ms")
-    from . import compose
+    from bench import compose
     if compose.unavailable() is None:          # the compose collector (0.23): the steady rate too
         with tracers.make("compose-events") as tracer:
             r = results["steady-compose"] = paced_run(tracer, plan.steady_rate, plan.steady_s)

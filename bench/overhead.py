@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from . import procs, stats, tracers, workloads
-from .plan import Plan
+from bench import procs, stats, tracers, workloads
+from bench.plan import Plan
 
 TRACERS = ["bpf-empty", "bpf-empty-exit", "bpf-count", "bpf-printf",
            "bpf23-empty", "bpf23-empty-exit", "bpf23-count", "bpf23-printf",
@@ -103,7 +103,7 @@ def run(plan: Plan, log: Callable[[str], None], only_tracers: list[str] | None =
             skipped[t] = why
             names.remove(t)
     if any(t in COMPOSE for t in names):
-        from . import compose
+        from bench import compose
         why = compose.unavailable()
         for t in [t for t in names if t in COMPOSE] if why else []:
             skipped[t] = why

@@ -4,7 +4,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from . import targets as _targets, tracers
+from bench import targets as _targets
+from bench import tracers
 
 
 def _f(x, fmt="{:.2f}", none="-"):

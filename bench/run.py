@@ -14,9 +14,9 @@ import time
 import traceback
 from pathlib import Path
 
-from . import api_load, latency, machine, overhead, report, saturation, targets, throughput
-from .plan import FULL, QUICK
-from .tracers import REPO
+from bench import api_load, latency, machine, overhead, report, saturation, targets, throughput
+from bench.plan import FULL, QUICK
+from bench.tracers import REPO
 
 SECTIONS = ("overhead", "saturation", "latency", "api")
 DOC = REPO / "docs" / "BENCHMARKS.md"

@@ -27,8 +27,8 @@ from typing import Callable
 
 import zmq
 
-from . import procs, tracers, workloads
-from .plan import Plan
+from bench import procs, tracers, workloads
+from bench.plan import Plan
 
 WORK_IMAGE = "syswatch-api:latest"
 
@@ -52,7 +52,7 @@ def _docker(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 def cgroup_id(pid: int) -> int:
     """The cgroup v2 id (the directory's inode) of process ``pid``, as bpftrace's ``cgroup``."""
-    from syswatch.collector.containers import find_cgroup2_root     # hybrid hosts: /sys/fs/cgroup/unified
+    from syswatch.collector.containers import find_cgroup2_root  # hybrid hosts: /sys/fs/cgroup/unified
     rel = next(line.split("::", 1)[1] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()
                if line.startswith("0::"))
     return os.stat(f"{find_cgroup2_root()}{rel}").st_ino
@@ -304,7 +304,7 @@ def ceiling(plan: Plan, log: Callable[[str], None]) -> dict:
 
 
 def run(plan: Plan, log: Callable[[str], None]) -> dict:
-    from . import compose
+    from bench import compose
     out: dict = {"multi": [], "skipped": {}}
     writers, dd_n = 4, plan.dd_n // 4
     makers = {"collector-events": lambda name: tracers.CollectorTracer("events", extra=("-c", name))}
@@ -327,7 +327,8 @@ def run(plan: Plan, log: Callable[[str], None]) -> dict:
 
 
 if __name__ == "__main__":      # python3 -m bench.saturation: this section alone, printed
-    from .plan import FULL, QUICK
     import json
+
+    from bench.plan import FULL, QUICK
     res = run(QUICK if "--quick" in sys.argv else FULL, lambda m: print(m, file=sys.stderr, flush=True))
     print(json.dumps(res, indent=1, default=str))

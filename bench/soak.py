@@ -21,9 +21,9 @@ import threading
 import time
 from pathlib import Path
 
-from . import machine, procs, report, tracers, workloads
-from .api_load import BenchApi
-from .subscriber import NoStatus
+from bench import machine, procs, report, tracers, workloads
+from bench.api_load import BenchApi
+from bench.subscriber import NoStatus
 
 
 class ApiTraffic(threading.Thread):

@@ -34,10 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import procs
+from bench.subscriber import BenchSubscriber
 from syswatch.collector import program
-
-from . import procs
-from .subscriber import BenchSubscriber
 
 REPO = Path(__file__).resolve().parent.parent
 PROBES = "tracepoint:syscalls:sys_enter_read,tracepoint:syscalls:sys_enter_write"
@@ -282,6 +281,6 @@ def make(name: str) -> Tracer:
     if name.startswith("collector-"):
         return CollectorTracer(name.split("-", 1)[1])
     if name.startswith("compose-"):
-        from .compose import ComposeCollectorTracer
+        from bench.compose import ComposeCollectorTracer
         return ComposeCollectorTracer(name.split("-", 1)[1])
     raise ValueError(f"unknown tracer {name!r}; known: {', '.join(LABELS)}")

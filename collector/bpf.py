@@ -18,7 +18,7 @@ import sys
 from collections import deque
 from pathlib import Path
 
-from . import program
+from syswatch.collector import program
 
 log = logging.getLogger("syswatch.collector")
 

@@ -18,7 +18,7 @@ import sys
 # installed syswatch-collector script), and not for --help.
 if (__name__ == "__main__" or os.path.basename(sys.argv[0]) == "syswatch-collector") and os.geteuid() != 0 and not any(
         a in ("-h", "-V") or len(a) > 3 and ("--help".startswith(a) or "--version".startswith(a)) for a in sys.argv[1:]):
-    from .bpf import SetupError, check_root     # stdlib only
+    from syswatch.collector.bpf import SetupError, check_root  # stdlib only
     try:
         check_root()
     except SetupError as exc:
@@ -34,21 +34,30 @@ import time  # noqa: E402
 
 import zmq  # noqa: E402
 
+from syswatch import __version__  # noqa: E402
+from syswatch.collector import bpf, bpfversion, program  # noqa: E402
+from syswatch.collector.bpf import Bpftrace, SetupError  # noqa: E402
+from syswatch.collector.containers import Containers  # noqa: E402
+from syswatch.collector.echo import Echo  # noqa: E402
+from syswatch.collector.exclusions import Exclusions  # noqa: E402
+from syswatch.collector.hostinfo import host_name, online_cpus  # noqa: E402
+from syswatch.collector.parser import KICK_STALE_S, NoContainers, Parser  # noqa: E402
 from syswatch.shared import curve  # noqa: E402
 from syswatch.shared.config import add_option  # noqa: E402
-from syswatch.shared.protocol import (DEFAULT_ENDPOINT, DEFAULT_SYSCALLS, SYSCALLS, TOPIC_COUNTS,  # noqa: E402
-                             TOPIC_STATUS, encode, encode_event_batch, json_string, parse_announce,
-                             topic_for, valid_subscription)
+from syswatch.shared.protocol import (  # noqa: E402
+    DEFAULT_ENDPOINT,
+    DEFAULT_SYSCALLS,
+    SYSCALLS,
+    TOPIC_COUNTS,
+    TOPIC_STATUS,
+    encode,
+    encode_event_batch,
+    json_string,
+    parse_announce,
+    topic_for,
+    valid_subscription,
+)
 from syswatch.shared.zmqsock import EndpointError, check_endpoint, make_publisher  # noqa: E402
-
-from syswatch import __version__  # noqa: E402
-from . import bpf, bpfversion, program  # noqa: E402
-from .bpf import Bpftrace, SetupError  # noqa: E402
-from .containers import Containers  # noqa: E402
-from .echo import Echo  # noqa: E402
-from .exclusions import Exclusions  # noqa: E402
-from .hostinfo import host_name, online_cpus  # noqa: E402
-from .parser import KICK_STALE_S, NoContainers, Parser  # noqa: E402
 
 log = logging.getLogger("syswatch.collector")
 

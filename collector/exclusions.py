@@ -25,7 +25,7 @@ import logging
 import os
 import time
 
-from .program import READY
+from syswatch.collector.program import READY
 
 log = logging.getLogger("syswatch.collector")
 

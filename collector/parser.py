@@ -29,9 +29,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from syswatch.collector.program import INTERVAL, KICK, READY
 from syswatch.shared.protocol import json_string
-
-from .program import INTERVAL, KICK, READY
 
 _NUM = rb"(?:0|[1-9]\d*)"
 _INT = rb"(?:0|-?[1-9]\d*)"

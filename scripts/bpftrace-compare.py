@@ -16,7 +16,6 @@ Root only. Runs one bpftrace at a time; each case takes 1-3 s, the saturation ru
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import signal

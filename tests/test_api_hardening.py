@@ -11,7 +11,6 @@ import socket
 import sqlite3
 import stat
 import subprocess
-import sys
 
 import pytest
 

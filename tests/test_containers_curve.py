@@ -9,8 +9,7 @@ import pytest
 import zmq
 
 from syswatch.shared import curve, protocol, zmqsock
-from tests.composestack import (ROOT, ComposeStack, receive, require_compose_stack, uncaptured_printer,
-                                wait_for_status)
+from tests.composestack import ROOT, ComposeStack, receive, require_compose_stack, uncaptured_printer, wait_for_status
 from tests.conftest import free_port, is_root, require
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

@@ -6,11 +6,10 @@ import subprocess
 import sys
 
 import pytest
-import zmq
 
 from syswatch.shared import curve
 from tests.collector_helpers import CollectorProcess, StreamReader
-from tests.conftest import ROOT, have, is_root, require
+from tests.conftest import ROOT
 
 
 def keygen(directory, name) -> None:

@@ -18,8 +18,15 @@ import pytest
 import zmq
 
 from syswatch.shared import protocol, zmqsock
-from tests.composestack import (ROOT, ComposeStack, docker, receive, require_compose_stack, uncaptured_printer,
-                                wait_for_status)
+from tests.composestack import (
+    ROOT,
+    ComposeStack,
+    docker,
+    receive,
+    require_compose_stack,
+    uncaptured_printer,
+    wait_for_status,
+)
 from tests.conftest import free_port
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from syswatch.collector.containers import container_of_path, find_cgroup2_root
+from syswatch.collector.containers import find_cgroup2_root
 from syswatch.shared import protocol
 from tests.apiserver import ApiProcess
 from tests.collector_helpers import CollectorProcess, StreamReader

@@ -8,8 +8,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from tests.apiserver import ApiProcess, metric, wait_for
 from tests.collector_helpers import CollectorProcess
 from tests.conftest import ROOT, die_with_test, have, is_root, require

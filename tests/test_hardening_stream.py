@@ -16,12 +16,11 @@ import sys
 import time
 
 import pytest
-import zmq
 
 from syswatch.shared import protocol
 from tests.apiserver import ApiProcess, Publisher, connect, event, wait_for
 from tests.collector_helpers import CollectorProcess, StreamReader
-from tests.conftest import ROOT, free_port, have, is_root, require, rss_kib
+from tests.conftest import ROOT, have, is_root, require, rss_kib
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     # A copy of the checkout, so the build cannot leave build/ or *.egg-info in it.
     src = out / "src"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "*.sqlite3*"))
+    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "*.sqlite3*"))
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(src)], timeout=300)
     wheels = list(out.glob("syswatch-*.whl"))
     assert len(wheels) == 1, wheels
@@ -280,7 +280,7 @@ def test_sdist_builds_the_same_wheel_and_ships_no_half_test_suite(wheel, tmp_pat
     it ships either all of them or none."""
     import tarfile
     src = tmp_path / "src"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "*.sqlite3*",
+    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "*.sqlite3*",
                                                              "build", "*.egg-info"))
     out = tmp_path / "sdist"
     # As `python -m build --sdist` does: the build-system requirement, fresh from the index, in its own venv.

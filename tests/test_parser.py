@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings, strategies as st
-
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from syswatch.collector.parser import Parser, decode_comm
 
@@ -235,6 +235,7 @@ def test_online_cpus_reads_the_kernel_s_list(tmp_path, text, cpus):
 @pytest.mark.parametrize("text", ["", "x-1", "3-"])
 def test_online_cpus_falls_back_to_the_cpu_count(tmp_path, text):
     import os
+
     from syswatch.collector.hostinfo import online_cpus
     f = tmp_path / "online"
     f.write_text(text)

@@ -9,7 +9,6 @@ import json
 
 import pytest
 
-from syswatch.api import metrics
 from syswatch.api.stream import COUNTERS, StreamStats
 from syswatch.api.validation import BadRequest, EventFilter, event_query
 from syswatch.collector import program

@@ -390,7 +390,7 @@ def test_help_lists_every_flag_with_defaults():
 
 
 def test_env_overrides_and_bad_env(tmp_path):
-    from syswatch.collector.collector import parse_args
+    from syswatch.collector.cli import parse_args
     os.environ["SYSWATCH_MODE"] = "counts"
     try:
         assert parse_args([]).mode == "counts"

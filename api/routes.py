@@ -16,10 +16,11 @@ from urllib.parse import parse_qs
 import bottle
 
 from syswatch.api import metrics, openapi, validation
+from syswatch.api.aggregates import StreamStats
 from syswatch.api.httplog import RequestStats
+from syswatch.api.hub import StreamHub, TooManyStreams
 from syswatch.api.iplist import DiskFull, IPList, ListFull
 from syswatch.api.sse import EventStream
-from syswatch.api.stream import StreamHub, StreamStats, TooManyStreams
 from syswatch.api.validation import BadRequest
 from syswatch.api.web import StaticFiles
 
@@ -48,7 +49,8 @@ ROUTES = (
     Route("POST", "/add_ips", "add_ips",
           'POST {"add_ips": [1, 2, 3]}: add IPs (integers 0..4294967295 or IPv4/IPv6 strings); '
           "all or nothing, an address already present is not added again"),
-    Route("POST", "/print_all_ips", "print_all_ips", 'POST {"print_all_ips": true}: the whole list, in insertion order'),
+    Route("POST", "/print_all_ips", "print_all_ips",
+          'POST {"print_all_ips": true}: the whole list, in insertion order'),
     Route("POST", "/clear_ip_list", "clear_ip_list", 'POST {"clear_ip_list": true}: empty the list'),
     Route("GET", "/stats", "stats",
           "GET ?host=: totals per syscall, top processes and containers by calls and bytes, events/s, "

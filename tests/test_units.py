@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from syswatch.api.stream import COUNTERS, StreamStats
+from syswatch.api.aggregates import COUNTERS, StreamStats
 from syswatch.api.validation import BadRequest, EventFilter, event_query
 from syswatch.collector import program
 from syswatch.collector.echo import Echo

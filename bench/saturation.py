@@ -27,8 +27,10 @@ from typing import Callable
 
 import zmq
 
-from bench import procs, tracers, workloads
+from bench import compose, tracers
 from bench.plan import Plan
+from harness import procs, workloads
+from harness.bpftrace import TRIXIE_FIX, trixie_bpftrace
 
 WORK_IMAGE = "syswatch-api:latest"
 
@@ -95,7 +97,8 @@ class Truth:
 def multi_process_run(make_tracer: Callable[[str], tracers.Tracer], writers: int, dd_n: int) -> dict:
     name = f"syswatch-bench-work-{uuid.uuid4().hex[:8]}"
     # no health check: Docker would exec it in the container now and then, outside the workload
-    run = _docker("run", "-d", "--rm", "--name", name, "--no-healthcheck", "--entrypoint", "sleep", WORK_IMAGE, "infinity")
+    run = _docker("run", "-d", "--rm", "--name", name, "--no-healthcheck", "--entrypoint", "sleep", WORK_IMAGE,
+                  "infinity")
     if run.returncode != 0:
         raise RuntimeError(f"cannot start the workload container: {run.stderr.strip()}")
     try:
@@ -112,7 +115,6 @@ def multi_process_run(make_tracer: Callable[[str], tracers.Tracer], writers: int
             with make_tracer(name) as tracer:
                 sub = tracer.subscriber
                 st0 = dict(sub.status)
-                ev0 = sub.events_received
                 t0 = time.monotonic()
                 job = _docker("exec", name, "sh", "-c", mixed_script(writers, dd_n), timeout=900)
                 elapsed = time.monotonic() - t0
@@ -280,9 +282,9 @@ def zmq_alone(batches: list, repeat_to: int = 1_000_000) -> dict:
 
 
 def ceiling(plan: Plan, log: Callable[[str], None]) -> dict:
-    binary = tracers.trixie_bpftrace()
+    binary = trixie_bpftrace()
     if binary is None:
-        raise RuntimeError(tracers.trixie_available())
+        raise RuntimeError(TRIXIE_FIX)
     shm = "/dev/shm" if Path("/dev/shm").is_dir() else None
     tmp = Path(tempfile.mkdtemp(prefix="syswatch-bench-ceiling-", dir=shm))
     try:
@@ -304,7 +306,6 @@ def ceiling(plan: Plan, log: Callable[[str], None]) -> dict:
 
 
 def run(plan: Plan, log: Callable[[str], None]) -> dict:
-    from bench import compose
     out: dict = {"multi": [], "skipped": {}}
     writers, dd_n = 4, plan.dd_n // 4
     makers = {"collector-events": lambda name: tracers.CollectorTracer("events", extra=("-c", name))}

@@ -22,7 +22,7 @@ from typing import Callable
 
 import zmq
 
-from bench.workloads import BASE_COUNT
+from harness.workloads import BASE_COUNT
 from syswatch.shared import protocol
 from syswatch.shared.zmqsock import make_subscriber
 

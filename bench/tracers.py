@@ -34,11 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import procs
 from bench.subscriber import BenchSubscriber
+from harness import ROOT, procs
 from syswatch.collector import program
 
-REPO = Path(__file__).resolve().parent.parent
 PROBES = "tracepoint:syscalls:sys_enter_read,tracepoint:syscalls:sys_enter_write"
 PRED = "/pid != $1/"
 EXITS = PROBES.replace("sys_enter_", "sys_exit_")
@@ -66,26 +65,6 @@ RAW_PROGRAMS.update({
 RAW_FORMAT = {"bpf-events": "json"}      # as the collector runs it
 # bpftrace 0.23 (trixie) runs the same programs: bpf23-X is RAW_PROGRAMS["bpf-X"]
 RAW23 = {f"bpf23-{k[len('bpf-'):]}": k for k in RAW_PROGRAMS}
-TRIXIE_SCRIPT = REPO / "scripts" / "trixie-bpftrace.sh"
-LABELS = {
-    "none": "no tracing",
-    "bpf-empty": "bpftrace, empty probe",
-    "bpf-empty-exit": "bpftrace, empty probes at entry and exit",
-    "bpf-count": "bpftrace, count() per pid",
-    "bpf-printf": "bpftrace, printf per event to /dev/null",
-    "bpf23-empty": "bpftrace 0.23, empty probe",
-    "bpf23-empty-exit": "bpftrace 0.23, empty probes at entry and exit",
-    "bpf23-count": "bpftrace 0.23, count() per pid",
-    "bpf23-printf": "bpftrace 0.23, printf per event to /dev/null",
-    "bpf23-inflight": "bpftrace 0.23, the events program's per-call state alone",
-    "bpf23-record": "bpftrace 0.23, the events program's record alone",
-    "bpf23-events": "bpftrace 0.23, the collector's events program to /dev/null",
-    "strace": "strace -f -e trace=read,write",
-    "collector-events": "collector, events mode + subscriber",
-    "collector-counts": "collector, counts mode + subscriber",
-    "compose-events": "compose collector (0.23), events mode + subscriber",
-    "compose-counts": "compose collector (0.23), counts mode + subscriber",
-}
 
 
 class Tracer:
@@ -177,24 +156,6 @@ def _lost_from(stderr: str) -> int:
     return lost
 
 
-def trixie_bpftrace() -> str | None:
-    """The trixie bpftrace wrapper's path when it is built, else None (bench/ never builds it)."""
-    try:
-        check = subprocess.run(["bash", str(TRIXIE_SCRIPT), "--check"], capture_output=True, timeout=30)
-        path = subprocess.run(["bash", str(TRIXIE_SCRIPT), "--print-path"], capture_output=True,
-                              text=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return path if check.returncode == 0 and path else None
-
-
-def trixie_available() -> str | None:
-    """None when the bpf23-* tracers can run, else why not."""
-    if trixie_bpftrace() is None:
-        return "bpftrace 0.23 is not built: run sudo scripts/trixie-bpftrace.sh first (about a minute)"
-    return None
-
-
 class CollectorTracer(Tracer):
     """``python3 -m collector.collector --mode MODE`` on a free port, with a BenchSubscriber attached."""
 
@@ -216,7 +177,7 @@ class CollectorTracer(Tracer):
             argv += ["--interval", str(self.interval)]
         argv += self.extra
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log,
+            self.proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT)
         self.subscriber = BenchSubscriber(self.endpoint)
         self.subscriber.start()
@@ -264,23 +225,3 @@ class CollectorTracer(Tracer):
         if self.bpftrace_pid:
             out["bpftrace"] = self.bpftrace_pid
         return out
-
-
-def make(name: str) -> Tracer:
-    if name == "none":
-        return Tracer()
-    if name == "strace":
-        return Strace()
-    if name in RAW_PROGRAMS:
-        return RawBpftrace(name)
-    if name in RAW23:
-        binary = trixie_bpftrace()
-        if binary is None:
-            raise RuntimeError(trixie_available())
-        return RawBpftrace(name, RAW23[name], binary)
-    if name.startswith("collector-"):
-        return CollectorTracer(name.split("-", 1)[1])
-    if name.startswith("compose-"):
-        from bench.compose import ComposeCollectorTracer
-        return ComposeCollectorTracer(name.split("-", 1)[1])
-    raise ValueError(f"unknown tracer {name!r}; known: {', '.join(LABELS)}")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import requests
 
-from tests.apiserver import ApiProcess, wait_for
+from harness.api import ApiProcess
+from harness.procs import wait_for
 
 TOKEN = "s3cret-Token_for.tests~42"
 

@@ -5,8 +5,8 @@ import re
 import socket
 import subprocess
 
-from tests.apiserver import PYTHON, ApiProcess
-from tests.conftest import ROOT
+from harness import ROOT
+from harness.api import PYTHON, ApiProcess
 
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -65,7 +65,7 @@ def test_environment_configures_and_flags_beat_it(tmp_path):
 def test_sigterm_ends_open_streams_and_exits_0(tmp_path):
     import requests
 
-    from tests.apiserver import wait_for
+    from harness.procs import wait_for
     srv = ApiProcess(tmp_path / "ips.sqlite3").start()
     with requests.get(srv.url("/events/stream"), stream=True, timeout=10) as r:
         assert r.status_code == 200

@@ -14,8 +14,9 @@ import subprocess
 
 import pytest
 
-from tests.apiserver import PYTHON, ApiProcess
-from tests.conftest import ROOT, is_root, require
+from harness import ROOT
+from harness.api import PYTHON, ApiProcess
+from tests.conftest import is_root, require
 
 
 def sha256(path) -> str:

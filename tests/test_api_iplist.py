@@ -14,7 +14,8 @@ import time
 import pytest
 import requests
 
-from tests.apiserver import ApiProcess, wait_for
+from harness.api import ApiProcess
+from harness.procs import wait_for
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The live views against a real API process fed by a real ZeroMQ publisher (tests/apiserver.Publisher)
+"""The live views against a real API process fed by a real ZeroMQ publisher (harness/api.py Publisher)
 sending known events built with shared/protocol: /stats, /events, /events/stream, /metrics, /healthz."""
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.api import ApiProcess, Publisher, connect, event, metric
+from harness.procs import rss_kib, wait_for
 from syswatch.shared import protocol
-from tests.apiserver import ApiProcess, Publisher, connect, event, metric, wait_for
-from tests.conftest import rss_kib
 
 
 @pytest.fixture(scope="module")

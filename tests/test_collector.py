@@ -13,10 +13,12 @@ from collections import Counter
 
 import pytest
 
+from harness import ROOT
+from harness.collector import Child, CollectorProcess, StreamReader, assert_delivered, collect_child_events
+from harness.procs import free_port
 from syswatch.collector import program
 from syswatch.shared import protocol
-from tests.collector_helpers import Child, CollectorProcess, StreamReader, assert_delivered, collect_child_events
-from tests.conftest import ROOT, free_port, have, is_root, require
+from tests.conftest import have, is_root, require
 
 HOSTILE = [
     b'a b"c\\d%s\te\nf',          # space, quote, backslash, %, tab, newline

@@ -8,7 +8,8 @@ import subprocess
 import pytest
 import yaml
 
-from tests.composestack import ROOT, compose_command
+from harness import ROOT
+from harness.compose import compose_command
 from tests.conftest import require
 
 

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
+from harness import ROOT
+from harness.collector import CollectorProcess, StreamReader
 from syswatch.shared import curve
-from tests.collector_helpers import CollectorProcess, StreamReader
-from tests.conftest import ROOT
 
 
 def keygen(directory, name) -> None:

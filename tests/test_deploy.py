@@ -27,7 +27,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, free_port, have, is_root, require
+from harness import ROOT
+from harness.procs import free_port
+from tests.conftest import have, is_root, require
 
 K8S = ROOT / "deploy" / "kubernetes"
 SYSTEMD = ROOT / "deploy" / "systemd"

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from harness import ROOT
+from harness.api import ApiProcess
+from harness.collector import CollectorProcess, StreamReader
 from syswatch.collector.containers import find_cgroup2_root
 from syswatch.shared import protocol
-from tests.apiserver import ApiProcess
-from tests.collector_helpers import CollectorProcess, StreamReader
-from tests.conftest import ROOT, have, is_root, require
+from tests.conftest import have, is_root, require
 
 # A child that sets up, prints {"pid": ...} (plus what `prepare` adds), waits for "go", then runs `body`.
 PRELUDE = """

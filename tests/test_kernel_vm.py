@@ -17,7 +17,8 @@ import subprocess
 
 import pytest
 
-from tests.conftest import ROOT, have, is_root, require, vm_report
+from harness import ROOT
+from tests.conftest import have, is_root, require, vm_report
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 

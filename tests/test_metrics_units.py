@@ -14,6 +14,7 @@ import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
 import syswatch
+from harness import ROOT
 from syswatch.api import metrics, validation
 from syswatch.api.aggregates import COUNTERS, MAX_HOSTS
 from syswatch.api.app import ApiConfig, make_app
@@ -21,7 +22,6 @@ from syswatch.api.httplog import DURATION_BUCKETS, UNMATCHED, RequestStats
 from syswatch.api.ingest import StreamSubscriber
 from syswatch.api.routes import ROUTES
 from syswatch.shared import protocol
-from tests.conftest import ROOT
 
 pytestmark = pytest.mark.unit
 

@@ -21,8 +21,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness import ROOT
+from harness.procs import die_with_parent, free_port
 from syswatch import __version__
-from tests.conftest import ROOT, die_with_test, free_port, have, is_root, require
+from tests.conftest import have, is_root, require
 
 SCRIPTS = ("syswatch-collector", "syswatch-api", "syswatch-tail", "syswatch-top")
 
@@ -125,7 +127,7 @@ def test_installed_collector_and_api_end_to_end(venv, tmp_path):
     def start(argv: list[str], name: str) -> subprocess.Popen:
         proc = subprocess.Popen(argv, cwd=tmp_path, env={**clean_env(), "PYTHONUNBUFFERED": "1"},
                                 stdout=open(tmp_path / f"{name}.out", "w"), stderr=subprocess.STDOUT,
-                                preexec_fn=die_with_test)
+                                preexec_fn=die_with_parent)
         procs.append(proc)
         return proc
 
@@ -264,7 +266,7 @@ def test_installed_scripts_exit_2_on_a_bad_flag_or_environment(venv, tmp_path):
             argv += ["--port", str(free_port()), "--db", str(tmp_path / "ips.sqlite3")]
         try:
             res = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=30,
-                                 env={**clean_env(), **env}, stdin=subprocess.DEVNULL, preexec_fn=die_with_test)
+                                 env={**clean_env(), **env}, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
         except subprocess.TimeoutExpired:    # run() killed it: it started instead of refusing
             wrong.append((script, args, env, "started", ""))
             continue
@@ -324,14 +326,14 @@ def test_a_flag_beats_a_bad_environment_variable_and_help_still_shows(venv, tmp_
     for script, args in runs:
         res = subprocess.run([str(venv / "bin" / script), *args], cwd=tmp_path, capture_output=True, text=True,
                              timeout=90, env={**clean_env(), **bad}, stdin=subprocess.DEVNULL,
-                             preexec_fn=die_with_test)
+                             preexec_fn=die_with_parent)
         assert "is invalid" not in res.stderr and "Traceback" not in res.stderr, (script, res.stderr)
         # syswatch-top waits for a collector's first answer (none here): any failure but the variable's
         assert res.returncode == 0 or script == "syswatch-top" and "no collector answered" in res.stderr, \
             (script, res.returncode, res.stderr)
     api = subprocess.Popen([str(venv / "bin" / "syswatch-api"), "--port", str(free_port()), "--collector", endpoint,
                             "--db", str(tmp_path / "ips.sqlite3")], cwd=tmp_path, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, env={**clean_env(), **bad}, preexec_fn=die_with_test)
+                           stderr=subprocess.STDOUT, text=True, env={**clean_env(), **bad}, preexec_fn=die_with_parent)
     try:
         first = api.stdout.readline()
         assert first.startswith("API Server starting on"), first + api.stdout.read()

@@ -11,8 +11,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.composestack import BASE_IMAGE, ROOT, docker, docker_answers, image_present
-from tests.conftest import free_port, have, is_root, require
+from harness import ROOT
+from harness.compose import BASE_IMAGE, docker, docker_answers, image_present
+from harness.procs import free_port
+from tests.conftest import have, is_root, require
 
 BUILD_BASE = str(ROOT / "scripts" / "build-base-image.sh")
 

@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from tests.collector_helpers import Child, CollectorProcess, StreamReader
-from tests.conftest import ROOT, have, is_root, require
+from harness import ROOT
+from harness.collector import Child, CollectorProcess, StreamReader
+from tests.conftest import have, is_root, require
 
 
 @pytest.fixture(scope="module")

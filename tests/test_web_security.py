@@ -15,7 +15,8 @@ import time
 import pytest
 import requests
 
-from tests.apiserver import ApiProcess, Publisher, connect, event, wait_for
+from harness.api import ApiProcess, Publisher, connect, event
+from harness.procs import wait_for
 
 FORM = "application/x-www-form-urlencoded"
 

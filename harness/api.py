@@ -1,5 +1,5 @@
-"""Test helpers for the API: a real `python -m api.server` process on a free port, and a real
-ZeroMQ publisher speaking wire protocol v2 (shared/protocol.py), standing in for the collector.
+"""The API as a process: a real `python -m api.server` on a free port, and a real ZeroMQ publisher
+speaking wire protocol v2 (shared/protocol.py), standing in for the collector.
 
 SYSWATCH_TEST_PYTHON picks the interpreter that runs the server, e.g. Debian's
 /usr/bin/python3 with bottle 0.12, waitress 2.1 and pyzmq 24:
@@ -19,8 +19,9 @@ import requests
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness import ROOT
+from harness.procs import die_with_parent, free_port, wait_for
 from syswatch.shared import protocol, zmqsock
-from tests.conftest import ROOT, die_with_test, free_port
 
 PYTHON = os.environ.get("SYSWATCH_TEST_PYTHON", sys.executable)
 
@@ -46,13 +47,14 @@ class ApiProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SYSWATCH_")}
         env.update(PYTHONUNBUFFERED="1", **self.extra_env)
         self.lines = []
-        self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=env, stdout=subprocess.PIPE, preexec_fn=die_with_test,
-                                     stderr=subprocess.STDOUT, text=True, errors="replace")
+        self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                     preexec_fn=die_with_parent, stderr=subprocess.STDOUT, text=True,
+                                     errors="replace")
         self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
         self._reader.start()
         if wait:
             deadline = time.monotonic() + timeout
-            while not any(l.startswith("API Server starting on") for l in self.lines):
+            while not any(line.startswith("API Server starting on") for line in self.lines):
                 if self.proc.poll() is not None:
                     time.sleep(0.2)
                     raise RuntimeError(f"API exited with {self.proc.returncode}:\n{self.output}")
@@ -130,8 +132,8 @@ class Publisher:
 
     def status(self, **over) -> None:
         payload = {"host": self.host, "ts_ns": time.time_ns(), "mode": "events", "probe": "tracepoint",
-                   "syscalls": ["read", "write"], "excluded_pids": [1, 2], "events_total": self.events_total, "lost_total": 0,
-                   "dropped_total": 0, "malformed_total": 0,
+                   "syscalls": ["read", "write"], "excluded_pids": [1, 2], "events_total": self.events_total,
+                   "lost_total": 0, "dropped_total": 0, "malformed_total": 0,
                    "uptime_s": round(time.monotonic() - self.started, 3)}
         payload.update(over)
         self.sock.send_multipart(protocol.encode(protocol.TOPIC_STATUS, payload))
@@ -150,17 +152,6 @@ class Publisher:
 
     def close(self) -> None:
         self.sock.close(0)
-
-
-def wait_for(predicate, timeout: float = 10, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def connect(server: ApiProcess, pub: Publisher, timeout: float = 15) -> None:

@@ -1,5 +1,6 @@
-"""The API as a process: a real `python -m api.server` on a free port, and a real ZeroMQ publisher
-speaking wire protocol v2 (shared/protocol.py), standing in for the collector.
+"""The API as a process: a real `python -m api.server` on a free port; the same API in process
+(make_app called through harness.wsgi); and a real ZeroMQ publisher speaking wire protocol v2
+(shared/protocol.py), standing in for the collector.
 
 SYSWATCH_TEST_PYTHON picks the interpreter that runs the server, e.g. Debian's
 /usr/bin/python3 with bottle 0.12, waitress 2.1 and pyzmq 24:
@@ -14,6 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 import requests
 import zmq
@@ -21,6 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harness import ROOT
 from harness.procs import die_with_parent, free_port, wait_for
+from harness.wsgi import Client, Response
+from syswatch.api.app import ApiConfig, make_app
 from syswatch.shared import protocol, zmqsock
 
 PYTHON = os.environ.get("SYSWATCH_TEST_PYTHON", sys.executable)
@@ -108,6 +112,84 @@ class ApiProcess:
         self.stop()
 
 
+class ApiInProcess:
+    """The API of ``make_app`` called in process (harness.wsgi), with ApiProcess's request methods:
+    what a request/response test needs, without a process, a port or a thread. ``lines`` gets the
+    access log. No subscriber thread runs: ``feed`` applies a message as the ingest thread would."""
+
+    def __init__(self, db: Path | None = None, collector: str = "tcp://127.0.0.1:1",
+                 config: ApiConfig | None = None, **options):
+        """An ApiConfig of ``db``, ``collector`` and ``options`` (ApiConfig's fields), or ``config`` as given."""
+        self.lines: list[str] = []
+        self.config = config or ApiConfig(db=str(db), collectors=(collector,), **options)
+        self.app = make_app(self.config, log=self.lines.append)
+        self.client = Client(self.app.wsgi, host=self.config.host, port=self.config.port)
+
+    @classmethod
+    def from_args(cls, db: Path, *args: str, env: dict[str, str] | None = None) -> "ApiInProcess":
+        """The in-process twin of ``ApiProcess(db, *args, env=env)``: its command line (and ``env`` added
+        to the environment) read by the server's own parse_args."""
+        from syswatch.api.server import parse_args
+        saved = {k: os.environ.get(k) for k in (env or {})}
+        os.environ.update(env or {})
+        try:
+            return cls(config=parse_args(["--db", str(db), *args]))
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    @property
+    def port(self) -> int:
+        return self.config.port
+
+    @property
+    def collector(self) -> str:
+        return self.config.collectors[0]
+
+    def __enter__(self) -> "ApiInProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def request(self, method: str, path: str, params=None, **kw) -> Response:
+        """As requests.request: ``params`` (a dict or (name, value) pairs) is added as the query string."""
+        kw.pop("timeout", None)
+        if params:
+            path += ("&" if "?" in path else "?") + urlencode(params, doseq=True)
+        return self.client.request(method, path, **kw)
+
+    def get(self, path: str, **kw) -> Response:
+        return self.request("GET", path, **kw)
+
+    def head(self, path: str, **kw) -> Response:
+        return self.request("HEAD", path, **kw)
+
+    def options(self, path: str, **kw) -> Response:
+        return self.request("OPTIONS", path, **kw)
+
+    def post(self, path: str, body=None, **kw) -> Response:
+        if body is not None:
+            kw["json"] = body
+        return self.request("POST", path, **kw)
+
+    def ips(self, **kw) -> list:
+        r = self.post("/print_all_ips", {"print_all_ips": True}, **kw)
+        assert r.status_code == 200, r.text
+        return r.json()["ips"]
+
+    def feed(self, frames: list[bytes], endpoint: str | None = None) -> None:
+        """One ZeroMQ message (two frames), decoded and applied by the API's ingest code."""
+        self.app.subscriber.handle(frames, endpoint or self.config.collectors[0])
+
+
 def event(pid: int = 4242, comm: str = "testproc", syscall: str = "write", count: int = 100,
           fd: int = 1, tid: int | None = None, uid: int = 1000, ts_ns: int | None = None,
           ret: int | None = None, lat_ns: int = 1500, container_id: str = "", container_name: str = "",
@@ -136,15 +218,14 @@ class Publisher:
                    "lost_total": 0, "dropped_total": 0, "malformed_total": 0,
                    "uptime_s": round(time.monotonic() - self.started, 3)}
         payload.update(over)
-        self.sock.send_multipart(protocol.encode(protocol.TOPIC_STATUS, payload))
+        self.raw(protocol.encode(protocol.TOPIC_STATUS, payload))
 
     def events(self, events: list) -> None:
         by_syscall: dict = {}
         for e in events:
             by_syscall.setdefault(e["syscall"], []).append(e)
         for syscall, batch in by_syscall.items():
-            self.sock.send_multipart(protocol.encode(protocol.topic_for(syscall),
-                                                     {"host": self.host, "events": batch}))
+            self.raw(protocol.encode(protocol.topic_for(syscall), {"host": self.host, "events": batch}))
             self.events_total += len(batch)
 
     def raw(self, frames: list) -> None:
@@ -152,6 +233,23 @@ class Publisher:
 
     def close(self) -> None:
         self.sock.close(0)
+
+
+class Feed(Publisher):
+    """Publisher's messages handed straight to an ApiInProcess's ingest code: no socket, no thread,
+    so each message is applied before the call returns."""
+
+    def __init__(self, api: ApiInProcess, host: str = "testhost"):
+        self.api, self.host = api, host
+        self.endpoint = api.collector
+        self.events_total = 0
+        self.started = time.monotonic()
+
+    def raw(self, frames: list) -> None:
+        self.api.feed(list(frames), self.endpoint)
+
+    def close(self) -> None:
+        pass
 
 
 def connect(server: ApiProcess, pub: Publisher, timeout: float = 15) -> None:

@@ -121,7 +121,7 @@ class StreamStats:
         self.hosts: dict[str, HostStats] = {}
         self.endpoint_seen: dict[str, float] = {}  # endpoint -> time.monotonic() of its last good message
         self.counters = dict.fromkeys(COUNTERS, 0)
-        self.last_malformed = None                  # reason text of the last malformed message
+        self.last_malformed: str | None = None      # reason text of the last malformed message
         self._rate_samples: collections.deque = collections.deque()
         self.events_received = 0
 
@@ -148,8 +148,10 @@ class StreamStats:
                 return False
             syscall = events[0]["syscall"] if events else ""
             total = host.totals.get(syscall)
-            if total is None and events:
-                total = host.totals[syscall] = [0, 0, 0, 0]
+            if total is None:
+                total = [0, 0, 0, 0]
+                if events:                  # an empty batch adds no row
+                    host.totals[syscall] = total
             procs, containers = host.procs, host.containers
             for e in events:
                 ret = e["ret"]

@@ -37,7 +37,7 @@ class StreamClient:
         self.queued = 0
         self.dropped = 0
         self.ended = False  # set when the server shuts down: the stream ends at once
-        self.notice = None  # what the resume from Last-Event-ID did, sent as an SSE comment
+        self.notice: str | None = None  # what the resume from Last-Event-ID did, sent as an SSE comment
 
     def end(self) -> None:
         with self.cond:

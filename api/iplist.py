@@ -215,7 +215,8 @@ class IPList:
                 raise
 
     def _add(self, conn: sqlite3.Connection, entries: Iterable[Entry]) -> AddResult:
-        added, ignored = [], []
+        added: list = []
+        ignored: list = []
         conn.execute("BEGIN IMMEDIATE")  # take SQLite's write lock now: the count below stays true
         try:
             total = conn.execute("SELECT COUNT(*) FROM ips").fetchone()[0]

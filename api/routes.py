@@ -75,7 +75,7 @@ def _error(status: int, message: str, **headers) -> str:
     return json.dumps({"error": message})
 
 
-def _ok(text: str, content_type: str = JSON) -> str:
+def _ok(text: str | bytes, content_type: str = JSON) -> str | bytes:
     bottle.response.content_type = content_type
     return text
 
@@ -208,6 +208,7 @@ class Api:
     def events(self):
         flt, limit = validation.event_query(self._query(), ("limit",), self.limits.max_events_limit,
                                             self.limits.default_events_limit)
+        assert limit is not None                # event_query gives the default when none is asked for
         events = self.stream.recent_events(flt, limit)
         return _ok(json.dumps({"events": events, "count": len(events)}, separators=(",", ":")))
 

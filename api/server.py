@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     from syswatch.api.iplist import DatabaseUnusable
 
     for endpoint in config.collectors:
-        probe = zmq.Context.instance().socket(zmq.SUB)
+        probe: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
         try:
             probe.connect(endpoint)  # fail fast on an unusable endpoint (e.g. an unknown host), before serving
         except zmq.ZMQError as exc:

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                      "publishing on %s%s", coll.probe, config.mode, ",".join(config.syscalls), prepared.hostname,
                      prepared.version.raw,
                      "ring buffer" if prepared.version.ringbuf_output else "perf buffer",
-                     coll.bt.buffer_desc(), config.on_overload, config.bind,
+                     coll.bpftrace.buffer_desc(), config.on_overload, config.bind,
                      " (CurveZMQ)" if server_keys else "")
             code = coll.run()
     except BpftraceFailed as exc:

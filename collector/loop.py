@@ -87,6 +87,18 @@ class Collector:
             os.set_blocking(fd, False)
         signal.set_wakeup_fd(wake_w)
 
+    @property
+    def bpftrace(self) -> Bpftrace:
+        """The bpftrace child, from start() on."""
+        if self.bt is None:
+            raise RuntimeError("bpftrace has not been started")
+        return self.bt
+
+    def _poller(self) -> zmq.Poller:
+        if self.poller is None:
+            raise RuntimeError("bpftrace has not been started")
+        return self.poller
+
     # -- what the parser and the exclusions report ----------------------------------------------
     def _report(self, parsed: Parsed) -> None:
         """Before the chunk's events: bpftrace is ready (start-up lines), lines it could not parse."""
@@ -104,7 +116,7 @@ class Collector:
         self.ready = True
         print("Monitoring sys_read and sys_write calls...")
         print(f"Host PID: {os.getpid()}")
-        for pid in (os.getpid(), self.bt.pid):
+        for pid in (os.getpid(), self.bpftrace.pid):
             print(f"Skipping self PID: {pid}")
         sys.stdout.flush()
 
@@ -122,7 +134,7 @@ class Collector:
                     return
                 except BpftraceFailed as exc:
                     log.warning("probe auto: kprobes could not attach (%s); using syscall tracepoints", exc)
-                    self.bt.stop()
+                    self.bpftrace.stop()
                     want = "tracepoint"
         self._start(want)
 
@@ -167,7 +179,7 @@ class Collector:
             if not self._poll(max(0.0, min(next_status, end) - time.monotonic())):
                 if self.stop_requested:
                     break
-                log.error("%s", self.bt.exit_message())
+                log.error("%s", self.bpftrace.exit_message())
                 return 1
             self.echo.tick()
         return 0
@@ -175,13 +187,13 @@ class Collector:
     def _poll(self, timeout_s: float) -> bool:
         """One poll round; False when bpftrace's stdout hit EOF (it exited)."""
         try:
-            ready = dict(self.poller.poll(timeout_s * 1000))
+            ready = dict(self._poller().poll(int(timeout_s * 1000)))
         except zmq.ZMQError:
             ready = {}
         if self.sock in ready:
             self._subscriptions()
-        if self.bt.stderr_fd in ready:
-            self.bt.drain_stderr()
+        if self.bpftrace.stderr_fd in ready:
+            self.bpftrace.drain_stderr()
         if self._wake_r in ready:
             try:
                 signals = os.read(self._wake_r, 512)
@@ -189,7 +201,7 @@ class Collector:
                 signals = b""
             if any(s in (signal.SIGINT, signal.SIGTERM) for s in signals):
                 self.stop_requested = True
-        if self.bt.stdout_fd in ready:
+        if self.bpftrace.stdout_fd in ready:
             return self._read_stdout()
         return True
 
@@ -219,11 +231,11 @@ class Collector:
         # bpftrace writes line by line: wait a moment so one read (and one message per topic)
         # carries many events instead of one. Costs at most COALESCE_S of latency.
         time.sleep(COALESCE_S)
-        data = self.bt.read_stdout()
+        data = self.bpftrace.read_stdout()
         if data is None:
             return True
         if not data:
-            self.bt.proc.wait()
+            self.bpftrace.proc.wait()
             return False
         data = self._partial + data
         cut = data.rfind(b"\n")
@@ -308,7 +320,7 @@ class Collector:
 
 def endpoint_port(sock: zmq.Socket) -> int | None:
     """The TCP port the socket is bound to (None for ipc:// and other transports)."""
-    last = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+    last = sock.getsockopt_string(zmq.LAST_ENDPOINT)
     if last.startswith("tcp://"):
         return int(last.rsplit(":", 1)[1])
     return None

@@ -164,8 +164,8 @@ class Parser:
             self.reported_lost += data["events"]
         elif kind == "attached_probes":
             pass                           # bpftrace's own start-up record
-        elif self.mode == "events" and kind == "printf" and isinstance(data, str) and _KICK.fullmatch(data):
-            self._kick(*(int(g) for g in _KICK.fullmatch(data).groups() if g is not None))
+        elif self.mode == "events" and kind == "printf" and isinstance(data, str) and (kick := _KICK.fullmatch(data)):
+            self._kick(*(int(g) for g in kick.groups() if g is not None))
         elif self.mode == "counts" and kind in ("stats", "map") and isinstance(data, dict) and len(data) == 1:
             self._map(line, data)
         elif self.mode == "counts" and kind == "printf" and data == _INTERVAL_DATA:

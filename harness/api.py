@@ -68,11 +68,13 @@ class ApiProcess:
         return self
 
     def _read(self, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None     # PIPE
         for line in proc.stdout:
             self.lines.append(line.rstrip("\n"))
 
     def wait_exit(self, timeout: float = 15) -> int:
         """Wait for the process to end (e.g. a start-up error) and for its last output line."""
+        assert self.proc is not None, "start() first"
         code = self.proc.wait(timeout)
         self._reader.join(timeout)
         return code

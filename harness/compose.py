@@ -79,7 +79,9 @@ class ComposeStack:
         self.timings: dict[str, float] = {}
 
     def compose(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-        cmd = [*compose_command(), "-p", self.project]
+        command = compose_command()
+        assert command is not None, stack_missing()
+        cmd = [*command, "-p", self.project]
         for f in self.files:
             cmd += ["-f", str(ROOT / f)]
         proc = subprocess.run([*cmd, *args], cwd=ROOT, env=self.env, capture_output=True, text=True,

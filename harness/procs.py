@@ -150,6 +150,7 @@ class Gated:
             "a=[str(os.getpid()) if x=='@PID@' else x for x in sys.argv[2:]]; os.execvp(a[0], a)")
 
     def __init__(self, argv: list[str], **popen_kw):
+        self.argv = list(argv)
         rfd, self._wfd = os.pipe()
         popen_kw.setdefault("stdin", subprocess.DEVNULL)
         popen_kw.setdefault("stdout", subprocess.DEVNULL)
@@ -184,7 +185,7 @@ class Gated:
             _, status, rusage = os.wait4(self.pid, 0)
             self._reaped(status, rusage)
         if self.proc.returncode != 0:
-            raise RuntimeError(f"workload {self.proc.args[4:]} exited with status {self.proc.returncode}")
+            raise RuntimeError(f"workload {self.argv} exited with status {self.proc.returncode}")
         return self.elapsed
 
     def _reaped(self, status: int, rusage) -> None:

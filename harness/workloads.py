@@ -160,13 +160,15 @@ class Child:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", CHILD, ",".join(n.hex() for n in names), str(base), str(writes), str(reads)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.info = json.loads(self.proc.stdout.readline())
+        assert self.proc.stdin is not None and self.proc.stdout is not None     # PIPE
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
+        self.info = json.loads(self.stdout.readline())
         self.pid = self.info["pid"]
 
     def run(self) -> None:
         self.started_ns = time.time_ns()
-        self.proc.stdin.write("go\n")
-        self.proc.stdin.flush()
+        self.stdin.write("go\n")
+        self.stdin.flush()
         assert self.proc.wait(30) == 0
         self.finished_ns = time.time_ns()
 

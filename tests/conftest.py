@@ -28,7 +28,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # up (mirrors, dockerd) and which interpreter runs the API.
 KEEP_ENV = {"SYSWATCH_TEST_PYTHON", "SYSWATCH_MIRROR", "SYSWATCH_SECURITY_MIRROR", "SYSWATCH_APT_ETC",
             "SYSWATCH_BASE_IMAGE", "SYSWATCH_DOCKERD_LOG", "SYSWATCH_DOCKERD_WAIT", "SYSWATCH_SCREENSHOT",
-            "SYSWATCH_PROBE", "SYSWATCH_VM"}   # SYSWATCH_PROBE: the kprobe VM runs the collector tests once per probe kind
+            "SYSWATCH_PROBE", "SYSWATCH_VM"}   # SYSWATCH_PROBE: the kprobe VM runs the collector tests per probe kind
 for _name in [n for n in os.environ if n.startswith("SYSWATCH_") and n not in KEEP_ENV
               and not n.startswith(("SYSWATCH_VM_", "SYSWATCH_TEST_"))]:
     del os.environ[_name]

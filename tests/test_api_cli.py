@@ -72,5 +72,5 @@ def test_sigterm_ends_open_streams_and_exits_0(tmp_path):
         wait_for(lambda: srv.get("/stats").json()["api"]["event_streams"] == 1, what="the stream")
         assert srv.stop() == 0 and srv.wait_exit() == 0
         assert r.raw.read(4096).startswith(b": syswatch event stream")  # then the end of the body
-    assert any(" GET /events/stream 200 " in l for l in srv.lines)
+    assert any(" GET /events/stream 200 " in line for line in srv.lines)
     assert "thread(s) still running" not in srv.output

@@ -159,7 +159,8 @@ def _row(tracer, wl, ratio):
 @pytest.mark.unit
 def test_issue16_targets_divide_by_the_empty_probe_of_the_same_run():
     o = {"rows": [_row("bpf23-empty", "dd", 3.0), _row("compose-events", "dd", 4.2), _row("compose-counts", "dd", 3.9),
-                  _row("bpf23-empty", "copy", 1.2), _row("compose-events", "copy", 1.5), _row("compose-counts", "copy", 1.3),
+                  _row("bpf23-empty", "copy", 1.2), _row("compose-events", "copy", 1.5),
+                  _row("compose-counts", "copy", 1.3),
                   _row("bpf-empty", "dd", 2.0)]}
     multi = [{"tracer": "compose-events", "made": 10, "delivered": 6, "lost": 4, "dropped": 0, "exact": True}]
     rows = {r["target"]: r for r in targets.issue16({"overhead": o, "saturation": {"multi": multi},

@@ -51,7 +51,8 @@ while True:
 class Looper:
     def __init__(self, name: str, size: int, pause: float = 0.05):
         self.name = name
-        self.proc = subprocess.Popen([sys.executable, "-c", LOOPER, name, str(size), str(pause)], stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-c", LOOPER, name, str(size), str(pause)],
+                                     stdout=subprocess.PIPE,
                                      text=True)
         assert self.proc.stdout.readline().strip() == "ready"
         self.pid = self.proc.pid

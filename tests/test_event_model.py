@@ -347,7 +347,8 @@ def test_consumers_never_receive_their_own_io(tmp_path, prereqs):
             rate, seen = _rate(sub, 5)
             consumers = {api.proc.pid, tail.pid, os.getpid()}
             own = [e for e in seen if e["pid"] in consumers]
-            assert seen and not own, (f"{len(own)} of {len(seen)} events are the consumers own", consumers, Counter((e["pid"], e["comm"]) for e in own), (coll.stderr()))
+            assert seen and not own, (f"{len(own)} of {len(seen)} events are the consumers own", consumers,
+                                      Counter((e["pid"], e["comm"]) for e in own), coll.stderr())
             st = sub.statuses[-1]
             assert consumers <= set(st["excluded_pids"])
             assert "its own I/O is left out of the stream" in coll.stderr()

@@ -84,7 +84,8 @@ def test_promtool_lints_a_real_scrape(tmp_path):
             r = srv.get("/metrics")
         finally:
             pub.close()
-    assert r.status_code == 200 and re.fullmatch(r"text/plain; version=[0-9.]+; charset=utf-8", r.headers["Content-Type"])
+    assert r.status_code == 200
+    assert re.fullmatch(r"text/plain; version=[0-9.]+; charset=utf-8", r.headers["Content-Type"])
     assert 'syswatch_http_request_duration_seconds_bucket{' in r.text and 'host="lint-b"' in r.text
     lint = promtool("check", "metrics", stdin=r.text)
     assert lint.returncode == 0 and not (lint.stdout + lint.stderr).strip(), lint.stdout + lint.stderr

@@ -39,7 +39,6 @@ class ComposeCollectorTracer(CollectorTracer):
 
     def __init__(self, mode: str, container: str | None = None, overload: str | None = None):
         super().__init__(mode)
-        os.unlink(self.log)                  # the host collector's log file; this one logs to docker
         self.name = f"compose-{mode}"
         self.project = f"syswatch-bench-{uuid.uuid4().hex[:8]}"
         self.container = container

@@ -27,7 +27,7 @@ printing to /dev/null does not trace itself), so in-kernel costs are comparable.
 """
 from __future__ import annotations
 
-import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,7 +35,8 @@ import time
 from pathlib import Path
 
 from bench.subscriber import BenchSubscriber
-from harness import ROOT, procs
+from harness import procs
+from harness.collector import CollectorProcess
 from syswatch.collector import program
 
 PROBES = "tracepoint:syscalls:sys_enter_read,tracepoint:syscalls:sys_enter_write"
@@ -157,28 +158,28 @@ def _lost_from(stderr: str) -> int:
 
 
 class CollectorTracer(Tracer):
-    """``python3 -m collector.collector --mode MODE`` on a free port, with a BenchSubscriber attached."""
+    """``python3 -m collector.collector --mode MODE`` on a free port (harness.collector.CollectorProcess),
+    with a BenchSubscriber attached."""
 
     def __init__(self, mode: str, interval: float = 1.0, extra: tuple[str, ...] = ()):
         self.mode = mode
         self.name = f"collector-{mode}"
         self.interval = interval
         self.extra = list(extra)             # e.g. ("-c", NAME): then the bench's own writes are not traced
-        self.endpoint = f"tcp://127.0.0.1:{procs.free_port()}"
+        self.endpoint = ""                   # the collector's, once started
+        self.collector: CollectorProcess | None = None
         self.proc: subprocess.Popen | None = None
         self.bpftrace_pid: int | None = None
         self.orphaned_bpftrace = False
-        self.log = Path(tempfile.mkstemp(prefix=f"syswatch-bench-{self.name}.", suffix=".log")[1])
+        self.dir: Path | None = None
 
     def start(self):
-        argv = [sys.executable, "-m", "collector.collector", "--mode", self.mode,
-                "--bind", self.endpoint, "--echo-rate", "0"]
+        args = ["--mode", self.mode, "--echo-rate", "0"]
         if self.mode == "counts":
-            argv += ["--interval", str(self.interval)]
-        argv += self.extra
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT)
+            args += ["--interval", str(self.interval)]
+        self.dir = Path(tempfile.mkdtemp(prefix=f"syswatch-bench-{self.name}."))
+        self.collector = CollectorProcess(self.dir, *args, *self.extra, wait=False)
+        self.proc, self.endpoint = self.collector.proc, self.collector.endpoint
         self.subscriber = BenchSubscriber(self.endpoint)
         self.subscriber.start()
         try:
@@ -198,10 +199,13 @@ class CollectorTracer(Tracer):
         return self.proc is not None and self.proc.poll() is None
 
     def log_tail(self, n: int = 20) -> str:
+        if self.collector is None:
+            return ""
         try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+            lines = (self.collector.stdout() + self.collector.stderr()).splitlines()
         except OSError:
             return ""
+        return "\n".join(lines[-n:])
 
     def stop(self):
         if self.subscriber:
@@ -215,10 +219,8 @@ class CollectorTracer(Tracer):
             print(f"bench: warning: bpftrace {self.bpftrace_pid} outlived its collector "
                   f"(exit status {self.exit_status}); ending it", file=sys.stderr)
             procs.terminate_pid(self.bpftrace_pid)
-        try:
-            os.unlink(self.log)
-        except OSError:
-            pass
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def pids(self):
         out = {"collector": self.proc.pid} if self.proc else {}

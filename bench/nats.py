@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .procs import cpu_seconds, free_port
+from harness.procs import cpu_seconds, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 EVENTS_PER_MESSAGE = 500          # the collector's batches: one read of bpftrace output, ~1,000 events at most
@@ -209,10 +209,11 @@ def stage_collector(tmp: Path, dd_count: int) -> dict:
     """A real collector (root, bpftrace) tracing ``dd bs=1`` (only dd, filtered in the kernel) -> the
     bridge -> NATS: events/s from dd's start until the bridge has published every event the collector
     read, and each process's CPU per event over that time."""
-    from prometheus_client.parser import text_string_to_metric_families
     import urllib.request
 
-    from .workloads import dd_argv
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from harness.workloads import dd_argv
     srv = Server(tmp)
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     out = open(tmp / "collector.out", "w")
@@ -277,7 +278,9 @@ def stage_collector(tmp: Path, dd_count: int) -> dict:
         ctx.term()
         cpu = {name: round((cpu_seconds(p.pid) - cpu0[name]) / max(got, 1) * 1e6, 3)
                for name, p in (("collector", col), ("bridge", bridge), ("nats", srv.proc))}
-        delta = lambda key: int(m[key] - before[key])
+
+        def delta(key: str) -> int:
+            return int(m[key] - before[key])
         return {"events": int(got), "seconds": round(wall, 2), "dd_seconds": round(dd_done - start, 2),
                 "events_per_s": round(got / wall), "cpu_us_per_event": cpu,
                 "collector_events": st["events_total"] - first["events_total"],
@@ -329,7 +332,7 @@ def main(argv=None) -> int:
     text = report(results)
     print(text)
     if args.docs:
-        from .report import splice
+        from bench.report import splice
         splice(args.docs, "nats", "## NATS JetStream\n\n`python3 -m bench.nats` (generated; DEPLOY.md reads "
                                   "its numbers for the 1,000-node estimate)\n\n" + text)
     if args.json:
@@ -344,7 +347,8 @@ def report(r: dict) -> str:
              "| stage | events | events/s | messages/s | MB/s | CPU µs/event |", "|---|---:|---:|---:|---:|---|"]
     for p in r["publishers"]:
         lines.append(f"| {p['publishers']} synthetic publisher(s), {p['events_per_message']} events/message -> "
-                     f"nats-server | {p['events']:,} | {p['events_per_s']:,} | {p['messages_per_s']:,} | {p['mb_per_s']} | "
+                     f"nats-server | {p['events']:,} | {p['events_per_s']:,} | {p['messages_per_s']:,} | "
+                     f"{p['mb_per_s']} | "
                      f"nats-server {p['nats_cpu_us_per_event']}, publishers {p['publisher_cpu_us_per_event']} |")
     b, a = r.get("bridge"), r.get("api")
     if b:
@@ -356,7 +360,8 @@ def report(r: dict) -> str:
     c = r.get("collector")
     if c:
         cpu = c["cpu_us_per_event"]
-        lines.append(f"| real collector (dd bs=1) -> bridge -> nats-server | {c['events']:,} | {c['events_per_s']:,} | | | "
+        lines.append(f"| real collector (dd bs=1) -> bridge -> nats-server | {c['events']:,} | "
+                     f"{c['events_per_s']:,} | | | "
                      f"collector {cpu['collector']}, bridge {cpu['bridge']}, nats-server {cpu['nats']} |")
         lines += ["", f"Real collector stage: the collector read {c['collector_events']:,} events (bpftrace lost "
                       f"{c['collector_lost']:,}, dropped {c['collector_dropped']:,}); the bridge received "

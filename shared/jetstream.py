@@ -21,7 +21,16 @@ import secrets
 import time
 
 from syswatch.shared.config import add_option
-from syswatch.shared.natsclient import ConnectError, Connection, Msg, NatsError, NoResponders, Options, Timeout, check_url
+from syswatch.shared.natsclient import (
+    ConnectError,
+    Connection,
+    Msg,
+    NatsError,
+    NoResponders,
+    Options,
+    Timeout,
+    check_url,
+)
 
 PREFIX = "syswatch"
 DEFAULT_STREAM = "SYSWATCH"

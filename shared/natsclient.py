@@ -232,7 +232,7 @@ class Connection:
         self._inbox_prefix = "_INBOX." + secrets.token_hex(11)
         self._inbox_sid: int | None = None
         self._replies: dict[str, Callable[[Msg], None] | _Slot] = {}
-        self._pongs: list[threading.Event] = []
+        self._pongs: list[threading.Event | None] = []   # None: a keep-alive ping's PONG
         self._closed = threading.Event()
         self.error: str | None = None       # why the connection ended, when it did by itself
         self._thread: threading.Thread | None = None
@@ -477,6 +477,7 @@ class Connection:
 
     def _run(self) -> None:
         sock = self._sock
+        assert sock is not None                     # connect() set it before starting this thread
         buf = bytearray(self._pending_in)
         next_ping = time.monotonic() + PING_INTERVAL_S
         outstanding = 0
@@ -496,15 +497,16 @@ class Connection:
                 wants_write = bool(self._out)
                 readable = isinstance(sock, ssl.SSLSocket) and sock.pending()
                 if not readable:
-                    r, w, _ = select.select([sock, self._wake_r], [sock] if wants_write else [], [],
+                    fd = sock.fileno()
+                    r, w, _ = select.select([fd, self._wake_r], [fd] if wants_write else [], [],
                                             max(0.0, next_ping - time.monotonic()))
                     if self._wake_r in r:
                         try:
                             os.read(self._wake_r, 4096)
                         except BlockingIOError:
                             pass
-                    readable = sock in r
-                    if sock in w:
+                    readable = fd in r
+                    if fd in w:
                         self._write(sock)
                 elif wants_write:
                     self._write(sock)
@@ -574,7 +576,8 @@ class Connection:
                 hdr_len = 0
                 try:
                     if op == b"MSG ":
-                        subject, sid, reply, size = args[1], int(args[2]), (args[3] if len(args) == 5 else b""), int(args[-1])
+                        subject, sid, size = args[1], int(args[2]), int(args[-1])
+                        reply = args[3] if len(args) == 5 else b""
                     else:
                         subject, sid, reply = args[1], int(args[2]), (args[3] if len(args) == 6 else b"")
                         hdr_len, size = int(args[-2]), int(args[-1])

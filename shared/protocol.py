@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Iterable, NamedTuple, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 VERSION = 2
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
@@ -191,7 +191,7 @@ def clean_row(r: object) -> dict:
     """A counts ROW with only the protocol's fields, each checked; ProtocolError otherwise."""
     if type(r) is not dict:
         raise ProtocolError(f"a counts row must be a JSON object, got {_short(r)}")
-    out = {key: _int(r, key, bounds, "counts row") for key, bounds in ROW_INTS.items()}
+    out: dict[str, Any] = {key: _int(r, key, bounds, "counts row") for key, bounds in ROW_INTS.items()}
     out["comm"] = _str(r, "comm", MAX_COMM, "counts row")
     out["container_id"] = _container_id(r, "counts row")
     out["container_name"] = _str(r, "container_name", MAX_CONTAINER_NAME, "counts row", default="")
@@ -206,9 +206,16 @@ OVERLOAD_POLICIES = ("drop", "buffer")     # the collector's --on-overload
 MAX_CPUS = 8192                            # stale_cpus: the kernel's NR_CPUS limit
 
 
+def _seconds(p: dict, what: str) -> float:
+    up: Any = p.get("uptime_s")
+    if type(up) not in (int, float) or not math.isfinite(up) or not 0 <= up <= 1e10:
+        raise ProtocolError(f"{what} field 'uptime_s' must be a finite number of seconds, got {_short(up)}")
+    return up
+
+
 def clean_status(p: dict) -> dict:
     what = "status payload"
-    out = {key: _int(p, key, bounds, what) for key, bounds in STATUS_INTS.items()}
+    out: dict[str, Any] = {key: _int(p, key, bounds, what) for key, bounds in STATUS_INTS.items()}
     out["host"] = _host(p, what)
     if p.get("mode") not in MODES:
         raise ProtocolError(f"{what} field 'mode' must be one of {', '.join(MODES)}, got {_short(p.get('mode'))}")
@@ -227,10 +234,7 @@ def clean_status(p: dict) -> dict:
         raise ProtocolError(f"{what} field 'excluded_pids' must be a list of at most {MAX_EXCLUDED_PIDS} "
                             f"PIDs, got {_short(pids)}")
     out["excluded_pids"] = list(pids)
-    up = p.get("uptime_s")
-    if type(up) not in (int, float) or not math.isfinite(up) or not 0 <= up <= 1e10:
-        raise ProtocolError(f"{what} field 'uptime_s' must be a finite number of seconds, got {_short(up)}")
-    out["uptime_s"] = up
+    out["uptime_s"] = _seconds(p, what)
     # optional: which bpftrace runs, its output path and the overload policy (a collector of this
     # version sends them; an unknown value is left out, not an error, so older/newer peers mix)
     if type(p.get("bpftrace")) is str and len(p["bpftrace"]) <= 32:
@@ -260,15 +264,13 @@ BRIDGE_INTS = ("ts_ns", "published_messages", "published_events", "unpublished_m
 
 def clean_bridge(p: dict) -> dict:
     what = "bridge payload"
-    out = {key: _int(p, key, (0, U64), what) for key in BRIDGE_INTS}
+    out: dict[str, Any] = {key: _int(p, key, (0, U64), what) for key in BRIDGE_INTS}
     out["host"] = _host(p, what)
     if type(p.get("nats_connected")) is not bool:
-        raise ProtocolError(f"{what} field 'nats_connected' must be true or false, got {_short(p.get('nats_connected'))}")
+        raise ProtocolError(f"{what} field 'nats_connected' must be true or false, "
+                            f"got {_short(p.get('nats_connected'))}")
     out["nats_connected"] = p["nats_connected"]
-    up = p.get("uptime_s")
-    if type(up) not in (int, float) or not math.isfinite(up) or not 0 <= up <= 1e10:
-        raise ProtocolError(f"{what} field 'uptime_s' must be a finite number of seconds, got {_short(up)}")
-    out["uptime_s"] = up
+    out["uptime_s"] = _seconds(p, what)
     reasons = p.get("unpublished_by_reason")
     if type(reasons) is not dict or set(reasons) - set(BRIDGE_LOSS_REASONS):
         raise ProtocolError(f"{what} field 'unpublished_by_reason' must map {', '.join(BRIDGE_LOSS_REASONS)} "

@@ -259,7 +259,7 @@ class Queue:
         with self.cond:
             if not self.items:
                 self.cond.wait(timeout)
-            out = []
+            out: list[Item] = []
             while self.items and len(out) < n:
                 item = self.items.popleft()
                 self.bytes -= len(item.data)
@@ -358,6 +358,7 @@ class Publisher(threading.Thread):
 
     def _step(self) -> None:
         conn = self.conn
+        assert conn is not None                     # run() connects first
         now = time.monotonic()
         if now >= self.next_status and self.counters.host:
             st = self.counters.status(self.queue.size())
@@ -389,6 +390,7 @@ class Publisher(threading.Thread):
 
     def _send(self, item: Item) -> None:
         conn = self.conn
+        assert conn is not None
         if len(item.data) > conn.max_payload:
             parts = split(item, conn.max_payload - 1024)
             if parts is None:
@@ -400,7 +402,9 @@ class Publisher(threading.Thread):
                 self._send(part)
             return
         inbox = conn.new_inbox()
-        conn.expect(inbox, lambda msg, inbox=inbox: self.acks.put((inbox, msg)))
+        def acked(msg: natsclient.Msg, inbox: str = inbox) -> None:
+            self.acks.put((inbox, msg))
+        conn.expect(inbox, acked)
         item.attempts += 1
         item.sent_at = time.monotonic()
         self.inflight[inbox] = item
@@ -447,9 +451,11 @@ def metrics_registry(counters: Counters, q: Queue):
             for name, value, text in (
                     ("published_messages", st["published_messages"], "Messages JetStream acknowledged."),
                     ("published_events", st["published_events"], "Events in the messages JetStream acknowledged."),
-                    ("malformed_messages", st["malformed_total"], "Collector messages that failed the v2 validator (not published)."),
+                    ("malformed_messages", st["malformed_total"],
+                     "Collector messages that failed the v2 validator (not published)."),
                     ("reconnects", st["reconnects"], "Connections to NATS made again after one was lost."),
-                    ("received_events", st["received_events"], "Events in the collector's messages that reached the bridge."),
+                    ("received_events", st["received_events"],
+                     "Events in the collector's messages that reached the bridge."),
                     ("split_messages", split_messages, "Messages over the server's max_payload sent as several.")):
                 m = CounterMetricFamily(f"syswatch_bridge_{name}", text, labels=labels)
                 m.add_metric(host, value)
@@ -466,9 +472,9 @@ def metrics_registry(counters: Counters, q: Queue):
                                       ("queued_messages", st["queued_messages"], "Messages waiting to be published."),
                                       ("queued_bytes", st["queued_bytes"], "Bytes waiting to be published."),
                                       ("nats_connected", int(st["nats_connected"]), "1 while connected to NATS.")):
-                m = GaugeMetricFamily(f"syswatch_bridge_{name}", text, labels=labels)
-                m.add_metric(host, value)
-                yield m
+                g = GaugeMetricFamily(f"syswatch_bridge_{name}", text, labels=labels)
+                g.add_metric(host, value)
+                yield g
 
     registry = CollectorRegistry()
     registry.register(BridgeCollector())

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import importlib.util
 import json
 import os
 import re
@@ -22,13 +21,14 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT, free_port, have, is_root, require
+from harness import ROOT
+from harness.procs import free_port
+from tests.conftest import have, is_root, require
 
 K8S = ROOT / "deploy" / "kubernetes"
 SYSTEMD = ROOT / "deploy" / "systemd"
@@ -289,7 +289,8 @@ def test_collector_privileges_are_the_documented_least_set(built):
     assert env["SYSWATCH_METRICS"]["value"] == "0.0.0.0:9101"
     assert c["ports"] == [{"name": "metrics", "containerPort": 9101, "protocol": "TCP"}]
     annotations = ds["spec"]["template"]["metadata"]["annotations"]
-    assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": "9101", "prometheus.io/path": "/metrics"}
+    assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": "9101",
+                           "prometheus.io/path": "/metrics"}
 
 
 def test_the_bridge_beside_the_collector_has_no_privilege(built):
@@ -347,7 +348,8 @@ def test_network_policies_admit_only_scrapes_to_the_collectors_and_clients_to_na
     assert matches(coll["podSelector"], COLLECTOR) and coll["policyTypes"] == ["Ingress"]
     (rule,) = coll["ingress"]
     assert sorted(p["port"] for p in rule["ports"]) == list(METRICS_PORTS), "metrics only: no ZeroMQ port"
-    assert rule["from"] == [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]
+    prometheus = {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
+    assert rule["from"] == [{"namespaceSelector": {}, "podSelector": prometheus}]
     nats = policies["syswatch-nats"]
     assert matches(nats["podSelector"], NATS) and nats["policyTypes"] == ["Ingress"]
     (rule,) = nats["ingress"]
@@ -358,8 +360,10 @@ def test_network_policies_admit_only_scrapes_to_the_collectors_and_clients_to_na
 def test_the_manifests_nats_config_gives_each_user_only_its_job(built, tmp_path):
     """nats.conf from the build, run by Debian's nats-server: the bridge user creates the stream and
     publishes; the API user creates its consumer, pulls and acks, and can publish no event."""
+    from harness.nats import NatsServer
     from syswatch.shared import jetstream, natsclient
-    from tests.natsserver import NatsServer
+    from tests.conftest import require_nats_server
+    require_nats_server()
     passwords = {u: secrets.token_hex(8) for u in ("BRIDGE_PASSWORD", "API_PASSWORD")}
     srv = NatsServer(tmp_path)
     conf = nats_conf(built).replace("listen: 0.0.0.0:4222", f"listen: 127.0.0.1:{srv.port}")
@@ -480,7 +484,8 @@ def test_verify_check_has_teeth(tmp_path):
 
 def test_api_unit_sandbox_settings():
     unit = parse_unit(SYSTEMD / "syswatch-api.service")
-    get = lambda key: unit.get(f"Service.{key}", [])
+    def get(key):
+        return unit.get(f"Service.{key}", [])
     assert get("DynamicUser") == ["yes"] and get("User") == []
     assert get("CapabilityBoundingSet") == [] and "Service.CapabilityBoundingSet" in unit, \
         "an empty CapabilityBoundingSet= (no capability at all)"

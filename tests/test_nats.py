@@ -13,14 +13,22 @@ import time
 
 import pytest
 
+from harness.api import Publisher, event
+from harness.nats import BridgeProcess, NatsServer, publish_raw, stream_messages
+from harness.procs import free_port, wait_for
 from syswatch.shared import jetstream, natsclient, protocol
-from tests.apiserver import Publisher, event, wait_for
-from tests.conftest import free_port
-from tests.natsserver import BridgeProcess, NatsServer, publish_raw, stream_messages
+from tests.conftest import require_nats_server
+
+pytestmark = pytest.mark.usefixtures("nats_installed")
 
 
 @pytest.fixture
-def nats_server(tmp_path):
+def nats_installed():
+    require_nats_server()
+
+
+@pytest.fixture
+def nats_server(tmp_path, nats_installed):
     with NatsServer(tmp_path) as srv:
         yield srv
 
@@ -225,7 +233,8 @@ def test_nats_stopped_for_10_s_the_bridge_counts_what_it_could_not_publish_and_r
         # ~1 MiB of queue: the ~9 KB batches of 50 events fill it after ~115 of them
         while time.monotonic() - stopped < 10:
             sent += batches(pub, 25, 50, pid=888, start=sent)
-        wait_for(lambda: bridge.metrics()[("syswatch_bridge_nats_connected", None)] == 0, 10, 0.2, "the bridge to notice")
+        wait_for(lambda: bridge.metrics()[("syswatch_bridge_nats_connected", None)] == 0, 10, 0.2,
+                 "the bridge to notice")
         srv.start()
         m = wait_for(lambda: (lambda m: m if m[("syswatch_bridge_nats_connected", None)] == 1
                               and m[("syswatch_bridge_queued_messages", None)] == 0 else None)(bridge.metrics()),
@@ -259,7 +268,8 @@ def test_a_full_stream_refuses_new_messages_and_the_bridge_counts_them(nats_serv
         sent = batches(pub, 300, 50, pid=999)        # ~2.7 MB of payload into a 1 MiB stream
         def settled():
             m = bridge.metrics()
-            done = m[("syswatch_bridge_published_events_total", None)] + m[("syswatch_bridge_unpublished_events_total", "stream_full")]
+            done = (m[("syswatch_bridge_published_events_total", None)]
+                    + m[("syswatch_bridge_unpublished_events_total", "stream_full")])
             return m if done >= sent else None
         m = wait_for(settled, 60, 0.2, f"every event published or counted:\n{bridge.output()[-2000:]}")
         published = m[("syswatch_bridge_published_events_total", None)]

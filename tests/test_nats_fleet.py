@@ -3,7 +3,7 @@ Debian's nats-server (JetStream) -> the API (--nats), and a real Prometheus scra
 own /metrics.
 
 Each collector traces only its workloads (by name, in the kernel), children that make a known set of
-calls with distinctive byte counts (tests/collector_helpers.Child), so every count is exact: per host in
+calls with distinctive byte counts (harness/workloads.Child), so every count is exact: per host in
 the API, per node in Prometheus, and after the API was killed and a workload ran while it was down.
 Hostile messages put into the subjects by another client (nats-py) are refused by the same validator,
 counted, and change nothing."""
@@ -16,10 +16,12 @@ from collections import Counter
 import pytest
 import requests
 
-from tests.apiserver import ApiProcess, Publisher, event, wait_for
-from tests.collector_helpers import Child, CollectorProcess
-from tests.conftest import free_port, have, is_root, require
-from tests.natsserver import BridgeProcess, NatsServer, publish_raw
+from harness.api import ApiProcess, Publisher, event
+from harness.collector import CollectorProcess
+from harness.nats import BridgeProcess, NatsServer, publish_raw
+from harness.procs import free_port, wait_for
+from harness.workloads import Child
+from tests.conftest import have, is_root, require, require_nats_server
 from tests.test_metrics_prometheus import Prometheus, require_prometheus
 
 HOSTS = ("fleet-a.example", "fleet-b")
@@ -40,6 +42,7 @@ def fleet(tmp_path_factory):
     require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
     require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-host.sh does it)")
     require_prometheus()
+    require_nats_server()
     tmp = tmp_path_factory.mktemp("fleet")
     stop = []
     try:

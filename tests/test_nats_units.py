@@ -7,10 +7,10 @@ import secrets
 
 import pytest
 
+from harness.api import event
 from syswatch.shared import jetstream, natsclient, protocol
 from syswatch.shared.metricsserver import check_listen
 from syswatch.subscribers import nats_bridge
-from tests.apiserver import event
 
 pytestmark = pytest.mark.unit
 
@@ -55,7 +55,8 @@ def test_headers_round_trip_and_status_line():
 
 def test_ack_subjects_old_and_new_form():
     assert jetstream.ack_info("$JS.ACK.S.c.2.17.9.1700000000000000000.4") == jetstream.AckInfo(17, 9, 2, 4)
-    assert jetstream.ack_info("$JS.ACK.dom.acchash.S.c.1.5.5.1700000000000000000.0.rnd") == jetstream.AckInfo(5, 5, 1, 0)
+    v2 = "$JS.ACK.dom.acchash.S.c.1.5.5.1700000000000000000.0.rnd"
+    assert jetstream.ack_info(v2) == jetstream.AckInfo(5, 5, 1, 0)
     assert jetstream.ack_info("_INBOX.x") is None and jetstream.ack_info("$JS.ACK.a.b.c.d.e.f.g") is None
 
 

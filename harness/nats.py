@@ -1,6 +1,7 @@
-"""Debian's nats-server for the tests and the bench: a free port on 127.0.0.1, JetStream on a
-temporary store, optional authorization and TLS blocks; stopped (and restartable on the same port
-and store) by the owner."""
+"""NATS for the tests and the bench: Debian's nats-server on a free port on 127.0.0.1 with JetStream on a
+temporary store (optional authorization and TLS blocks; stopped, and restartable on the same port and
+store, by the owner), the syswatch-nats-bridge as a process, and nats-py (the official client, an
+independent peer of shared/natsclient.py) to read a stream back or publish anything into it."""
 from __future__ import annotations
 
 import json
@@ -10,20 +11,18 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.conftest import die_with_test, free_port, have, require
-
-
-def require_nats_server() -> str:
-    require(have("nats-server"), "install Debian's nats-server: apt-get install -y nats-server "
-                                 "(scripts/setup-host.sh does it)")
-    return shutil.which("nats-server")
+from harness import ROOT
+from harness.procs import die_with_parent, free_port
 
 
 class NatsServer:
     """``nats-server -c`` a generated configuration; ``extra`` is appended to it verbatim."""
 
     def __init__(self, tmp: Path, extra: str = "", max_payload: str = "8MB", scheme: str = "nats"):
-        self.binary = require_nats_server()
+        binary = shutil.which("nats-server")
+        if binary is None:
+            raise FileNotFoundError("nats-server is not installed: apt-get install -y nats-server")
+        self.binary = binary
         self.tmp = Path(tmp)
         self.port = free_port()
         self.url = f"{scheme}://127.0.0.1:{self.port}"
@@ -39,17 +38,19 @@ class NatsServer:
 
     def start(self, timeout: float = 30) -> "NatsServer":
         self.proc = subprocess.Popen([self.binary, "-c", str(self.config)], stdout=open(self.log, "a"),
-                                     stderr=subprocess.STDOUT, preexec_fn=die_with_test)
+                                     stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout
         while True:
-            assert self.proc.poll() is None, f"nats-server exited {self.proc.returncode}: {self.log.read_text()[-2000:]}"
+            assert self.proc.poll() is None, \
+                f"nats-server exited {self.proc.returncode}: {self.log.read_text()[-2000:]}"
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                     if s.recv(5) == b"INFO ":
                         break
             except OSError:
                 pass
-            assert time.monotonic() < deadline, f"nats-server did not listen within {timeout} s: {self.log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, \
+                f"nats-server did not listen within {timeout} s: {self.log.read_text()[-2000:]}"
             time.sleep(0.05)
         # JetStream is ready once the log says so (it recovers the store after the listener is up)
         while "Server is ready" not in self.log.read_text():
@@ -120,14 +121,12 @@ class BridgeProcess:
     def __init__(self, tmp: Path, endpoint: str, nats_url: str, *args: str, env: dict | None = None):
         import os
         import sys
-
-        from tests.conftest import ROOT
         self.metrics_port = free_port()
         self.log = Path(tmp) / f"bridge-{self.metrics_port}.log"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "subscribers.nats_bridge", "--endpoint", endpoint, "--nats", nats_url,
              "--metrics", f"127.0.0.1:{self.metrics_port}", *args],
-            cwd=ROOT, stdout=open(self.log, "w"), stderr=subprocess.STDOUT, preexec_fn=die_with_test,
+            cwd=ROOT, stdout=open(self.log, "w"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
             env={**{k: v for k, v in os.environ.items() if not k.startswith("SYSWATCH_")}, "PYTHONUNBUFFERED": "1",
                  **(env or {})})
 

@@ -85,25 +85,33 @@ class StreamSubscriber(threading.Thread):
                 sock.close(0)
 
     def handle(self, frames: list, endpoint: str | None = None) -> None:
-        stats = self.stats
         try:
-            topic, payload = protocol.decode(frames)
+            message = protocol.decode(frames)
         except protocol.ProtocolError as exc:
-            stats.add_malformed(str(exc))
+            self.stats.add_malformed(str(exc))
             return
-        if topic.startswith(protocol.EVENT_PREFIX):
-            events = payload["events"]
-            if events:
-                ok = stats.add_events(payload["host"], events, endpoint)
-                if ok:
-                    self.hub.publish(events)
-            else:
-                ok = True
-        elif topic == protocol.TOPIC_STATUS:
-            ok = stats.set_status(payload, endpoint)
-        elif topic == protocol.TOPIC_COUNTS:
-            ok = stats.add_counts(payload, endpoint)
+        apply(self.stats, self.hub, message, endpoint)
+
+
+def apply(stats: StreamStats, hub: StreamHub, message: protocol.Message, source: str | None) -> None:
+    """One decoded message into the aggregates and the hub: the ZeroMQ and the NATS ingest (api/nats_ingest.py)
+    both end here. ``source``: the collector's endpoint, or the NATS consumer it came through."""
+    topic, payload = message
+    if topic.startswith(protocol.EVENT_PREFIX):
+        events = payload["events"]
+        if events:
+            ok = stats.add_events(payload["host"], events, source)
+            if ok:
+                hub.publish(events)
         else:
-            return                                  # a topic of a newer protocol minor: not ours
-        if not ok:
-            stats.add_malformed(f"{topic} from host {payload['host']!r:.80}: more than {MAX_HOSTS} hosts")
+            ok = True
+    elif topic == protocol.TOPIC_STATUS:
+        ok = stats.set_status(payload, source)
+    elif topic == protocol.TOPIC_COUNTS:
+        ok = stats.add_counts(payload, source)
+    elif topic == protocol.TOPIC_BRIDGE:
+        ok = stats.set_bridge(payload, source)
+    else:
+        return                                  # a topic of a newer protocol minor: not ours
+    if not ok:
+        stats.add_malformed(f"{topic} from host {payload['host']!r:.80}: more than {MAX_HOSTS} hosts")

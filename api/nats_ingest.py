@@ -19,8 +19,10 @@ import collections
 import logging
 import threading
 import time
-from typing import Callable
 
+from syswatch.api.aggregates import StreamStats
+from syswatch.api.hub import StreamHub
+from syswatch.api.ingest import apply
 from syswatch.shared import jetstream, natsclient, protocol
 
 log = logging.getLogger("syswatch.api.nats")
@@ -33,13 +35,12 @@ REMEMBERED = 65_536          # stream sequences kept to skip a redelivery of wha
 
 
 class NatsIngest(threading.Thread):
-    """``accept(message, source)`` gets each valid message; ``refuse(reason)`` each refused one."""
+    """Reads the consumer into ``stats`` and ``hub`` (api/ingest.apply), like the ZeroMQ ingest."""
 
-    def __init__(self, options: natsclient.Options, stream: str, durable: str,
-                 accept: Callable[[protocol.Message, str], None], refuse: Callable[[str], None]):
+    def __init__(self, options: natsclient.Options, stream: str, durable: str, stats: StreamStats, hub: StreamHub):
         super().__init__(name="syswatch-nats-ingest", daemon=True)
         self.options, self.stream, self.durable = options, stream, durable
-        self.accept, self.refuse = accept, refuse
+        self.stats, self.hub = stats, hub
         self.source = f"{options.display()} ({stream}/{durable})"
         self._stop = threading.Event()
         self.connected = False
@@ -81,11 +82,15 @@ class NatsIngest(threading.Thread):
                     conn.close()
             self._stop.wait(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)] if failures else 0.2)
 
+    def refuse(self, reason: str) -> None:
+        self.stats.add_malformed(reason)
+
     def handle(self, msg: natsclient.Msg) -> None:
         self.messages += 1
         info = jetstream.ack_info(msg.reply)
         if info is not None:
             self.pending = info.pending
+            self.stats.nats_delivery(info.delivered > 1, info.pending)
             if info.delivered > 1:
                 self.redelivered += 1
                 if info.stream_seq in self._applied:
@@ -111,7 +116,7 @@ class NatsIngest(threading.Thread):
         if not isinstance(host, str) or jetstream.host_token(host) != token:
             self.refuse(f"{topic} payload of host {str(host)[:80]!r} on the subject of host {token[:80]!r}")
             return
-        self.accept(message, self.source)
+        apply(self.stats, self.hub, message, self.source)
 
     def status(self) -> dict:
         return {"source": self.source, "connected": self.connected, "messages": self.messages,

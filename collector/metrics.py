@@ -50,7 +50,7 @@ def registry(snapshot: Callable[[], dict | None], bpftrace_pid: Callable[[], int
                 m.add_metric([host], snap[key])
                 yield m
             for column, text in SYSCALL_COLUMNS:
-                rows = [(sc, row[column]) for sc, row in snap["syscalls"].items() if row.get(column) is not None]
+                rows = [(sc, row[column]) for sc, row in snap["per_syscall"].items() if row.get(column) is not None]
                 if rows:
                     m = CounterMetricFamily(f"syswatch_collector_syscall_{column}", text, labels=["host", "syscall"])
                     for sc, value in rows:

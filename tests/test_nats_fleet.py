@@ -84,10 +84,18 @@ def test_per_host_counts_are_exact_through_nats(fleet):
                  f"{host}: the {WRITES + READS} calls of pid {child.pid}")
         other = HOSTS[1 - HOSTS.index(host)]
         assert received(api, other, child.pid) == Counter(), "each host's events under that host only"
-    stats = api.get("/stats").json()
-    for entry in stats["collectors"]:
-        assert entry["bridge"]["unpublished_events"] == 0 and entry["bridge"]["nats_connected"], entry
-        assert entry["endpoint"].startswith("nats://"), entry
+    # each host's view carries its bridge's counters (they come every second)
+    def bridges():
+        entries = [e for e in api.get("/stats").json()["collectors"] if e["host"] in HOSTS]
+        return entries if len(entries) == 2 and all(e["bridge"] for e in entries) else None
+    entries = wait_for(bridges, 30, 0.2, "both bridges' counters in /stats")
+    for entry in entries:
+        bridge = entry["bridge"]
+        assert bridge["unpublished_events"] == 0 and bridge["nats_connected"] and bridge["events_not_received"] == 0
+        assert entry["endpoint"].startswith("nats://127.0.0.1:"), entry
+    metrics = api.get("/metrics").text
+    for host in HOSTS:
+        assert f'syswatch_bridge_published_events_total{{host="{host}"}}' in metrics
 
 
 def test_a_workload_run_while_the_api_is_down_arrives_whole_after_its_restart(fleet):

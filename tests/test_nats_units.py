@@ -134,3 +134,60 @@ def test_bridge_status_validator():
                 {**st, "published_events": -1}, {**st, "uptime_s": float("inf")}):
         with pytest.raises(protocol.ProtocolError):
             protocol.decode([b"bridge", json.dumps({"v": 2, **bad}).encode()])
+
+
+# --- the API's NATS side, in process (no server: the ingest's handling of a delivered message) ------
+def _api(tmp_path, *args):
+    from harness.api import ApiInProcess
+    return ApiInProcess.from_args(tmp_path / "ips.sqlite3", "--nats", "nats://127.0.0.1:4222", *args)
+
+
+def _delivered(subject: str, data: bytes, seq: int, delivered: int = 1) -> natsclient.Msg:
+    return natsclient.Msg(subject, f"$JS.ACK.SYSWATCH.syswatch-api.{delivered}.{seq}.{seq}.1700000000000000000.0",
+                          data)
+
+
+def test_nats_alone_reads_no_zeromq_and_shows_the_bridge_per_host(tmp_path):
+    api = _api(tmp_path)
+    assert api.config.collectors == () and api.app.nats is not None
+    ingest = api.app.nats
+    batch = protocol.encode("syscall.write", {"host": "node.1", "events": [event(pid=7, count=3)]})[1]
+    counters = nats_bridge.Counters()
+    counters.host = "node.1"
+    counters.lost("queue_full", 5)
+    bridge = protocol.encode("bridge", counters.status((0, 0)))[1]
+    ingest.handle(_delivered("syswatch.node_1.syscall.write", batch, 1))
+    ingest.handle(_delivered("syswatch.node_1.bridge", bridge, 2))
+    ingest.handle(_delivered("syswatch.node_1.syscall.write", batch, 1, delivered=2))   # applied here already
+    stats = api.get("/stats").json()
+    (entry,) = stats["collectors"]
+    assert entry["host"] == "node.1" and entry["endpoint"] == "nats://127.0.0.1:4222 (SYSWATCH/syswatch-api)"
+    assert entry["bridge"]["unpublished_by_reason"]["queue_full"] == 5 and stats["events_received"] == 1
+    assert stats["api"]["nats_messages_received"] == 3 and stats["api"]["nats_redelivered"] == 1
+    text = api.get("/metrics").text
+    assert 'syswatch_bridge_unpublished_events_total{host="node.1",reason="queue_full"} 5.0' in text
+
+
+@pytest.mark.parametrize("subject, data, reason", [
+    ("syswatch.node_1.status", b"{", "not JSON"),
+    ("syswatch.other.syscall.write", protocol.encode("syscall.write", {"host": "node.1", "events": []})[1],
+     "on the subject of host"),
+    ("syswatch.node_1", b"{}", "is not syswatch.<host>.<topic>"),
+    ("syswatch.node_1.syscall.write", b" " * (9 << 20), "over"),
+])
+def test_nats_messages_that_are_refused_change_nothing(tmp_path, subject, data, reason):
+    api = _api(tmp_path)
+    before = api.get("/stats").json()
+    api.app.nats.handle(_delivered(subject, data, 1))
+    after = api.get("/stats").json()
+    assert after["api"]["malformed_messages"] == 1 and reason in after["api"]["last_malformed_reason"]
+    assert after["hosts"] == before["hosts"] == [] and after["totals"] == before["totals"]
+
+
+def test_api_nats_flags_are_checked(tmp_path):
+    from syswatch.api.server import parse_args
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--nats", "nats://h:4222", "--nats-ca", str(tmp_path / "missing.pem")])
+    assert exc.value.code == 2
+    both = parse_args(["--nats", "nats://h:4222", "--collector", "tcp://127.0.0.1:5556"])
+    assert both.collectors == ("tcp://127.0.0.1:5556",) and both.nats.servers == ("nats://h:4222",)

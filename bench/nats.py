@@ -297,6 +297,53 @@ def stage_collector(tmp: Path, dd_count: int) -> dict:
         srv.stop()
 
 
+def stage_api_zeromq(tmp: Path, messages: int) -> dict:
+    """The same messages into syswatch-api over ZeroMQ (--collector): the yardstick for the NATS ingest."""
+    import urllib.request
+
+    import zmq
+
+    from syswatch.shared import zmqsock
+    ctx = zmq.Context()
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    pub = zmqsock.make_publisher(ctx, endpoint, sndhwm=1_000_000)
+    port = free_port()
+    api = subprocess.Popen([sys.executable, "-m", "api.server", "--port", str(port), "--db",
+                            str(tmp / "ips.sqlite3"), "--collector", endpoint], cwd=REPO,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def received() -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as r:
+                return json.loads(r.read())["events_received"]
+        except OSError:
+            return -1
+    try:
+        data = batch_payload(EVENTS_PER_MESSAGE)
+        deadline = time.monotonic() + 30
+        while received() < 1:                  # subscribed (ZeroMQ's slow joiner): one message arrived
+            pub.send_multipart([b"syscall.write", batch_payload(1)])
+            time.sleep(0.1)
+            assert api.poll() is None and time.monotonic() < deadline, "the API did not start"
+        base, cpu0 = received(), cpu_seconds(api.pid)
+        start = time.monotonic()
+        for _ in range(messages):
+            pub.send_multipart([b"syscall.write", data])
+        events = messages * EVENTS_PER_MESSAGE
+        while received() < base + events:
+            assert api.poll() is None and time.monotonic() - start < 600, "the API stopped"
+            time.sleep(0.05)
+        wall = time.monotonic() - start
+        return {"events": events, "seconds": round(wall, 2), "events_per_s": round(events / wall),
+                "api_cpu_us_per_event": round((cpu_seconds(api.pid) - cpu0) / events * 1e6, 3)}
+    finally:
+        if api.poll() is None:
+            api.terminate()
+            api.wait(15)
+        pub.close(0)
+        ctx.term()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m bench.nats", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (seconds)")
@@ -325,6 +372,10 @@ def main(argv=None) -> int:
             d = Path(tmp) / "bridge"
             d.mkdir()
             results["bridge"], results["api"] = stage_bridge_and_api(d, messages, "api" in only)
+        if "api" in only:
+            d = Path(tmp) / "api-zeromq"
+            d.mkdir()
+            results["api_zeromq"] = stage_api_zeromq(d, messages)
         if "collector" in only and os.geteuid() == 0 and shutil.which("bpftrace"):
             d = Path(tmp) / "collector"
             d.mkdir()
@@ -357,6 +408,10 @@ def report(r: dict) -> str:
     if a:
         lines.append(f"| nats-server -> syswatch-api --nats (backlog) | {a['events']:,} | {a['events_per_s']:,} | | | "
                      f"API {a['api_cpu_us_per_event']} |")
+    z = r.get("api_zeromq")
+    if z:
+        lines.append(f"| the same messages -> syswatch-api --collector (ZeroMQ, the yardstick) | {z['events']:,} | "
+                     f"{z['events_per_s']:,} | | | API {z['api_cpu_us_per_event']} |")
     c = r.get("collector")
     if c:
         cpu = c["cpu_us_per_event"]

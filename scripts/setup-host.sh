@@ -8,7 +8,8 @@
 #      verifies the units in deploy/systemd; chromium: the browser tests use the system browser,
 #      nothing downloads one; qemu: the kprobe VM of scripts/kernel-vm.sh), and prometheus (2.42:
 #      prometheus and promtool for tests/test_metrics_prometheus.py, which runs its own server) with
-#      its service kept from starting and disabled, so nothing listens on :9090 or scrapes in the background
+#      its service kept from starting and disabled, so nothing listens on :9090 or scrapes in the background;
+#      nats-server (2.9, JetStream) the same way, for the NATS tests (tests/test_nats*.py start their own)
 #   2. tracefs on /sys/kernel/tracing and debugfs on /sys/kernel/debug (bpftrace's tracepoints need them)
 #   3. the Python test dependencies: python3 -m pip install -r requirements-dev.txt
 #   4. dockerd: started in the background (log: $SYSWATCH_DOCKERD_LOG) when its socket does not answer
@@ -25,7 +26,7 @@ DOCKERD_WAIT="${SYSWATCH_DOCKERD_WAIT:-60}"
 APT_PACKAGES=(bpftrace docker.io docker-compose debootstrap curl bpftool strace wrk systemd chromium
               chromium-driver python3-selenium qemu-system-x86 e2fsprogs python3-venv)
 # Installed for their programs only: their services must not start (see quiet_services below).
-NO_SERVICE_PACKAGES=(prometheus)
+NO_SERVICE_PACKAGES=(prometheus nats-server)
 
 say() { echo "setup-host: $*"; }
 die() { echo "setup-host: error: $*" >&2; exit 1; }
@@ -87,7 +88,7 @@ if ((${#missing[@]})); then
 else
     say "apt packages present: ${NO_SERVICE_PACKAGES[*]}"
 fi
-quiet_services prometheus prometheus-node-exporter
+quiet_services prometheus prometheus-node-exporter nats-server
 
 # 2. tracefs / debugfs -------------------------------------------------------------------------
 mount_if_missing() {  # fstype mountpoint

@@ -224,6 +224,7 @@ class Connection:
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
         self._out = bytearray()
+        self._out_pos = 0        # bytes of _out already sent (dropped in large steps, not per send)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -337,9 +338,10 @@ class Connection:
         with self._lock:
             if self._closed.is_set():
                 raise ConnectionClosed(self.error or "the connection is closed")
-            if len(self._out) + len(data) > MAX_PENDING_OUT:
-                raise Backpressure(f"{len(self._out)} bytes wait to be sent to {self.server}")
-            wake = not self._out
+            pending = len(self._out) - self._out_pos
+            if pending + len(data) > MAX_PENDING_OUT:
+                raise Backpressure(f"{pending} bytes wait to be sent to {self.server}")
+            wake = not pending
             self._out += data
         if wake:
             try:
@@ -435,7 +437,7 @@ class Connection:
 
     @property
     def pending_out(self) -> int:
-        return len(self._out)
+        return len(self._out) - self._out_pos
 
     def close(self) -> None:
         """Send what is queued (briefly), then close; safe to call more than once."""
@@ -444,7 +446,7 @@ class Connection:
             return
         if not self._closed.is_set():
             deadline = time.monotonic() + 1.0
-            while self._out and not self._closed.is_set() and time.monotonic() < deadline:
+            while self.pending_out and not self._closed.is_set() and time.monotonic() < deadline:
                 time.sleep(0.005)
             self._shutdown(None)
         if self._thread is not threading.current_thread():
@@ -494,7 +496,7 @@ class Connection:
                         self._out += b"PING\r\n"
                         self._pongs.append(None)   # a keep-alive ping: its PONG wakes no one
                     next_ping = now + PING_INTERVAL_S
-                wants_write = bool(self._out)
+                wants_write = len(self._out) > self._out_pos
                 readable = isinstance(sock, ssl.SSLSocket) and sock.pending()
                 if not readable:
                     fd = sock.fileno()
@@ -545,14 +547,20 @@ class Connection:
 
     def _write(self, sock) -> None:
         with self._lock:
-            chunk = bytes(self._out[:READ_CHUNK])
+            chunk = bytes(self._out[self._out_pos:self._out_pos + READ_CHUNK])
         try:
             sent = sock.send(chunk)
         except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
             return
         self.bytes_out += sent
         with self._lock:
-            del self._out[:sent]
+            self._out_pos += sent
+            if self._out_pos >= len(self._out):
+                self._out.clear()
+                self._out_pos = 0
+            elif self._out_pos >= 1 << 20:
+                del self._out[:self._out_pos]
+                self._out_pos = 0
 
     @staticmethod
     def _read(sock) -> bytes | None:
@@ -562,64 +570,70 @@ class Connection:
             return None
 
     def _parse(self, buf: bytearray, outstanding: int) -> int:
-        """Handle every complete operation in ``buf`` (consumed in place); returns outstanding pings."""
-        while True:
-            end = buf.find(b"\r\n")
-            if end < 0:
-                if len(buf) > MAX_CONTROL_LINE:
-                    raise ConnectionClosed(f"{self.server}: a control line over {MAX_CONTROL_LINE} bytes")
-                return outstanding
-            line = bytes(buf[:end])
-            op = line[:4].upper()
-            if op in (b"MSG ", b"HMSG"):
-                args = line.split()
-                hdr_len = 0
-                try:
-                    if op == b"MSG ":
-                        subject, sid, size = args[1], int(args[2]), int(args[-1])
-                        reply = args[3] if len(args) == 5 else b""
+        """Handle every complete operation in ``buf``, then drop them from it at once (deleting each
+        from the front would move the rest of a many-megabyte burst once per message); returns the
+        outstanding pings."""
+        pos = 0
+        try:
+            while True:
+                end = buf.find(b"\r\n", pos)
+                if end < 0:
+                    if len(buf) - pos > MAX_CONTROL_LINE:
+                        raise ConnectionClosed(f"{self.server}: a control line over {MAX_CONTROL_LINE} bytes")
+                    return outstanding
+                line = bytes(buf[pos:end])
+                op = line[:4].upper()
+                if op in (b"MSG ", b"HMSG"):
+                    args = line.split()
+                    hdr_len = 0
+                    try:
+                        if op == b"MSG ":
+                            subject, sid, size = args[1], int(args[2]), int(args[-1])
+                            reply = args[3] if len(args) == 5 else b""
+                        else:
+                            subject, sid, reply = args[1], int(args[2]), (args[3] if len(args) == 6 else b"")
+                            hdr_len, size = int(args[-2]), int(args[-1])
+                    except (IndexError, ValueError):
+                        raise ConnectionClosed(f"{self.server}: malformed {line[:80]!r}") from None
+                    if size > max(self.max_payload, 1) + 64 * 1024 or hdr_len > size:
+                        raise ConnectionClosed(f"{self.server}: a message of {size} bytes exceeds max_payload")
+                    if len(buf) < end + 2 + size + 2:
+                        return outstanding              # the rest of the message has not arrived yet
+                    body = bytes(buf[end + 2:end + 2 + size])
+                    pos = end + 2 + size + 2
+                    msg = Msg(subject.decode("utf-8", "replace"), reply.decode("utf-8", "replace"), body[hdr_len:])
+                    if hdr_len:
+                        msg.headers, msg.status, msg.description = parse_headers(body[:hdr_len])
+                    with self._lock:
+                        callback = self._subs.get(sid)
+                    if callback is not None:
+                        callback(msg)
+                    continue
+                pos = end + 2
+                if line == b"PING":
+                    with self._lock:
+                        self._out += b"PONG\r\n"
+                elif line == b"PONG":
+                    with self._lock:
+                        pong = self._pongs.pop(0) if self._pongs else None
+                    if pong is None:
+                        outstanding = max(0, outstanding - 1)
                     else:
-                        subject, sid, reply = args[1], int(args[2]), (args[3] if len(args) == 6 else b"")
-                        hdr_len, size = int(args[-2]), int(args[-1])
-                except (IndexError, ValueError):
-                    raise ConnectionClosed(f"{self.server}: malformed {line[:80]!r}") from None
-                if size > max(self.max_payload, 1) + 64 * 1024 or hdr_len > size:
-                    raise ConnectionClosed(f"{self.server}: a message of {size} bytes exceeds max_payload")
-                if len(buf) < end + 2 + size + 2:
-                    return outstanding              # the rest of the message has not arrived yet
-                body = bytes(buf[end + 2:end + 2 + size])
-                del buf[:end + 2 + size + 2]
-                msg = Msg(subject.decode("utf-8", "replace"), reply.decode("utf-8", "replace"), body[hdr_len:])
-                if hdr_len:
-                    msg.headers, msg.status, msg.description = parse_headers(body[:hdr_len])
-                with self._lock:
-                    callback = self._subs.get(sid)
-                if callback is not None:
-                    callback(msg)
-                continue
-            del buf[:end + 2]
-            if line == b"PING":
-                with self._lock:
-                    self._out += b"PONG\r\n"
-            elif line == b"PONG":
-                with self._lock:
-                    pong = self._pongs.pop(0) if self._pongs else None
-                if pong is None:
-                    outstanding = max(0, outstanding - 1)
-                else:
-                    pong.set()
-            elif line.startswith(b"-ERR"):
-                text = line[4:].strip().decode("utf-8", "replace")
-                # permission errors leave the connection up; anything else ends it (the server closes)
-                if "permissions violation" not in text.lower():
-                    raise ConnectionClosed(f"{self.server}: server error: {text}")
-                self.error = text
-            elif line.startswith(b"INFO "):
-                try:
-                    self.info.update(json.loads(line[5:]))
-                except ValueError:
-                    pass
-            # +OK (verbose is off) and anything unknown: ignored
+                        pong.set()
+                elif line.startswith(b"-ERR"):
+                    text = line[4:].strip().decode("utf-8", "replace")
+                    # permission errors leave the connection up; anything else ends it (the server closes)
+                    if "permissions violation" not in text.lower():
+                        raise ConnectionClosed(f"{self.server}: server error: {text}")
+                    self.error = text
+                elif line.startswith(b"INFO "):
+                    try:
+                        self.info.update(json.loads(line[5:]))
+                    except ValueError:
+                        pass
+                # +OK (verbose is off) and anything unknown: ignored
+        finally:
+            del buf[:pos]
 
 
 class _LineReader:

@@ -486,13 +486,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s syswatch-nats-bridge %(levelname)s %(message)s")
+    if args.nats is None:
+        print("error: no NATS server: give --nats nats://HOST:4222 (or SYSWATCH_NATS)", file=sys.stderr)
+        return 2
     try:
         opts = jetstream.options(args, name="syswatch-nats-bridge")
     except jetstream.SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.nats is None:
-        print("error: no NATS server: give --nats nats://HOST:4222 (or SYSWATCH_NATS)", file=sys.stderr)
         return 2
     limits = jetstream.StreamLimits(max_bytes=args.stream_max_bytes, max_age_s=args.stream_max_age,
                                     discard=args.stream_discard, replicas=args.stream_replicas)

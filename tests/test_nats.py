@@ -293,3 +293,32 @@ def test_hostile_client_messages_are_only_what_nats_py_put_there(nats_server):
                                          ("syswatch.evil.syscall.read", b'{"v":1}')])
     assert seqs == [1, 2]
     assert [d for _, _, _, d in stream_messages(nats_server.url)] == [b"not json", b'{"v":1}']
+
+
+def test_api_replicas_with_one_consumer_share_its_messages(nats_server, tmp_path):
+    """Two APIs with the same --nats-consumer: each message goes to one of them (the sum is exact, no event
+    twice); a third with another name reads everything for itself."""
+    from harness.api import ApiProcess
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    pub = Publisher(endpoint, host="shared-node")
+    bridge = BridgeProcess(tmp_path, endpoint, nats_server.url)
+    apis = [ApiProcess(tmp_path / f"ips{i}.sqlite3", "--nats", nats_server.url, "--nats-consumer", name)
+            for i, name in enumerate(("pair", "pair", "alone"))]
+    try:
+        joined(bridge, pub)
+        for api in apis:
+            api.start()
+        sent = batches(pub, 60, 10, pid=4321)
+
+        def counts(api):
+            return [e["count"] for e in api.get("/events?pid=4321&limit=10000").json()["events"]]
+        wait_for(lambda: len(counts(apis[0])) + len(counts(apis[1])) >= sent and len(counts(apis[2])) >= sent,
+                 60, 0.2, f"{sent} events in the pair and in the third API")
+        pair = counts(apis[0]) + counts(apis[1])
+        assert sorted(pair) == list(range(sent)), "each event in exactly one of the pair"
+        assert sorted(counts(apis[2])) == list(range(sent)), "another consumer name reads everything"
+    finally:
+        for api in apis:
+            api.stop()
+        bridge.stop()
+        pub.close()

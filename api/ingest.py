@@ -35,10 +35,10 @@ class StreamSubscriber(threading.Thread):
         self.stats = stats
         self.hub = hub
         self.ctx = ctx or zmq.Context.instance()
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
     def _open(self, endpoint: str) -> zmq.Socket:
         return zmqsock.make_subscriber(self.ctx, endpoint, curve_client=self.curve_client,
@@ -55,8 +55,13 @@ class StreamSubscriber(threading.Thread):
                 heard[endpoint] = time.monotonic()
                 poller.register(sock, zmq.POLLIN)
             next_tick = 0.0
-            while not self._stop.is_set():
-                for sock, _ in poller.poll(200):
+            while not self._stopping.is_set():
+                if socks:
+                    ready = poller.poll(200)
+                else:   # --nats without --collector: this thread only samples events/s (a poll of no
+                    self._stopping.wait(0.2)    # socket returns at once: it would spin)
+                    ready = []
+                for sock, _ in ready:
                     endpoint = socks[sock]
                     heard[endpoint] = time.monotonic()
                     for _ in range(DRAIN_MAX):

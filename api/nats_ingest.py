@@ -42,7 +42,7 @@ class NatsIngest(threading.Thread):
         self.options, self.stream, self.durable = options, stream, durable
         self.stats, self.hub = stats, hub
         self.source = f"{options.display()} ({stream}/{durable})"
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self.connected = False
         self.messages = 0            # delivered to this API (valid or not)
         self.redelivered = 0         # of which JetStream had delivered before (an earlier API did not ack)
@@ -53,11 +53,11 @@ class NatsIngest(threading.Thread):
         self._applied_order: collections.deque = collections.deque()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
     def run(self) -> None:
         failures = 0
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             conn = None
             try:
                 conn = natsclient.Connection(self.options).connect()
@@ -67,7 +67,7 @@ class NatsIngest(threading.Thread):
                     self.reconnects += 1
                 log.info("consuming NATS %s", self.source)
                 self.connected, failures, self.last_error = True, 0, ""
-                while not self._stop.is_set():
+                while not self._stopping.is_set():
                     for msg in puller.fetch(BATCH, EXPIRES_S):
                         self.handle(msg)
                         puller.ack(msg)
@@ -80,7 +80,7 @@ class NatsIngest(threading.Thread):
                 self.connected = False
                 if conn is not None:
                     conn.close()
-            self._stop.wait(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)] if failures else 0.2)
+            self._stopping.wait(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)] if failures else 0.2)
 
     def refuse(self, reason: str) -> None:
         self.stats.add_malformed(reason)

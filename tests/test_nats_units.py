@@ -3,6 +3,7 @@ splitting of oversized messages, its flag parsers and the bridge-status validato
 from __future__ import annotations
 
 import json
+import os
 import secrets
 
 import pytest
@@ -191,3 +192,28 @@ def test_api_nats_flags_are_checked(tmp_path):
     assert exc.value.code == 2
     both = parse_args(["--nats", "nats://h:4222", "--collector", "tcp://127.0.0.1:5556"])
     assert both.collectors == ("tcp://127.0.0.1:5556",) and both.nats.servers == ("nats://h:4222",)
+
+
+def test_nats_only_api_keeps_no_thread_spinning(tmp_path):
+    """With --nats and no --collector the ZeroMQ thread has no socket; a poll of none returns at once, so it
+    must wait instead (the bench found a whole core burnt). Its CPU over a second of running: near none."""
+    import threading
+    import time
+    api = _api(tmp_path)
+    sub = api.app.subscriber
+    sub.start()
+    try:
+        deadline = time.monotonic() + 5
+        while sub.native_id is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stat = f"/proc/self/task/{sub.native_id}/stat"
+
+        def cpu() -> float:
+            fields = open(stat).read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        before = cpu()
+        threading.Event().wait(1.0)
+        assert cpu() - before < 0.2, "the ZeroMQ thread of a NATS-only API is spinning"
+    finally:
+        sub.stop()
+        sub.join(5)

@@ -118,8 +118,12 @@ def test_setup_host_is_idempotent():
     again = run([str(ROOT / "scripts" / "setup-host.sh")])
     assert again.returncode == 0, again.stdout + again.stderr
     assert "installing" not in again.stdout and "starting dockerd" not in again.stdout, again.stdout
-    assert again.stdout.rstrip().endswith("host ready")
+    assert again.stdout.rstrip().endswith("setup-host: host ready to run: scripts/build-base-image.sh && "
+                                          "docker-compose up -d")
     assert docker_answers()
+    test = run([str(ROOT / "scripts" / "setup-test.sh")])
+    assert test.returncode == 0, test.stdout + test.stderr
+    assert "installing" not in test.stdout and test.stdout.rstrip().endswith("setup-test: host ready to test")
 
 
 # --- test_api.sh -----------------------------------------------------------------------------------

@@ -25,6 +25,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
+case ${1:-} in
+    -h|--help) sed -n '2,/^set -euo/{/^set -euo/d; s/^# \{0,1\}//; p}' "$0"; exit 0 ;;
+esac
 PLAN_ONLY=0
 if [[ ${1:-} == --plan ]]; then
     PLAN_ONLY=1

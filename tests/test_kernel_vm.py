@@ -48,7 +48,7 @@ def test_collector_and_kprobe_tests_pass_in_a_kprobe_vm():
     require(is_root(), "run as root (debootstrap and QEMU's images need it): sudo scripts/test.sh")
     for cmd, pkg in (("qemu-system-x86_64", "qemu-system-x86"), ("debootstrap", "debootstrap"),
                      ("mkfs.ext4", "e2fsprogs")):
-        require(have(cmd), f"install {pkg}: apt-get install -y {pkg} (scripts/setup-host.sh does it)")
+        require(have(cmd), f"install {pkg}: apt-get install -y {pkg} (scripts/setup-test.sh does it)")
     argv = [str(SCRIPT), "--timeout", str(RUN_TIMEOUT), "--build-timeout", str(BUILD_TIMEOUT),
             *[a for probe, args in PASSES.items() for a in ("--pass", f"{probe}:-v --durations=10 {shlex.join(args)}")]]
     # The script has its own hard timeouts; this one is a backstop. Its own session, so that the

@@ -117,7 +117,7 @@ def test_installed_collector_and_api_end_to_end(venv, tmp_path):
     """syswatch-collector (root, real bpftrace) -> syswatch-api and syswatch-tail, all from the venv:
     a child with its own name writes a known number of times, and the API counts exactly that."""
     require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
-    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-host.sh does it)")
+    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-test.sh does it)")
     bind, api_port = f"tcp://127.0.0.1:{free_port()}", free_port()
     comm, writes = "pkgtest-writer", 300
     procs: list[subprocess.Popen] = []

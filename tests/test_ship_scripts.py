@@ -190,5 +190,21 @@ def test_test_command_fails_when_pytest_collects_nothing():
     assert out.returncode == 5, out.stdout[-2000:] + out.stderr
     assert "pytest collected no tests (exit 5)" in out.stderr
     timings = out.stdout[out.stdout.index("=== stage timings"):].splitlines()[1:]
-    assert [line.split()[0] for line in timings] == ["setup-host", "base-image", "trixie-bpftrace", "vm-root", "pytest"], timings
+    # no test selected: nothing to set up but the Python packages pytest needs
+    assert [line.split()[0] for line in timings] == ["python-deps", "pytest"], timings
     assert timings[-1].endswith("exit 5")
+
+
+@pytest.mark.parametrize("selection, stages", [
+    (["-m", "unit"], "python-deps pytest"),
+    (["tests/test_api_cli.py"], "python-deps setup-host setup-test pytest"),
+    (["tests/test_e2e_docker.py"], "python-deps setup-host setup-test base-image pytest"),
+    (["tests/test_bpftrace_versions.py"], "python-deps setup-host setup-test trixie-bpftrace pytest"),
+    (["tests/test_kernel_vm.py"], "python-deps setup-host setup-test vm-root pytest"),
+    (["-m", "not vm"], "python-deps setup-host setup-test base-image trixie-bpftrace pytest"),
+    ([], "python-deps setup-host setup-test base-image trixie-bpftrace vm-root pytest"),
+])
+def test_test_command_sets_up_only_what_the_selection_needs(selection, stages):
+    out = run([str(ROOT / "scripts" / "test.sh"), "--plan", *selection], timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.startswith(f"test.sh: stages: {stages} (for "), out.stdout

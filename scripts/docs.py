@@ -33,6 +33,7 @@ Options:
   wait=SECONDS     wait before running the block's commands (let events accumulate)
   head=N, tail=N   keep the first / last N lines of each output (tail: a "..." line first)
   grep=REGEX       keep the lines that match
+  dedupe=N         keep at most N lines of each kind (the same text once numbers are masked)
   json=KEY,KEY     the output is one JSON object: keep these keys (* for all; "..." for the rest),
                    lists cut to items=N (default 1), indented as python3 -m json.tool does
   check=exact|shape|none  how --check compares: exact (after masking times, durations and
@@ -282,7 +283,7 @@ def cut_json(text: str, keys: list[str], items: int) -> list[str]:
     data = json.loads(text)
 
     def cut(value):
-        if isinstance(value, list):
+        if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
             return [cut(v) for v in value[:items]] + (["..."] if len(value) > items else [])
         if isinstance(value, dict):
             return {k: cut(v) for k, v in value.items()}
@@ -305,10 +306,21 @@ def shape_output(text: str, opts: dict[str, str]) -> list[str]:
         except ValueError as exc:
             raise RuntimeError(f"json=: the output is not one JSON object ({exc}): {text[:300]!r}")
     lines = text.split("\n")
-    if lines and lines[-1] == "":
+    while lines and lines[-1].strip() == "":
         lines.pop()
     if "grep" in opts:
         lines = [ln for ln in lines if re.search(opts["grep"], ln)]
+    if "dedupe" in opts:                       # at most N lines of each kind (numbers masked)
+        seen: dict[str, int] = {}
+        kept: list[str] = []
+        for ln in lines:
+            kind = re.sub(r"\d+", "N", mask(ln))
+            seen[kind] = seen.get(kind, 0) + 1
+            if seen[kind] <= int(opts["dedupe"]):
+                kept.append(ln)
+            elif kept[-1] != "...":
+                kept.append("...")
+        lines = kept
     if "head" in opts:
         lines = lines[:int(opts["head"])]
     if "tail" in opts and len(lines) > int(opts["tail"]):
@@ -490,6 +502,7 @@ def main(argv=None) -> int:
     log = (lambda *_: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     paths = args.file or DOCS
     texts, blocks = read_blocks(paths)
+    original = {rel: "\n".join(lines) for rel, lines in texts.items()}
     if args.list:
         for s in SESSIONS.values():
             mine = [b for b in blocks if b.session == s.name]
@@ -552,7 +565,10 @@ def main(argv=None) -> int:
             for b in mine:
                 lines[b.start:b.start + len(b.body)] = b.body_replacement   # type: ignore[attr-defined]
             text = "\n".join(lines)
-            if text != (ROOT / rel).read_text():
+            if text != original[rel]:
+                if (ROOT / rel).read_text() != original[rel]:
+                    errors.append(f"{rel} changed while the sessions ran; not rewritten: run scripts/docs.py again")
+                    continue
                 (ROOT / rel).write_text(text)
                 log(f"rewrote {rel}")
     for msg in drift:

@@ -115,6 +115,7 @@ class Block:
     body: list[str]                # lines between the fences
     start: int = 0                 # index of the first body line in the file's lines
     new_body: list[str] | None = None
+    raw_new: str = ""              # everything the commands printed, before head/tail/grep
     commands: list[str] = field(default_factory=list)
 
     @property
@@ -207,7 +208,12 @@ class Runner:
             self.holder = subprocess.Popen(["unshare", "--net", "--", "sh", "-c",
                                             "ip link set lo up 2>/dev/null || ifconfig lo up; exec sleep 86400"],
                                            start_new_session=True)
-            time.sleep(0.3)
+            deadline = time.monotonic() + 10          # until the namespace exists and its lo is up
+            while time.monotonic() < deadline:
+                probe = subprocess.run(self.argv("ip -o link show lo"), capture_output=True, text=True)
+                if probe.returncode == 0 and "UP" in probe.stdout.split(">")[0]:
+                    break
+                time.sleep(0.05)
 
     def argv(self, cmd: str) -> list[str]:
         bash = ["bash", "-c", cmd]
@@ -396,11 +402,18 @@ def compare(block: Block, kind: str) -> str | None:
         return "the output drifted:\n" + "\n".join(difflib.unified_diff(a, b, "document", "now", lineterm="", n=1))
     problems = []
     sa, sb = signature(old), signature(new)
-    for part in ("json keys", "fields", "headers"):
-        if sa[part] != sb[part]:
-            problems.append(f"{part}: only in the document {sorted(sa[part] - sb[part])}, "
-                            f"only in what runs now {sorted(sb[part] - sa[part])}")
-    gone = sa["log lines"] - sb["log lines"]
+    sraw = signature(block.raw_new.split("\n")) if block.raw_new else sb
+    if sa["headers"] != sb["headers"]:
+        problems.append(f"table headers: the document's {sorted(sa['headers'])}, now {sorted(sb['headers'])}")
+    for part in ("json keys", "fields"):
+        # a name the document shows that the program no longer prints anywhere, or a new name in
+        # the lines the document shows
+        gone, new_names = sa[part] - sraw[part], sb[part] - sa[part]
+        if gone or new_names:
+            problems.append(f"{part}: no longer printed {sorted(gone)}, new {sorted(new_names)}")
+    # every kind of log line the document shows must still be printed (anywhere in the run's output:
+    # head/tail cut by timing, which lines fall inside them is not the program's doing)
+    gone = sa["log lines"] - sb["log lines"] - signature(block.raw_new.split("\n"))["log lines"]
     if gone:
         problems.append(f"log lines the program no longer prints so: {sorted(gone)}; now: {sorted(sb['log lines'])}")
     return "; ".join(problems) or None
@@ -465,7 +478,9 @@ def run_session(name: str, blocks: list[Block], cwd: Path, log) -> list[str]:
                 if "with" in b.opts:
                     runner.start(f"with-{b.line}", b.opts["with"], None)
                     helper = f"with-{b.line}"
-                parts = [(cmd, shape_output(runner.run(cmd), b.opts)) for cmd, _ in split_commands(b.body) if cmd]
+                raw = [(cmd, runner.run(cmd)) for cmd, _ in split_commands(b.body) if cmd]
+                b.raw_new = "\n".join(out for _, out in raw)
+                parts = [(cmd, shape_output(out, b.opts)) for cmd, out in raw]
                 if helper:
                     proc = runner.bg.pop(helper)[0]
                     if proc.poll() is None:
@@ -478,6 +493,7 @@ def run_session(name: str, blocks: list[Block], cwd: Path, log) -> list[str]:
             try:
                 name_, _, stream = (b.opts.get("out") or b.opts["bg"]).partition(":")
                 text = runner.output_of(name_, stream or "stdout")
+                b.raw_new = text
                 cmd = runner.bg[name_][3]
                 has_cmd = any(ln.startswith("$ ") for ln in b.body)
                 b.new_body = render([(cmd if has_cmd else "", shape_output(text, b.opts))], gap=False)

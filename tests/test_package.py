@@ -317,7 +317,8 @@ def test_a_flag_beats_a_bad_environment_variable_and_help_still_shows(venv, tmp_
             res = subprocess.run([str(venv / "bin" / script), flag], cwd=tmp_path, capture_output=True, text=True,
                                  timeout=30, env={**clean_env(), **bad})
             assert res.returncode == 0 and script in res.stdout, (script, flag, res.stderr)
-    runs = [("syswatch-tail", ["-e", endpoint, "-d", "1"]), ("syswatch-top", ["-e", endpoint, "--once"])]
+    # tail and top read SYSWATCH_PID too (every flag has its variable): -p overrides it here
+    runs = [("syswatch-tail", ["-e", endpoint, "-p", "1", "-d", "1"]), ("syswatch-top", ["-e", endpoint, "-p", "1", "--once"])]
     if is_root() and have("bpftrace"):
         runs.append(("syswatch-collector", ["--bind", endpoint, "--mode", "events", "-p", "1", "-d", "1",
                                             "--echo-rate", "0"]))

@@ -215,20 +215,22 @@ def _run_probe(path: str, timeout: float) -> Features:
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     except OSError as exc:
         raise BpftraceVersionError(f"cannot run {path} for its feature probe: {exc}") from None
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err_pipe = proc.stdout, proc.stderr
     lines: list[bytes] = []
     buf = b""
     deadline = time.monotonic() + timeout
     try:
         while not any(b'"syswatch-probe' in ln for ln in lines):
             left = deadline - time.monotonic()
-            if left <= 0 or proc.poll() is not None and not select.select([proc.stdout], [], [], 0)[0]:
-                err = proc.stderr.read() if proc.poll() is not None else b""
+            if left <= 0 or proc.poll() is not None and not select.select([out], [], [], 0)[0]:
+                err = err_pipe.read() if proc.poll() is not None else b""
                 raise BpftraceVersionError(
                     f"{path}'s feature probe " + (f"exited with status {proc.returncode}" if proc.poll() is not None
                                                   else f"printed nothing within {timeout:.0f} s")
                     + f": {(err.decode(errors='replace').strip() or '(no message)')[-400:]}")
-            if select.select([proc.stdout], [], [], min(left, 0.5))[0]:
-                chunk = os.read(proc.stdout.fileno(), 65536)
+            if select.select([out], [], [], min(left, 0.5))[0]:
+                chunk = os.read(out.fileno(), 65536)
                 buf += chunk
                 *done, buf = buf.split(b"\n")
                 lines += done
@@ -262,7 +264,7 @@ def _run_probe(path: str, timeout: float) -> Features:
 
 def _map_types(pid: int) -> set[int]:
     """The BPF map types among a process's file descriptors (root reads any process's fdinfo)."""
-    types = set()
+    types: set[int] = set()
     try:
         fds = os.listdir(f"/proc/{pid}/fdinfo")
     except OSError:
@@ -287,4 +289,5 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.kill()
             proc.wait()
     for f in (proc.stdout, proc.stderr):
-        f.close()
+        if f is not None:
+            f.close()

@@ -127,7 +127,7 @@ class Block:
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     words = shlex.split(spec)
     if not words:
-        raise SystemExit(f"docs.py: error: an empty docs.py marker")
+        raise SystemExit("docs.py: error: an empty docs.py marker")
     opts = {}
     for w in words[1:]:
         key, sep, val = w.partition("=")
@@ -244,8 +244,9 @@ class Runner:
             deadline = time.monotonic() + 180
             while not re.search(ready, out.read_text(errors="replace") + err.read_text(errors="replace"), re.M):
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"`{cmd}` " + ("exited" if proc.poll() is not None else "was not ready in 180 s")
-                                       + f" before printing /{ready}/:\n{out.read_text()[-1500:]}\n{err.read_text()[-1500:]}")
+                    why = "exited" if proc.poll() is not None else "was not ready in 180 s"
+                    raise RuntimeError(f"`{cmd}` {why} before printing /{ready}/:\n"
+                                       f"{out.read_text()[-1500:]}\n{err.read_text()[-1500:]}")
                 time.sleep(0.2)
 
     def output_of(self, name: str, stream: str = "stdout") -> str:

@@ -9,6 +9,7 @@
 # Stages, each run only when a selected test needs it (tests/stages.py tells, from the tests that
 # pytest selects: markers, fixtures, what a test module uses), each timed:
 #   python-deps      scripts/setup-test.sh --python: pytest, hypothesis, ... (always: pytest needs them)
+#   lint             scripts/lint.sh: ruff and mypy (always; a finding stops the run before the slow stages)
 #   setup-host       scripts/setup-host.sh: what running needs (docker, Compose, tracefs, dockerd)
 #   setup-test       scripts/setup-test.sh: the test tools (bpftrace, chromium, qemu, prometheus, ...)
 #   base-image       scripts/build-base-image.sh: debian:bookworm-slim and debian:trixie-slim
@@ -52,6 +53,7 @@ trap report EXIT
 
 if ((!PLAN_ONLY)); then
     stage python-deps scripts/setup-test.sh --python
+    stage lint scripts/lint.sh          # cheap, and a finding stops the run before the slow stages
 fi
 # Which stages the selection needs; if pytest cannot even collect, set up everything and let the
 # pytest stage show why.
@@ -66,7 +68,7 @@ else
     why="(pytest could not collect the selection: setting up everything)"
 fi
 need() { [[ " ${NEEDS[*]} " == *" $1 "* ]]; }
-planned=(python-deps)
+planned=(python-deps lint)
 need host && planned+=(setup-host)
 need test && planned+=(setup-test)
 need base-image && planned+=(base-image)

@@ -4,7 +4,8 @@ Every entry point (collector, API, tail, top, the Curve key tool, and any new co
 calls ``require(program, *modules)`` before its first third-party import, so a checkout run with
 an incomplete set of Debian packages, or a venv that lacks one, says
 
-    error: syswatch-api needs the Python package prometheus_client, which is not installed: pip install 'prometheus_client>=0.16,<1' (Debian: apt-get install python3-prometheus-client)
+    error: syswatch-api needs the Python package prometheus_client, which is not installed: pip install
+    'prometheus_client>=0.16,<1' (Debian: apt-get install python3-prometheus-client)     (one line)
 
 instead of a ModuleNotFoundError traceback. Standard library only: it runs before anything else.
 REQUIREMENTS is the one table of runtime dependencies besides pyproject.toml's list, which a unit

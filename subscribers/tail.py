@@ -18,9 +18,9 @@ from syswatch.shared.deps import require  # noqa: E402  (stdlib only)
 
 require("syswatch-tail", "zmq")              # a missing package: one line, exit 2
 
-from syswatch.shared.config import add_option
-from syswatch.shared.protocol import EVENT_PREFIX, TOPIC_COUNTS, TOPIC_STATUS
-from syswatch.subscribers.common import Subscription, add_common_flags, wanted
+from syswatch.shared.config import add_option  # noqa: E402
+from syswatch.shared.protocol import EVENT_PREFIX, TOPIC_COUNTS, TOPIC_STATUS  # noqa: E402
+from syswatch.subscribers.common import Subscription, add_common_flags, wanted  # noqa: E402
 
 EPILOG = """\
 examples:
@@ -96,6 +96,8 @@ def main(argv=None) -> int:
         return 0
     try:
         for msg in sub.messages(deadline):
+            if msg is None:                       # only with a tick, which tail does not ask for
+                continue
             host = msg.payload.get("host", "")
             for item in items(msg):
                 if msg.topic != TOPIC_STATUS and not wanted(item, args):

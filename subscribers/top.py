@@ -23,9 +23,9 @@ from syswatch.shared.deps import require  # noqa: E402  (stdlib only)
 
 require("syswatch-top", "zmq")              # a missing package: one line, exit 2
 
-from syswatch.shared.config import add_option
-from syswatch.shared.protocol import EVENT_PREFIX, TOPIC_COUNTS, TOPIC_STATUS
-from syswatch.subscribers.common import Subscription, add_common_flags, wanted
+from syswatch.shared.config import add_option  # noqa: E402
+from syswatch.shared.protocol import EVENT_PREFIX, TOPIC_COUNTS, TOPIC_STATUS  # noqa: E402
+from syswatch.subscribers.common import Subscription, add_common_flags, wanted  # noqa: E402
 
 EPILOG = """\
 examples:

@@ -11,7 +11,6 @@ makes it work there without a version table, and docs/bpftrace-versions.md says 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
 import pytest
@@ -72,7 +71,8 @@ def test_a_binary_that_is_not_bpftrace_fails_the_probe_with_the_reason(tmp_path,
     dying.write_text("#!/bin/sh\n[ \"$1\" = --version ] && { echo 'bpftrace v0.19.1'; exit 0; }\n"
                      "echo 'ERROR: cannot attach' >&2; exit 1\n")
     dying.chmod(0o755)
-    with pytest.raises(bpfversion.BpftraceVersionError, match=r"feature probe exited with status 1: ERROR: cannot attach"):
+    with pytest.raises(bpfversion.BpftraceVersionError,
+                       match=r"feature probe exited with status 1: ERROR: cannot attach"):
         bpfversion.detect(str(dying))
     assert not list(cache.glob("bpftrace-*.json")), "a failed probe is not cached"
 

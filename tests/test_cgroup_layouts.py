@@ -18,8 +18,8 @@ import time
 import uuid
 from pathlib import Path
 
+from harness.collector import CollectorProcess, StreamReader
 from syswatch.collector.containers import find_cgroup2_root
-from tests.collector_helpers import CollectorProcess, StreamReader
 from tests.conftest import have, is_root, require
 
 WRITE_SIZE = 7171
@@ -92,7 +92,8 @@ def test_each_runtimes_layout_maps_to_its_container(tmp_path):
             pid = int(proc.stdout.readline())
             (leaf / "cgroup.procs").write_text(str(pid))
             children[runtime] = (proc, pid, leaf, "" if runtime == "no container" else cid)
-        coll = CollectorProcess(tmp_path, "--echo-rate", "0", *[a for c in children.values() for a in ("-p", str(c[1]))])
+        pids = [a for c in children.values() for a in ("-p", str(c[1]))]
+        coll = CollectorProcess(tmp_path, "--echo-rate", "0", *pids)
         sub = StreamReader(coll.endpoint)
         try:
             sub.wait_status(timeout=60 * float(os.environ.get("SYSWATCH_TEST_SLOWDOWN", "1")))

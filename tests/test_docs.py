@@ -20,7 +20,7 @@ from functools import lru_cache
 
 import pytest
 
-from tests.conftest import ROOT
+from harness import ROOT
 
 DOCS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
 DOCS_PY = str(ROOT / "scripts" / "docs.py")

@@ -16,7 +16,8 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, have, is_root, require
+from harness import ROOT
+from tests.conftest import have, is_root, require
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

@@ -18,7 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.conftest import ROOT, free_port
+from harness import ROOT
+from harness.procs import free_port
 
 FIXTURES = ROOT / "tests" / "fixtures" / "hosts"
 SETUP_HOST = str(ROOT / "scripts" / "setup-host.sh")
@@ -38,10 +39,12 @@ RUN_PLANS = {
     "debian12": ("Debian GNU/Linux 12 (bookworm)", "docker.io debootstrap curl python3 ca-certificates docker-compose",
                  "compose: docker-compose (v1, package docker-compose)"),
     "debian13": ("Debian GNU/Linux 13 (trixie)", "docker.io debootstrap curl python3 ca-certificates docker-compose",
-                 "compose: the plugin, docker compose (package docker-compose), and /usr/local/bin/docker-compose running it"),
+                 "compose: the plugin, docker compose (package docker-compose), "
+                 "and /usr/local/bin/docker-compose running it"),
     "ubuntu2404": ("Ubuntu 24.04.3 LTS",
                    "docker.io debootstrap curl python3 ca-certificates debian-archive-keyring docker-compose-v2",
-                   "compose: the plugin, docker compose (package docker-compose-v2), and /usr/local/bin/docker-compose running it"),
+                   "compose: the plugin, docker compose (package docker-compose-v2), "
+                   "and /usr/local/bin/docker-compose running it"),
 }
 
 
@@ -148,8 +151,10 @@ def registry(request):
 
 
 MIRRORS = {   # the mirror a build uses on each host, and why
-    "debian12": ("http://ftp.de.debian.org/debian", "http://security.debian.org/debian-security", "the host's apt sources"),
-    "debian13": ("https://mirror.example.net/debian", "https://security.debian.org/debian-security", "the host's apt sources"),
+    "debian12": ("http://ftp.de.debian.org/debian", "http://security.debian.org/debian-security",
+                 "the host's apt sources"),
+    "debian13": ("https://mirror.example.net/debian", "https://security.debian.org/debian-security",
+                 "the host's apt sources"),
     "ubuntu2404": ("http://deb.debian.org/debian", "http://deb.debian.org/debian-security",
                    "the default: this host (ubuntu) is not Debian"),
 }

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from harness import ROOT
 from syswatch.shared import deps
-from tests.conftest import ROOT
 
 # What each entry point imports, as it is started in a checkout (the console scripts of an installed
 # wheel import the same modules: syswatch-api runs syswatch.api.server's module code first).

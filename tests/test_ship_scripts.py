@@ -11,8 +11,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.composestack import BASE_IMAGE, ROOT, docker, docker_answers, image_present
-from tests.conftest import free_port, have, is_root, require
+from harness import ROOT
+from harness.compose import BASE_IMAGE, docker, docker_answers, image_present
+from harness.procs import free_port
+from tests.conftest import have, is_root, require
 
 BUILD_BASE = str(ROOT / "scripts" / "build-base-image.sh")
 
@@ -28,7 +30,8 @@ def test_base_image_mirror_comes_from_the_hosts_apt_sources(tmp_path):
     (tmp_path / "sources.list").write_text(
         "# deb http://commented.example/debian bookworm main\n"
         "deb-src http://src.example/debian bookworm main\n"
-        "deb [arch=amd64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://mirror.example/debian/ bookworm main\n")
+        "deb [arch=amd64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
+        "http://mirror.example/debian/ bookworm main\n")
     (tmp_path / "sources.list.d" / "debian.sources").write_text(
         "Types: deb\nURIs: http://disabled.example/debian\nSuites: bookworm-security\nEnabled: no\n\n"
         "Types: deb deb-src\n# a comment inside the stanza\nURIs: http://sec.example/debian-security\n"
@@ -190,19 +193,19 @@ def test_test_command_fails_when_pytest_collects_nothing():
     assert out.returncode == 5, out.stdout[-2000:] + out.stderr
     assert "pytest collected no tests (exit 5)" in out.stderr
     timings = out.stdout[out.stdout.index("=== stage timings"):].splitlines()[1:]
-    # no test selected: nothing to set up but the Python packages pytest needs
-    assert [line.split()[0] for line in timings] == ["python-deps", "pytest"], timings
+    # no test selected: nothing to set up but the Python packages pytest needs, and the lint
+    assert [line.split()[0] for line in timings] == ["python-deps", "lint", "pytest"], timings
     assert timings[-1].endswith("exit 5")
 
 
 @pytest.mark.parametrize("selection, stages", [
-    (["-m", "unit"], "python-deps pytest"),
-    (["tests/test_api_cli.py"], "python-deps setup-host setup-test pytest"),
-    (["tests/test_e2e_docker.py"], "python-deps setup-host setup-test base-image pytest"),
-    (["tests/test_bpftrace_versions.py"], "python-deps setup-host setup-test trixie-bpftrace pytest"),
-    (["tests/test_kernel_vm.py"], "python-deps setup-host setup-test vm-root pytest"),
-    (["-m", "not vm"], "python-deps setup-host setup-test base-image trixie-bpftrace pytest"),
-    ([], "python-deps setup-host setup-test base-image trixie-bpftrace vm-root pytest"),
+    (["-m", "unit"], "python-deps lint pytest"),
+    (["tests/test_api_cli.py"], "python-deps lint setup-host setup-test pytest"),
+    (["tests/test_e2e_docker.py"], "python-deps lint setup-host setup-test base-image pytest"),
+    (["tests/test_bpftrace_versions.py"], "python-deps lint setup-host setup-test trixie-bpftrace pytest"),
+    (["tests/test_kernel_vm.py"], "python-deps lint setup-host setup-test vm-root pytest"),
+    (["-m", "not vm"], "python-deps lint setup-host setup-test base-image trixie-bpftrace pytest"),
+    ([], "python-deps lint setup-host setup-test base-image trixie-bpftrace vm-root pytest"),
 ])
 def test_test_command_sets_up_only_what_the_selection_needs(selection, stages):
     out = run([str(ROOT / "scripts" / "test.sh"), "--plan", *selection], timeout=300)

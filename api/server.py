@@ -20,11 +20,15 @@ import sys
 import textwrap
 from typing import NoReturn
 
-from syswatch import __version__
-from syswatch.api.app import ApiConfig, make_app
-from syswatch.shared import curve, jetstream
-from syswatch.shared.config import add_option
-from syswatch.shared.zmqsock import check_endpoint
+from syswatch.shared.deps import require
+
+require("syswatch-api", "zmq", "bottle", "waitress", "prometheus_client")   # a missing one: one line, exit 2
+
+from syswatch import __version__  # noqa: E402
+from syswatch.api.app import ApiConfig, make_app  # noqa: E402
+from syswatch.shared import curve, jetstream  # noqa: E402
+from syswatch.shared.config import add_option  # noqa: E402
+from syswatch.shared.zmqsock import check_endpoint  # noqa: E402
 
 EPILOG = textwrap.dedent("""\
     environment (a flag beats its variable, which beats the default):

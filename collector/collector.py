@@ -24,6 +24,10 @@ if (__name__ == "__main__" or os.path.basename(sys.argv[0]) == "syswatch-collect
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
 
+from syswatch.shared.deps import require  # noqa: E402  (stdlib only)
+
+require("syswatch-collector", "zmq")          # a missing package: one line, exit 2
+
 import errno  # noqa: E402
 import ipaddress  # noqa: E402
 import logging  # noqa: E402

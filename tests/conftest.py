@@ -54,7 +54,7 @@ def have(cmd: str) -> bool:
 @pytest.fixture
 def root_and_bpftrace():
     require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
-    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-host.sh does it)")
+    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-test.sh does it)")
 
 
 def kernel_has_kprobes() -> bool:
@@ -144,7 +144,7 @@ def bpftrace_bin(request):
     """The bpftrace the collector runs: bookworm's 0.17 on PATH, and trixie's 0.23 (issue 16)."""
     require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
     if request.param == "0.17":
-        require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-host.sh does it)")
+        require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-test.sh does it)")
         return shutil.which("bpftrace")
     path = trixie_bpftrace()
     require(path is not None, TRIXIE_FIX)

@@ -120,7 +120,7 @@ def test_installed_collector_and_api_end_to_end(venv, tmp_path):
     """syswatch-collector (root, real bpftrace) -> syswatch-api and syswatch-tail, all from the venv:
     a child with its own name writes a known number of times, and the API counts exactly that."""
     require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
-    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-host.sh does it)")
+    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-test.sh does it)")
     bind, api_port = f"tcp://127.0.0.1:{free_port()}", free_port()
     comm, writes = "pkgtest-writer", 300
     procs: list[subprocess.Popen] = []
@@ -328,7 +328,9 @@ def test_a_flag_beats_a_bad_environment_variable_and_help_still_shows(venv, tmp_
             res = subprocess.run([str(venv / "bin" / script), flag], cwd=tmp_path, capture_output=True, text=True,
                                  timeout=30, env={**clean_env(), **bad})
             assert res.returncode == 0 and script in res.stdout, (script, flag, res.stderr)
-    runs = [("syswatch-tail", ["-e", endpoint, "-d", "1"]), ("syswatch-top", ["-e", endpoint, "--once"])]
+    # tail and top read SYSWATCH_PID too (every flag has its variable): -p overrides it here
+    runs = [("syswatch-tail", ["-e", endpoint, "-p", "1", "-d", "1"]),
+            ("syswatch-top", ["-e", endpoint, "-p", "1", "--once"])]
     if is_root() and have("bpftrace"):
         runs.append(("syswatch-collector", ["--bind", endpoint, "--mode", "events", "-p", "1", "-d", "1",
                                             "--echo-rate", "0"]))

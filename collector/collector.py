@@ -96,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     if config.metrics:
         try:
             metrics = serve_metrics(config.metrics, coll)
-        except (ImportError, OSError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
+        except (OSError, SystemExit) as exc:
+            if isinstance(exc, OSError):
+                print(f"error: {exc}", file=sys.stderr)
             coll.close()
             sock.close(linger=0)
             if auth:
@@ -138,12 +139,10 @@ def serve_metrics(listen: str, coll: Collector):
     """--metrics: the collector's registry on its own HTTP thread (it reads the loop's last snapshot only)."""
     from syswatch.collector import metrics
     from syswatch.shared.metricsserver import MetricsServer, check_listen, is_loopback
+    require("syswatch-collector --metrics", "prometheus_client")   # one line, exit 2
     try:
         server = MetricsServer(listen, metrics.registry(lambda: coll.metrics_snapshot,
                                                         lambda: coll.bt.pid if coll.bt else None))
-    except ImportError:
-        raise ImportError("--metrics needs prometheus_client (Debian: python3-prometheus-client; "
-                          "pip: prometheus_client)") from None
     except OSError as exc:
         raise OSError(f"cannot serve --metrics on {listen}: {exc.strerror or exc}; pick another port") from None
     if not is_loopback(check_listen(listen)[0]):

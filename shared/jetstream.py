@@ -84,10 +84,10 @@ def add_flags(p: argparse.ArgumentParser, required: bool) -> None:
                     + ("" if required else "; consume events from JetStream (beside or instead of --collector)"))
     add_option(p, "--nats-user", env="SYSWATCH_NATS_USER", default=None, metavar="NAME",
                help="NATS user (password: --nats-password-file or SYSWATCH_NATS_PASSWORD)")
-    add_option(p, "--nats-password-file", default=None, metavar="FILE",
-               help="file holding the NATS user's password; beats SYSWATCH_NATS_PASSWORD")
-    add_option(p, "--nats-token-file", default=None, metavar="FILE",
-               help="file holding a NATS authentication token; beats SYSWATCH_NATS_TOKEN")
+    add_option(p, "--nats-password-file", env="SYSWATCH_NATS_PASSWORD_FILE", default=None, metavar="FILE",
+               help="file holding the NATS user's password; beats SYSWATCH_NATS_PASSWORD (the password itself)")
+    add_option(p, "--nats-token-file", env="SYSWATCH_NATS_TOKEN_FILE", default=None, metavar="FILE",
+               help="file holding a NATS authentication token; beats SYSWATCH_NATS_TOKEN (the token itself)")
     add_option(p, "--nats-nkey", env="SYSWATCH_NATS_NKEY", default=None, metavar="FILE",
                help="file holding an nkey seed (SU...): nkey authentication (needs python3-cryptography)")
     add_option(p, "--nats-ca", env="SYSWATCH_NATS_CA", default=None, metavar="FILE",

@@ -32,11 +32,15 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from syswatch import __version__
-from syswatch.shared import jetstream, natsclient, protocol
-from syswatch.shared.config import add_option
-from syswatch.shared.metricsserver import listen_text
-from syswatch.shared.zmqsock import check_endpoint
+from syswatch.shared.deps import require  # noqa: E402  (stdlib only)
+
+require("syswatch-nats-bridge", "zmq")       # a missing package: one line, exit 2
+
+from syswatch import __version__  # noqa: E402
+from syswatch.shared import jetstream, natsclient, protocol  # noqa: E402
+from syswatch.shared.config import add_option  # noqa: E402
+from syswatch.shared.metricsserver import listen_text  # noqa: E402
+from syswatch.shared.zmqsock import check_endpoint  # noqa: E402
 
 log = logging.getLogger("syswatch.nats-bridge")
 
@@ -500,12 +504,10 @@ def main(argv=None) -> int:
     q = Queue(args.queue_mb << 20, counters)
     metrics = None
     if args.metrics:
+        require("syswatch-nats-bridge --metrics", "prometheus_client")
         try:
             from syswatch.shared.metricsserver import MetricsServer
             metrics = MetricsServer(args.metrics, metrics_registry(counters, q))
-        except ImportError:
-            print("error: --metrics needs prometheus_client (Debian: python3-prometheus-client)", file=sys.stderr)
-            return 2
         except OSError as exc:
             print(f"error: cannot serve --metrics on {args.metrics}: {exc.strerror or exc}", file=sys.stderr)
             return 2

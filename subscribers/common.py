@@ -83,6 +83,12 @@ class Subscription:
 
     def messages(self, deadline: float | None = None, tick: float | None = None) -> Iterator[Message | None]:
         """Decoded messages until ``deadline`` (time.monotonic()); yields None every ``tick`` s idle."""
+        for item in self.received(deadline, tick):
+            yield None if item is None else item[1]
+
+    def received(self, deadline: float | None = None,
+                 tick: float | None = None) -> Iterator[tuple[list[bytes], Message] | None]:
+        """Like ``messages``, each with the frames as received (the NATS bridge forwards them unchanged)."""
         while True:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -96,7 +102,7 @@ class Subscription:
             for sock in ready:
                 frames = sock.recv_multipart()
                 try:
-                    yield decode(frames)
+                    yield frames, decode(frames)
                 except ProtocolError as exc:
                     self.malformed += 1
                     print(f"warning: skipped a malformed message: {exc}", file=sys.stderr)

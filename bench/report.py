@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from bench import catalog
+from bench import catalog, saturation
 from bench import targets as _targets
 
 
@@ -111,10 +111,10 @@ def saturation_md(sat: dict) -> list[str]:
         out += ["The ceiling, stage by stage (dd bs=1 saturating bpftrace 0.23 running the collector's own "
                 "program; rates over the saturated middle of the run):", ""]
         out += _table(["stage", "events/s", "notes"], [
-            ["bpftrace 0.23 formatting, into a file (tmpfs)", f"{f['printed_rate']:,.0f}",
+            ["bpftrace 0.23 formatting, into a file (tmpfs)", saturation.rate_text(f),
              f"{f['printed']:,} printed, {f['lost']:,} lost of {f['dd_calls']:,} calls; "
              f"{f['bytes_per_line']:.0f} bytes a line"],
-            ["bpftrace 0.23 into a pipe, drained by one reader", f"{p['printed_rate']:,.0f}", "formatting + the pipe"],
+            ["bpftrace 0.23 into a pipe, drained by one reader", saturation.rate_text(p), "formatting + the pipe"],
             ["the collector's parser alone, on the captured output", f"{ps['rate']:,.0f}",
              f"{ps['events']:,} events in 256 KiB reads"],
             ["ZeroMQ alone: those batches, PUB -> SUB over TCP loopback", f"{z['rate']:,.0f}",

@@ -195,6 +195,40 @@ def test_multi_process_pieces():
     assert saturation.parse_count("nothing counted\n") == 0
 
 
+@pytest.mark.unit
+def test_ceiling_window_too_short_is_measured_longer_or_reported_not_measured():
+    """Issue 32: dd ended before the ceiling's window opened (a fast machine, the quick plan) and the
+    quick run crashed formatting printed_rate None. Fed that short window, the stage runs dd again
+    with more calls; when no run gives a window, the log, the report and BENCHMARKS say so."""
+    asked = []
+
+    def short_then_long(n):           # dd's window: empty for the first two sizes, then 0.8 s
+        asked.append(n)
+        if len(asked) < 3:
+            return None, (100.0, 5_000), 0.2
+        return (200.0, 10_000), (200.8, 90_000), 1.1
+    m = saturation.measure_window(short_then_long, 1000)
+    assert asked == [1000, 1000 * saturation.GROWTH, 1000 * saturation.GROWTH ** 2]
+    assert m["dd_runs"] == asked and m["dd_calls"] == 2 * sum(asked) and m["elapsed_s"] == 1.1
+    assert saturation.window_rate(m["window"], per_line=100) == pytest.approx((1000, 0.8))
+
+    def always_short(n):              # the sample after the window opened came after dd's end
+        return (50.0, 7_000), (49.9, 7_000), 0.1
+    m = saturation.measure_window(always_short, 1000)
+    assert len(m["dd_runs"]) == saturation.WINDOW_TRIES
+    rate, secs = saturation.window_rate(m["window"], per_line=100)
+    assert rate is None and secs == 0
+    assert saturation.window_rate((None, (1.0, 10)), per_line=100) == (None, 0.0)
+    stage = {**m, "printed_rate": rate, "window_s": secs, "printed": 70, "lost": 0, "bytes_per_line": 100.0}
+    shown = saturation.rate_text(stage, " lines/s")
+    assert shown.startswith("not measured (dd ended within") and "64,000 calls" in shown
+    assert saturation.rate_text({**stage, "printed_rate": 123456.7}, " lines/s") == "123,457 lines/s"
+    ceiling = {"bpftrace_file": stage, "bpftrace_pipe": {**stage, "lost": None},
+               "parser": {"events": 70, "rate": 1e6}, "zmq": {"received": 70, "rate": 2e6}}
+    text = "\n".join(report.saturation_md({"multi": [], "ceiling": ceiling}))
+    assert text.count("not measured (dd ended within") == 2 and "1,000,000" in text
+
+
 def test_parser_and_zmq_stages_on_captured_output(tmp_path):
     """The ceiling's user-space stages on a small synthetic capture in the collector's format."""
     line = (b'{"type": "printf", "data": "0:1{\\"ts_ns\\":1,\\"pid\\":5,\\"tid\\":5,\\"uid\\":0,'

@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import pytest
 import requests
@@ -33,7 +34,13 @@ TAG = f"{os.getpid() % 10000:04d}"
 ALPHA = f"swdash-a{TAG}"   # comm names: at most 15 bytes
 BETA = f"swdash-b{TAG}"
 
-# A process that renames itself (the kernel's comm) and then reads and writes steadily until killed.
+# A process that renames itself (the kernel's comm) and then writes and reads one block every
+# ``pause`` seconds until killed. Steady single calls, not bursts: the tail shows the newest 50
+# events, and the collector publishes what one read of bpftrace's output holds as one batch per
+# syscall, so a looper's 80-call burst arrived as 40 writes + 40 reads and filled every 50-row window
+# alone. Which looper a poll showed then depended on the phase between the two loopers' bursts and
+# the page's 1 s poll, whose beat can last longer than any wait (issue 32: 30 s of one looper). At
+# one call each way per 10 ms, a window spans ~12 calls of each looper, whatever the phase.
 LOOPER = r"""
 import ctypes, os, sys, time
 ctypes.CDLL(None).prctl(15, ctypes.c_char_p(sys.argv[1].encode()), 0, 0, 0)
@@ -41,15 +48,14 @@ w, r, size = os.open("/dev/null", os.O_WRONLY), os.open("/dev/zero", os.O_RDONLY
 pause = float(sys.argv[3])
 print("ready", flush=True)
 while True:
-    for _ in range(40):
-        os.write(w, b"x" * size)
-        os.read(r, size)
+    os.write(w, b"x" * size)
+    os.read(r, size)
     time.sleep(pause)
 """
 
 
 class Looper:
-    def __init__(self, name: str, size: int, pause: float = 0.05):
+    def __init__(self, name: str, size: int, pause: float = 0.01):
         self.name = name
         self.proc = subprocess.Popen([sys.executable, "-c", LOOPER, name, str(size), str(pause)],
                                      stdout=subprocess.PIPE,
@@ -91,12 +97,10 @@ def stack(tmp_path_factory):
 
 
 def ensure_loopers(loopers: dict) -> None:
-    """Both loopers running (a test run alone does not have the earlier tests' ones). Their bursts
-    (80 events, more than the tail's 50) repeat at different periods: with the same period one
-    looper's burst could always follow the other's, and the tail would show only that one (CI once)."""
-    for key, name, size, pause in (("alpha", ALPHA, 512, 0.05), ("beta", BETA, 300, 0.077)):
+    """Both loopers running (a test run alone does not have the earlier tests' ones)."""
+    for key, name, size in (("alpha", ALPHA, 512), ("beta", BETA, 300)):
         if key not in loopers:
-            loopers[key] = Looper(name, size, pause)
+            loopers[key] = Looper(name, size)
 
 
 def leave(driver) -> list[str]:
@@ -161,15 +165,21 @@ def test_charts_have_data(stack):
     assert any("read" in s for s in legend) and any("write" in s for s in legend), legend
 
 
-def tail_shows_all(driver, comms: set):
-    """A wait_for predicate: every name in ``comms`` was in the tail at some poll (the newest 50
-    events are often one looper's burst)."""
-    seen: set = set()
+def wait_tail_shows_all(driver, comms: set, timeout: float = 15) -> None:
+    """Until one poll of the page shows every name in ``comms`` in its tail, with no filter named in
+    the tail's status. The loopers' calls interleave far finer than the tail's 50 rows, so every
+    poll shows both; a timeout lists the last tails seen (status, rows per name)."""
+    seen: list = []
 
     def check() -> bool:
-        seen.update(r[4] for r in rows(driver, "tail"))
-        return seen >= comms
-    return check
+        status, counts = text(driver, "tail-status"), Counter(r[4] for r in rows(driver, "tail"))
+        if not seen or seen[-1] != (status, counts):
+            seen.append((status, counts))
+        return "(" not in status and set(counts) >= comms
+    try:
+        wait_for(check, timeout, 0.3, f"{sorted(comms)} in one unfiltered tail")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; the last tails seen: {[(s, dict(c)) for s, c in seen[-8:]]}") from None
 
 
 def test_tail_filter_and_pause(stack):
@@ -177,7 +187,7 @@ def test_tail_filter_and_pause(stack):
     ensure_loopers(loopers)
     if not driver.current_url.startswith(api.base):
         driver.get(api.url("/"))
-    wait_for(tail_shows_all(driver, {ALPHA, BETA}), 15, 0.3, "both loopers in the tail")
+    wait_tail_shows_all(driver, {ALPHA, BETA})
 
     driver.find_element("id", "f-comm").send_keys(BETA)
     driver.find_element("id", "f-syscall").send_keys("write")
@@ -199,7 +209,7 @@ def test_tail_filter_and_pause(stack):
     wait_for(lambda: rows(driver, "tail") != frozen, 20, 0.2, "the tail to move again after resume")
 
     driver.find_element("id", "f-clear").click()
-    wait_for(tail_shows_all(driver, {ALPHA, BETA}), 30, 0.3, "the unfiltered tail")
+    wait_tail_shows_all(driver, {ALPHA, BETA})
 
 
 def test_collector_health_is_shown(stack):

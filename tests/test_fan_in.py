@@ -13,6 +13,7 @@ from harness.api import ApiProcess, metric
 from harness.collector import CollectorProcess
 from harness.procs import die_with_parent, wait_for
 from tests.conftest import have, is_root, require
+from tests.test_subscribers import wait_connected
 
 # Writes COUNT bytes to /dev/null N times per round; one round each time a line arrives on stdin.
 WRITER = r"""
@@ -131,7 +132,9 @@ def test_scripts_take_several_endpoints(tmp_path):
                              "-e", cb.endpoint, "--json", "-n", "sw-alpha", "-n", "sw-beta", "--count", "40",
                              "-d", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(2.0)
+        # connected to both and subscribed (a fixed sleep was too short for a loaded machine's start-up)
+        wait_connected(ca, tail)
+        wait_connected(cb, tail)
         alpha.round()
         beta.round()
         out, err = tail.communicate(timeout=40)

@@ -34,6 +34,7 @@ log = logging.getLogger("syswatch.collector")
 REFRESH_S = 2.0
 MAX_SUBSCRIBERS = 64
 _ESTABLISHED = "01"
+_V4_MAPPED = "0000000000000000FFFF0000"     # ::ffff:0:0/96 as /proc/net/tcp6 spells it (host-order words)
 
 
 def _host_pid_namespace() -> int:
@@ -92,8 +93,35 @@ def _socket_inodes(pid: int, proc: str) -> set[str] | None:
     return inodes
 
 
-def connected_to(pid: int, port: int, proc: str = "/proc") -> bool:
-    """Whether process ``pid`` holds an established TCP connection to remote port ``port``.
+def _address(hexaddr: str) -> str:
+    """An address of /proc/net/tcp{,6} ("0100007F:15B4"), an IPv4-mapped IPv6 one spelled as IPv4."""
+    return hexaddr[24:] if len(hexaddr) == 37 and hexaddr.startswith(_V4_MAPPED) else hexaddr
+
+
+def _established(pid: int | str, proc: str):
+    """(local address, remote address, socket inode) of each established TCP connection of the
+    network namespace process ``pid`` is in."""
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"{proc}/{pid}/net/{table}") as f:
+                next(f, None)
+                for line in f:
+                    cols = line.split()
+                    if len(cols) > 9 and cols[3] == _ESTABLISHED:
+                        yield _address(cols[1]), _address(cols[2]), cols[9]
+        except OSError:
+            continue
+
+
+def accepted_from(port: int, proc: str = "/proc") -> set[str]:
+    """The remote addresses (as their side spells its local one) of the connections this process's
+    network namespace holds on local port ``port``: the collector's subscribers, seen from here."""
+    return {remote for local, remote, _ in _established("self", proc) if int(local.rsplit(":", 1)[1], 16) == port}
+
+
+def connected_to(pid: int, port: int, proc: str = "/proc", accepted: set[str] | None = None) -> bool:
+    """Whether process ``pid`` holds an established TCP connection to remote port ``port`` (with
+    ``accepted``: one whose local address is in it, i.e. a connection to this very collector).
 
     Where its fds cannot be read (a process of another user, in a container, and no
     CAP_SYS_PTRACE), a connection to that port in the process's network namespace counts."""
@@ -103,18 +131,9 @@ def connected_to(pid: int, port: int, proc: str = "/proc") -> bool:
         return False
     if inodes is not None and not inodes:
         return False
-    for table in ("tcp", "tcp6"):
-        try:
-            with open(f"{proc}/{pid}/net/{table}") as f:
-                next(f, None)
-                for line in f:
-                    cols = line.split()
-                    if len(cols) > 9 and cols[3] == _ESTABLISHED and (inodes is None or cols[9] in inodes) \
-                            and int(cols[2].rsplit(":", 1)[1], 16) == port:
-                        return True
-        except OSError:
-            continue
-    return False
+    return any((inodes is None or inode in inodes) and int(remote.rsplit(":", 1)[1], 16) == port
+               and (accepted is None or local in accepted)
+               for local, remote, inode in _established(pid, proc))
 
 
 def _owner_is_root(pid: int, proc: str) -> bool:
@@ -166,6 +185,12 @@ class Exclusions:
         candidates = [p for p in host_pids(pid, pid_ns) if p not in self.own]
         if self.port is not None and len(candidates) > 1:
             candidates = [p for p in candidates if connected_to(p, self.port)]
+        if self.port is not None and len(candidates) > 1:
+            # Several containers' processes have that PID (PID 1 in each: an API in every compose
+            # stack on the host), each connected to a port of that number, but each to its own
+            # collector: ours is the one whose connection this collector accepted.
+            accepted = accepted_from(self.port)
+            candidates = [p for p in candidates if connected_to(p, self.port, accepted=accepted)]
         if len(candidates) != 1:
             self.refused += 1
             log.warning("a subscriber announced PID %d of PID namespace %d, which matches %d processes "

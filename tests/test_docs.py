@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import runpy
 import shlex
 import subprocess
 import sys
@@ -201,3 +202,23 @@ def test_check_reports_drift(tmp_path):
     text = doc.read_text()
     assert "not-this-version" not in text and re.search(r"syswatch-collector \d+\.\d+", text)
     assert "999.9x" not in text
+
+
+def test_until_runs_a_section_again_until_it_shows_what_it_is_about(tmp_path):
+    counter = tmp_path / "runs"
+    doc = tmp_path / "until.md"
+    doc.write_text(f"# x\n\n<!-- docs.py: cli until='^run 3$' -->\n```console\n"
+                   f"$ n=$(( $(cat {counter} 2>/dev/null || echo 0) + 1 )); echo $n > {counter}; echo run $n\n"
+                   "run 1\n```\n")
+    res = subprocess.run([sys.executable, DOCS_PY, "-q", "--session", "cli", "--file", str(doc)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert counter.read_text() == "3\n" and "\nrun 3\n```" in doc.read_text(), doc.read_text()
+
+
+def test_a_log_line_s_shape_is_the_same_whatever_the_length_of_a_list_of_numbers():
+    signature = runpy.run_path(DOCS_PY, run_name="docs_py")["signature"]
+    line = "2026-12-06 15:59:45,067 syswatch-collector INFO other syswatch collector processes on this host: {} (x)"
+    two, four = (signature([line.format(pids)])["log lines"] for pids in ("30183, 30188", "7, 8, 30183, 30188"))
+    assert two == four == {"syswatch-collector INFO other syswatch collector processes on this host: N (x)"}
+    assert signature([line.format("7, ids")])["log lines"] != two

@@ -1,0 +1,129 @@
+"""Which events a reader wants: the one event filter of the API (/events, /events/stream) and of the
+subscriber scripts (syswatch-tail, syswatch-top).
+
+A ``Selection`` holds, per field, the values any of which an event may have (empty: any value):
+PIDs, thread ids, uids, process names, syscalls, containers (an id prefix as ``docker ps`` shows it,
+a full id, or a name), hosts, path prefixes, file types; and two bounds: ``failed`` (only calls that
+returned an error, ret < 0) and ``min_latency_ns`` (only calls that took at least that long). The
+API gives one value per field (``?pid=7``), the scripts take repeated flags (``-p 7 -p 8``).
+
+``matches`` checks only the fields that were given (the checks are chosen once, when the selection
+is made), so an unused filter costs nothing, and ``empty`` lets a caller skip matching altogether.
+
+A path prefix matches whole path components: ``/var/log`` selects ``/var/log`` and
+``/var/log/syslog``, not ``/var/logs``; a prefix ending in ``/`` selects what is below it. Calls
+with two descriptors (sendfile, splice, copy_file_range, tee) match on either end (``path`` or
+``path_out``, ``file_type`` or ``file_type_out``). An event without latency (not measured) never
+passes ``min_latency``; one without a path never passes a path filter.
+
+Counts-mode rows have no per-call fields (tid, uid, ret, latency): ``matches_row`` applies the
+fields a row has (pid, comm, container, syscall, host, path).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+# The fields of a selection that pick by value, and the event key each one reads.
+BY_VALUE = {"pids": "pid", "tids": "tid", "uids": "uid", "comms": "comm", "syscalls": "syscall", "hosts": "host"}
+
+
+def path_matches(path: str, prefix: str) -> bool:
+    """Whether ``path`` is ``prefix`` or below it (whole components; see the module doc)."""
+    if not path.startswith(prefix):
+        return False
+    return len(path) == len(prefix) or prefix.endswith("/") or path[len(prefix)] == "/"
+
+
+def container_matches(ref: str, cid: str, name: str) -> bool:
+    """``ref`` (an id prefix, a full 64-digit id, or a name) names the container ``cid``/``name``."""
+    if cid and (cid.startswith(ref) if len(ref) <= len(cid) else ref.startswith(cid)):
+        return True
+    return bool(name) and name == ref
+
+
+@dataclass(frozen=True)
+class Selection:
+    pids: tuple = ()
+    tids: tuple = ()
+    uids: tuple = ()
+    comms: tuple = ()
+    syscalls: tuple = ()
+    hosts: tuple = ()
+    containers: tuple = ()
+    paths: tuple = ()
+    file_types: tuple = ()
+    failed: bool = False
+    min_latency_ns: int = 0
+    _checks: tuple = field(default=(), init=False, repr=False, compare=False)
+    _row_checks: tuple = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        checks: list[Callable[[dict], bool]] = []
+        row_checks: list[Callable[[dict], bool]] = []
+        for name, key in BY_VALUE.items():
+            values = getattr(self, name)
+            if values:
+                wanted = frozenset(values)
+                check = (lambda e, key=key, wanted=wanted: e.get(key) in wanted)
+                checks.append(check)
+                if name not in ("tids", "uids"):
+                    row_checks.append(check)
+        if self.containers:
+            refs = self.containers
+            check = (lambda e: any(container_matches(r, e.get("container_id", ""), e.get("container_name", ""))
+                                   for r in refs))
+            checks.append(check)
+            row_checks.append(check)
+        if self.paths:
+            prefixes = self.paths
+            check = (lambda e: any(path_matches(p, r) for p in (e.get("path"), e.get("path_out")) if p
+                                   for r in prefixes))
+            checks.append(check)
+            row_checks.append(check)
+        if self.file_types:
+            types = frozenset(self.file_types)
+            checks.append(lambda e: e.get("file_type") in types or e.get("file_type_out") in types)
+        if self.failed:
+            checks.append(lambda e: e["ret"] < 0)
+        if self.min_latency_ns:
+            bound = self.min_latency_ns
+            checks.append(lambda e: e.get("lat_ns", -1) >= bound)
+        object.__setattr__(self, "_checks", tuple(checks))
+        object.__setattr__(self, "_row_checks", tuple(row_checks))
+
+    @property
+    def empty(self) -> bool:
+        """True when every event matches."""
+        return not self._checks
+
+    def matches(self, event: dict) -> bool:
+        for check in self._checks:
+            if not check(event):
+                return False
+        return True
+
+    def matches_row(self, row: dict) -> bool:
+        """For a counts-mode row: the fields a row has (pid, comm, container, syscall, host, path)."""
+        for check in self._row_checks:
+            if not check(row):
+                return False
+        return True
+
+    def per_call_only(self) -> list[str]:
+        """The filters given that a counts row cannot answer (tid, uid, failed, min_latency, file_type)."""
+        return [name for name, given in (("tid", self.tids), ("uid", self.uids), ("failed", self.failed),
+                                         ("min_latency", self.min_latency_ns), ("file_type", self.file_types))
+                if given]
+
+    def shown(self) -> str:
+        """The filters given, as ``name=value`` pairs (the SSE banner, logs); ``none`` when empty."""
+        parts = []
+        for name in ("pids", "tids", "uids", "comms", "syscalls", "hosts", "containers", "paths", "file_types"):
+            for value in getattr(self, name):
+                parts.append(f"{name.rstrip('s') if name != 'file_types' else 'file_type'}={value}")
+        if self.failed:
+            parts.append("failed=1")
+        if self.min_latency_ns:
+            parts.append(f"min_latency={self.min_latency_ns}ns")
+        return ", ".join(parts) or "none"

@@ -21,8 +21,8 @@ fields a row has (pid, comm, container, syscall, host, path).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 # The fields of a selection that pick by value, and the event key each one reads.
 BY_VALUE = {"pids": "pid", "tids": "tid", "uids": "uid", "comms": "comm", "syscalls": "syscall", "hosts": "host"}
@@ -40,6 +40,40 @@ def container_matches(ref: str, cid: str, name: str) -> bool:
     if cid and (cid.startswith(ref) if len(ref) <= len(cid) else ref.startswith(cid)):
         return True
     return bool(name) and name == ref
+
+
+def _one_of(key: str, wanted: frozenset) -> Callable[[dict], bool]:
+    def check(e: dict) -> bool:
+        return e.get(key) in wanted
+    return check
+
+
+def _in_container(refs: tuple) -> Callable[[dict], bool]:
+    def check(e: dict) -> bool:
+        return any(container_matches(r, e.get("container_id", ""), e.get("container_name", "")) for r in refs)
+    return check
+
+
+def _below(prefixes: tuple) -> Callable[[dict], bool]:
+    def check(e: dict) -> bool:
+        return any(path_matches(p, r) for p in (e.get("path"), e.get("path_out")) if p for r in prefixes)
+    return check
+
+
+def _of_type(types: frozenset) -> Callable[[dict], bool]:
+    def check(e: dict) -> bool:
+        return e.get("file_type") in types or e.get("file_type_out") in types
+    return check
+
+
+def _failed(e: dict) -> bool:
+    return e["ret"] < 0
+
+
+def _slower(bound: int) -> Callable[[dict], bool]:
+    def check(e: dict) -> bool:
+        return e.get("lat_ns", -1) >= bound
+    return check
 
 
 @dataclass(frozen=True)
@@ -64,31 +98,22 @@ class Selection:
         for name, key in BY_VALUE.items():
             values = getattr(self, name)
             if values:
-                wanted = frozenset(values)
-                check = (lambda e, key=key, wanted=wanted: e.get(key) in wanted)
+                check = _one_of(key, frozenset(values))
                 checks.append(check)
                 if name not in ("tids", "uids"):
                     row_checks.append(check)
         if self.containers:
-            refs = self.containers
-            check = (lambda e: any(container_matches(r, e.get("container_id", ""), e.get("container_name", ""))
-                                   for r in refs))
-            checks.append(check)
-            row_checks.append(check)
+            checks.append(_in_container(self.containers))
+            row_checks.append(checks[-1])
         if self.paths:
-            prefixes = self.paths
-            check = (lambda e: any(path_matches(p, r) for p in (e.get("path"), e.get("path_out")) if p
-                                   for r in prefixes))
-            checks.append(check)
-            row_checks.append(check)
+            checks.append(_below(self.paths))
+            row_checks.append(checks[-1])
         if self.file_types:
-            types = frozenset(self.file_types)
-            checks.append(lambda e: e.get("file_type") in types or e.get("file_type_out") in types)
+            checks.append(_of_type(frozenset(self.file_types)))
         if self.failed:
-            checks.append(lambda e: e["ret"] < 0)
+            checks.append(_failed)
         if self.min_latency_ns:
-            bound = self.min_latency_ns
-            checks.append(lambda e: e.get("lat_ns", -1) >= bound)
+            checks.append(_slower(self.min_latency_ns))
         object.__setattr__(self, "_checks", tuple(checks))
         object.__setattr__(self, "_row_checks", tuple(row_checks))
 

@@ -1,7 +1,8 @@
 """syswatch-tail's text lines: an event in strace's shape, a counts row, a status.
 
     12:01:02.123456 postgres[812] pread64(7</var/lib/postgresql/base/1/1259>, 8192) = 8192 <0.000041> host=db1
-    12:01:02.124001 nginx[901/905] read(12<socket:[88123]>, 4096) = -1 EAGAIN (Resource temporarily unavailable) <0.000003> container=web host=node1
+    12:01:02.124001 nginx[901/905] read(12<socket:[88123]>, 4096) = -1 EAGAIN (Resource temporarily
+        unavailable) <0.000003> container=web host=node1        (one line)
     12:01:02.130000 cp[77] copy_file_range(3</src/a>, 4</dst/a>, 65536) = 65536 <0.000210> host=node1
 
 The time is the call's entry (``ts_ns``) in local time with microseconds (strace ``-tt``);

@@ -9,7 +9,6 @@ import os
 import random
 
 import pytest
-
 from syswatch.shared import errnos, latency, units
 from syswatch.shared.escaping import visible
 
@@ -248,5 +247,6 @@ def test_the_tail_line_shows_hostile_strings_as_text():
     line = lines.event_line(e, "h\u202e")
     assert "\x1b" not in line and "\x07" not in line and "\n" not in line and "\u202e" not in line
     assert "\\x1b]0;pwned\\x07[1]" in line and "1</a\\nb\\x1b[31m>" in line and "container=\\x1b[2J" in line
-    status = lines.status_line("status", {"v": 2, "host": "vm", "bpftrace": "\x1b[31mv0.17", "stale_cpus": list(range(100))})
+    status = lines.status_line("status", {"v": 2, "host": "vm", "bpftrace": "\x1b[31mv0.17",
+                                          "stale_cpus": list(range(100))})
     assert status.startswith("status: host=vm bpftrace=\\x1b[31mv0.17 stale_cpus=[0, 1,") and "100 in all" in status

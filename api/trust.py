@@ -47,9 +47,22 @@ class HostClaims:
     claims: dict = field(default_factory=dict)          # host -> _Claim
 
     def admit(self, host: str, endpoint: str | None, now: float) -> str | None:
-        """None when ``endpoint`` may speak for ``host`` (claiming it if new), else why not."""
-        endpoint = endpoint or ""
+        """None when ``endpoint`` may speak for ``host`` (claiming it if new), else why not.
+
+        ``endpoint`` None: a message handed in by code in this process (tests, an ingest that checked
+        the origin itself): it may speak for any host, within the API's bound of hosts."""
         claim = self.claims.get(host)
+        if endpoint is None:
+            if claim is not None:
+                claim.last_seen = now
+                return None
+            if len(self.claims) >= self.max_hosts:
+                return f"the API holds {len(self.claims)} hosts, its most; refused host {_name(host)}"
+            self.claims[host] = _Claim("", now)
+            return None
+        if claim is not None and claim.endpoint == "":
+            del self.claims[host]           # claimed in process only: the first endpoint takes it over
+            claim = None
         if claim is not None:
             if claim.endpoint != endpoint:
                 return (f"host {_name(host)} belongs to {_name(claim.endpoint)}; "

@@ -24,9 +24,9 @@ import math
 NBUCKETS = 65           # 0 ns, then one bucket per power of two up to 2**64
 U64 = 2**64 - 1
 # The bucket boundaries /metrics exports (``le`` of syswatch_call_latency_seconds_bucket): every power of
-# two from 256 ns to 2**35 ns (34 s). Each is a boundary of the log2 buckets, so the exported
-# cumulative counts are exact; 28 bounds + ``+Inf``, ``_sum`` and ``_count``: 31 series per (host, syscall).
-EXPORTED_EXPONENTS = tuple(range(8, 36))
+# two from 2**10 ns (1.02 us) to 2**33 ns (8.6 s). Each is a boundary of the log2 buckets, so the exported
+# cumulative counts are exact; 24 bounds + ``+Inf``, ``_sum`` and ``_count``: 27 series per (host, syscall).
+EXPORTED_EXPONENTS = tuple(range(10, 34))
 
 
 def bucket(ns: int) -> int:

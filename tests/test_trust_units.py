@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+
 from syswatch.api import trust
 from syswatch.api.trust import HostClaims
 

@@ -141,13 +141,21 @@ class HostStats:
                 crow[2] += err
                 crow[3] += lat
                 crow[4] += measured
-                crow[7].add(lat if measured else None)
+                chist = crow[7]
+                if measured:
+                    chist.counts[lat.bit_length()] += 1
+                    chist.sum_ns += lat
+                    if lat > chist.max_ns:
+                        chist.max_ns = lat
+                else:
+                    chist.unmeasured += 1
                 if name is not None:
                     if crow[6] is None:
                         crow[6] = {}
                     count_errno(crow[6], name)
-            fkey = file_key(e)
-            if fkey is not None:
+            ino = e.get("ino")                          # the file: (dev, ino), else its path (file_key)
+            fkey = (e.get("dev", 0), ino) if ino else e.get("path")
+            if fkey:
                 frow = files.get(fkey)
                 if frow is None:
                     files[fkey] = [1, moved, err, lat, measured, e.get("path", ""), e.get("file_type", "")]
@@ -157,8 +165,9 @@ class HostStats:
                     frow[2] += err
                     frow[3] += lat
                     frow[4] += measured
-                    if e.get("path"):
-                        frow[5] = e["path"]
+                    path = e.get("path")
+                    if path:
+                        frow[5] = path
             e["host"] = host_name
         total[CALLS] += calls
         total[BYTES] += moved_sum

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 # The fields of a selection that pick by value, and the event key each one reads.
 BY_VALUE = {"pids": "pid", "tids": "tid", "uids": "uid", "comms": "comm", "syscalls": "syscall", "hosts": "host"}
+ALWAYS = ("pid", "tid", "uid", "comm", "syscall")   # keys every EVENT has (rows are never checked on tid, uid)
 
 
 def path_matches(path: str, prefix: str) -> bool:
@@ -43,6 +44,13 @@ def container_matches(ref: str, cid: str, name: str) -> bool:
 
 
 def _one_of(key: str, wanted: frozenset) -> Callable[[dict], bool]:
+    if len(wanted) == 1 and key in ALWAYS:  # the API's case (one value per parameter): one comparison
+        (only,) = wanted
+
+        def check_one(e: dict) -> bool:
+            return e[key] == only
+        return check_one
+
     def check(e: dict) -> bool:
         return e.get(key) in wanted
     return check
@@ -74,6 +82,32 @@ def _slower(bound: int) -> Callable[[dict], bool]:
     def check(e: dict) -> bool:
         return e.get("lat_ns", -1) >= bound
     return check
+
+
+def _all(checks: list) -> Callable[[dict], bool]:
+    """One function checking every one of ``checks`` (the common cases without a loop)."""
+    if not checks:
+        return _any
+    if len(checks) == 1:
+        return checks[0]
+    if len(checks) == 2:
+        a, b = checks
+
+        def both(e: dict) -> bool:
+            return a(e) and b(e)
+        return both
+    fixed = tuple(checks)
+
+    def every(e: dict) -> bool:
+        for check in fixed:
+            if not check(e):
+                return False
+        return True
+    return every
+
+
+def _any(e: dict) -> bool:
+    return True
 
 
 @dataclass(frozen=True)
@@ -116,24 +150,19 @@ class Selection:
             checks.append(_slower(self.min_latency_ns))
         object.__setattr__(self, "_checks", tuple(checks))
         object.__setattr__(self, "_row_checks", tuple(row_checks))
+        object.__setattr__(self, "matches", _all(checks))           # one call per event, whatever is given
+        object.__setattr__(self, "matches_row", _all(row_checks))
 
     @property
     def empty(self) -> bool:
         """True when every event matches."""
         return not self._checks
 
-    def matches(self, event: dict) -> bool:
-        for check in self._checks:
-            if not check(event):
-                return False
-        return True
+    def matches(self, event: dict) -> bool:       # replaced per instance by _all(its checks)
+        raise NotImplementedError
 
-    def matches_row(self, row: dict) -> bool:
-        """For a counts-mode row: the fields a row has (pid, comm, container, syscall, host, path)."""
-        for check in self._row_checks:
-            if not check(row):
-                return False
-        return True
+    def matches_row(self, row: dict) -> bool:      # for a counts-mode row: the fields a row has
+        raise NotImplementedError
 
     def per_call_only(self) -> list[str]:
         """The filters given that a counts row cannot answer (tid, uid, failed, min_latency, file_type)."""

@@ -75,6 +75,11 @@ COUNTERS = {
     "containers_tracked": ("gauge", "Container rows held for the top-containers tables."),
     "files_tracked": ("gauge", "File rows held for the top-files tables."),
     "files_evicted": ("counter", "File rows dropped from the tables to stay within the bound."),
+    "nats_messages_received": ("counter", "Messages the NATS consumer delivered to this API (valid or refused)."),
+    "nats_redelivered": ("counter", "Of those, messages JetStream delivered again (an API had not acknowledged "
+                                    "them: it stopped, or lost its connection)."),
+    "nats_pending": ("gauge", "Messages the NATS consumer still held for its readers at the last delivery "
+                              "(the backlog while catching up)."),
 }
 
 
@@ -202,6 +207,22 @@ class StreamStats:
             host.set_status(status, now, shown_status(status))
             self.counters["events_not_received"] = sum(h.events_not_received for h in self.hosts.values())
         return True
+
+    def set_bridge(self, status: dict, source: str | None = None) -> bool:
+        """A NATS bridge's counters (what it published and what it could not) for its host's view."""
+        now = time.monotonic()
+        with self.lock:
+            host = self._host(status["host"], source, now)
+            if host is None:
+                return False
+            host.bridge = {k: v for k, v in status.items() if k != "v"}
+        return True
+
+    def nats_delivery(self, redelivered: bool, pending: int) -> None:
+        with self.lock:
+            self.counters["nats_messages_received"] += 1
+            self.counters["nats_redelivered"] += redelivered
+            self.counters["nats_pending"] = pending
 
     def add_malformed(self, reason: str) -> None:
         with self.lock:
@@ -359,11 +380,12 @@ class StreamStats:
                         "connected": age is not None and age <= CONNECTED_WINDOW_S,
                         "last_message_age_s": None if age is None else round(age, 3),
                         "events_received": h.events_received, "events_not_received": h.events_not_received,
-                        "status": dict(h.status_shown) if h.status_shown else None})
+                        "status": dict(h.status_shown) if h.status_shown else None,
+                        "bridge": dict(h.bridge) if h.bridge else None})
         for endpoint in self.endpoints:
             if endpoint not in heard:
                 out.append({"endpoint": endpoint, "host": None, "connected": False, "last_message_age_s": None,
-                            "events_received": 0, "events_not_received": 0, "status": None})
+                            "events_received": 0, "events_not_received": 0, "status": None, "bridge": None})
         return out
 
     def recent_events(self, flt: Selection, limit: int) -> list:

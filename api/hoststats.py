@@ -71,6 +71,7 @@ class HostStats:
         self.status: dict | None = None            # the collector's last accepted status (in full)
         self.status_shown: dict | None = None      # the same, long lists cut (what /stats shows)
         self.status_at: float | None = None        # time.monotonic() it arrived
+        self.bridge: dict | None = None            # its NATS bridge's last status (topic "bridge"), NATS only
         self.last_message_at: float | None = None
         self.endpoint: str | None = None
         self.events_not_received = 0

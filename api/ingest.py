@@ -35,10 +35,10 @@ class StreamSubscriber(threading.Thread):
         self.stats = stats
         self.hub = hub
         self.ctx = ctx or zmq.Context.instance()
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
     def _open(self, endpoint: str) -> zmq.Socket:
         return zmqsock.make_subscriber(self.ctx, endpoint, curve_client=self.curve_client,
@@ -55,8 +55,13 @@ class StreamSubscriber(threading.Thread):
                 heard[endpoint] = time.monotonic()
                 poller.register(sock, zmq.POLLIN)
             next_tick = 0.0
-            while not self._stop.is_set():
-                for sock, _ in poller.poll(200):
+            while not self._stopping.is_set():
+                if socks:
+                    ready = poller.poll(200)
+                else:   # --nats without --collector: this thread only samples events/s (a poll of no
+                    self._stopping.wait(0.2)    # socket returns at once: it would spin)
+                    ready = []
+                for sock, _ in ready:
                     endpoint = socks[sock]
                     heard[endpoint] = time.monotonic()
                     for _ in range(DRAIN_MAX):
@@ -85,20 +90,29 @@ class StreamSubscriber(threading.Thread):
                 sock.close(0)
 
     def handle(self, frames: list, endpoint: str | None = None) -> None:
-        stats = self.stats
         try:
-            topic, payload = protocol.decode(frames)
+            message = protocol.decode(frames)
         except protocol.ProtocolError as exc:
-            stats.add_malformed(str(exc))
+            self.stats.add_malformed(str(exc))
             return
-        # A refused message (a host another endpoint holds, one host too many, numbers that cannot be
-        # true: api/trust.py) is counted by the aggregates and goes nowhere else.
-        if topic.startswith(protocol.EVENT_PREFIX):
-            events = payload["events"]
-            if events and stats.add_events(payload["host"], events, endpoint):
-                self.hub.publish(events)
-        elif topic == protocol.TOPIC_STATUS:
-            stats.set_status(payload, endpoint)
-        elif topic == protocol.TOPIC_COUNTS:
-            stats.add_counts(payload, endpoint)
-        # else: a topic of a newer protocol minor, not ours
+        apply(self.stats, self.hub, message, endpoint)
+
+
+def apply(stats: StreamStats, hub: StreamHub, message: protocol.Message, source: str | None) -> None:
+    """One decoded message into the aggregates and the hub: the ZeroMQ and the NATS ingest (api/nats_ingest.py)
+    both end here. ``source``: the collector's endpoint, or the NATS subject it came through: the unit of
+    trust (a host name belongs to the source that sent it first, api/trust.py). A refused message (a host
+    another source holds, one host too many, numbers that cannot be true) is counted by the aggregates
+    and goes nowhere else."""
+    topic, payload = message
+    if topic.startswith(protocol.EVENT_PREFIX):
+        events = payload["events"]
+        if events and stats.add_events(payload["host"], events, source):
+            hub.publish(events)
+    elif topic == protocol.TOPIC_STATUS:
+        stats.set_status(payload, source)
+    elif topic == protocol.TOPIC_COUNTS:
+        stats.add_counts(payload, source)
+    elif topic == protocol.TOPIC_BRIDGE:
+        stats.set_bridge(payload, source)
+    # else: a topic of a newer protocol minor, not ours

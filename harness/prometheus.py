@@ -32,16 +32,17 @@ def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProces
 
 
 class Prometheus:
-    """`prometheus` scraping one target every second, on a free port, storage in ``tmp``."""
+    """`prometheus` scraping ``target`` (one, or a list) every second, on a free port, storage in ``tmp``."""
 
-    def __init__(self, tmp: Path, target: str):
+    def __init__(self, tmp: Path, target: str | list[str]):
         binary = shutil.which("prometheus")
         assert binary, missing()
         self.url = f"http://127.0.0.1:{free_port()}"
         config = tmp / "prometheus.yml"
         config.write_text(json.dumps({
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [target]}]}]}))
+            "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [target] if isinstance(target, str)
+                                                                        else list(target)}]}]}))
         self.log = tmp / "prometheus.log"
         self.proc = subprocess.Popen(
             [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",

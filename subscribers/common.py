@@ -15,20 +15,12 @@ import zmq
 
 from syswatch import __version__
 from syswatch.shared import curve
-from syswatch.shared.config import add_option, env_default
+from syswatch.shared.config import add_option
 from syswatch.shared.escaping import visible
 from syswatch.shared.protocol import DEFAULT_ENDPOINT, Message, ProtocolError, decode
 from syswatch.shared.selection import Selection
 from syswatch.shared.units import parse_duration
 from syswatch.shared.zmqsock import EndpointError, check_endpoint, make_subscriber
-
-
-def _on(text: str) -> bool:
-    if text.strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.strip().lower() in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"{text!r}: use 1 or 0")
 
 
 def _uid(text: str) -> int:
@@ -48,29 +40,31 @@ def add_common_flags(p: argparse.ArgumentParser, duration_letter: bool = True) -
                type=check_endpoint, metavar="ENDPOINT", dest="endpoint",
                help="a collector's ZeroMQ endpoint; repeat for several collectors (CurveZMQ keys from "
                     "SYSWATCH_CURVE_SERVER_KEY/SYSWATCH_CURVE_CLIENT_KEY)")
-    add_option(p, "-p", "--pid", default=[], type=int, repeatable=True, dest="pid", metavar="PID",
-               help="only this PID; repeatable")
-    add_option(p, "-n", "--comm", default=[], repeatable=True, dest="comm", metavar="NAME",
+    add_option(p, "-p", "--pid", env="SYSWATCH_PID", default=[], type=int, repeatable=True, dest="pid",
+               metavar="PID", help="only this PID; repeatable")
+    add_option(p, "-n", "--comm", env="SYSWATCH_COMM", default=[], repeatable=True, dest="comm", metavar="NAME",
                help="only this process name; repeatable")
-    add_option(p, "-c", "--container", default=[], repeatable=True, dest="container", metavar="ID|NAME",
-               help="only this container (id prefix or name as the collector reports it); repeatable")
+    add_option(p, "-c", "--container", env="SYSWATCH_CONTAINER", default=[], repeatable=True, dest="container",
+               metavar="ID|NAME", help="only this container (id prefix or name as the collector reports it); "
+                                       "repeatable")
     add_option(p, "-u", "--uid", env="SYSWATCH_UID", default=[], type=_uid, repeatable=True, dest="uid",
                metavar="UID", help="only calls made by this user id (a number); repeatable")
     add_option(p, "-t", "--tid", env="SYSWATCH_TID", default=[], type=int, repeatable=True, dest="tid",
                metavar="TID", help="only calls made by this thread id; repeatable")
-    p.add_argument("-x", "--failed", action="store_true", default=env_default("SYSWATCH_FAILED", False, _on),
-                   help="only calls that failed (ret < 0, shown by errno name) [env SYSWATCH_FAILED] (default: off)")
+    add_option(p, "-x", "--failed", env="SYSWATCH_FAILED", flag=True,
+               help="only calls that failed (ret < 0, shown by errno name)")
     add_option(p, "--min-latency", env="SYSWATCH_MIN_LATENCY", default=0, type=parse_duration, metavar="DURATION",
-               help="only calls that took at least this long: a number and a unit, 500us, 20ms, 1s")
+               help="only calls that took at least this long: a number and a unit, 500us, 20ms, 1s "
+                    "(default: none)")
     add_option(p, "--path", env="SYSWATCH_PATH", default=[], repeatable=True, dest="path", metavar="PREFIX",
                help="only calls on this path or below it (whole components: /var/log, not /var/logs); "
                     "repeatable")
     if duration_letter:
-        add_option(p, "-d", "--duration", default=0.0, type=float, metavar="SECONDS", dest="duration",
-                   help="stop after this many seconds; 0 = never")
+        add_option(p, "-d", "--duration", env="SYSWATCH_DURATION", default=0.0, type=float, metavar="SECONDS",
+                   dest="duration", help="stop after this many seconds; 0 = never")
     else:
-        add_option(p, "--duration", default=0.0, type=float, metavar="SECONDS", dest="duration",
-                   help="stop after this many seconds; 0 = never")
+        add_option(p, "--duration", env="SYSWATCH_DURATION", default=0.0, type=float, metavar="SECONDS",
+                   dest="duration", help="stop after this many seconds; 0 = never")
     p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
 
 
@@ -113,6 +107,12 @@ class Subscription:
 
     def messages(self, deadline: float | None = None, tick: float | None = None) -> Iterator[Message | None]:
         """Decoded messages until ``deadline`` (time.monotonic()); yields None every ``tick`` s idle."""
+        for item in self.received(deadline, tick):
+            yield None if item is None else item[1]
+
+    def received(self, deadline: float | None = None,
+                 tick: float | None = None) -> Iterator[tuple[list[bytes], Message] | None]:
+        """Like ``messages``, each with the frames as received (the NATS bridge forwards them unchanged)."""
         while True:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -126,7 +126,7 @@ class Subscription:
             for sock in ready:
                 frames = sock.recv_multipart()
                 try:
-                    yield decode(frames)
+                    yield frames, decode(frames)
                 except ProtocolError as exc:
                     self.malformed += 1
                     print(f"warning: skipped a malformed message: {visible(str(exc), 300)}", file=sys.stderr)

@@ -19,11 +19,16 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from syswatch.shared import errnos, units
-from syswatch.shared.escaping import visible
-from syswatch.shared.latency import Histogram
-from syswatch.shared.protocol import EVENT_PREFIX, TOPIC_COUNTS, TOPIC_STATUS
-from syswatch.subscribers.common import Subscription, add_common_flags, selection
+from syswatch.shared.deps import require  # noqa: E402  (stdlib only)
+
+require("syswatch-top", "zmq")              # a missing package: one line, exit 2
+
+from syswatch.shared import errnos, units  # noqa: E402
+from syswatch.shared.config import add_option  # noqa: E402
+from syswatch.shared.escaping import visible  # noqa: E402
+from syswatch.shared.latency import Histogram  # noqa: E402
+from syswatch.shared.protocol import EVENT_PREFIX, TOPIC_COUNTS, TOPIC_STATUS  # noqa: E402
+from syswatch.subscribers.common import Subscription, add_common_flags, selection  # noqa: E402
 
 EPILOG = """\
 examples:
@@ -58,20 +63,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 "read/write calls, bytes moved, errors and latency.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_flags(p, duration_letter=False)
-    p.add_argument("-d", "--delay", type=float, default=1.0, metavar="SECONDS",
-                   help="refresh interval, as top's -d (default: %(default)s)")
-    p.add_argument("--rows", type=int, default=0,
-                   help="rows shown; 0 = as many as fit the terminal (default: 0)")
-    p.add_argument("--sort", choices=SORTS, default="calls",
-                   help="sort key: calls, bytes, errors, latency (the mean) or p99 (default: %(default)s)")
-    p.add_argument("--group", choices=GROUPS, default="process",
-                   help="one row per process, container or file (default: %(default)s)")
-    p.add_argument("--iterations", type=int, default=0, metavar="N",
-                   help="exit after N refreshes, printing plain text (no screen clearing); 0 = run until "
-                        "Ctrl-C (default: 0)")
-    p.add_argument("--once", action="store_true", help="same as --iterations 1")
-    p.add_argument("--json", action="store_true",
-                   help="print each sample as one JSON object instead of a table (default: table)")
+    add_option(p, "-d", "--delay", env="SYSWATCH_DELAY", default=1.0, type=float, metavar="SECONDS",
+               help="refresh interval, as top's -d")
+    add_option(p, "--rows", env="SYSWATCH_ROWS", default=0, type=int, metavar="N",
+               help="rows shown; 0 = as many as fit the terminal")
+    add_option(p, "--sort", env="SYSWATCH_SORT", default="calls", choices=SORTS,
+               help="sort key: calls, bytes, errors, latency (the mean) or p99")
+    add_option(p, "--group", env="SYSWATCH_GROUP", default="process", choices=GROUPS,
+               help="one row per process, container or file")
+    add_option(p, "--iterations", env="SYSWATCH_ITERATIONS", default=0, type=int, metavar="N",
+               help="exit after N refreshes, printing plain text (no screen clearing); 0 = run until Ctrl-C")
+    add_option(p, "--once", env="SYSWATCH_ONCE", flag=True, help="same as --iterations 1")
+    add_option(p, "--json", env="SYSWATCH_JSON", flag=True,
+               help="print each sample as one JSON object instead of a table (default: off, a table)")
     return p.parse_args(argv)
 
 

@@ -100,7 +100,7 @@ def scraped(tmp_path_factory):
     """(prometheus, api): a real collector tracing the workload, the API subscribed to it and a
     Prometheus that has scraped the API SCRAPES times. Everything is stopped also on failure."""
     require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
-    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-host.sh does it)")
+    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-test.sh does it)")
     require_prometheus()
     tmp = tmp_path_factory.mktemp("prometheus")
     stop = []

@@ -34,7 +34,7 @@ def add_common_flags(p: argparse.ArgumentParser, duration_letter: bool = True) -
     """--endpoint (repeatable: one view over several collectors), the event filters, -d/--duration, -V.
 
     The filter letters are BCC's (opensnoop: -p PID, -t TID, -u UID, -n NAME, -x failed only, -d
-    DURATION) and Inspektor Gadget's -c container; docs/SUBSCRIBERS.md compares them with bpftrace,
+    DURATION) and Inspektor Gadget's -c container; docs/COLLECTOR.md compares them with bpftrace,
     strace and top. syswatch-top takes ``duration_letter=False``: its -d is top's delay."""
     add_option(p, "-e", "--endpoint", env="SYSWATCH_COLLECTOR", default=[DEFAULT_ENDPOINT], repeatable=True,
                type=check_endpoint, metavar="ENDPOINT", dest="endpoint",

@@ -80,6 +80,18 @@ class StreamClient:
             self.cond.notify()
         return 0
 
+    def trim(self, keep: int) -> int:
+        """Keep at most about ``keep`` of the newest queued events (whole chunks); returns how many were
+        dropped: a client that is not reading needs no more than it can be sent when it reads again."""
+        dropped = 0
+        with self.cond:
+            while self.queued > keep and len(self.batches) > 1:
+                ids, events = self.batches.popleft()
+                self.queued -= len(events)
+                dropped += len(events)
+            self.dropped += dropped
+        return dropped
+
     def take(self, timeout: float, most: int | None = None) -> tuple[list, int]:
         """([(ids, events), ...], dropped since the last take), waiting up to ``timeout`` s for events;
         at most about ``most`` events (whole chunks, and at least one), the rest stays queued."""

@@ -23,10 +23,11 @@ a heartbeat to fail: waitress keeps reading the connection while the stream runs
 
 A client that stays connected but stops reading (issue 29) is not allowed to hold its slot or grow
 the server's buffers: while more than MAX_UNSENT bytes wait for it (api/peer.py) nothing more is
-written (its bounded queue overflows into ``sse_dropped_events``), and when those bytes have not moved
-for ``stall_s`` seconds the stream is closed, its connection dropped and its slot freed
-(``sse_streams_stalled``). Each write is at most about TAKE_MOST events, so a write never pushes
-the server past its own buffer bound (where waitress would block the worker without a timeout).
+written and its queue keeps only the newest TAKE_MOST events (the rest is counted in
+``sse_dropped_events``), and when those bytes have not moved for ``stall_s`` seconds the stream is
+closed, its connection dropped and its slot freed (``sse_streams_stalled``). Each write is at most
+about TAKE_MOST events, so a write never pushes the server past its own buffer bound (where waitress
+would block the worker without a timeout).
 """
 from __future__ import annotations
 
@@ -90,6 +91,9 @@ class EventStream:
             if self._blocked(progress):
                 if self._closed or self.disconnected():
                     return
+                trimmed = self.client.trim(TAKE_MOST)   # what it cannot take now is dropped (counted), not held
+                if trimmed:
+                    self.hub.stats.add_sse_dropped(trimmed)
                 time.sleep(POLL_S)
                 continue
             chunks, dropped = self.client.take(min(POLL_S, self.heartbeat_s), TAKE_MOST)

@@ -242,3 +242,23 @@ def test_a_write_is_bounded_whatever_is_queued(tmp_path):
     body.close()
     assert max(map(len, written)) < 400_000                  # far below waitress's 1 MiB write bound
     assert sum(c.count(b"\ndata: ") for c in written) == 10_000
+
+
+def test_a_client_that_is_behind_keeps_only_the_newest_events_queued(tmp_path, monkeypatch):
+    monkeypatch.setattr(sse, "POLL_S", 0.01)
+    api = ApiInProcess.from_args(tmp_path / "ips.sqlite3", "--sse-stall-timeout", "60", "--stream-queue", "20000")
+    channel = FakeChannel()
+    _, body = open_stream(api, channel)
+    channel.total_outbufs_len = sse.MAX_UNSENT + 1          # behind from the start: nothing is written
+    channel.serve(body)
+    wait_for(lambda: api.app.hub.count() == 1, 5, 0.01, "the stream to open")
+    (client,) = api.app.hub._clients
+    for _ in range(30):
+        api.app.hub.publish([event() for _ in range(500)])
+        time.sleep(0.005)
+    wait_for(lambda: client.queued <= sse.TAKE_MOST + 500, 5, 0.01, f"the queue trimmed (holds {client.queued})")
+    api.app.hub.end_all()
+    assert channel.thread is not None
+    channel.thread.join(10)
+    body.close()
+    assert stats(api)["api"]["sse_dropped_events"] >= 15_000 - sse.TAKE_MOST - 500

@@ -39,13 +39,17 @@ class ApiConfig:
     max_ips: int = 100_000
     recent_events: int = 10_000
     max_streams: int = 8
+    max_streams_per_address: int = 4       # one client address's share of max_streams
     stream_queue: int = 20_000
+    sse_stall_timeout: float = 30.0        # a stream whose client takes nothing for this long is closed
     cors_origins: tuple[str, ...] = ()     # parsed by web.parse_origins
     allowed_hosts: tuple[str, ...] = ()    # lower case
     sse_heartbeat: float = 10.0
     threads: int = 16
     max_connections: int = 1000
     channel_timeout: int = 60
+    hosts_per_collector: int = 1           # host names one collector endpoint may speak for
+    host_expiry: float = 600.0             # a host silent this long is forgotten (its name and slot freed)
     nats: natsclient.Options | None = None   # --nats: also (or only) read the fleet's JetStream stream
     nats_stream: str = jetstream.DEFAULT_STREAM
     nats_consumer: str = jetstream.DEFAULT_CONSUMER
@@ -70,13 +74,15 @@ def make_app(config: ApiConfig, curve_client=None, log: Callable[[str], None] = 
     (the dashboard's files cannot be read). ``curve_client``: shared.curve.ClientKeys, or None;
     ``log`` gets each access-log line."""
     iplist = IPList(config.db, config.max_ips)
-    stats = StreamStats(list(config.collectors), config.recent_events)
-    hub = StreamHub(stats, config.max_streams, config.stream_queue)
+    stats = StreamStats(list(config.collectors), config.recent_events, config.hosts_per_collector,
+                        config.host_expiry)
+    hub = StreamHub(stats, config.max_streams, config.stream_queue,
+                    per_address=min(config.max_streams_per_address, config.max_streams))
     subscriber = StreamSubscriber(list(config.collectors), stats, hub, curve_client=curve_client)
     requests = RequestStats(r.path for r in ROUTES)  # route labels: the table's templates, nothing else
     limits = Limits(max_body_bytes=config.max_body_bytes, max_items=config.max_items,
                     max_events_limit=config.recent_events, default_events_limit=min(100, config.recent_events),
-                    sse_heartbeat_s=config.sse_heartbeat)
+                    sse_heartbeat_s=config.sse_heartbeat, sse_stall_s=config.sse_stall_timeout)
     api = Api(iplist, stats, hub, requests, limits, config.token, StaticFiles())
     wsgi = AccessLog(WebGuard(build_app(api), config.host, config.cors_origins, config.allowed_hosts),
                      requests, log=log)

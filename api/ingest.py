@@ -10,7 +10,7 @@ import time
 
 import zmq
 
-from syswatch.api.aggregates import MAX_HOSTS, StreamStats
+from syswatch.api.aggregates import StreamStats
 from syswatch.api.hub import StreamHub
 from syswatch.shared import protocol, zmqsock
 
@@ -100,23 +100,19 @@ class StreamSubscriber(threading.Thread):
 
 def apply(stats: StreamStats, hub: StreamHub, message: protocol.Message, source: str | None) -> None:
     """One decoded message into the aggregates and the hub: the ZeroMQ and the NATS ingest (api/nats_ingest.py)
-    both end here. ``source``: the collector's endpoint, or the NATS consumer it came through."""
+    both end here. ``source``: the collector's endpoint, or the NATS subject it came through: the unit of
+    trust (a host name belongs to the source that sent it first, api/trust.py). A refused message (a host
+    another source holds, one host too many, numbers that cannot be true) is counted by the aggregates
+    and goes nowhere else."""
     topic, payload = message
     if topic.startswith(protocol.EVENT_PREFIX):
         events = payload["events"]
-        if events:
-            ok = stats.add_events(payload["host"], events, source)
-            if ok:
-                hub.publish(events)
-        else:
-            ok = True
+        if events and stats.add_events(payload["host"], events, source):
+            hub.publish(events)
     elif topic == protocol.TOPIC_STATUS:
-        ok = stats.set_status(payload, source)
+        stats.set_status(payload, source)
     elif topic == protocol.TOPIC_COUNTS:
-        ok = stats.add_counts(payload, source)
+        stats.add_counts(payload, source)
     elif topic == protocol.TOPIC_BRIDGE:
-        ok = stats.set_bridge(payload, source)
-    else:
-        return                                  # a topic of a newer protocol minor: not ours
-    if not ok:
-        stats.add_malformed(f"{topic} from host {payload['host']!r:.80}: more than {MAX_HOSTS} hosts")
+        stats.set_bridge(payload, source)
+    # else: a topic of a newer protocol minor, not ours

@@ -7,8 +7,14 @@ dashboard can never disagree, and the event loop pays nothing for them. Only cou
 module: Prometheus computes rates itself (``rate(syswatch_events_total[1m])``).
 
 Label sets are bounded by the models: ``host`` by MAX_HOSTS (api/aggregates.py, each name at most 255
-characters, checked by shared/protocol.py), ``syscall`` by protocol.SYSCALLS, ``route`` by the route
-table (api/routes.py ROUTES, everything else is ``unmatched``), ``method`` by AccessLog.KNOWN_METHODS.
+characters, checked by shared/protocol.py), ``syscall`` by protocol.SYSCALLS, ``errno`` by the errno table
+(shared/errnos.py, plus ``other`` and ``unknown``) and per (host, syscall) by MAX_ERRNOS (8) + 1 names
+(api/hoststats.py), ``le`` by shared/latency.EXPORTED_EXPONENTS, ``route`` by the route table
+(api/routes.py ROUTES, everything else is ``unmatched``), ``method`` by AccessLog.KNOWN_METHODS.
+
+Per (host, syscall) a host traced: 3 counters (events, moved bytes, calls without a latency), the latency
+histogram's 27 series (24 bounds + ``+Inf``, ``_sum``, ``_count``) and one ``syswatch_errors_total``
+per errno seen (at most 9): 30 to 39 series.
 """
 from __future__ import annotations
 
@@ -28,14 +34,19 @@ from syswatch.api.aggregates import COUNTERS
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
-# (name without _total, column of a totals row, scale, help): the per-host, per-syscall counters.
+# (name without _total, help): the per-host, per-syscall counters, from each syscall's (row, histogram).
 TRAFFIC = (
-    ("syswatch_events", "calls", 1, "Syscall events received from the collectors, by host and syscall."),
-    ("syswatch_moved_bytes", "bytes", 1, "Bytes the traced calls actually moved (sum of positive ret)."),
-    ("syswatch_errors", "errors", 1, "Traced calls that failed (ret < 0)."),
-    ("syswatch_call_latency_seconds", "lat_ns_sum", 1e-9,
-     "Time spent in the traced calls, summed; divided by the rate of syswatch_events_total: mean latency."),
+    ("syswatch_events", "Syscall events received from the collectors, by host and syscall.",
+     lambda row, hist: row["calls"]),
+    ("syswatch_moved_bytes", "Bytes the traced calls actually moved (sum of positive ret).",
+     lambda row, hist: row["bytes"]),
+    ("syswatch_call_latency_unmeasured", "Traced calls whose latency is not in syswatch_call_latency_seconds "
+     "(not measured, or a counts-mode row without latency buckets).", lambda row, hist: hist.unmeasured),
 )
+LATENCY_HELP = ("Time spent in the traced calls (log2 buckets from 1.02 us to 8.6 s; a bound of 2^k ns counts "
+                "the calls shorter than 2^k ns), by host and syscall.")
+ERRORS_HELP = ("Traced calls that failed (ret < 0), by host, syscall and errno name (other: a number the errno "
+               "table does not hold; unknown: a counts-mode row that gave no errno).")
 # Counters of the collector's own status message, by host.
 COLLECTOR_STATUS = (
     ("events_total", "Events the collector read from bpftrace (its last status)."),
@@ -60,13 +71,15 @@ class StatsCollector(Collector):
 
     def collect(self):
         view = self.stream.metrics_view()
-        yield from self._traffic(view["totals_by_host"])
+        yield from self._traffic(view["by_host"])
         yield from self._collectors(view["collectors"])
         for name, (kind, help_text) in COUNTERS.items():
             family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
             yield family(f"syswatch_api_{name}", help_text, value=view["api"][name])
         yield GaugeMetricFamily("syswatch_api_event_streams", "Open /events/stream connections.",
                                 value=self.hub.count())
+        yield GaugeMetricFamily("syswatch_api_event_streams_max", "Event stream slots (--max-streams).",
+                                value=self.hub.max_clients)
         yield GaugeMetricFamily("syswatch_ip_list_size", "Addresses in the IP list.", value=self.iplist.count())
         yield from self._http()
         build = InfoMetricFamily("syswatch_build", "The running API: its version and what it runs on.")
@@ -76,12 +89,24 @@ class StatsCollector(Collector):
 
     @staticmethod
     def _traffic(by_host: dict):
-        for name, column, scale, help_text in TRAFFIC:
+        """``by_host``: {host: {syscall: (row dict, Histogram, errnos)}} (StreamStats.metrics_view)."""
+        hosts = sorted(by_host.items())
+        for name, help_text, value in TRAFFIC:
             family = CounterMetricFamily(name, help_text, labels=["host", "syscall"])
-            for host, totals in sorted(by_host.items()):
-                for syscall, row in totals.items():
-                    family.add_metric([host, syscall], row[column] * scale)
+            for host, syscalls in hosts:
+                for syscall, (row, hist, _) in syscalls.items():
+                    family.add_metric([host, syscall], value(row, hist))
             yield family
+        errors = CounterMetricFamily("syswatch_errors", ERRORS_HELP, labels=["host", "syscall", "errno"])
+        latency = HistogramMetricFamily("syswatch_call_latency_seconds", LATENCY_HELP, labels=["host", "syscall"])
+        for host, syscalls in hosts:
+            for syscall, (_, hist, errs) in syscalls.items():
+                for errno, n in sorted(errs.items()):
+                    errors.add_metric([host, syscall, errno], n)
+                latency.add_metric([host, syscall], [(floatToGoString(le), n) for le, n in hist.cumulative()],
+                                   hist.sum_ns * 1e-9)
+        yield errors
+        yield latency
 
     @staticmethod
     def _collectors(collectors: list):

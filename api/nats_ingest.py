@@ -116,7 +116,9 @@ class NatsIngest(threading.Thread):
         if not isinstance(host, str) or jetstream.host_token(host) != token:
             self.refuse(f"{topic} payload of host {str(host)[:80]!r} on the subject of host {token[:80]!r}")
             return
-        apply(self.stats, self.hub, message, self.source)
+        # the unit of trust is the host's subject (NATS permissions say who may publish on it): a host
+        # name belongs to the subject that first carried it (api/trust.py), one host per subject
+        apply(self.stats, self.hub, message, f"{self.source} syswatch.{token}")
 
     def status(self) -> dict:
         return {"source": self.source, "connected": self.connected, "messages": self.messages,

@@ -7,6 +7,7 @@ tests/test_openapi_fuzz.py fuzzes the API against it with schemathesis.
 from __future__ import annotations
 
 from syswatch.api.aggregates import COUNTERS
+from syswatch.api.validation import FILE_TYPES, MAX_PATH
 from syswatch.shared.protocol import SYSCALLS
 
 ERROR = {"$ref": "#/components/schemas/Error"}
@@ -23,6 +24,7 @@ def _errors(*codes: int) -> dict:
             409: "The IP list would exceed its maximum size (--max-ips); nothing was added",
             413: "Body larger than --max-body-bytes, or more items than --max-items; nothing changed",
             415: "Content-Type is not JSON",
+            429: "Your address holds its share of the event streams (--max-streams-per-address); retry later",
             503: "Too many open event streams (--max-streams); retry later"}
     return {str(c): _json(ERROR, text[c]) for c in codes}
 
@@ -53,6 +55,7 @@ INT = {"type": "integer", "minimum": 0}
 NUM = {"type": "number"}
 STR = {"type": "string"}
 BOOL = {"type": "boolean"}
+NULL_INT = {"type": "integer", "minimum": 0, "nullable": True}
 HOST_PARAM = {"name": "host", "in": "query", "required": False, "description": "only this collector's host",
               "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]+$"}}
 
@@ -69,17 +72,43 @@ def document(max_items: int, max_events_limit: int, default_events_limit: int) -
          "description": "only events of this container (id prefix or name)",
          "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]+$"}},
         HOST_PARAM,
+        {"name": "tid", "in": "query", "required": False, "description": "only events of this thread id",
+         "schema": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}},
+        {"name": "uid", "in": "query", "required": False, "description": "only events of this user id",
+         "schema": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}},
+        {"name": "path", "in": "query", "required": False,
+         "description": "only events on this path or below it (whole components: /var/log, not /var/logs)",
+         "schema": {"type": "string", "minLength": 1, "maxLength": MAX_PATH,
+                    "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]+$"}},
+        {"name": "file_type", "in": "query", "required": False, "description": "only events on this kind of file",
+         "schema": {"type": "string", "enum": list(FILE_TYPES)}},
+        {"name": "failed", "in": "query", "required": False,
+         "description": "1: only calls that failed (ret < 0)",
+         "schema": {"type": "string", "enum": ["1", "0", "true", "false"]}},
+        {"name": "min_latency", "in": "query", "required": False,
+         "description": "only calls that took at least this long: a number and a unit (ns, us, ms, s), e.g. 20ms",
+         "schema": {"type": "string", "pattern": "^(0|[0-9]{1,15}(\\.[0-9]{1,9})?(ns|us|ms|s))$"}},
     ]
     limit = {"name": "limit", "in": "query", "required": False,
              "description": f"at most this many events (default {default_events_limit})",
              "schema": {"type": "integer", "minimum": 1, "maximum": max_events_limit}}
-    sums = dict(calls=INT, bytes=INT, errors=INT, lat_ns_sum=INT)
-    proc = _obj(["host", "pid", "comm", "container_id", "container_name", *sums], host=STR, pid=INT, comm=STR,
-                container_id=STR, container_name=STR, **sums)
-    cont = _obj(["host", "container_id", "container_name", *sums], host=STR, container_id=STR,
-                container_name=STR, **sums)
-    per_syscall = _obj(list(sums), **sums)
-    status = {"type": "object", "nullable": True, "description": "the collector's last status message (protocol v2)"}
+    sums = dict(calls=INT, bytes=INT, errors=INT, lat_ns_sum=INT, avg_ns=NULL_INT)
+    errnos = {"type": "object", "additionalProperties": INT,
+              "description": "failed calls by errno name (EAGAIN, EBADF, ...), most frequent first"}
+    pct = dict(p50_ns=NULL_INT, p90_ns=NULL_INT, p99_ns=NULL_INT, max_ns=NULL_INT, lat_measured=INT,
+               lat_unmeasured=INT)
+    proc = _obj(["host", "pid", "comm", "container_id", "container_name", *sums, "errnos"], host=STR, pid=INT,
+                comm=STR, container_id=STR, container_name=STR, errnos=errnos, **sums)
+    cont = _obj(["host", "container_id", "container_name", *sums, "errnos", *pct], host=STR, container_id=STR,
+                container_name=STR, errnos=errnos, **sums, **pct)
+    per_syscall = _obj([*sums, *pct, "lat_hist", "errnos"], **sums, **pct, errnos=errnos, lat_hist={
+        "type": "array", "items": INT, "maxItems": 65,
+        "description": "calls per log2 latency bucket (bpftrace hist()): [0 ns, 1 ns, 2-3 ns, 4-7 ns, ...]"})
+    file_row = _obj(["host", "path", "file_type", "dev", "ino", *sums], host=STR, path=STR, file_type=STR,
+                    dev=NULL_INT, ino=NULL_INT, **sums)
+    status = {"type": "object", "nullable": True,
+              "description": "the collector's last status message (protocol v2); a list longer than 16 items is cut "
+                             "to its first 16, its length is in <name>_count"}
     return {
         "openapi": "3.0.3",
         "info": {"title": "syswatch API", "version": "1.0.0",
@@ -124,7 +153,7 @@ def document(max_items: int, max_events_limit: int, default_events_limit: int) -
                 "Live events as Server-Sent Events: one `data:` line per event (an Event as JSON); "
                 "heartbeats and drop notices are SSE comments", {"description": "An endless event stream",
                                                                  "content": {"text/event-stream": {"schema": STR}}},
-                filters, (400, 503)),
+                filters, (400, 429, 503)),
             "/metrics": _get("Prometheus text exposition", {"description": "Metrics", "content": {
                 "text/plain": {"schema": STR}}}),
             "/healthz": _get("Liveness: 200 while the API serves; says whether the collector is connected",
@@ -152,7 +181,7 @@ def document(max_items: int, max_events_limit: int, default_events_limit: int) -
                 "Stats": _obj(
                     ["connected", "events_per_s", "events_received", "totals", "top_processes_by_calls",
                      "top_processes_by_bytes", "top_containers_by_calls", "top_containers_by_bytes",
-                     "collectors", "hosts", "collector_status", "api"],
+                     "top_files_by_calls", "top_files_by_bytes", "collectors", "hosts", "collector_status", "api"],
                     connected=BOOL, events_per_s=NUM, events_received=INT,
                     totals={"type": "object", "additionalProperties": per_syscall,
                             "description": "per syscall seen"},
@@ -160,6 +189,8 @@ def document(max_items: int, max_events_limit: int, default_events_limit: int) -
                     top_processes_by_bytes={"type": "array", "items": proc},
                     top_containers_by_calls={"type": "array", "items": cont},
                     top_containers_by_bytes={"type": "array", "items": cont},
+                    top_files_by_calls={"type": "array", "items": file_row},
+                    top_files_by_bytes={"type": "array", "items": file_row},
                     collectors={"type": "array", "items": _obj(
                         ["endpoint", "host", "connected", "last_message_age_s", "status"],
                         endpoint={"type": "string", "nullable": True}, host={"type": "string", "nullable": True},
@@ -170,10 +201,13 @@ def document(max_items: int, max_events_limit: int, default_events_limit: int) -
                                                "published and could not publish, by reason (docs/PROTOCOL.md)"})},
                     hosts={"type": "array", "items": STR},
                     collector_status=status,
-                    api=_obj([*COUNTERS, "last_malformed_reason", "recent_events_capacity", "event_streams"],
+                    api=_obj([*COUNTERS, "last_malformed_reason", "last_refused_reason", "recent_events_capacity",
+                              "event_streams", "event_streams_max", "event_streams_per_address"],
                              **{name: INT for name in COUNTERS},
                              last_malformed_reason={"type": "string", "nullable": True},
-                             recent_events_capacity=INT, event_streams=INT)),
+                             last_refused_reason={"type": "string", "nullable": True},
+                             recent_events_capacity=INT, event_streams=INT, event_streams_max=INT,
+                             event_streams_per_address=INT)),
             },
         },
     }

@@ -20,6 +20,7 @@ from syswatch.api.aggregates import StreamStats
 from syswatch.api.httplog import RequestStats
 from syswatch.api.hub import StreamHub, TooManyStreams
 from syswatch.api.iplist import DiskFull, IPList, ListFull
+from syswatch.api.peer import Peer
 from syswatch.api.sse import EventStream
 from syswatch.api.validation import BadRequest
 from syswatch.api.web import StaticFiles
@@ -32,6 +33,7 @@ class Limits:
     max_events_limit: int
     default_events_limit: int
     sse_heartbeat_s: float
+    sse_stall_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -53,12 +55,15 @@ ROUTES = (
           'POST {"print_all_ips": true}: the whole list, in insertion order'),
     Route("POST", "/clear_ip_list", "clear_ip_list", 'POST {"clear_ip_list": true}: empty the list'),
     Route("GET", "/stats", "stats",
-          "GET ?host=: totals per syscall, top processes and containers by calls and bytes, events/s, "
-          "each collector's status and whether it is connected"),
+          "GET ?host=: totals per syscall with latency percentiles and errors by errno, top processes, "
+          "containers and files by calls and bytes, events/s, each collector's status and whether it is "
+          "connected"),
     Route("GET", "/events", "events",
-          "GET ?limit=&pid=&comm=&syscall=&container=&host=: the most recent events (bounded buffer), filtered"),
+          "GET ?limit=&pid=&tid=&uid=&comm=&syscall=&container=&host=&path=&file_type=&failed=1&min_latency=: "
+          "the most recent events (bounded buffer), filtered (path: a prefix; min_latency: 500us, 20ms, 1s)"),
     Route("GET", "/events/stream", "events_stream",
-          "GET ?pid=&comm=&syscall=&container=&host=: live Server-Sent Events, one event per data: line"),
+          "GET with the filters of /events (no limit): live Server-Sent Events, one event per data: line; a "
+          "client that takes no data for the stall timeout is disconnected"),
     Route("GET", "/metrics", "metrics", "GET: Prometheus text exposition"),
     Route("GET", "/healthz", "healthz", "GET: 200 while the API is up; says whether the collector is connected"),
     Route("GET", "/openapi.json", "openapi", "GET: the OpenAPI 3 description of every endpoint"),
@@ -93,8 +98,8 @@ def _json_errors(handler: Callable) -> Callable:
             return _error(409, str(exc))
         except DiskFull as exc:  # 507 Insufficient Storage; the transaction was rolled back
             return _error(507, str(exc))
-        except TooManyStreams as exc:
-            return _error(503, str(exc), Retry_After="5")
+        except TooManyStreams as exc:       # 503 every slot taken, 429 the address's share taken
+            return _error(exc.status, str(exc), Retry_After="5")
     return wrapped
 
 
@@ -192,7 +197,8 @@ class Api:
     def stats(self):
         host = validation.host_param(self._single(self._query(), ("host",)))
         s = self.stream.snapshot(host)
-        s["api"]["event_streams"] = self.hub.count()
+        s["api"].update(event_streams=self.hub.count(), event_streams_max=self.hub.max_clients,
+                        event_streams_per_address=self.hub.per_address)
         first = next((c["status"] for c in s["collectors"] if c["status"]), None)
         # collector_status: the (first) collector's last status, as before fan-in
         return _ok(json.dumps({**s, "collector_status": first}))
@@ -220,11 +226,11 @@ class Api:
         if bottle.request.method == "HEAD":
             return ""  # waitress would iterate an endless body it never sends: answer headers only
         env = bottle.request.environ
-        client = self.hub.open(flt, env.get("HTTP_LAST_EVENT_ID"))
-        shown = ", ".join(f"{k}={v}" for k, v in flt._asdict().items() if v is not None) or "none"
+        peer = Peer(env)
+        client = self.hub.open(flt, env.get("HTTP_LAST_EVENT_ID"), peer.address)
         return EventStream(self.hub, client, self.limits.sse_heartbeat_s,
-                           f"syswatch event stream (filters: {validation.printable(shown)})",
-                           env.get("waitress.client_disconnected"))
+                           f"syswatch event stream (filters: {validation.printable(flt.shown())})",
+                           env.get("waitress.client_disconnected"), peer, self.limits.sse_stall_s)
 
     def metrics(self):
         return _ok(metrics.exposition(self.registry), metrics.CONTENT_TYPE)

@@ -34,8 +34,10 @@ EPILOG = textwrap.dedent("""\
     environment (a flag beats its variable, which beats the default):
       SYSWATCH_HOST, SYSWATCH_PORT, SYSWATCH_COLLECTOR, SYSWATCH_DB, SYSWATCH_TOKEN (the token itself),
       SYSWATCH_MAX_BODY_BYTES, SYSWATCH_MAX_ITEMS, SYSWATCH_MAX_IPS, SYSWATCH_MAX_STREAMS,
-      SYSWATCH_RECENT_EVENTS, SYSWATCH_STREAM_QUEUE, SYSWATCH_THREADS, SYSWATCH_MAX_CONNECTIONS,
-      SYSWATCH_CHANNEL_TIMEOUT, SYSWATCH_CORS_ORIGINS and SYSWATCH_ALLOWED_HOSTS (comma separated)
+      SYSWATCH_MAX_STREAMS_PER_ADDRESS, SYSWATCH_SSE_STALL_TIMEOUT, SYSWATCH_RECENT_EVENTS,
+      SYSWATCH_STREAM_QUEUE, SYSWATCH_THREADS, SYSWATCH_MAX_CONNECTIONS, SYSWATCH_CHANNEL_TIMEOUT,
+      SYSWATCH_HOSTS_PER_COLLECTOR, SYSWATCH_HOST_EXPIRY,
+      SYSWATCH_CORS_ORIGINS and SYSWATCH_ALLOWED_HOSTS (comma separated)
       SYSWATCH_CURVE_SERVER_KEY + SYSWATCH_CURVE_CLIENT_KEY: subscribe with CurveZMQ
         (make the keys with: python3 -m syswatch.shared.curve --help)
       SYSWATCH_NATS_PASSWORD, SYSWATCH_NATS_TOKEN: NATS credentials (or the --nats-*-file flags)
@@ -113,8 +115,14 @@ def parse_args(argv=None) -> ApiConfig:
         help="events kept for GET /events; also its largest ?limit=")
     opt("--max-streams", env="SYSWATCH_MAX_STREAMS", default=d.max_streams, type=positive,
         help="most concurrent GET /events/stream clients, else 503")
+    opt("--max-streams-per-address", env="SYSWATCH_MAX_STREAMS_PER_ADDRESS", default=d.max_streams_per_address,
+        type=positive, help="most concurrent GET /events/stream clients from one client address, else 429 "
+                            "(behind a reverse proxy every client has the proxy's address)")
     opt("--stream-queue", env="SYSWATCH_STREAM_QUEUE", default=d.stream_queue, type=positive,
         help="events queued per stream client before drops")
+    opt("--sse-stall-timeout", env="SYSWATCH_SSE_STALL_TIMEOUT", default=d.sse_stall_timeout, type=seconds,
+        help="seconds an event stream's client may leave queued output untaken before the stream is closed "
+             "and its slot freed")
     opt("--cors-origin", env="SYSWATCH_CORS_ORIGINS", default=[], repeatable=True, metavar="ORIGIN",
         help="a browser origin (scheme://host[:port], exact, no wildcard) whose pages may call the API "
              "(CORS); repeatable (none: same origin only)")
@@ -130,6 +138,11 @@ def parse_args(argv=None) -> ApiConfig:
         help="open connections waitress accepts; more wait in the listen backlog")
     opt("--channel-timeout", env="SYSWATCH_CHANNEL_TIMEOUT", default=d.channel_timeout, type=positive,
         help="seconds before an idle connection is closed")
+    opt("--hosts-per-collector", env="SYSWATCH_HOSTS_PER_COLLECTOR", default=d.hosts_per_collector, type=positive,
+        help="host names one collector endpoint may speak for (a collector sends one; a relay of several "
+             "collectors needs more); a host name belongs to the endpoint that sent it first")
+    opt("--host-expiry", env="SYSWATCH_HOST_EXPIRY", default=d.host_expiry, type=seconds,
+        help="seconds without a message after which a host is forgotten: its data, its name and its slot")
     p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     args = p.parse_args(argv)
     from syswatch.api import web
@@ -155,7 +168,10 @@ def parse_args(argv=None) -> ApiConfig:
     return ApiConfig(
         host=args.host, port=args.port, collectors=collectors, db=args.db, token=read_token(args.token_file),
         max_body_bytes=args.max_body_bytes, max_items=args.max_items, max_ips=args.max_ips,
-        recent_events=args.recent_events, max_streams=args.max_streams, stream_queue=args.stream_queue,
+        recent_events=args.recent_events, max_streams=args.max_streams,
+        max_streams_per_address=args.max_streams_per_address, stream_queue=args.stream_queue,
+        sse_stall_timeout=args.sse_stall_timeout, hosts_per_collector=args.hosts_per_collector,
+        host_expiry=args.host_expiry,
         cors_origins=tuple(cors_origins),
         allowed_hosts=tuple(h.strip().lower() for h in args.allowed_host if h.strip()),
         sse_heartbeat=args.sse_heartbeat, threads=args.threads, max_connections=args.max_connections,

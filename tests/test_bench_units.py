@@ -240,3 +240,18 @@ def test_parser_and_zmq_stages_on_captured_output(tmp_path):
     assert parsed["events"] == 5000 and parsed["rate"] > 0 and parsed["batches"]
     z = saturation.zmq_alone(parsed["batches"], repeat_to=20_000)
     assert z["sent"] >= 20_000 and 0 < z["received"] <= z["sent"]
+
+
+@pytest.mark.unit
+def test_api_cost_measures_every_row_in_process():
+    """bench/api_cost.py at a tiny size: every row there, ratios against its reference (never judged here)."""
+    from bench import api_cost
+    r = api_cost.run(batches=2, filter_events=512, repeat=1, states=api_cost.STATES[:2])
+    assert [x["ratio"] for x in r["ingest"]["rows"]][0] == 1.0 and len(r["ingest"]["rows"]) == 3
+    assert r["filters"]["rows"][0]["ratio"] == 1.0 and all(x["ns_per_event"] >= 0 for x in r["filters"]["rows"])
+    assert {(x["state"], x["request"]) for x in r["requests"]["rows"]} == {
+        (state, request) for state in api_cost.STATES[:2] for request in ("GET /stats", "GET /stats?host=",
+                                                                          "GET /metrics")}
+    assert all(x["bytes"] > 1000 and x["cpu_ms"] > 0 for x in r["requests"]["rows"])
+    text = "\n".join(api_cost.markdown(r))
+    assert "| `GET /metrics` | hostile: 2 hosts + a hostile endpoint |" in text

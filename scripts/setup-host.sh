@@ -3,10 +3,11 @@
 #
 # What it does, each step skipped when already done (a second run takes ~1 s):
 #   1. apt packages: bpftrace docker.io docker-compose debootstrap curl bpftool strace wrk systemd
-#      chromium chromium-driver python3-selenium qemu-system-x86 e2fsprogs python3-venv (venv: the
+#      chromium chromium-driver python3-selenium qemu-system-x86 e2fsprogs python3-venv python3-zmq (venv: the
 #      wheel is installed into a fresh virtual environment by tests/test_package.py; systemd: systemd-analyze
 #      verifies the units in deploy/systemd; chromium: the browser tests use the system browser,
-#      nothing downloads one; qemu: the kprobe VM of scripts/kernel-vm.sh), and prometheus (2.42:
+#      nothing downloads one; qemu: the kprobe VM of scripts/kernel-vm.sh; python3-zmq: Debian's python3
+#      with pyzmq, which any user may run: the tests' unprivileged (uid nobody) subscribers), and prometheus (2.42:
 #      prometheus and promtool for tests/test_metrics_prometheus.py, which runs its own server) with
 #      its service kept from starting and disabled, so nothing listens on :9090 or scrapes in the background
 #   2. tracefs on /sys/kernel/tracing and debugfs on /sys/kernel/debug (bpftrace's tracepoints need them)
@@ -23,7 +24,7 @@ DOCKERD_LOG="${SYSWATCH_DOCKERD_LOG:-/var/log/syswatch-dockerd.log}"
 DOCKERD_WAIT="${SYSWATCH_DOCKERD_WAIT:-60}"
 # chromium, chromium-driver, python3-selenium: the dashboard's browser tests (tests/test_dashboard.py)
 APT_PACKAGES=(bpftrace docker.io docker-compose debootstrap curl bpftool strace wrk systemd chromium
-              chromium-driver python3-selenium qemu-system-x86 e2fsprogs python3-venv)
+              chromium-driver python3-selenium qemu-system-x86 e2fsprogs python3-venv python3-zmq)
 # Installed for their programs only: their services must not start (see quiet_services below).
 NO_SERVICE_PACKAGES=(prometheus)
 

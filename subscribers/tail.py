@@ -133,7 +133,7 @@ def main(argv=None) -> int:
         return 0
     try:
         for msg in sub.messages(deadline, tick=out.period):
-            if msg is None:
+            if msg is None:                       # idle for a period: write what waits
                 out.tick()
                 continue
             host = msg.payload.get("host", "")

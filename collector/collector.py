@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             auth.stop()
         ctx.term()
         return 2
-    coll = Collector(config, prepared, sock)
+    watch = curve.RefusalWatch(sock) if server_keys else None
+    coll = Collector(config, prepared, sock, curve_watch=watch)
     signal.signal(signal.SIGINT, lambda *_: None)      # the wake-up fd tells the loop
     signal.signal(signal.SIGTERM, lambda *_: None)
     print("Loading eBPF program", flush=True)
@@ -109,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         coll.close()
         if code == 0:
             coll.publish_status()                      # final counters for subscribers
+        if watch:
+            watch.stop()
+        close_names = getattr(prepared.containers, "close", None)
+        if close_names:
+            close_names()
         sock.close(linger=0)
         if auth:
             auth.stop()

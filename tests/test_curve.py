@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import zmq
 
 from harness import ROOT
 from harness.collector import CollectorProcess, StreamReader
@@ -105,8 +106,8 @@ def test_refusals_are_counted_and_logged_with_the_peer_address(tmp_path, caplog)
             time.sleep(0.05)
 
     try:
-        good = make_subscriber(ctx, endpoint, ("status",), curve_client=as_client(tmp_path / "clients" / "alice.key_secret"),
-                               announce=False)
+        alice = as_client(tmp_path / "clients" / "alice.key_secret")
+        good = make_subscriber(ctx, endpoint, ("status",), curve_client=alice, announce=False)
         subs.append(good)
         deadline = time.monotonic() + 20
         while not pub.poll(100):                 # alice's subscription arrives: her handshake passed

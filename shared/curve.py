@@ -31,9 +31,10 @@ from typing import NamedTuple
 
 import zmq
 import zmq.auth
+from zmq.utils.monitor import recv_monitor_message
+
 from syswatch.shared import procnet
 from syswatch.shared.ratelog import RateLimitedLog
-from zmq.utils.monitor import recv_monitor_message
 
 log = logging.getLogger("syswatch.curve")
 

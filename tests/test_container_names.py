@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from syswatch.collector import containers as cmod
 from syswatch.collector.containers import Containers, Engine, Names
 

@@ -398,18 +398,19 @@ def _is_bpftrace(pid: int, proc: str) -> bool:
     st = procscan.read_status(pid, proc)
     if st is None or set(st.uids) != {0} or set(st.gids) != {0}:
         return False
-    exe = procscan.exe_of(pid, proc)
+    try:
+        exe = procscan.exe_of(pid, proc)
+    except PermissionError:                    # it holds capabilities we lack: it is root's
+        return st.name == "bpftrace"
     if exe is None:
         return False
-    if exe is False:                           # it holds capabilities we lack: it is root's
-        return st.name == "bpftrace"
     name = os.path.basename(exe.path.removesuffix(" (deleted)"))
     return name.startswith("bpftrace") and exe.uid == 0 and not exe.mode & 0o022
 
 
 def _own_socket_inodes() -> dict[int, int]:
     """socket inode -> fd, of this process's sockets."""
-    out = {}
+    out: dict[int, int] = {}
     try:
         names = os.listdir("/proc/self/fd")
     except OSError:

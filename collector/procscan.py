@@ -82,15 +82,15 @@ class Exe(NamedTuple):
     mode: int
 
 
-def exe_of(pid: int, proc: str = PROC) -> Exe | None | bool:
-    """The executable of a process: Exe; None if the process is gone; False if the kernel will not
-    say (it holds capabilities this process lacks, or belongs to another user)."""
+def exe_of(pid: int, proc: str = PROC) -> Exe | None:
+    """The executable of a process, or None if the process is gone. PermissionError when the kernel
+    will not say (the process holds capabilities this one lacks, or belongs to another user)."""
     try:
         path = os.readlink(f"{proc}/{pid}/exe")
         st = os.stat(f"{proc}/{pid}/exe")
         return Exe(path, st.st_uid, st.st_mode)
     except PermissionError:
-        return False
+        raise
     except OSError:
         return None
 

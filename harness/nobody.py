@@ -105,7 +105,9 @@ class Nobody:
         self.proc = subprocess.Popen(argv, cwd="/", env={"PYTHONPATH": str(ROOT), "PATH": os.environ["PATH"]},
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.pid = self.proc.pid
-        first = self.proc.stdout.readline()
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
+        first = self.stdout.readline()
         if not first:
             self.close()
             raise RuntimeError(f"subscriber ({mode}) exited at start-up with status {self.proc.returncode}")
@@ -113,13 +115,13 @@ class Nobody:
 
     def command(self, line: str) -> list[str]:
         """Sends one command; its answer, split."""
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-        return self.proc.stdout.readline().split()
+        self.stdin.write(line + "\n")
+        self.stdin.flush()
+        return self.stdout.readline().split()
 
     def close(self) -> None:
         try:
-            self.proc.stdin.close()
+            self.stdin.close()
         except OSError:
             pass
         try:

@@ -135,7 +135,7 @@ class RefusalWatch:
     def __init__(self, sock: zmq.Socket, logger: logging.Logger | None = None):
         self.refused = 0
         self._sock = sock
-        last = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        last = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._port = int(last.rsplit(":", 1)[1]) if last.startswith("tcp://") else None
         self._closed_seen: set[str] = set()    # closing connections already named in a log line
         self._log = RateLimitedLog(logger or log, burst=5, window_s=60.0)

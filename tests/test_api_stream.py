@@ -117,6 +117,12 @@ def test_collector_status_counters_reach_metrics(fed):
     text = srv.get("/metrics").text
     assert metric(text, "syswatch_collector_lost_total", host="testhost") == 11
     assert metric(text, "syswatch_collector_malformed_total", host="testhost") == 3
+    assert metric(text, "syswatch_collector_curve_refused_total", host="testhost") is None   # not sent: no sample
+    pub.status(curve_refused_total=4, announces_refused_total=2)
+    wait_for(lambda: stats(srv)["collector_status"].get("curve_refused_total") == 4, what="status")
+    text = srv.get("/metrics").text
+    assert metric(text, "syswatch_collector_curve_refused_total", host="testhost") == 4
+    assert metric(text, "syswatch_collector_announces_refused_total", host="testhost") == 2
     pub.status()
 
 

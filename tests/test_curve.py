@@ -9,7 +9,9 @@ import pytest
 import zmq
 
 from harness import ROOT
+from harness.api import ApiProcess, metric
 from harness.collector import CollectorProcess, StreamReader
+from harness.procs import wait_for
 from syswatch.shared import curve
 
 
@@ -43,6 +45,9 @@ def test_env_errors_are_clear(tmp_path):
 
 
 def test_authorised_and_unauthorised_subscribers(tmp_path, root_and_bpftrace):
+    """Alice's key is authorised, mallory's is unknown, a third subscriber has none: only alice
+    gets data; the two refusals are counted in status and in the API's /metrics, and logged with
+    the peer's address."""
     keys, clients, outsiders = tmp_path / "keys", tmp_path / "keys" / "clients", tmp_path / "outsiders"
     keygen(keys, "server")
     keygen(clients, "alice")
@@ -68,6 +73,19 @@ def test_authorised_and_unauthorised_subscribers(tmp_path, root_and_bpftrace):
                              env={**os.environ, "SYSWATCH_CURVE_SERVER_KEY": str(keys / "server.key"),
                                   "SYSWATCH_CURVE_CLIENT_KEY": str(keys / "alice.key_secret")})
         assert res.returncode == 0 and '"excluded_pids"' in res.stdout, res.stderr
+        # refused, counted, logged (ZeroMQ retries each refused peer: the count only grows)
+        st = alice.wait_status()
+        while st.get("curve_refused_total", 0) < 2:
+            st = alice.wait_status()
+        log = coll.stderr()
+        assert "CurveZMQ refused a subscriber from 127.0.0.1:" in log and "key not authorised" in log, log[-2000:]
+        assert "no CurveZMQ key" in log, log[-2000:]
+        with ApiProcess(tmp_path / "ips.sqlite3", collector=coll.endpoint,
+                        env={"SYSWATCH_CURVE_SERVER_KEY": str(keys / "server.key"),
+                             "SYSWATCH_CURVE_CLIENT_KEY": str(keys / "alice.key_secret")}) as api:
+            refused = wait_for(lambda: metric(api.get("/metrics").text, "syswatch_collector_curve_refused_total",
+                                              host=st["host"]), timeout=20, what="the refusals in /metrics")
+            assert refused >= 2
         assert coll.stop()[0] == 0
     finally:
         for s in (alice, mallory, plain):

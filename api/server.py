@@ -29,6 +29,7 @@ from syswatch.shared.zmqsock import check_endpoint
 EPILOG = textwrap.dedent("""\
     environment (a flag beats its variable, which beats the default):
       SYSWATCH_HOST, SYSWATCH_PORT, SYSWATCH_COLLECTOR, SYSWATCH_DB, SYSWATCH_TOKEN (the token itself),
+      SYSWATCH_READ_TOKEN (the read endpoints' token itself),
       SYSWATCH_MAX_BODY_BYTES, SYSWATCH_MAX_ITEMS, SYSWATCH_MAX_IPS, SYSWATCH_MAX_STREAMS,
       SYSWATCH_RECENT_EVENTS, SYSWATCH_STREAM_QUEUE, SYSWATCH_THREADS, SYSWATCH_MAX_CONNECTIONS,
       SYSWATCH_CHANNEL_TIMEOUT, SYSWATCH_CORS_ORIGINS and SYSWATCH_ALLOWED_HOSTS (comma separated)
@@ -42,6 +43,8 @@ EPILOG = textwrap.dedent("""\
       syswatch-api --collector tcp://10.0.0.5:5556            # a collector on another host
       SYSWATCH_TOKEN=s3cret syswatch-api                      # POSTs need: Authorization: Bearer s3cret
       syswatch-api --token-file /run/secrets/syswatch_token
+      syswatch-api --host 0.0.0.0 --read-token-file /run/secrets/syswatch_read   # reads need a token too
+      curl -s -H "Authorization: Bearer $(cat /run/secrets/syswatch_read)" localhost:8080/stats
       syswatch-api --max-items 1000 --max-ips 50000           # tighter IP list limits
 
       curl -s localhost:8080/apis
@@ -91,6 +94,9 @@ def parse_args(argv=None) -> ApiConfig:
     opt("--db", env="SYSWATCH_DB", default=d.db, help="SQLite file holding the IP list")
     opt("--token-file", help="file holding the bearer token every POST must send; beats SYSWATCH_TOKEN "
                              "(none: POSTs are open unless SYSWATCH_TOKEN is set)")
+    opt("--read-token-file", help="file holding the bearer token GET /events, /events/stream, /stats, "
+                                  "/history and /metrics must send (the POST token is accepted too); beats "
+                                  "SYSWATCH_READ_TOKEN (none: they are open unless SYSWATCH_READ_TOKEN is set)")
     opt("--max-body-bytes", env="SYSWATCH_MAX_BODY_BYTES", default=d.max_body_bytes, type=positive,
         help="largest POST body accepted, else 413")
     opt("--max-items", env="SYSWATCH_MAX_ITEMS", default=d.max_items, type=positive,
@@ -130,6 +136,7 @@ def parse_args(argv=None) -> ApiConfig:
                 f"so that open event streams never take every worker thread")
     return ApiConfig(
         host=args.host, port=args.port, collectors=tuple(args.collector), db=args.db, token=read_token(args.token_file),
+        read_token=read_token(args.read_token_file, "--read-token-file", "SYSWATCH_READ_TOKEN"),
         max_body_bytes=args.max_body_bytes, max_items=args.max_items, max_ips=args.max_ips,
         recent_events=args.recent_events, max_streams=args.max_streams, stream_queue=args.stream_queue,
         cors_origins=tuple(cors_origins),
@@ -144,20 +151,22 @@ def token_error(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def read_token(token_file: str | None) -> str | None:
-    """The bearer token from --token-file, else SYSWATCH_TOKEN; None when neither is set."""
+def read_token(token_file: str | None, flag: str = "--token-file", env: str = "SYSWATCH_TOKEN") -> str | None:
+    """A bearer token from its file flag, else its environment variable; None when neither is set
+    (the POST token: --token-file / SYSWATCH_TOKEN; the read token: --read-token-file /
+    SYSWATCH_READ_TOKEN)."""
     if token_file:
         try:
             with open(token_file, encoding="utf-8") as f:
                 token = f.read().strip()
         except (OSError, UnicodeDecodeError) as exc:
-            token_error(f"cannot read --token-file {token_file}: {exc}")
-        source = f"--token-file {token_file}"
+            token_error(f"cannot read {flag} {token_file}: {exc}")
+        source = f"{flag} {token_file}"
         if not token:
             token_error(f"{source} is empty; put the token in it, or drop the flag")
     else:
-        token = os.environ.get("SYSWATCH_TOKEN", "").strip()
-        source = "SYSWATCH_TOKEN"
+        token = os.environ.get(env, "").strip()
+        source = env
         if not token:
             return None
     allowed = set(string.ascii_letters + string.digits + "-._~+/=")
@@ -249,7 +258,8 @@ def main(argv=None) -> int:
     iplist = app.iplist
     stdout_line(f"IP list: {os.path.abspath(config.db)} ({iplist.count()} addresses); "
                 f"collector: {', '.join(config.collectors)}{' (CurveZMQ)' if curve_client else ''}; "
-                f"POST token: {'required' if config.token else 'not required'}")
+                f"POST token: {'required' if config.token else 'not required'}; "
+                f"read token: {'required' if config.read_token else 'not required'}")
     if iplist.respelled:  # a list written by another Python version (iplist.IPList._respell)
         stdout_line(f"IP list: respelled {iplist.respelled} stored IPv4-mapped IPv6 address(es) as ::ffff:a.b.c.d "
                     f"and dropped {iplist.merged} duplicate(s) of an address added earlier")

@@ -1,6 +1,7 @@
 """Container names never block the caller (issue 29): an engine socket that accepts and never
-answers, a slow one, a full queue. In-process: a real Unix socket served by a thread, a real
-cgroup-like directory tree (Containers only walks directories and reads their inodes)."""
+answers, a slow one, a full queue. In process (marked unit): a real Unix socket served by a
+thread, a real cgroup-like directory tree (Containers only walks directories and reads their
+inodes). Then the real collector with such a socket while real containers start."""
 from __future__ import annotations
 
 import json
@@ -13,8 +14,6 @@ import pytest
 
 from syswatch.collector import containers as cmod
 from syswatch.collector.containers import Containers, Engine, Names
-
-pytestmark = pytest.mark.unit
 
 
 class EngineSocket:
@@ -87,6 +86,7 @@ def cgroup_tree(root: Path, n: int) -> list[tuple[int, str]]:
     return out
 
 
+@pytest.mark.unit
 def test_a_hung_engine_never_blocks_the_lookup(tmp_path):
     """The engine accepts and never answers, with a lookup timeout of an hour: every call returns
     the id at once with an empty name (a blocking lookup would hang this test); once the engine
@@ -113,6 +113,7 @@ def test_a_hung_engine_never_blocks_the_lookup(tmp_path):
         c.close()
 
 
+@pytest.mark.unit
 def test_the_queue_is_bounded_and_what_did_not_fit_is_asked_later(tmp_path, monkeypatch):
     monkeypatch.setattr(cmod, "NAME_QUEUE_MAX", 4)
     eng = EngineSocket(tmp_path / "engine.sock", hold=True)
@@ -141,6 +142,7 @@ def test_the_queue_is_bounded_and_what_did_not_fit_is_asked_later(tmp_path, monk
         c.close()
 
 
+@pytest.mark.unit
 def test_a_miss_is_cached_and_asked_again_later(tmp_path):
     """An engine that does not know the container (404) is asked once, not per event; after
     MISS_RETRY_S it is asked again."""
@@ -183,6 +185,7 @@ def test_a_miss_is_cached_and_asked_again_later(tmp_path):
         c.close()
 
 
+@pytest.mark.unit
 def test_no_engine_no_thread(tmp_path):
     root = tmp_path / "cg"
     [(ino, full)] = cgroup_tree(root, 1)
@@ -191,6 +194,7 @@ def test_no_engine_no_thread(tmp_path):
     assert c.fields(ino) == (full[:12], "") and c.names._thread is None
 
 
+@pytest.mark.unit
 def test_names_are_asked_by_one_worker_thread_only(tmp_path):
     eng = EngineSocket(tmp_path / "engine.sock", hold=False)
     names = Names(Engine(sockets=[eng.path], timeout=5))
@@ -204,3 +208,55 @@ def test_names_are_asked_by_one_worker_thread_only(tmp_path):
         names.close()
         eng.close()
     assert not [t for t in threading.enumerate() if t.name == "syswatch-names" and t.is_alive()]
+
+
+@pytest.mark.docker
+def test_a_collector_with_a_never_answering_engine_keeps_its_pace_while_containers_start(tmp_path):
+    """The real collector, its engine socket one that accepts and never answers, ten containers
+    started at once: status keeps its 1 s pace (a lookup on the loop cost 0.5 s per new container),
+    the containers' events carry their ids, and the engine was asked (by the worker)."""
+    import concurrent.futures
+    import uuid
+
+    from harness.collector import CollectorProcess, StreamReader
+    from harness.compose import BASE_IMAGE, docker, stack_missing
+    from tests.conftest import have, is_root, require
+    require(is_root() and have("bpftrace"), "run as root with bpftrace: sudo scripts/test.sh")
+    why = stack_missing()
+    require(why is None, why or "")
+    sock_dir = tmp_path / "engine"
+    sock_dir.mkdir()
+    eng = EngineSocket(sock_dir / "docker.sock", hold=True)   # never released: never answers
+    coll = CollectorProcess(tmp_path, "--echo-rate", "0", env={"SYSWATCH_DOCKER_SOCKET": eng.path})
+    sub = StreamReader(coll.endpoint)
+    tag = uuid.uuid4().hex[:6]
+    names = [f"swnames-{tag}-{i}" for i in range(10)]
+    try:
+        sub.wait_status()
+        since = len(sub.statuses)
+
+        def run(name):
+            return docker("run", "-d", "--rm", "--name", name, BASE_IMAGE, "sh", "-c",
+                          "while :; do echo swnames > /dev/null; sleep 0.2; done").stdout.strip()[:12]
+        with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
+            ids = set(pool.map(run, names))
+        seen: dict[str, dict] = {}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and set(seen) != ids:
+            for msg in sub.messages(1):
+                for e in msg.events:
+                    if e["container_id"] in ids:
+                        seen.setdefault(e["container_id"], e)
+        for msg in sub.messages(3):          # a few more statuses after the last container
+            pass
+        assert set(seen) == ids, f"events of {len(seen)} of the {len(ids)} containers"
+        assert all(e["container_name"] == "" for e in seen.values()), "the engine never answered"
+        assert len(eng.requests) >= 1, "the collector never asked the engine"
+        ups = [s["uptime_s"] for s in sub.statuses[since:]]
+        gaps = [round(b - a, 2) for a, b in zip(ups, ups[1:])]
+        assert len(ups) >= 5 and max(gaps) <= 1.6, f"status gaps while containers started: {gaps}"
+    finally:
+        docker("rm", "-f", *names, check=False)
+        sub.close()
+        coll.kill()
+        eng.close()

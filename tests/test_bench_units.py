@@ -206,3 +206,18 @@ def test_parser_and_zmq_stages_on_captured_output(tmp_path):
     assert parsed["events"] == 5000 and parsed["rate"] > 0 and parsed["batches"]
     z = saturation.zmq_alone(parsed["batches"], repeat_to=20_000)
     assert z["sent"] >= 20_000 and 0 < z["received"] <= z["sent"]
+
+
+@pytest.mark.unit
+def test_the_rss_figure_is_an_svg_with_every_series_and_breaks_at_restarts():
+    import xml.dom.minidom
+
+    from bench.soak import figure
+    samples = [(t, "collector", 100 if t < 50 else 200, 40_960 + t, 20, 4) for t in range(0, 100, 5)]
+    samples += [(t, "api", 300, 51_200, 15, 20) for t in range(0, 100, 5)]
+    svg = figure({"samples": samples, "restart_marks": [(50.0, "collector restart")]})
+    doc = xml.dom.minidom.parseString(svg)
+    lines = doc.getElementsByTagName("polyline")
+    assert len(lines) == 3                      # the collector's two lives and the API's one
+    texts = [t.firstChild.data for t in doc.getElementsByTagName("text") if t.firstChild]
+    assert "collector" in texts and "api" in texts and "MiB" in texts

@@ -31,18 +31,20 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from syswatch.collector.program import INTERVAL, KICK, READY
-from syswatch.collector.streamio import ZMQ_THREADS, Rules, StreamIO
+from syswatch.collector.streamio import Rules, StreamIO
 from syswatch.shared.protocol import json_string
 
 _NUM = rb"(?:0|[1-9]\d*)"
 _INT = rb"(?:0|-?[1-9]\d*)"
 _ENVELOPE = b'{"type": "printf", "data": "'
 # Groups: 1 CPU, 2 syscall index, 3 the object up to the container fields (quotes escaped), 4 pid,
-# 5 syscall name, 6 fd, 7 count, 8 ret, 9 cgroup id, 10 the name as bpftrace escaped it.
+# 5 syscall name, 6 cgroup id, 7 the name as bpftrace escaped it.
 _EVENT_LINE = re.compile(
     re.escape(_ENVELOPE) + rb'(\d{1,4}):(\d)(\{\\"ts_ns\\":%s,\\"pid\\":(%s),\\"tid\\":%s,\\"uid\\":%s,'
-    rb'\\"syscall\\":\\"([a-z0-9]{1,16})\\",\\"fd\\":(%s),\\"count\\":(%s),\\"ret\\":(%s),\\"lat_ns\\":%s,'
+    rb'\\"syscall\\":\\"([a-z0-9]{1,16})\\",\\"fd\\":%s,\\"count\\":%s,\\"ret\\":%s,\\"lat_ns\\":%s,'
     rb'\\"cgroup_id\\":(%s),)\\"comm\\":\\"(.*)\\"\}\\n"\}' % (_NUM, _NUM, _NUM, _NUM, _INT, _NUM, _INT, _NUM, _NUM))
+# fd, count and ret of an event already matched, read only for the few the stream may leave out
+_FD_COUNT_RET = re.compile(rb'\\"fd\\":(-?\d+),\\"count\\":(\d+),\\"ret\\":(-?\d+),')
 COMM_CACHE_MAX = 4096                  # distinct names kept; a renaming storm just refills it
 MALFORMED_KEPT = 5                     # malformed lines kept per parse for the log (all are counted)
 _READY_DATA = READY + "\n"
@@ -198,8 +200,9 @@ class Parser:
         batches: dict[bytes, list[bytes]] = {}
         names, cache = self._names, self._comm_cache
         rules = self.stream_io.rules
-        watched = rules.pids | rules.subscribers
+        watched = frozenset(b"%d" % p for p in rules.pids | rules.subscribers)   # compared as bpftrace prints them
         excluded = self.stream_io.excluded
+        fields = _FD_COUNT_RET.search
         containers = self.containers.fields_json
         match = _EVENT_LINE.fullmatch
         arrived = self._arrived
@@ -210,13 +213,14 @@ class Parser:
                 if line:
                     self._record(line, out)
                 continue
-            cpu, idx, body, pid, syscall, fd, count, ret, cgroup, escaped = m.groups()
+            cpu, idx, body, pid, syscall, cgroup, escaped = m.groups()
             cpu = int(cpu)
             arrived[cpu] = arrived.get(cpu, 0) + 1     # before any check: it arrived, kept or not
             if names.get(idx) != syscall:
                 self.bad_line(line)            # the index picks the topic: it must agree with the name
                 continue
-            if (watched and int(pid) in watched) or escaped.startswith(ZMQ_THREADS):
+            if pid in watched or escaped[:5] == b"ZMQbg":     # ZeroMQ's threads: learned (streamio)
+                fd, count, ret = fields(body).groups()   # type: ignore[union-attr]  # matched above
                 if excluded(int(pid), escaped, int(fd), int(count), int(ret)):
                     n_excluded += 1
                     continue

@@ -3,25 +3,30 @@ only CAP_SYS_ADMIN and CAP_IPC_LOCK: it cannot read another user's /proc/PID/fd)
 the API attached: an unprivileged subscriber's own reads stay in the stream and only its ZeroMQ
 signalling is left out, and each attack, run as uid nobody, changes nothing: the victim's events
 keep flowing, the API stays excluded, status keeps its pace, a spoofing process stays visible.
-(The same attacks against compose: tests/test_e2e_docker.py.)"""
+Each runs twice: against the collector and API as processes with the unit's capability set, and
+against them as docker-compose deploys them (the attackers on the host reach the collector's
+container directly on the compose network, as a process on the host can)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 from harness import nobody
 from harness.api import ApiProcess
 from harness.collector import CollectorProcess, StreamReader
+from harness.compose import ComposeStack
 from harness.nobody import Nobody
-from harness.procs import cpu_seconds
+from harness.procs import cpu_seconds, free_port
 from harness.unit import collector_capabilities_from_unit, setpriv
-from tests.conftest import have, is_root, require
+from tests.conftest import have, is_root, require, require_compose_stack, uncaptured_printer
 
 READ_BASE = 930_001
 PACE_S = 3.0        # the longest gap between two statuses (the collector's own clock) we accept: 3x its pace
@@ -29,10 +34,11 @@ PACE_S = 3.0        # the longest gap between two statuses (the collector's own 
 
 @dataclass
 class Deployed:
-    coll: CollectorProcess
-    api: ApiProcess
+    endpoint: str
+    collector_pid: int
+    api_pid: int
+    logs: Callable[[], str]                # the collector's log so far
     reader: StreamReader
-    tmp: Path
     statuses: list[dict] = field(default_factory=list)
 
     def watch(self, seconds: float, until=None) -> list[dict]:
@@ -65,32 +71,58 @@ class Deployed:
     def assert_unharmed(self, since: int) -> None:
         """The API is still a verified subscriber; statuses since ``since`` kept their pace."""
         st = self.statuses[-1]
-        assert self.kinds(st).get(self.api.proc.pid, {}).get("kind") == "subscriber", st["excluded"]
+        assert self.kinds(st).get(self.api_pid, {}).get("kind") == "subscriber", st["excluded"]
         ups = [s["uptime_s"] for s in self.statuses[since:]]
         gaps = [b - a for a, b in zip(ups, ups[1:])]
         assert ups and max(gaps, default=0) <= PACE_S, f"status paused: gaps {gaps}"
 
 
-@pytest.fixture(scope="module")
-def deployed(tmp_path_factory):
+@pytest.fixture(scope="module", params=["unit", pytest.param("compose", marks=pytest.mark.docker)])
+def deployed(request, tmp_path_factory):
     require(is_root(), "run as root (bpftrace needs it; setpriv drops capabilities): sudo scripts/test.sh")
-    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-host.sh does it)")
-    require(have("setpriv"), "apt-get install util-linux (setpriv)")
     missing = nobody.available()
     require(missing is None, missing or "")
+    with (_as_processes if request.param == "unit" else _in_compose)(request, tmp_path_factory) as d:
+        d.wait_status(lambda st: d.kinds(st).get(d.api_pid, {}).get("kind") == "subscriber",
+                      what="the API verified as a subscriber")
+        yield d
+
+
+@contextlib.contextmanager
+def _as_processes(request, tmp_path_factory):
+    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-host.sh does it)")
+    require(have("setpriv"), "apt-get install util-linux (setpriv)")
     tmp = tmp_path_factory.mktemp("attacks")
     coll = CollectorProcess(tmp, "--echo-rate", "0", wrap=setpriv(collector_capabilities_from_unit()))
     api = ApiProcess(tmp / "ips.sqlite3", collector=coll.endpoint).start()
     reader = StreamReader(coll.endpoint)
-    d = Deployed(coll, api, reader, tmp)
     try:
-        d.wait_status(lambda st: d.kinds(st).get(api.proc.pid, {}).get("kind") == "subscriber",
-                      what="the API verified as a subscriber")
-        yield d
+        yield Deployed(coll.endpoint, coll.proc.pid, api.proc.pid, coll.stderr, reader)
     finally:
         reader.close()
         api.stop()
         coll.kill()
+
+
+@contextlib.contextmanager
+def _in_compose(request, tmp_path_factory):
+    require_compose_stack()
+    stack = ComposeStack(api_port=free_port(), collector_port=free_port())
+    with stack.running(uncaptured_printer(request.config)):
+        networks = stack.inspect("collector")["NetworkSettings"]["Networks"]
+        ip = next(iter(networks.values()))["IPAddress"]
+        endpoint = f"tcp://{ip}:5556"          # not the published port: docker-proxy would relay (unverifiable)
+        reader = StreamReader(endpoint)
+        try:
+            yield Deployed(endpoint, stack.inspect("collector")["State"]["Pid"], stack.inspect("api")["State"]["Pid"],
+                           lambda: _full_log(stack), reader)
+        finally:
+            reader.close()
+
+
+def _full_log(stack: ComposeStack) -> str:
+    proc = stack.compose("logs", "--no-color", "collector", check=False, timeout=60)
+    return proc.stdout + proc.stderr
 
 
 @pytest.fixture
@@ -107,7 +139,7 @@ def readable_file():
 
 
 def test_an_unprivileged_subscriber_s_reads_arrive_and_its_signalling_does_not(deployed, readable_file):
-    sub = Nobody(deployed.coll.endpoint, "self")
+    sub = Nobody(deployed.endpoint, "self")
     try:
         st = deployed.wait_status(lambda st: [w for w in deployed.kinds(st).get(sub.pid, {}).get("what", [])
                                               if w.startswith("eventfd:")], what="the subscriber verified")
@@ -146,7 +178,7 @@ def test_announcing_someone_else_hides_nothing(deployed):
             return [e for e in events if e["pid"] == victim.pid and e["syscall"] == "write" and e["count"] == 7]
         before = victim_writes(deployed.watch(5))
         refused0 = deployed.status()["announces_refused_total"]
-        attacker = Nobody(deployed.coll.endpoint, "pid", victim.pid)
+        attacker = Nobody(deployed.endpoint, "pid", victim.pid)
         try:
             deployed.wait_status(lambda st: st["announces_refused_total"] > refused0, what="the announce refused")
             after = victim_writes(deployed.watch(5))
@@ -165,13 +197,13 @@ def test_thread_ids_take_no_slot(deployed):
     """Attack 2: one process, 64 threads, one connection, announces every thread id."""
     since = len(deployed.statuses)
     refused0 = deployed.status()["announces_refused_total"]
-    attacker = Nobody(deployed.coll.endpoint, "tids", 64)
+    attacker = Nobody(deployed.endpoint, "tids", 64)
     try:
         st = deployed.wait_status(lambda st: st["announces_refused_total"] >= refused0 + 64,
                                   what="64 thread ids refused")
         tids = {int(t) for t in os.listdir(f"/proc/{attacker.pid}/task")} - {attacker.pid}
         assert len(tids) >= 64 and not tids & set(st["excluded_pids"])
-        late = Nobody(deployed.coll.endpoint, "self")        # a subscriber that comes after still gets in
+        late = Nobody(deployed.endpoint, "self")        # a subscriber that comes after still gets in
         try:
             deployed.wait_status(lambda st: deployed.kinds(st).get(late.pid, {}).get("kind") == "subscriber",
                                  what="a later subscriber verified")
@@ -184,23 +216,23 @@ def test_thread_ids_take_no_slot(deployed):
 
 def test_an_announce_flood_does_not_stall_the_collector(deployed):
     """Attack 3: 5,000 announces naming foreign PID namespaces at once."""
-    pid = deployed.coll.proc.pid
+    pid = deployed.collector_pid
     deployed.watch(1)
     since = len(deployed.statuses)
     cpu0, t0 = cpu_seconds(pid), time.monotonic()
     deployed.watch(8)
     baseline = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
-    log_lines0 = deployed.coll.stderr().count("announce of PID")
+    log_lines0 = deployed.logs().count("announce of PID")
     refused0 = deployed.statuses[-1]["announces_refused_total"]
     cpu0, t0 = cpu_seconds(pid), time.monotonic()
-    attacker = Nobody(deployed.coll.endpoint, "flood", 5000)
+    attacker = Nobody(deployed.endpoint, "flood", 5000)
     try:
         deployed.wait_status(lambda st: st["announces_refused_total"] >= refused0 + 500, what="the flood refused")
         deployed.watch(max(0.0, 8 - (time.monotonic() - t0)))
         during = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
         # the flood cost less than 0.2 CPU-seconds a second over the collector's own work (once: 12.5 s)
         assert during - baseline < 0.2, (baseline, during)
-        logged = deployed.coll.stderr().count("announce of PID") - log_lines0
+        logged = deployed.logs().count("announce of PID") - log_lines0
         assert logged <= 6, f"{logged} log lines for the flood"
         deployed.assert_unharmed(since)
     finally:

@@ -158,7 +158,7 @@ def test_ip_list_survives_api_restart_and_recreate(stack):
     assert code == 200, added
 
     stack.compose("restart", "api", timeout=120)
-    stack.wait_api_healthy()
+    stack.wait_api_answers()
     code, listed = stack.http("POST", "/print_all_ips", {"print_all_ips": True})
     assert (code, listed["ips"], listed["total_ips"]) == (200, ips, 3), listed
 
@@ -166,7 +166,7 @@ def test_ip_list_survives_api_restart_and_recreate(stack):
     old = stack.container_id("api")
     stack.compose("up", "-d", "--force-recreate", "--no-deps", "api", timeout=120)
     assert stack.container_id("api") != old
-    stack.wait_api_healthy()
+    stack.wait_api_answers()
     code, listed = stack.http("POST", "/print_all_ips", {"print_all_ips": True})
     assert (code, listed["ips"]) == (200, ips), listed
     stack.http("POST", "/clear_ip_list", {"clear_ip_list": True})
@@ -270,7 +270,7 @@ def test_api_stays_healthy_while_the_collector_is_away(stack):
     finally:
         stack.compose("start", "collector", timeout=60)
     wait_connected(stack, True)
-    assert stack.inspect("api")["State"]["Health"]["Status"] == "healthy"
+    assert stack.inspect("api")["State"]["Running"] and "Health" not in stack.inspect("api")["State"]
 
 
 @pytest.mark.parametrize("service, package", [("collector", "collector"), ("api", "api")])

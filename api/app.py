@@ -1,6 +1,7 @@
 """The API wired up once: ``make_app(config)`` builds every part from an ``ApiConfig``.
 
     IPList (SQLite)  StreamStats <- StreamSubscriber (thread, not started) -> StreamHub
+                                 <- NatsIngest (thread, not started; with --nats)
             \\             |                                                  /
              Api handlers (api/routes.py) -> Bottle app -> WebGuard -> AccessLog  = App.wsgi
 
@@ -18,9 +19,10 @@ from syswatch.api.httplog import AccessLog, RequestStats, stdout_line
 from syswatch.api.hub import StreamHub
 from syswatch.api.ingest import StreamSubscriber
 from syswatch.api.iplist import IPList
+from syswatch.api.nats_ingest import NatsIngest
 from syswatch.api.routes import ROUTES, Api, Limits, build_app
 from syswatch.api.web import StaticFiles, WebGuard
-from syswatch.shared import protocol
+from syswatch.shared import jetstream, natsclient, protocol
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,9 @@ class ApiConfig:
     threads: int = 16
     max_connections: int = 1000
     channel_timeout: int = 60
+    nats: natsclient.Options | None = None   # --nats: also (or only) read the fleet's JetStream stream
+    nats_stream: str = jetstream.DEFAULT_STREAM
+    nats_consumer: str = jetstream.DEFAULT_CONSUMER
 
 
 @dataclass
@@ -58,6 +63,7 @@ class App:
     hub: StreamHub
     requests: RequestStats
     subscriber: StreamSubscriber            # started by the caller (server.main), stopped by it too
+    nats: NatsIngest | None = None          # likewise, when the config names a NATS server
 
 
 def make_app(config: ApiConfig, curve_client=None, log: Callable[[str], None] = stdout_line) -> App:
@@ -75,4 +81,6 @@ def make_app(config: ApiConfig, curve_client=None, log: Callable[[str], None] = 
     api = Api(iplist, stats, hub, requests, limits, config.token, StaticFiles(), read_token=config.read_token)
     wsgi = AccessLog(WebGuard(build_app(api), config.host, config.cors_origins, config.allowed_hosts),
                      requests, log=log)
-    return App(config, wsgi, api, iplist, stats, hub, requests, subscriber)
+    nats = (NatsIngest(config.nats, config.nats_stream, config.nats_consumer, stats, hub)
+            if config.nats is not None else None)
+    return App(config, wsgi, api, iplist, stats, hub, requests, subscriber, nats)

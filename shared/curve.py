@@ -29,12 +29,16 @@ import threading
 from pathlib import Path
 from typing import NamedTuple
 
-import zmq
-import zmq.auth
-from zmq.utils.monitor import recv_monitor_message
+if __name__ == "__main__":                  # the key tool: a missing pyzmq is one line, exit 2
+    from syswatch.shared.deps import require
+    require("python3 -m syswatch.shared.curve", "zmq")
 
-from syswatch.shared import procnet
-from syswatch.shared.ratelog import RateLimitedLog
+import zmq  # noqa: E402
+import zmq.auth  # noqa: E402
+from zmq.utils.monitor import recv_monitor_message  # noqa: E402
+
+from syswatch.shared import procnet  # noqa: E402
+from syswatch.shared.ratelog import RateLimitedLog  # noqa: E402
 
 log = logging.getLogger("syswatch.curve")
 

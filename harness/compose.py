@@ -100,14 +100,14 @@ class ComposeStack:
     @contextlib.contextmanager
     def running(self, report=print):
         """Build, `up -d`, wait until the API answers; afterwards ALWAYS `down -v` and check nothing is left.
-        ``report`` gets one line of timings (build, up, healthy, down) at the end."""
+        ``report`` gets one line of timings (build, up, answering, down) at the end."""
         try:
             self.timed("build", "build")
             self.timed("up", "up", "-d")
             start = time.monotonic()
             self.wait_api_answers()
             self.wait_running("collector")
-            self.timings["healthy"] = time.monotonic() - start
+            self.timings["answering"] = time.monotonic() - start
             yield self
         finally:
             start = time.monotonic()

@@ -94,11 +94,15 @@ class HostStats:
         row = self.procs.get(key)
         if row is None:
             row = self.procs[key] = [0, 0, 0, 0, cname]
+        elif cname and not row[4]:             # named once the collector's engine lookup answered
+            row[4] = cname
         _add(row, calls, nbytes, errors, lat)
         if cid:
             crow = self.containers.get(cid)
             if crow is None:
                 crow = self.containers[cid] = [0, 0, 0, 0, cname]
+            elif cname and not crow[4]:
+                crow[4] = cname
             _add(crow, calls, nbytes, errors, lat)
 
     def set_status(self, status: dict) -> None:
@@ -174,6 +178,8 @@ class StreamStats:
                     row[1] += moved
                     row[2] += err
                     row[3] += lat
+                    if cid and not row[4]:     # the collector names a new container once the engine answered
+                        row[4] = e["container_name"]
                 if cid:
                     crow = containers.get(cid)
                     if crow is None:
@@ -183,6 +189,8 @@ class StreamStats:
                         crow[1] += moved
                         crow[2] += err
                         crow[3] += lat
+                        if not crow[4]:
+                            crow[4] = e["container_name"]
                 total[0] += 1
                 total[1] += moved
                 total[2] += err

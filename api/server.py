@@ -219,6 +219,9 @@ def main(argv=None) -> int:
 
     from syswatch.api.httplog import json_server_errors, stdout_line
     from syswatch.api.iplist import DatabaseUnusable
+    from syswatch.api.memory import return_large_blocks
+
+    return_large_blocks()                       # a large message's memory is returned once it is handled
 
     for endpoint in config.collectors:
         probe: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)

@@ -172,3 +172,10 @@ def test_a_container_named_later_gets_its_name_in_the_tables():
     s = st.snapshot()
     assert [c["container_name"] for c in s["top_containers_by_calls"]] == ["web"]
     assert [p["container_name"] for p in s["top_processes_by_calls"]] == ["web"]
+
+
+@pytest.mark.unit
+def test_the_api_fixes_glibc_s_mmap_threshold():
+    """api/memory.py: large blocks are mmapped and given back (glibc; this machine's libc is one)."""
+    from syswatch.api.memory import return_large_blocks
+    assert return_large_blocks() is True

@@ -34,6 +34,7 @@ class ApiConfig:
     collectors: tuple[str, ...] = (protocol.DEFAULT_ENDPOINT,)
     db: str = "./syswatch.sqlite3"
     token: str | None = None               # the bearer token POSTs must send; None: open
+    read_token: str | None = None          # the bearer token the read endpoints need (or token); None: open
     max_body_bytes: int = 1 << 20
     max_items: int = 10_000
     max_ips: int = 100_000
@@ -83,7 +84,7 @@ def make_app(config: ApiConfig, curve_client=None, log: Callable[[str], None] = 
     limits = Limits(max_body_bytes=config.max_body_bytes, max_items=config.max_items,
                     max_events_limit=config.recent_events, default_events_limit=min(100, config.recent_events),
                     sse_heartbeat_s=config.sse_heartbeat, sse_stall_s=config.sse_stall_timeout)
-    api = Api(iplist, stats, hub, requests, limits, config.token, StaticFiles())
+    api = Api(iplist, stats, hub, requests, limits, config.token, StaticFiles(), read_token=config.read_token)
     wsgi = AccessLog(WebGuard(build_app(api), config.host, config.cors_origins, config.allowed_hosts),
                      requests, log=log)
     nats = (NatsIngest(config.nats, config.nats_stream, config.nats_consumer, stats, hub)

@@ -129,6 +129,8 @@ class HostStats:
                 row[2] += err
                 row[3] += lat
                 row[4] += measured
+                if cid and not row[NAME]:     # named once the collector's engine lookup answered
+                    row[NAME] = e["container_name"]
             if name is not None:
                 if row[6] is None:
                     row[6] = {}
@@ -137,6 +139,8 @@ class HostStats:
                 crow = containers.get(cid)
                 if crow is None:
                     crow = containers[cid] = [0, 0, 0, 0, 0, e["container_name"], None, Histogram()]
+                elif not crow[NAME]:
+                    crow[NAME] = e["container_name"]
                 crow[0] += 1
                 crow[1] += moved
                 crow[2] += err
@@ -203,11 +207,15 @@ class HostStats:
             prow = self.procs.get(key)
             if prow is None:
                 prow = self.procs[key] = [0, 0, 0, 0, 0, r.get("container_name", ""), None]
+            elif cid and not prow[NAME]:
+                prow[NAME] = r.get("container_name", "")
             self._add(prow, n, moved, err, lat, lat_n, by_errno)
             if cid:
                 crow = self.containers.get(cid)
                 if crow is None:
                     crow = self.containers[cid] = [0, 0, 0, 0, 0, r.get("container_name", ""), None, Histogram()]
+                elif not crow[NAME]:
+                    crow[NAME] = r.get("container_name", "")
                 self._add(crow, n, moved, err, lat, lat_n, by_errno)
                 hists.append(crow[HIST])
             for h in hists:

@@ -54,6 +54,11 @@ COLLECTOR_STATUS = (
     ("dropped_total", "Events the collector could not publish (collector status)."),
     ("malformed_total", "bpftrace lines the collector could not parse (collector status)."),
 )
+# Optional counters of the status (a collector sends them when they apply): a host without one has no sample.
+COLLECTOR_STATUS_OPTIONAL = (
+    ("curve_refused_total", "CurveZMQ handshakes the collector refused: unknown or missing key (collector status)."),
+    ("announces_refused_total", "Subscriber announces the collector could not verify (collector status)."),
+)
 
 # Counters of a NATS bridge's status (topic "bridge"), by host: the names its own /metrics uses.
 BRIDGE_STATUS = (
@@ -116,10 +121,10 @@ class StatsCollector(Collector):
         for c in collectors:  # a --collector not heard from yet: host=""
             connected.add_metric([c["host"] or "", c["endpoint"] or ""], int(c["connected"]))
         yield connected
-        for key, help_text in COLLECTOR_STATUS:
+        for key, help_text in COLLECTOR_STATUS + COLLECTOR_STATUS_OPTIONAL:
             family = CounterMetricFamily(f"syswatch_collector_{key}", help_text, labels=["host"])
             for c in collectors:
-                if c["status"]:
+                if c["status"] and key in c["status"]:
                     family.add_metric([c["host"]], c["status"][key])
             yield family
         # what each host's NATS bridge published and could not (--nats; the bridge's own /metrics has the same)

@@ -20,7 +20,8 @@ def _json(schema: dict, description: str) -> dict:
 
 def _errors(*codes: int) -> dict:
     text = {400: "Bad request: malformed JSON, a missing, unknown or wrong field, a bad item or parameter",
-            401: "Missing or wrong bearer token (only when the server was started with a token)",
+            401: "Missing or wrong bearer token (only when the server was started with a token: for POST the "
+                 "POST token, for the stream's views the read token or the POST token)",
             409: "The IP list would exceed its maximum size (--max-ips); nothing was added",
             413: "Body larger than --max-body-bytes, or more items than --max-items; nothing changed",
             415: "Content-Type is not JSON",
@@ -40,8 +41,11 @@ def _post(field: str, body_schema: dict, example: dict, ok_schema: dict, summary
     }}
 
 
-def _get(summary: str, ok: dict, params: list | None = None, errors: tuple = ()) -> dict:
-    op = {"summary": summary, "responses": {"200": ok, **_errors(*errors)}}
+def _get(summary: str, ok: dict, params: list | None = None, errors: tuple = (), read: bool = False) -> dict:
+    """``read``: one of the stream's views, behind the read token when the server has one."""
+    op = {"summary": summary, "responses": {"200": ok, **_errors(*errors, *((401,) if read else ()))}}
+    if read:
+        op["security"] = [{}, {"bearerAuth": []}]
     if params:
         op["parameters"] = params
     return {"get": op}
@@ -144,18 +148,19 @@ def document(max_items: int, max_events_limit: int, default_events_limit: int) -
                      total_ips={"type": "integer", "enum": [0]}),
                 "Empty the IP list", (400, 401, 413, 415)),
             "/stats": _get("Aggregates of the event stream (one host, or all) and every collector's status",
-                           _json({"$ref": "#/components/schemas/Stats"}, "Aggregates"), [HOST_PARAM], (400,)),
+                           _json({"$ref": "#/components/schemas/Stats"}, "Aggregates"), [HOST_PARAM], (400,),
+                           read=True),
             "/events": _get("The most recent events (bounded buffer), oldest first, filtered",
                             _json(_obj(["events", "count"], events={"type": "array", "items": {
                                 "$ref": "#/components/schemas/Event"}}, count=INT), "Events"),
-                            [limit] + filters, (400,)),
+                            [limit] + filters, (400,), read=True),
             "/events/stream": _get(
                 "Live events as Server-Sent Events: one `data:` line per event (an Event as JSON); "
                 "heartbeats and drop notices are SSE comments", {"description": "An endless event stream",
                                                                  "content": {"text/event-stream": {"schema": STR}}},
-                filters, (400, 429, 503)),
+                filters, (400, 429, 503), read=True),
             "/metrics": _get("Prometheus text exposition", {"description": "Metrics", "content": {
-                "text/plain": {"schema": STR}}}),
+                "text/plain": {"schema": STR}}}, read=True),
             "/healthz": _get("Liveness: 200 while the API serves; says whether the collector is connected",
                              _json(_obj(["status", "collector_connected", "collectors"],
                                         status={"type": "string", "enum": ["ok"]}, collector_connected=BOOL,
@@ -165,7 +170,10 @@ def document(max_items: int, max_events_limit: int, default_events_limit: int) -
         "components": {
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
                                                "description": "Needed for POST when the server has "
-                                                              "SYSWATCH_TOKEN / --token-file"}},
+                                                              "SYSWATCH_TOKEN / --token-file, and for "
+                                                              "/stats, /events, /events/stream and /metrics "
+                                                              "when it has SYSWATCH_READ_TOKEN / "
+                                                              "--read-token-file (the POST token reads too)"}},
             "schemas": {
                 "Error": _obj(["error"], error=STR),
                 "IpEntry": {"description": "an IPv4 address as an integer, or an IPv4/IPv6 address string",

@@ -42,7 +42,7 @@ class Route:
     path: str
     handler: str        # name of the Api method
     usage: str          # shown by GET /apis
-
+    read: bool = False  # what the stream shows: needs the read token when one is set
 
 ROUTES = (
     Route("GET", "/", "dashboard", "GET: the live dashboard (HTML, same origin; open it in a browser)"),
@@ -57,14 +57,15 @@ ROUTES = (
     Route("GET", "/stats", "stats",
           "GET ?host=: totals per syscall with latency percentiles and errors by errno, top processes, "
           "containers and files by calls and bytes, events/s, each collector's status and whether it is "
-          "connected"),
+          "connected", read=True),
     Route("GET", "/events", "events",
           "GET ?limit=&pid=&tid=&uid=&comm=&syscall=&container=&host=&path=&file_type=&failed=1&min_latency=: "
-          "the most recent events (bounded buffer), filtered (path: a prefix; min_latency: 500us, 20ms, 1s)"),
+          "the most recent events (bounded buffer), filtered (path: a prefix; min_latency: 500us, 20ms, 1s)",
+          read=True),
     Route("GET", "/events/stream", "events_stream",
           "GET with the filters of /events (no limit): live Server-Sent Events, one event per data: line; a "
-          "client that takes no data for the stall timeout is disconnected"),
-    Route("GET", "/metrics", "metrics", "GET: Prometheus text exposition"),
+          "client that takes no data for the stall timeout is disconnected", read=True),
+    Route("GET", "/metrics", "metrics", "GET: Prometheus text exposition", read=True),
     Route("GET", "/healthz", "healthz", "GET: 200 while the API is up; says whether the collector is connected"),
     Route("GET", "/openapi.json", "openapi", "GET: the OpenAPI 3 description of every endpoint"),
 )
@@ -107,11 +108,13 @@ class Api:
     """The handlers; each one small, over the IP list and the stream's stats model."""
 
     def __init__(self, iplist: IPList, stats: StreamStats, hub: StreamHub, requests: RequestStats,
-                 limits: Limits, token: str | None, static: StaticFiles | None = None):
+                 limits: Limits, token: str | None, static: StaticFiles | None = None, read_token: str | None = None):
         self.iplist, self.stream, self.hub, self.requests = iplist, stats, hub, requests
         self.files = static or StaticFiles()
         self.limits = limits
         self._token = token.encode() if token else None
+        # the read endpoints take the read token, or the POST token (who may write may read)
+        self._read_tokens = [t.encode() for t in (read_token, token) if t] if read_token else []
         self._openapi = json.dumps(openapi.document(limits.max_items, limits.max_events_limit,
                                                     limits.default_events_limit), indent=1)
         self.registry = metrics.registry(stats, requests, iplist, hub)  # this API's own, read at each scrape
@@ -127,6 +130,20 @@ class Api:
             what = "missing" if not given else "wrong or malformed"
             raise BadRequest(f"{what} bearer token: this API requires 'Authorization: Bearer <token>' "
                              f"on POST requests (the token of SYSWATCH_TOKEN / --token-file)", 401)
+
+    def check_read_token(self) -> None:
+        """For the read endpoints (Route.read), when a read token is set."""
+        if not self._read_tokens:
+            return
+        given = bottle.request.environ.get("HTTP_AUTHORIZATION", "")
+        scheme, _, value = given.partition(" ")
+        presented = value.strip().encode("latin-1", "replace")
+        # every token compared, in constant time each: which one matched does not show in the timing
+        ok = scheme.lower() == "bearer" and sum(hmac.compare_digest(presented, t) for t in self._read_tokens) > 0
+        if not ok:
+            what = "missing" if not given else "wrong or malformed"
+            raise BadRequest(f"{what} bearer token: this API requires 'Authorization: Bearer <token>' to read "
+                             f"the stream (the token of SYSWATCH_READ_TOKEN / --read-token-file)", 401)
 
     def _body(self) -> dict:
         """The POST body as a JSON object, after the token, Content-Type and size checks."""
@@ -243,10 +260,20 @@ class Api:
         return _ok(self._openapi)
 
 
+def _reading(api: Api, handler: Callable) -> Callable:
+    """``handler`` behind the read token."""
+    @functools.wraps(handler)
+    def wrapped(*args, **kwargs):
+        api.check_read_token()
+        return handler(*args, **kwargs)
+    return wrapped
+
+
 def build_app(api: Api) -> bottle.Bottle:
     app = bottle.Bottle()  # catchall on: an unexpected error is a JSON 500, never a traceback page
     for r in ROUTES:
-        app.route(r.path, r.method, _json_errors(getattr(api, r.handler)))
+        handler = getattr(api, r.handler)
+        app.route(r.path, r.method, _json_errors(_reading(api, handler) if r.read else handler))
 
     def error_page(err: bottle.HTTPError) -> str:
         """Bottle's errors (404, 405, 500...) as JSON; 405 keeps the Allow header Bottle set."""

@@ -33,6 +33,7 @@ from syswatch.shared.zmqsock import check_endpoint  # noqa: E402
 EPILOG = textwrap.dedent("""\
     environment (a flag beats its variable, which beats the default):
       SYSWATCH_HOST, SYSWATCH_PORT, SYSWATCH_COLLECTOR, SYSWATCH_DB, SYSWATCH_TOKEN (the token itself),
+      SYSWATCH_READ_TOKEN (the read endpoints' token itself),
       SYSWATCH_MAX_BODY_BYTES, SYSWATCH_MAX_ITEMS, SYSWATCH_MAX_IPS, SYSWATCH_MAX_STREAMS,
       SYSWATCH_MAX_STREAMS_PER_ADDRESS, SYSWATCH_SSE_STALL_TIMEOUT, SYSWATCH_RECENT_EVENTS,
       SYSWATCH_STREAM_QUEUE, SYSWATCH_THREADS, SYSWATCH_MAX_CONNECTIONS, SYSWATCH_CHANNEL_TIMEOUT,
@@ -52,6 +53,8 @@ EPILOG = textwrap.dedent("""\
           --nats-ca /etc/syswatch/nats-ca.pem                 # with TLS and a password (docs/DEPLOY.md)
       SYSWATCH_TOKEN=s3cret syswatch-api                      # POSTs need: Authorization: Bearer s3cret
       syswatch-api --token-file /run/secrets/syswatch_token
+      syswatch-api --host 0.0.0.0 --read-token-file /run/secrets/syswatch_read   # reads need a token too
+      curl -s -H "Authorization: Bearer $(cat /run/secrets/syswatch_read)" localhost:8080/stats
       syswatch-api --max-items 1000 --max-ips 50000           # tighter IP list limits
 
       curl -s localhost:8080/apis
@@ -105,6 +108,9 @@ def parse_args(argv=None) -> ApiConfig:
     opt("--db", env="SYSWATCH_DB", default=d.db, help="SQLite file holding the IP list")
     opt("--token-file", help="file holding the bearer token every POST must send; beats SYSWATCH_TOKEN "
                              "(none: POSTs are open unless SYSWATCH_TOKEN is set)")
+    opt("--read-token-file", help="file holding the bearer token GET /events, /events/stream, /stats, "
+                                  "/history and /metrics must send (the POST token is accepted too); beats "
+                                  "SYSWATCH_READ_TOKEN (none: they are open unless SYSWATCH_READ_TOKEN is set)")
     opt("--max-body-bytes", env="SYSWATCH_MAX_BODY_BYTES", default=d.max_body_bytes, type=positive,
         help="largest POST body accepted, else 413")
     opt("--max-items", env="SYSWATCH_MAX_ITEMS", default=d.max_items, type=positive,
@@ -167,6 +173,7 @@ def parse_args(argv=None) -> ApiConfig:
                 f"so that open event streams never take every worker thread")
     return ApiConfig(
         host=args.host, port=args.port, collectors=collectors, db=args.db, token=read_token(args.token_file),
+        read_token=read_token(args.read_token_file, "--read-token-file", "SYSWATCH_READ_TOKEN"),
         max_body_bytes=args.max_body_bytes, max_items=args.max_items, max_ips=args.max_ips,
         recent_events=args.recent_events, max_streams=args.max_streams,
         max_streams_per_address=args.max_streams_per_address, stream_queue=args.stream_queue,
@@ -185,20 +192,22 @@ def token_error(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def read_token(token_file: str | None) -> str | None:
-    """The bearer token from --token-file, else SYSWATCH_TOKEN; None when neither is set."""
+def read_token(token_file: str | None, flag: str = "--token-file", env: str = "SYSWATCH_TOKEN") -> str | None:
+    """A bearer token from its file flag, else its environment variable; None when neither is set
+    (the POST token: --token-file / SYSWATCH_TOKEN; the read token: --read-token-file /
+    SYSWATCH_READ_TOKEN)."""
     if token_file:
         try:
             with open(token_file, encoding="utf-8") as f:
                 token = f.read().strip()
         except (OSError, UnicodeDecodeError) as exc:
-            token_error(f"cannot read --token-file {token_file}: {exc}")
-        source = f"--token-file {token_file}"
+            token_error(f"cannot read {flag} {token_file}: {exc}")
+        source = f"{flag} {token_file}"
         if not token:
             token_error(f"{source} is empty; put the token in it, or drop the flag")
     else:
-        token = os.environ.get("SYSWATCH_TOKEN", "").strip()
-        source = "SYSWATCH_TOKEN"
+        token = os.environ.get(env, "").strip()
+        source = env
         if not token:
             return None
     allowed = set(string.ascii_letters + string.digits + "-._~+/=")
@@ -226,6 +235,9 @@ def main(argv=None) -> int:
 
     from syswatch.api.httplog import json_server_errors, stdout_line
     from syswatch.api.iplist import DatabaseUnusable
+    from syswatch.api.memory import return_large_blocks
+
+    return_large_blocks()                       # a large message's memory is returned once it is handled
 
     for endpoint in config.collectors:
         probe: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
@@ -295,7 +307,8 @@ def main(argv=None) -> int:
     if app.nats is not None:
         sources.append(f"NATS: {app.nats.source}")
     stdout_line(f"IP list: {os.path.abspath(config.db)} ({iplist.count()} addresses); "
-                f"{'; '.join(sources)}; POST token: {'required' if config.token else 'not required'}")
+                f"{'; '.join(sources)}; POST token: {'required' if config.token else 'not required'}; "
+                f"read token: {'required' if config.read_token else 'not required'}")
     if iplist.respelled:  # a list written by another Python version (iplist.IPList._respell)
         stdout_line(f"IP list: respelled {iplist.respelled} stored IPv4-mapped IPv6 address(es) as ::ffff:a.b.c.d "
                     f"and dropped {iplist.merged} duplicate(s) of an address added earlier")

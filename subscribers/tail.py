@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -46,6 +47,9 @@ returned (bytes moved, or -1 and the errno name), the seconds in the call, then 
 process in a container) and host=. Names are shown with control characters escaped (\\x1b).
 Filters combine (all must match); -x, --min-latency, -u and -t need per-call fields, so counts-mode
 rows are not printed when one of them is given.
+Output is written at most 5 times a second on a terminal, once a second otherwise: each write
+is a syscall the collector traces, and a tail that wrote per event would feed the stream (and
+every other tail) with its own output. Its own writes to standard output are not printed.
 Exit status: 0 on Ctrl-C, at the end of -d, or when --count items were printed; 1 when -d
 expired before --count was reached; 2 for a usage error.
 """
@@ -85,12 +89,50 @@ def items(msg):
     return [msg.payload]
 
 
+FLUSH_TTY_S = 0.2                # how often output is written, on a terminal...
+FLUSH_S = 1.0                    # ...and to a pipe or file
+FLUSH_BYTES = 1 << 16            # or as soon as this much waits
+
+
+class Output:
+    """Lines for standard output, written in one write() at most every ``period`` seconds."""
+
+    def __init__(self, stream, period: float):
+        self.stream, self.period = stream, period
+        self.lines: list[str] = []
+        self.size = 0
+        self.last = time.monotonic()
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+        self.size += len(line)
+        if self.size >= FLUSH_BYTES or time.monotonic() - self.last >= self.period:
+            self.flush()
+
+    def tick(self) -> None:
+        if self.lines and time.monotonic() - self.last >= self.period:
+            self.flush()
+
+    def flush(self) -> None:
+        self.last = time.monotonic()
+        if self.lines:
+            text, self.lines, self.size = "".join(self.lines), [], 0
+            self.stream.write(text)
+        self.stream.flush()
+
+
+def own_output(item: dict, me: int) -> bool:
+    """An event of this process writing its output (to fd 1): printing it would print more."""
+    return item.get("pid") == me and item.get("fd") == 1 and item.get("syscall", "").startswith(("write", "pwrite"))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     topics = args.topic or [EVENT_PREFIX]
     deadline = time.monotonic() + args.duration if args.duration > 0 else None
     printed = 0
-    out = sys.stdout
+    out = Output(sys.stdout, FLUSH_TTY_S if sys.stdout.isatty() else FLUSH_S)
+    me = os.getpid()
     flt = selection(args)
     per_call = flt.per_call_only()
     warned = False
@@ -99,8 +141,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:                    # Ctrl-C while connecting: it closed itself
         return 0
     try:
-        for msg in sub.messages(deadline):
-            if msg is None:                      # not asked for (no tick): never happens
+        for msg in sub.messages(deadline, tick=out.period):
+            if msg is None:                       # idle for a period: write what waits
+                out.tick()
                 continue
             host = msg.payload.get("host", "")
             topic = msg.topic
@@ -112,20 +155,22 @@ def main(argv=None) -> int:
                 continue
             for item in items(msg):
                 if topic.startswith(EVENT_PREFIX):
-                    if not flt.empty and not flt.matches(item):
+                    if (not flt.empty and not flt.matches(item)) or own_output(item, me):
                         continue
                 elif topic == TOPIC_COUNTS and not flt.matches_row(item):
                     continue
                 if args.json:          # an EVENT or counts row (with the collector's host), or a status
-                    out.write(json.dumps(item if topic == TOPIC_STATUS else {**item, "host": host}) + "\n")
+                    out.add(json.dumps(item if topic == TOPIC_STATUS else {**item, "host": host}) + "\n")
                 else:
-                    out.write(text_line(topic, item, host) + "\n")
+                    out.add(text_line(topic, item, host) + "\n")
                 printed += 1
                 if args.count and printed >= args.count:
                     out.flush()
                     return 0
-            out.flush()
+            out.tick()
+        out.flush()
     except KeyboardInterrupt:
+        out.flush()
         return 0
     except BrokenPipeError:                      # e.g. | head
         sys.stderr.close()

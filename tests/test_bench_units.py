@@ -255,3 +255,18 @@ def test_api_cost_measures_every_row_in_process():
     assert all(x["bytes"] > 1000 and x["cpu_ms"] > 0 for x in r["requests"]["rows"])
     text = "\n".join(api_cost.markdown(r))
     assert "| `GET /metrics` | hostile: 2 hosts + a hostile endpoint |" in text
+
+
+@pytest.mark.unit
+def test_the_rss_figure_is_an_svg_with_every_series_and_breaks_at_restarts():
+    import xml.dom.minidom
+
+    from bench.soak import figure
+    samples = [(t, "collector", 100 if t < 50 else 200, 40_960 + t, 20, 4) for t in range(0, 100, 5)]
+    samples += [(t, "api", 300, 51_200, 15, 20) for t in range(0, 100, 5)]
+    svg = figure({"samples": samples, "restart_marks": [(50.0, "collector restart")]})
+    doc = xml.dom.minidom.parseString(svg)
+    lines = doc.getElementsByTagName("polyline")
+    assert len(lines) == 3                      # the collector's two lives and the API's one
+    texts = [t.firstChild.data for t in doc.getElementsByTagName("text") if t.firstChild]
+    assert "collector" in texts and "api" in texts and "MiB" in texts

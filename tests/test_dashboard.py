@@ -313,6 +313,32 @@ def test_the_page_asks_for_the_token_when_the_api_wants_one(stack, tmp_path):
         assert all("401 (Unauthorized)" in m for m in errors), errors  # only the answer that asked for the token
 
 
+def test_with_a_read_token_the_page_asks_for_it_and_then_shows_the_stream(stack, tmp_path):
+    """An API whose read endpoints need a token (issue 23): the page shows nothing of the stream
+    until the token is typed in, then its tables and tail fill as usual."""
+    collector, _, driver, loopers = stack
+    token_file = tmp_path / "read-token"
+    token_file.write_text("read-s3cret\n")
+    ensure_loopers(loopers)
+    with ApiProcess(tmp_path / "ips.sqlite3", "--read-token-file", str(token_file),
+                    collector=collector.endpoint) as api:
+        assert api.get("/stats").status_code == 401
+        driver.get(api.url("/"))
+        wait_for(lambda: driver.find_element("id", "read-token-input").is_displayed(), 10, 0.2,
+                 "the read token prompt")
+        assert rows(driver, "top-procs") == [] and "API unreachable" in text(driver, "conn")
+        driver.find_element("id", "read-token-input").send_keys("read-s3cret")
+        driver.find_element("id", "read-token-save").click()
+        wait_for(lambda: not driver.find_element("id", "read-token-form").is_displayed(), 10, 0.2,
+                 "the prompt to go")
+        wait_for(lambda: text(driver, "conn") == "collector connected", 15, 0.2, "the page to read /stats")
+        wait_for(lambda: any(r[2] == ALPHA for r in rows(driver, "top-procs")), 15, 0.2,
+                 f"{ALPHA} in the top processes table")
+        wait_for(lambda: any(ALPHA in " ".join(r) for r in rows(driver, "tail")), 15, 0.2, f"{ALPHA} in the tail")
+        errors = leave(driver)
+        assert all("401 (Unauthorized)" in m for m in errors), errors  # only the answers that asked for it
+
+
 def test_a_visible_warning_when_the_collector_loses_events(stack, tmp_path):
     """lost/dropped/malformed that grow raise the page's warning; here a publisher speaking the wire
     protocol stands in for the collector, since a real collector loses events only under overload."""

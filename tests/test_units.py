@@ -172,3 +172,22 @@ def test_option_helper_flag_beats_env_beats_default(monkeypatch):
 def test_encode_event_batch_uses_the_protocol_version():
     frames = protocol.encode_event_batch("syscall.read", protocol.json_string("h"), [json.dumps(_event()).encode()])
     assert protocol.decode(frames).payload["v"] == protocol.VERSION
+
+
+@pytest.mark.unit
+def test_a_container_named_later_gets_its_name_in_the_tables():
+    """The collector asks container names off its loop: a container's first events may carry its id
+    only; once a later one names it, the top tables show the name."""
+    st = StreamStats(["tcp://a"], 100)
+    st.add_events("h1", [_event(container_id="0123456789ab", container_name="")], endpoint="tcp://a")
+    st.add_events("h1", [_event(container_id="0123456789ab", container_name="web")], endpoint="tcp://a")
+    s = st.snapshot()
+    assert [c["container_name"] for c in s["top_containers_by_calls"]] == ["web"]
+    assert [p["container_name"] for p in s["top_processes_by_calls"]] == ["web"]
+
+
+@pytest.mark.unit
+def test_the_api_fixes_glibc_s_mmap_threshold():
+    """api/memory.py: large blocks are mmapped and given back (glibc; this machine's libc is one)."""
+    from syswatch.api.memory import return_large_blocks
+    assert return_large_blocks() is True

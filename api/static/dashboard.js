@@ -31,7 +31,8 @@
     health: {},            // collector key -> [{t, lost, dropped, malformed}]
     paused: false,
     filters: {},
-    token: null,
+    token: null,           // the POST token, if the API wants one (this page's memory only)
+    readToken: null,       // the read token, if the API wants one (this page's memory only)
     lastStats: null,
   };
 
@@ -142,10 +143,24 @@
 
   // --- API calls ----------------------------------------------------------------------------------
   async function getJSON(path) {
-    const r = await fetch(path, { cache: "no-store", headers: { "Accept": "application/json" } });
+    const headers = { "Accept": "application/json" };
+    const token = state.readToken || state.token;   // the POST token may read too
+    if (token) headers["Authorization"] = "Bearer " + token;
+    const r = await fetch(path, { cache: "no-store", headers });
     const body = await r.json().catch(() => ({ error: "answer is not JSON (HTTP " + r.status + ")" }));
+    if (r.status === 401) needReadToken(body);
     if (!r.ok) throw new Error(body.error || ("HTTP " + r.status));
+    if (token) $("read-token-form").hidden = true;
     return body;
+  }
+
+  function needReadToken(body) {
+    const form = $("read-token-form");
+    if (form.hidden) {
+      form.hidden = false;
+      $("read-token-input").focus();
+    }
+    $("read-token-status").textContent = state.readToken ? (body.error || "wrong token") : "";
   }
 
   async function postJSON(path, payload) {
@@ -516,6 +531,14 @@
     $("ip-clear").addEventListener("click", () => {
       if (!window.confirm("Remove every address from the IP list?")) return;
       ipCall("clear_ip_list", { clear_ip_list: true }, () => refreshIps("list cleared"));
+    });
+    $("read-token-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      state.readToken = $("read-token-input").value.trim() || null;  // kept in this page's memory only
+      $("read-token-input").value = "";
+      $("read-token-status").textContent = "";
+      pollStats();
+      pollTail();
     });
     $("token-form").addEventListener("submit", (e) => {
       e.preventDefault();

@@ -28,7 +28,7 @@ from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, MultiSocketServer
 from waitress.task import ErrorTask
 
-from .validation import printable
+from syswatch.api.validation import printable
 
 
 def _printable(text: str, limit: int = 200) -> str:

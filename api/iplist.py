@@ -22,7 +22,7 @@ import stat
 import threading
 from typing import Iterable
 
-from .validation import Entry, canonical_key
+from syswatch.api.validation import Entry, canonical_key
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -125,14 +125,16 @@ class IPList:
         if os.path.getsize(path) == 0:
             return  # an empty file is a new SQLite database
         try:
-            conn = sqlite3.connect(f"file:{_uri_path(path)}?mode=rw", uri=True)  # rw: a hot WAL left by kill -9 needs recovery
+            # rw: a hot WAL left by kill -9 needs recovery
+            conn = sqlite3.connect(f"file:{_uri_path(path)}?mode=rw", uri=True)
             try:
                 check = conn.execute("PRAGMA quick_check").fetchone()[0]
                 tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
                 columns = [(r[1], r[2].upper(), r[3], r[5]) for r in conn.execute("PRAGMA table_info(ips)")]
                 unique_addr = any(
-                    index[2] and not index[4] and [c[2] for c in conn.execute(f"PRAGMA index_info({_quote(index[1])})")] == ["addr"]
+                    index[2] and not index[4]
+                    and [c[2] for c in conn.execute(f"PRAGMA index_info({_quote(index[1])})")] == ["addr"]
                     for index in conn.execute("PRAGMA index_list(ips)"))
             finally:
                 conn.close()
@@ -213,7 +215,8 @@ class IPList:
                 raise
 
     def _add(self, conn: sqlite3.Connection, entries: Iterable[Entry]) -> AddResult:
-        added, ignored = [], []
+        added: list = []
+        ignored: list = []
         conn.execute("BEGIN IMMEDIATE")  # take SQLite's write lock now: the count below stays true
         try:
             total = conn.execute("SELECT COUNT(*) FROM ips").fetchone()[0]

@@ -6,7 +6,7 @@ the open event streams. Nothing is incremented for metrics alone, so /stats, /me
 dashboard can never disagree, and the event loop pays nothing for them. Only counters leave this
 module: Prometheus computes rates itself (``rate(syswatch_events_total[1m])``).
 
-Label sets are bounded by the models: ``host`` by MAX_HOSTS (api/stream.py, each name at most 255
+Label sets are bounded by the models: ``host`` by MAX_HOSTS (api/aggregates.py, each name at most 255
 characters, checked by shared/protocol.py), ``syscall`` by protocol.SYSCALLS, ``route`` by the route
 table (api/routes.py ROUTES, everything else is ``unmatched``), ``method`` by AccessLog.KNOWN_METHODS.
 """
@@ -16,8 +16,7 @@ import platform
 
 import zmq
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
-                                    InfoMetricFamily)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -25,6 +24,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 import syswatch
+from syswatch.api.aggregates import COUNTERS
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -52,7 +52,6 @@ class StatsCollector(Collector):
         self.stream, self.requests, self.iplist, self.hub = stream, requests, iplist, hub
 
     def collect(self):
-        from .stream import COUNTERS
         view = self.stream.metrics_view()
         yield from self._traffic(view["totals_by_host"])
         yield from self._collectors(view["collectors"])

@@ -6,7 +6,7 @@ tests/test_openapi_fuzz.py fuzzes the API against it with schemathesis.
 """
 from __future__ import annotations
 
-from .stream import COUNTERS
+from syswatch.api.aggregates import COUNTERS
 from syswatch.shared.protocol import SYSCALLS
 
 ERROR = {"$ref": "#/components/schemas/Error"}

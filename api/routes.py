@@ -15,14 +15,14 @@ from urllib.parse import parse_qs
 
 import bottle
 
-from . import metrics, openapi
-from .httplog import RequestStats
-from .iplist import DiskFull, IPList, ListFull
-from .sse import EventStream
-from .stream import StreamHub, StreamStats, TooManyStreams
-from . import validation
-from .web import StaticFiles
-from .validation import BadRequest
+from syswatch.api import metrics, openapi, validation
+from syswatch.api.aggregates import StreamStats
+from syswatch.api.httplog import RequestStats
+from syswatch.api.hub import StreamHub, TooManyStreams
+from syswatch.api.iplist import DiskFull, IPList, ListFull
+from syswatch.api.sse import EventStream
+from syswatch.api.validation import BadRequest
+from syswatch.api.web import StaticFiles
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,8 @@ ROUTES = (
     Route("POST", "/add_ips", "add_ips",
           'POST {"add_ips": [1, 2, 3]}: add IPs (integers 0..4294967295 or IPv4/IPv6 strings); '
           "all or nothing, an address already present is not added again"),
-    Route("POST", "/print_all_ips", "print_all_ips", 'POST {"print_all_ips": true}: the whole list, in insertion order'),
+    Route("POST", "/print_all_ips", "print_all_ips",
+          'POST {"print_all_ips": true}: the whole list, in insertion order'),
     Route("POST", "/clear_ip_list", "clear_ip_list", 'POST {"clear_ip_list": true}: empty the list'),
     Route("GET", "/stats", "stats",
           "GET ?host=: totals per syscall, top processes and containers by calls and bytes, events/s, "
@@ -74,7 +75,7 @@ def _error(status: int, message: str, **headers) -> str:
     return json.dumps({"error": message})
 
 
-def _ok(text: str, content_type: str = JSON) -> str:
+def _ok(text: str | bytes, content_type: str = JSON) -> str | bytes:
     bottle.response.content_type = content_type
     return text
 
@@ -207,6 +208,7 @@ class Api:
     def events(self):
         flt, limit = validation.event_query(self._query(), ("limit",), self.limits.max_events_limit,
                                             self.limits.default_events_limit)
+        assert limit is not None                # event_query gives the default when none is asked for
         events = self.stream.recent_events(flt, limit)
         return _ok(json.dumps({"events": events, "count": len(events)}, separators=(",", ":")))
 

@@ -2,14 +2,15 @@
 
     python -m api.server [--host H] [--port P] [--collector ENDPOINT] [--db FILE] [--token-file FILE] ...
 
-Bottle app (api/routes.py) served by waitress (multi-threaded); one background thread subscribes
-to the collector (api/stream.py). Flags beat environment variables, which beat defaults.
+The command line (flags and environment -> a frozen ApiConfig), then the app that make_app
+(api/app.py) wires up, served by waitress (multi-threaded), with one background thread that
+subscribes to the collectors (api/ingest.py). Flags beat environment variables, which beat defaults.
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import errno
+import functools
 import logging
 import os
 import signal
@@ -20,7 +21,8 @@ import textwrap
 from typing import NoReturn
 
 from syswatch import __version__
-from syswatch.shared import curve, protocol
+from syswatch.api.app import ApiConfig, make_app
+from syswatch.shared import curve
 from syswatch.shared.config import add_option
 from syswatch.shared.zmqsock import check_endpoint
 
@@ -74,30 +76,32 @@ def seconds(text: str) -> float:
     return value
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv=None) -> ApiConfig:
+    """The ``ApiConfig`` of a command line (and the environment); exits 2 on a bad flag, variable or token."""
+    d = ApiConfig     # its defaults are the command line's
     p = argparse.ArgumentParser(
         prog="syswatch-api", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="syswatch API: the IP list (SQLite) and live views of the collector's syscall stream.")
     opt = functools.partial(add_option, p)
-    opt("--host", env="SYSWATCH_HOST", default="127.0.0.1", help="address to listen on")
-    opt("--port", env="SYSWATCH_PORT", default=8080, type=port, help="TCP port to listen on")
-    opt("--collector", env="SYSWATCH_COLLECTOR", default=[protocol.DEFAULT_ENDPOINT], repeatable=True,
+    opt("--host", env="SYSWATCH_HOST", default=d.host, help="address to listen on")
+    opt("--port", env="SYSWATCH_PORT", default=d.port, type=port, help="TCP port to listen on")
+    opt("--collector", env="SYSWATCH_COLLECTOR", default=list(d.collectors), repeatable=True,
         type=check_endpoint, metavar="ENDPOINT",
         help="a collector's ZeroMQ PUB endpoint; repeat (env: comma separated) for one view over several")
-    opt("--db", env="SYSWATCH_DB", default="./syswatch.sqlite3", help="SQLite file holding the IP list")
+    opt("--db", env="SYSWATCH_DB", default=d.db, help="SQLite file holding the IP list")
     opt("--token-file", help="file holding the bearer token every POST must send; beats SYSWATCH_TOKEN "
                              "(none: POSTs are open unless SYSWATCH_TOKEN is set)")
-    opt("--max-body-bytes", env="SYSWATCH_MAX_BODY_BYTES", default=1 << 20, type=positive,
+    opt("--max-body-bytes", env="SYSWATCH_MAX_BODY_BYTES", default=d.max_body_bytes, type=positive,
         help="largest POST body accepted, else 413")
-    opt("--max-items", env="SYSWATCH_MAX_ITEMS", default=10_000, type=positive,
+    opt("--max-items", env="SYSWATCH_MAX_ITEMS", default=d.max_items, type=positive,
         help="most add_ips items in one request, else 413")
-    opt("--max-ips", env="SYSWATCH_MAX_IPS", default=100_000, type=positive,
+    opt("--max-ips", env="SYSWATCH_MAX_IPS", default=d.max_ips, type=positive,
         help="most addresses the list may hold, else 409")
-    opt("--recent-events", env="SYSWATCH_RECENT_EVENTS", default=10_000, type=positive,
+    opt("--recent-events", env="SYSWATCH_RECENT_EVENTS", default=d.recent_events, type=positive,
         help="events kept for GET /events; also its largest ?limit=")
-    opt("--max-streams", env="SYSWATCH_MAX_STREAMS", default=8, type=positive,
+    opt("--max-streams", env="SYSWATCH_MAX_STREAMS", default=d.max_streams, type=positive,
         help="most concurrent GET /events/stream clients, else 503")
-    opt("--stream-queue", env="SYSWATCH_STREAM_QUEUE", default=20_000, type=positive,
+    opt("--stream-queue", env="SYSWATCH_STREAM_QUEUE", default=d.stream_queue, type=positive,
         help="events queued per stream client before drops")
     opt("--cors-origin", env="SYSWATCH_CORS_ORIGINS", default=[], repeatable=True, metavar="ORIGIN",
         help="a browser origin (scheme://host[:port], exact, no wildcard) whose pages may call the API "
@@ -106,26 +110,32 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="a Host name the API answers to besides localhost/127.0.0.1/[::1]; repeatable; turns the "
              "Host check on for any --host (none: the check is on when --host is a loopback address, "
              "with loopback names only)")
-    opt("--sse-heartbeat", env="SYSWATCH_SSE_HEARTBEAT", default=10.0, type=seconds,
+    opt("--sse-heartbeat", env="SYSWATCH_SSE_HEARTBEAT", default=d.sse_heartbeat, type=seconds,
         help="seconds between heartbeat comments on an idle event stream")
-    opt("--threads", env="SYSWATCH_THREADS", default=16, type=positive,
+    opt("--threads", env="SYSWATCH_THREADS", default=d.threads, type=positive,
         help="waitress worker threads; at least --max-streams + 4")
-    opt("--max-connections", env="SYSWATCH_MAX_CONNECTIONS", default=1000, type=positive,
+    opt("--max-connections", env="SYSWATCH_MAX_CONNECTIONS", default=d.max_connections, type=positive,
         help="open connections waitress accepts; more wait in the listen backlog")
-    opt("--channel-timeout", env="SYSWATCH_CHANNEL_TIMEOUT", default=60, type=positive,
+    opt("--channel-timeout", env="SYSWATCH_CHANNEL_TIMEOUT", default=d.channel_timeout, type=positive,
         help="seconds before an idle connection is closed")
     p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     args = p.parse_args(argv)
-    from . import web
+    from syswatch.api import web
     try:
-        args.cors_origin = web.parse_origins(args.cors_origin)
+        cors_origins = web.parse_origins(args.cors_origin)
     except web.BadOrigin as exc:
         p.error(f"--cors-origin / SYSWATCH_CORS_ORIGINS: {exc}")
-    args.allowed_host = tuple(h.strip().lower() for h in args.allowed_host if h.strip())
     if args.threads < args.max_streams + 4:
         p.error(f"--threads {args.threads} must be at least --max-streams {args.max_streams} + 4, "
                 f"so that open event streams never take every worker thread")
-    return args
+    return ApiConfig(
+        host=args.host, port=args.port, collectors=tuple(args.collector), db=args.db, token=read_token(args.token_file),
+        max_body_bytes=args.max_body_bytes, max_items=args.max_items, max_ips=args.max_ips,
+        recent_events=args.recent_events, max_streams=args.max_streams, stream_queue=args.stream_queue,
+        cors_origins=tuple(cors_origins),
+        allowed_hosts=tuple(h.strip().lower() for h in args.allowed_host if h.strip()),
+        sse_heartbeat=args.sse_heartbeat, threads=args.threads, max_connections=args.max_connections,
+        channel_timeout=args.channel_timeout)
 
 
 def token_error(message: str) -> NoReturn:
@@ -134,15 +144,15 @@ def token_error(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def read_token(args: argparse.Namespace) -> str | None:
+def read_token(token_file: str | None) -> str | None:
     """The bearer token from --token-file, else SYSWATCH_TOKEN; None when neither is set."""
-    if args.token_file:
+    if token_file:
         try:
-            with open(args.token_file, encoding="utf-8") as f:
+            with open(token_file, encoding="utf-8") as f:
                 token = f.read().strip()
         except (OSError, UnicodeDecodeError) as exc:
-            token_error(f"cannot read --token-file {args.token_file}: {exc}")
-        source = f"--token-file {args.token_file}"
+            token_error(f"cannot read --token-file {token_file}: {exc}")
+        source = f"--token-file {token_file}"
         if not token:
             token_error(f"{source} is empty; put the token in it, or drop the flag")
     else:
@@ -168,28 +178,16 @@ def host_problem(host: str) -> str:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    token = read_token(args)
+    config = parse_args(argv)
 
     import waitress
     import zmq
 
-    from .httplog import AccessLog, RequestStats, json_server_errors, stdout_line
-    from .iplist import DatabaseUnusable, IPList
-    from .routes import ROUTES, Api, Limits, build_app
-    from .stream import StreamHub, StreamStats, StreamSubscriber
-    from .web import StaticFiles, WebGuard
+    from syswatch.api.httplog import json_server_errors, stdout_line
+    from syswatch.api.iplist import DatabaseUnusable
 
-    try:
-        iplist = IPList(args.db, args.max_ips)
-    except DatabaseUnusable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-    stats = StreamStats(args.collector, args.recent_events)
-    hub = StreamHub(stats, args.max_streams, args.stream_queue)
-    for endpoint in args.collector:
-        probe = zmq.Context.instance().socket(zmq.SUB)
+    for endpoint in config.collectors:
+        probe: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
         try:
             probe.connect(endpoint)  # fail fast on an unusable endpoint (e.g. an unknown host), before serving
         except zmq.ZMQError as exc:
@@ -200,30 +198,18 @@ def main(argv=None) -> int:
             probe.close(0)
     try:
         curve_client = curve.client_from_env()  # SYSWATCH_CURVE_SERVER_KEY / SYSWATCH_CURVE_CLIENT_KEY
-    except curve.CurveError as exc:
+        app = make_app(config, curve_client)
+    except (curve.CurveError, DatabaseUnusable, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    subscriber = StreamSubscriber(args.collector, stats, hub, curve_client=curve_client)
-    requests = RequestStats(r.path for r in ROUTES)  # route labels: the table's templates, nothing else
-    limits = Limits(max_body_bytes=args.max_body_bytes, max_items=args.max_items,
-                    max_events_limit=args.recent_events, default_events_limit=min(100, args.recent_events),
-                    sse_heartbeat_s=args.sse_heartbeat)
-    try:
-        static = StaticFiles()
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    app = AccessLog(WebGuard(build_app(Api(iplist, stats, hub, requests, limits, token, static)),
-                             args.host, args.cors_origin, args.allowed_host), requests)
-
     try:
         server = waitress.create_server(
-            app, host=args.host, port=args.port, threads=args.threads, ident="syswatch",
-            connection_limit=args.max_connections, channel_timeout=args.channel_timeout,
-            cleanup_interval=max(1, min(10, args.channel_timeout // 2)),  # how often idle ones are closed
+            app.wsgi, host=config.host, port=config.port, threads=config.threads, ident="syswatch",
+            connection_limit=config.max_connections, channel_timeout=config.channel_timeout,
+            cleanup_interval=max(1, min(10, config.channel_timeout // 2)),  # how often idle ones are closed
             # Bodies over --max-body-bytes get a JSON 413 from the app; waitress itself refuses
             # (plain-text 413) only what is far larger, before buffering it.
-            max_request_body_size=4 * args.max_body_bytes + 65536,
+            max_request_body_size=4 * config.max_body_bytes + 65536,
             # A stream client that stops reading blocks its worker at 1 MiB of unsent output, so its
             # bounded event queue overflows (counted) instead of the API's memory growing.
             outbuf_high_watermark=1 << 20,
@@ -233,16 +219,16 @@ def main(argv=None) -> int:
             channel_request_lookahead=1,
             clear_untrusted_proxy_headers=True)
     except ValueError:  # waitress: "Invalid host/port specified." when the host does not resolve
-        print(f"error: cannot listen on {args.host}:{args.port}: {host_problem(args.host)}; fix --host / "
+        print(f"error: cannot listen on {config.host}:{config.port}: {host_problem(config.host)}; fix --host / "
               f"SYSWATCH_HOST (an address of this machine or a host name, e.g. 127.0.0.1 or 0.0.0.0)",
               file=sys.stderr)
         return 2
     except OSError as exc:
         if exc.errno == errno.EADDRNOTAVAIL:
-            print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror} (no interface of this "
+            print(f"error: cannot listen on {config.host}:{config.port}: {exc.strerror} (no interface of this "
                   f"machine has that address); fix --host / SYSWATCH_HOST", file=sys.stderr)
             return 2
-        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}; "
+        print(f"error: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}; "
               f"pick another --port / SYSWATCH_PORT or stop what uses it", file=sys.stderr)
         return 2
     json_server_errors(server)  # waitress's own 400/413/431/501/500 answers as {"error": ...}
@@ -250,28 +236,31 @@ def main(argv=None) -> int:
     # waitress warns on every request that waits for a free thread; /metrics and the access log's
     # durations tell that story without a line per request.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-    subscriber.start()
+    app.subscriber.start()
+
     def stop(*_):
-        hub.end_all()  # open event streams end now, instead of holding waitress's shutdown for 5 s
+        app.hub.end_all()  # open event streams end now, instead of holding waitress's shutdown for 5 s
         sys.exit(0)
     signal.signal(signal.SIGTERM, stop)
     # Ctrl-C too: waitress catches KeyboardInterrupt itself and waits up to 5 s for busy worker
     # threads before our code runs; ending the streams first lets them finish at once.
     signal.signal(signal.SIGINT, stop)
-    stdout_line(f"API Server starting on {args.host}:{server.effective_port}")
-    stdout_line(f"IP list: {os.path.abspath(args.db)} ({iplist.count()} addresses); collector: {', '.join(args.collector)}"
-                f"{' (CurveZMQ)' if curve_client else ''}; POST token: {'required' if token else 'not required'}")
+    stdout_line(f"API Server starting on {config.host}:{server.effective_port}")
+    iplist = app.iplist
+    stdout_line(f"IP list: {os.path.abspath(config.db)} ({iplist.count()} addresses); "
+                f"collector: {', '.join(config.collectors)}{' (CurveZMQ)' if curve_client else ''}; "
+                f"POST token: {'required' if config.token else 'not required'}")
     if iplist.respelled:  # a list written by another Python version (iplist.IPList._respell)
         stdout_line(f"IP list: respelled {iplist.respelled} stored IPv4-mapped IPv6 address(es) as ::ffff:a.b.c.d "
                     f"and dropped {iplist.merged} duplicate(s) of an address added earlier")
     try:
         server.run()
     except KeyboardInterrupt:
-        hub.end_all()
+        app.hub.end_all()
     except SystemExit:
         pass
     finally:
-        subscriber.stop()
+        app.subscriber.stop()
     return 0
 
 

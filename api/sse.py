@@ -27,7 +27,7 @@ import json
 import time
 from typing import Callable
 
-from .stream import StreamClient, StreamHub
+from syswatch.api.hub import StreamClient, StreamHub
 
 POLL_S = 0.25  # how often an idle stream checks that its client is still there
 

@@ -219,6 +219,7 @@ def event_query(query: dict, allowed_extra: tuple = (), max_limit: int | None = 
     flat = {name: values[0] for name, values in query.items()}
     limit = None
     if "limit" in allowed_extra:
+        assert max_limit is not None, "a query that takes limit needs its maximum"
         limit = _int_param(flat, "limit", 1, max_limit, default_limit)
     pid = _int_param(flat, "pid", 0, PID_MAX, None)
     comm = flat.get("comm")

@@ -28,13 +28,12 @@ from typing import Callable
 
 import zmq
 
+from bench import stats
+from bench.plan import Plan
+from harness import ROOT, procs
+from harness.procs import free_port
 from syswatch.shared import protocol
 from syswatch.shared.zmqsock import make_publisher
-
-from . import procs, stats
-from .plan import Plan
-from .procs import free_port
-from .tracers import REPO
 
 ENDPOINTS = ("add_ips", "print_all_ips", "stats")
 CONCURRENCY = (1, 16)
@@ -56,7 +55,7 @@ class BenchApi:
                 "--collector", self.collector, "--db", str(self.dir / "ips.sqlite3"), *self.extra]
         env = {k: v for k, v in os.environ.items() if k != "SYSWATCH_TOKEN"}
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log,
+            self.proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 30
         while True:

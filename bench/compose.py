@@ -9,33 +9,24 @@ The image must be built beforehand (``docker-compose build collector``): the ben
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import uuid
 
-from . import procs
-from .subscriber import BenchSubscriber
-from .tracers import REPO, CollectorTracer
+from bench.subscriber import BenchSubscriber
+from bench.tracers import CollectorTracer
+from harness import ROOT, procs
+from harness.compose import compose_command, docker_answers, image_present
 
 IMAGE = "syswatch-collector:latest"
-
-
-def compose_command() -> list[str] | None:
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"],
-                                                 capture_output=True).returncode == 0:
-        return ["docker", "compose"]
-    return None
 
 
 def unavailable() -> str | None:
     """None when the compose tracers can run, else why not."""
     if compose_command() is None:
         return "docker-compose is not installed (scripts/setup-host.sh installs it)"
-    if subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode != 0:
+    if not docker_answers():
         return "dockerd does not answer (scripts/setup-host.sh starts it)"
-    if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode != 0:
+    if not image_present(IMAGE):
         return f"{IMAGE} is not built: run docker-compose build collector first"
     return None
 
@@ -48,7 +39,6 @@ class ComposeCollectorTracer(CollectorTracer):
 
     def __init__(self, mode: str, container: str | None = None, overload: str | None = None):
         super().__init__(mode)
-        os.unlink(self.log)                  # the host collector's log file; this one logs to docker
         self.name = f"compose-{mode}"
         self.project = f"syswatch-bench-{uuid.uuid4().hex[:8]}"
         self.container = container
@@ -62,8 +52,8 @@ class ComposeCollectorTracer(CollectorTracer):
         self.status_at_start: dict = {}
 
     def _compose(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([*compose_command(), "-p", self.project, "-f", str(REPO / "docker-compose.yml"), *args],
-                              cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run([*compose_command(), "-p", self.project, "-f", str(ROOT / "docker-compose.yml"), *args],
+                              cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
 
     def start(self):
         try:

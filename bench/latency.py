@@ -1,6 +1,6 @@
 """Steady-rate delivery and syscall-to-subscriber latency, under the collector in events mode.
 
-A writer process (bench.workloads writer) writes to /dev/null at a fixed rate; write i asks
+A writer process (harness.workloads writer) writes to /dev/null at a fixed rate; write i asks
 for BASE_COUNT + i bytes and its send time (time.time_ns() just before the call) is recorded.
 The subscriber stamps each matching event with its arrival time. Latency = arrival - send,
 so it covers bpftrace's output buffering, the collector's parse + batching (flushed at least
@@ -12,8 +12,9 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from . import procs, stats, tracers, workloads
-from .plan import Plan
+from bench import catalog, compose, stats, tracers
+from bench.plan import Plan
+from harness import ROOT, procs, workloads
 
 
 def paced_run(tracer: tracers.CollectorTracer, rate: int, seconds: float) -> dict:
@@ -21,7 +22,7 @@ def paced_run(tracer: tracers.CollectorTracer, rate: int, seconds: float) -> dic
     sub = tracer.subscriber
     out = Path(tempfile.mkstemp(prefix="syswatch-bench-send.")[1])
     try:
-        gated = procs.Gated(workloads.writer_argv(rate, seconds, out), cwd=tracers.REPO)
+        gated = procs.Gated(workloads.writer_argv(rate, seconds, out), cwd=ROOT)
         sub.watch(gated.pid, workloads.is_writer_event)
         sub.record_arrivals = True
         st0 = sub.status
@@ -48,7 +49,7 @@ def paced_run(tracer: tracers.CollectorTracer, rate: int, seconds: float) -> dic
 
 def run(plan: Plan, log: Callable[[str], None]) -> dict:
     results = {}
-    with tracers.make("collector-events") as tracer:
+    with catalog.make("collector-events") as tracer:
         for key, rate, secs in (("steady", plan.steady_rate, plan.steady_s),
                                 ("low", plan.latency_low_rate, plan.latency_low_s),
                                 ("high", plan.latency_high_rate, plan.latency_high_s)):
@@ -56,9 +57,8 @@ def run(plan: Plan, log: Callable[[str], None]) -> dict:
             results[key] = r
             log(f"paced writer {key}: {rate}/s for {secs}s: delivered {r['delivered']}/{r['made']}, "
                 f"latency p50 {_fmt(r['p50_ms'])} ms p99 {_fmt(r['p99_ms'])} ms")
-    from . import compose
     if compose.unavailable() is None:          # the compose collector (0.23): the steady rate too
-        with tracers.make("compose-events") as tracer:
+        with catalog.make("compose-events") as tracer:
             r = results["steady-compose"] = paced_run(tracer, plan.steady_rate, plan.steady_s)
         log(f"paced writer steady (compose collector): {plan.steady_rate}/s for {plan.steady_s}s: "
             f"delivered {r['delivered']}/{r['made']}, latency p99 {_fmt(r['p99_ms'])} ms")

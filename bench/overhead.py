@@ -16,8 +16,10 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from . import procs, stats, tracers, workloads
-from .plan import Plan
+from bench import catalog, compose, stats, tracers
+from bench.plan import Plan
+from harness import procs, workloads
+from harness.bpftrace import trixie_missing
 
 TRACERS = ["bpf-empty", "bpf-empty-exit", "bpf-count", "bpf-printf",
            "bpf23-empty", "bpf23-empty-exit", "bpf23-count", "bpf23-printf",
@@ -97,13 +99,12 @@ def run(plan: Plan, log: Callable[[str], None], only_tracers: list[str] | None =
     wls = {False: make_workloads(plan, tmp), True: make_workloads(plan, tmp, for_strace=True)}
     names = [t for t in TRACERS if not only_tracers or t in only_tracers]
     skipped = {}
-    why = tracers.trixie_available() if any(t in tracers.RAW23 for t in names) else None
+    why = trixie_missing() if any(t in tracers.RAW23 for t in names) else None
     if why:
         for t in [t for t in names if t in tracers.RAW23]:
             skipped[t] = why
             names.remove(t)
     if any(t in COMPOSE for t in names):
-        from . import compose
         why = compose.unavailable()
         for t in [t for t in names if t in COMPOSE] if why else []:
             skipped[t] = why
@@ -116,7 +117,7 @@ def run(plan: Plan, log: Callable[[str], None], only_tracers: list[str] | None =
             for name in names:
                 wl_set = wls[name == "strace"]
                 base = {wl.key: timed_run(tracers.Tracer(), wl) for wl in wl_set}
-                with tracers.make(name) as tracer:
+                with catalog.make(name) as tracer:
                     traced = {wl.key: timed_run(tracer, wl) for wl in wl_set}
                     if tracer.subscriber and tracer.subscriber.status:   # which bpftrace, output, policy
                         st = tracer.subscriber.status
@@ -135,7 +136,7 @@ def run(plan: Plan, log: Callable[[str], None], only_tracers: list[str] | None =
     for (name, key), runs in pairs.items():
         wl = next(w for w in wls[name == "strace"] if w.key == key)
         rows.append({
-            "tracer": name, "label": tracers.LABELS[name], "workload": key, "desc": wl.desc,
+            "tracer": name, "label": catalog.LABELS[name], "workload": key, "desc": wl.desc,
             "events": wl.events, "pairs": len(runs),
             "base_s": stats.median([b["elapsed_s"] for b, _ in runs]),
             "traced_s": stats.median([t["elapsed_s"] for _, t in runs]),

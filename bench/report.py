@@ -4,7 +4,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from . import targets as _targets, tracers
+from bench import catalog
+from bench import targets as _targets
 
 
 def _f(x, fmt="{:.2f}", none="-"):
@@ -45,13 +46,13 @@ def overhead_md(o: dict) -> list[str]:
            + ". strace gets smaller ones (" + "; ".join(o.get("strace_workloads", {}).values())
            + "), each ratio against its own baseline. Ratio = median of interleaved (baseline, traced) pairs.",
            ""]
-    rows = [[tracers.LABELS[r["tracer"]], r["workload"], f"{r['events']:,}", _f(r["base_s"], "{:.3f}"),
+    rows = [[catalog.LABELS[r["tracer"]], r["workload"], f"{r['events']:,}", _f(r["base_s"], "{:.3f}"),
              _f(r["traced_s"], "{:.3f}"), f"**{r['ratio']:.2f}x**", _f(r.get("cpu_ratio"), "{:.2f}x"), r["pairs"]]
             for r in o.get("rows", [])]
     out += _table(["tracing", "workload", "syscalls", "none (s)", "traced (s)", "slowdown", "workload CPU",
                    "pairs"], rows)
     for name, why in o.get("skipped", {}).items():
-        out.append(f"- **skipped** {tracers.LABELS.get(name, name)}: {why}")
+        out.append(f"- **skipped** {catalog.LABELS.get(name, name)}: {why}")
     for w in o.get("warnings", []):
         out.append(f"- **warning**: {w}")
     if o.get("versions"):
@@ -67,7 +68,7 @@ def overhead_md(o: dict) -> list[str]:
 def vs_empty_md(o: dict) -> list[str]:
     """Issue 16's yardstick: each tracer's slowdown over the empty probe's, same workload, same run;
     and the same with the workload's own CPU time (utime + stime, where the BPF programs run)."""
-    names = [t for t in tracers.LABELS if t not in ("none", "strace")
+    names = [t for t in catalog.LABELS if t not in ("none", "strace")
              and any(r["tracer"] == t for r in o.get("rows", []))]
     if not any(r["tracer"] in ("bpf-empty", "bpf23-empty") for r in o.get("rows", [])):
         return []
@@ -75,7 +76,7 @@ def vs_empty_md(o: dict) -> list[str]:
     for t in names:
         cells = [_targets.vs_empty(o, t, wl, e, key) for key in ("ratio", "cpu_ratio")
                  for wl in ("dd", "copy") for e in ("bpf-empty", "bpf23-empty")]
-        rows.append([tracers.LABELS[t]] + [_f(c, "{:.2f}x") for c in cells])
+        rows.append([catalog.LABELS[t]] + [_f(c, "{:.2f}x") for c in cells])
     return ["Against the floor (issue 16): each slowdown divided by the empty probe's, same workload, same "
             "run; first by elapsed time, then by the workload's own CPU time (utime + stime from wait4: the BPF "
             "programs run in its context, while bpftrace's and the collector's user-space work compete with it "
@@ -95,7 +96,7 @@ def saturation_md(sat: dict) -> list[str]:
                 "traces only that container (`--container`), so its counters are the workload's alone; **made** "
                 "is counted by a second, lossless bpftrace (`count()` of the container's completed read/write "
                 "calls in a map).", ""]
-        rows = [[tracers.LABELS.get(r["tracer"], r["tracer"]), " ".join(str(v) for v in r["status"].values()),
+        rows = [[catalog.LABELS.get(r["tracer"], r["tracer"]), " ".join(str(v) for v in r["status"].values()),
                  f"{r['made']:,}", f"{r['delivered']:,} ({r['delivered'] / r['made']:.1%})", f"{r['lost']:,}",
                  f"{r['dropped']:,}", "**exact**" if r["exact"] else
                  f"**off by {r['delivered'] + r['lost'] + r['dropped'] - r['made']:+,}**",
@@ -111,7 +112,8 @@ def saturation_md(sat: dict) -> list[str]:
                 "program; rates over the saturated middle of the run):", ""]
         out += _table(["stage", "events/s", "notes"], [
             ["bpftrace 0.23 formatting, into a file (tmpfs)", f"{f['printed_rate']:,.0f}",
-             f"{f['printed']:,} printed, {f['lost']:,} lost of {f['dd_calls']:,} calls; {f['bytes_per_line']:.0f} bytes a line"],
+             f"{f['printed']:,} printed, {f['lost']:,} lost of {f['dd_calls']:,} calls; "
+             f"{f['bytes_per_line']:.0f} bytes a line"],
             ["bpftrace 0.23 into a pipe, drained by one reader", f"{p['printed_rate']:,.0f}", "formatting + the pipe"],
             ["the collector's parser alone, on the captured output", f"{ps['rate']:,.0f}",
              f"{ps['events']:,} events in 256 KiB reads"],
@@ -154,7 +156,8 @@ def throughput_md(t: dict) -> list[str]:
 
 
 def latency_md(lat: dict) -> list[str]:
-    rows = [[{"steady-compose": "steady, compose collector (0.23)"}.get(k, k), f"{r['rate']:,}/s for {r['seconds']} s", f"{r['achieved_rate']:,.0f}/s",
+    rows = [[{"steady-compose": "steady, compose collector (0.23)"}.get(k, k), f"{r['rate']:,}/s for {r['seconds']} s",
+             f"{r['achieved_rate']:,.0f}/s",
              f"{r['delivered']:,} / {r['made']:,}", _f(r.get("lost"), "{}"), _f(r.get("dropped"), "{}"),
              _f(r["p50_ms"]), _f(r["p99_ms"]), _f(r["max_ms"])] for k, r in lat.items()]
     return ["### Steady rate and latency (collector, events mode)", "",

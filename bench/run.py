@@ -14,12 +14,12 @@ import time
 import traceback
 from pathlib import Path
 
-from . import api_load, latency, machine, overhead, report, saturation, targets, throughput
-from .plan import FULL, QUICK
-from .tracers import REPO
+from bench import api_load, latency, machine, overhead, report, saturation, targets, throughput
+from bench.plan import FULL, QUICK
+from harness import ROOT
 
 SECTIONS = ("overhead", "saturation", "latency", "api")
-DOC = REPO / "docs" / "BENCHMARKS.md"
+DOC = ROOT / "docs" / "BENCHMARKS.md"
 
 EPILOG = textwrap.dedent(f"""\
     sections:
@@ -38,13 +38,14 @@ EPILOG = textwrap.dedent(f"""\
                 sustained events/s.
 
     examples:
-      sudo python3 -m bench.run                      # full run (~6 min), updates {DOC.relative_to(REPO)}
+      sudo python3 -m bench.run                      # full run (~6 min), updates {DOC.relative_to(ROOT)}
       sudo python3 -m bench.run --quick              # CI size (< 2 min), report in a temp dir
       sudo python3 -m bench.run --only overhead,api  # some sections
       sudo python3 -m bench.run --quick --out /tmp/b --docs /tmp/b/BENCHMARKS.md
 
     The machine should be otherwise idle: other work on it shows up as noise in every ratio.
-    Timings are never asserted by the tests; tests/test_bench_run.py runs --quick (and a 30 s soak) to keep this working.
+    Timings are never asserted by the tests; tests/test_bench_run.py runs --quick (and a 30 s soak) to keep
+    this working.
     """)
 
 
@@ -58,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=None,
                     help="directory for report.md and results.json (default: a new temp directory)")
     ap.add_argument("--docs", type=Path, default=None,
-                    help=f"markdown file whose results section is replaced (default: {DOC.relative_to(REPO)} "
+                    help=f"markdown file whose results section is replaced (default: {DOC.relative_to(ROOT)} "
                          "for a full run of every section, none for --quick)")
     ap.add_argument("--no-docs", action="store_true", help="do not update any markdown file")
     args = ap.parse_args(argv)

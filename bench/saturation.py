@@ -27,8 +27,10 @@ from typing import Callable
 
 import zmq
 
-from . import procs, tracers, workloads
-from .plan import Plan
+from bench import compose, tracers
+from bench.plan import Plan
+from harness import procs, workloads
+from harness.bpftrace import TRIXIE_FIX, trixie_bpftrace
 
 WORK_IMAGE = "syswatch-api:latest"
 
@@ -52,7 +54,7 @@ def _docker(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 def cgroup_id(pid: int) -> int:
     """The cgroup v2 id (the directory's inode) of process ``pid``, as bpftrace's ``cgroup``."""
-    from syswatch.collector.containers import find_cgroup2_root     # hybrid hosts: /sys/fs/cgroup/unified
+    from syswatch.collector.containers import find_cgroup2_root  # hybrid hosts: /sys/fs/cgroup/unified
     rel = next(line.split("::", 1)[1] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()
                if line.startswith("0::"))
     return os.stat(f"{find_cgroup2_root()}{rel}").st_ino
@@ -95,7 +97,8 @@ class Truth:
 def multi_process_run(make_tracer: Callable[[str], tracers.Tracer], writers: int, dd_n: int) -> dict:
     name = f"syswatch-bench-work-{uuid.uuid4().hex[:8]}"
     # no health check: Docker would exec it in the container now and then, outside the workload
-    run = _docker("run", "-d", "--rm", "--name", name, "--no-healthcheck", "--entrypoint", "sleep", WORK_IMAGE, "infinity")
+    run = _docker("run", "-d", "--rm", "--name", name, "--no-healthcheck", "--entrypoint", "sleep", WORK_IMAGE,
+                  "infinity")
     if run.returncode != 0:
         raise RuntimeError(f"cannot start the workload container: {run.stderr.strip()}")
     try:
@@ -112,7 +115,6 @@ def multi_process_run(make_tracer: Callable[[str], tracers.Tracer], writers: int
             with make_tracer(name) as tracer:
                 sub = tracer.subscriber
                 st0 = dict(sub.status)
-                ev0 = sub.events_received
                 t0 = time.monotonic()
                 job = _docker("exec", name, "sh", "-c", mixed_script(writers, dd_n), timeout=900)
                 elapsed = time.monotonic() - t0
@@ -280,9 +282,9 @@ def zmq_alone(batches: list, repeat_to: int = 1_000_000) -> dict:
 
 
 def ceiling(plan: Plan, log: Callable[[str], None]) -> dict:
-    binary = tracers.trixie_bpftrace()
+    binary = trixie_bpftrace()
     if binary is None:
-        raise RuntimeError(tracers.trixie_available())
+        raise RuntimeError(TRIXIE_FIX)
     shm = "/dev/shm" if Path("/dev/shm").is_dir() else None
     tmp = Path(tempfile.mkdtemp(prefix="syswatch-bench-ceiling-", dir=shm))
     try:
@@ -304,7 +306,6 @@ def ceiling(plan: Plan, log: Callable[[str], None]) -> dict:
 
 
 def run(plan: Plan, log: Callable[[str], None]) -> dict:
-    from . import compose
     out: dict = {"multi": [], "skipped": {}}
     writers, dd_n = 4, plan.dd_n // 4
     makers = {"collector-events": lambda name: tracers.CollectorTracer("events", extra=("-c", name))}
@@ -327,7 +328,8 @@ def run(plan: Plan, log: Callable[[str], None]) -> dict:
 
 
 if __name__ == "__main__":      # python3 -m bench.saturation: this section alone, printed
-    from .plan import FULL, QUICK
     import json
+
+    from bench.plan import FULL, QUICK
     res = run(QUICK if "--quick" in sys.argv else FULL, lambda m: print(m, file=sys.stderr, flush=True))
     print(json.dumps(res, indent=1, default=str))

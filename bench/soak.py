@@ -21,9 +21,10 @@ import threading
 import time
 from pathlib import Path
 
-from . import machine, procs, report, tracers, workloads
-from .api_load import BenchApi
-from .subscriber import NoStatus
+from bench import machine, report, tracers
+from bench.api_load import BenchApi
+from bench.subscriber import NoStatus
+from harness import ROOT, procs, workloads
 
 
 class ApiTraffic(threading.Thread):
@@ -92,7 +93,7 @@ def _soak(result: dict, out: Path, duration: float, rate: int, api_rps: float, l
         roles = {"collector": col.proc.pid, "bpftrace": col.bpftrace_pid, "api": api.proc.pid}
         rss = {role: {"start_kib": procs.rss_kib(pid, gone=0), "peak_kib": procs.rss_kib(pid, gone=0)}
                for role, pid in roles.items() if pid}
-        writer = procs.Gated(workloads.writer_argv(rate, duration, out), cwd=tracers.REPO)
+        writer = procs.Gated(workloads.writer_argv(rate, duration, out), cwd=ROOT)
         sub.watch(writer.pid, workloads.is_writer_event)
         st0 = sub.status
         recv0 = sub.events_received

@@ -22,10 +22,9 @@ from typing import Callable
 
 import zmq
 
+from harness.workloads import BASE_COUNT
 from syswatch.shared import protocol
 from syswatch.shared.zmqsock import make_subscriber
-
-from .workloads import BASE_COUNT
 
 Matcher = Callable[[dict], bool]
 

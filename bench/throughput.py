@@ -6,7 +6,7 @@ apart, interleaved with the same baselines.
 """
 from __future__ import annotations
 
-from . import stats
+from bench import stats
 
 
 def _rows(overhead: dict, tracer: str, workload: str) -> dict | None:

@@ -27,19 +27,18 @@ printing to /dev/null does not trace itself), so in-kernel costs are comparable.
 """
 from __future__ import annotations
 
-import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench.subscriber import BenchSubscriber
+from harness import procs
+from harness.collector import CollectorProcess
 from syswatch.collector import program
 
-from . import procs
-from .subscriber import BenchSubscriber
-
-REPO = Path(__file__).resolve().parent.parent
 PROBES = "tracepoint:syscalls:sys_enter_read,tracepoint:syscalls:sys_enter_write"
 PRED = "/pid != $1/"
 EXITS = PROBES.replace("sys_enter_", "sys_exit_")
@@ -67,26 +66,6 @@ RAW_PROGRAMS.update({
 RAW_FORMAT = {"bpf-events": "json"}      # as the collector runs it
 # bpftrace 0.23 (trixie) runs the same programs: bpf23-X is RAW_PROGRAMS["bpf-X"]
 RAW23 = {f"bpf23-{k[len('bpf-'):]}": k for k in RAW_PROGRAMS}
-TRIXIE_SCRIPT = REPO / "scripts" / "trixie-bpftrace.sh"
-LABELS = {
-    "none": "no tracing",
-    "bpf-empty": "bpftrace, empty probe",
-    "bpf-empty-exit": "bpftrace, empty probes at entry and exit",
-    "bpf-count": "bpftrace, count() per pid",
-    "bpf-printf": "bpftrace, printf per event to /dev/null",
-    "bpf23-empty": "bpftrace 0.23, empty probe",
-    "bpf23-empty-exit": "bpftrace 0.23, empty probes at entry and exit",
-    "bpf23-count": "bpftrace 0.23, count() per pid",
-    "bpf23-printf": "bpftrace 0.23, printf per event to /dev/null",
-    "bpf23-inflight": "bpftrace 0.23, the events program's per-call state alone",
-    "bpf23-record": "bpftrace 0.23, the events program's record alone",
-    "bpf23-events": "bpftrace 0.23, the collector's events program to /dev/null",
-    "strace": "strace -f -e trace=read,write",
-    "collector-events": "collector, events mode + subscriber",
-    "collector-counts": "collector, counts mode + subscriber",
-    "compose-events": "compose collector (0.23), events mode + subscriber",
-    "compose-counts": "compose collector (0.23), counts mode + subscriber",
-}
 
 
 class Tracer:
@@ -178,47 +157,29 @@ def _lost_from(stderr: str) -> int:
     return lost
 
 
-def trixie_bpftrace() -> str | None:
-    """The trixie bpftrace wrapper's path when it is built, else None (bench/ never builds it)."""
-    try:
-        check = subprocess.run(["bash", str(TRIXIE_SCRIPT), "--check"], capture_output=True, timeout=30)
-        path = subprocess.run(["bash", str(TRIXIE_SCRIPT), "--print-path"], capture_output=True,
-                              text=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return path if check.returncode == 0 and path else None
-
-
-def trixie_available() -> str | None:
-    """None when the bpf23-* tracers can run, else why not."""
-    if trixie_bpftrace() is None:
-        return "bpftrace 0.23 is not built: run sudo scripts/trixie-bpftrace.sh first (about a minute)"
-    return None
-
-
 class CollectorTracer(Tracer):
-    """``python3 -m collector.collector --mode MODE`` on a free port, with a BenchSubscriber attached."""
+    """``python3 -m collector.collector --mode MODE`` on a free port (harness.collector.CollectorProcess),
+    with a BenchSubscriber attached."""
 
     def __init__(self, mode: str, interval: float = 1.0, extra: tuple[str, ...] = ()):
         self.mode = mode
         self.name = f"collector-{mode}"
         self.interval = interval
         self.extra = list(extra)             # e.g. ("-c", NAME): then the bench's own writes are not traced
-        self.endpoint = f"tcp://127.0.0.1:{procs.free_port()}"
+        self.endpoint = ""                   # the collector's, once started
+        self.collector: CollectorProcess | None = None
         self.proc: subprocess.Popen | None = None
         self.bpftrace_pid: int | None = None
         self.orphaned_bpftrace = False
-        self.log = Path(tempfile.mkstemp(prefix=f"syswatch-bench-{self.name}.", suffix=".log")[1])
+        self.dir: Path | None = None
 
     def start(self):
-        argv = [sys.executable, "-m", "collector.collector", "--mode", self.mode,
-                "--bind", self.endpoint, "--echo-rate", "0"]
+        args = ["--mode", self.mode, "--echo-rate", "0"]
         if self.mode == "counts":
-            argv += ["--interval", str(self.interval)]
-        argv += self.extra
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT)
+            args += ["--interval", str(self.interval)]
+        self.dir = Path(tempfile.mkdtemp(prefix=f"syswatch-bench-{self.name}."))
+        self.collector = CollectorProcess(self.dir, *args, *self.extra, wait=False)
+        self.proc, self.endpoint = self.collector.proc, self.collector.endpoint
         self.subscriber = BenchSubscriber(self.endpoint)
         self.subscriber.start()
         try:
@@ -238,10 +199,13 @@ class CollectorTracer(Tracer):
         return self.proc is not None and self.proc.poll() is None
 
     def log_tail(self, n: int = 20) -> str:
+        if self.collector is None:
+            return ""
         try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+            lines = (self.collector.stdout() + self.collector.stderr()).splitlines()
         except OSError:
             return ""
+        return "\n".join(lines[-n:])
 
     def stop(self):
         if self.subscriber:
@@ -255,33 +219,11 @@ class CollectorTracer(Tracer):
             print(f"bench: warning: bpftrace {self.bpftrace_pid} outlived its collector "
                   f"(exit status {self.exit_status}); ending it", file=sys.stderr)
             procs.terminate_pid(self.bpftrace_pid)
-        try:
-            os.unlink(self.log)
-        except OSError:
-            pass
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def pids(self):
         out = {"collector": self.proc.pid} if self.proc else {}
         if self.bpftrace_pid:
             out["bpftrace"] = self.bpftrace_pid
         return out
-
-
-def make(name: str) -> Tracer:
-    if name == "none":
-        return Tracer()
-    if name == "strace":
-        return Strace()
-    if name in RAW_PROGRAMS:
-        return RawBpftrace(name)
-    if name in RAW23:
-        binary = trixie_bpftrace()
-        if binary is None:
-            raise RuntimeError(trixie_available())
-        return RawBpftrace(name, RAW23[name], binary)
-    if name.startswith("collector-"):
-        return CollectorTracer(name.split("-", 1)[1])
-    if name.startswith("compose-"):
-        from .compose import ComposeCollectorTracer
-        return ComposeCollectorTracer(name.split("-", 1)[1])
-    raise ValueError(f"unknown tracer {name!r}; known: {', '.join(LABELS)}")

@@ -18,7 +18,7 @@ import sys
 from collections import deque
 from pathlib import Path
 
-from . import program
+from syswatch.collector import program
 
 log = logging.getLogger("syswatch.collector")
 
@@ -137,6 +137,7 @@ class Bpftrace:
                                      stderr=subprocess.PIPE, env=env, start_new_session=True,
                                      preexec_fn=_die_with_parent)
         self.pid = self.proc.pid
+        assert self.proc.stdout is not None and self.proc.stderr is not None     # PIPE
         self.stdout_fd = self.proc.stdout.fileno()
         self.stderr_fd = self.proc.stderr.fileno()
         for fd in (self.stdout_fd, self.stderr_fd):
@@ -213,5 +214,6 @@ class Bpftrace:
                 self.proc.kill()
                 self.proc.wait()
         for stream in (self.proc.stdout, self.proc.stderr):
-            stream.close()
+            if stream is not None:
+                stream.close()
         return self.proc.returncode

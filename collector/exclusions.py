@@ -13,8 +13,9 @@ Three kinds, all listed in ``status.excluded_pids``:
 - other collectors on the same host (a bpftrace running syswatch's program, owned by root, and
   its root parent): each would otherwise publish the other's output I/O, and the two streams
   would feed each other. Found by a scan of /proc every REFRESH_S.
-Subscribers and peers are filtered in user space before publishing (the parser's
-``excluded_pids``), counted in ``excluded`` and never published.
+Subscribers and peers are filtered in user space before publishing: ``announce`` and ``refresh``
+return the set of PIDs to leave out (a new frozenset, never changed afterwards), which the loop
+hands to the parser (its ``excluded_pids``); their events are counted in ``excluded``, never published.
 
 Limit, documented: a process that connects to the collector and announces itself is left out
 of the stream while it stays connected; it is listed in ``excluded_pids`` and logged.
@@ -24,8 +25,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import Callable
 
-from .program import READY
+from syswatch.collector.program import READY
 
 log = logging.getLogger("syswatch.collector")
 
@@ -147,10 +149,10 @@ def peer_collectors(own: set[int], proc: str = "/proc") -> set[int]:
 
 
 class Exclusions:
-    """Keeps the parser's ``excluded_pids`` set up to date."""
+    """Which subscriber and peer-collector PIDs the stream leaves out (``excluded``)."""
 
-    def __init__(self, target: set[int], own: list[int], port: int | None, clock=time.monotonic):
-        self.target = target                   # the parser's set, updated in place
+    def __init__(self, own: list[int], port: int | None, clock: Callable[[], float] = time.monotonic):
+        self.excluded: frozenset[int] = frozenset()   # replaced, never mutated: the parser holds it
         self.own = set(own)
         self.port = port                       # the collector's TCP port; None for ipc:// etc.
         self.subscribers: dict[int, tuple[int, int]] = {}   # host pid -> (pid, ns) as announced
@@ -159,8 +161,8 @@ class Exclusions:
         self._next_refresh = 0.0
         self.refused = 0
 
-    def announce(self, pid: int, pid_ns: int) -> None:
-        """A subscriber announced itself: verify and exclude it."""
+    def announce(self, pid: int, pid_ns: int) -> frozenset[int]:
+        """A subscriber announced itself: verify and exclude it. Returns ``excluded``."""
         candidates = [p for p in host_pids(pid, pid_ns) if p not in self.own]
         if self.port is not None and len(candidates) > 1:
             candidates = [p for p in candidates if connected_to(p, self.port)]
@@ -168,30 +170,30 @@ class Exclusions:
             self.refused += 1
             log.warning("a subscriber announced PID %d of PID namespace %d, which matches %d processes "
                         "here: not excluded", pid, pid_ns, len(candidates))
-            return
+            return self.excluded
         hpid = candidates[0]
         if hpid in self.subscribers:
-            return
+            return self.excluded
         if len(self.subscribers) >= MAX_SUBSCRIBERS:
             self.refused += 1
             log.warning("subscriber PID %d not excluded: %d subscribers are excluded already (the maximum)",
                         hpid, MAX_SUBSCRIBERS)
-            return
+            return self.excluded
         # ZeroMQ passes a subscription on only after the handshake: the connection is up by now.
         if self.port is not None and not connected_to(hpid, self.port):
             self.refused += 1
             log.warning("subscriber PID %d announced itself but holds no connection to port %d: "
                         "not excluded", hpid, self.port)
-            return
+            return self.excluded
         self.subscribers[hpid] = (pid, pid_ns)
-        self._apply()
         log.info("subscriber PID %d (%s): its own I/O is left out of the stream", hpid, _comm(hpid))
+        return self._apply()
 
-    def refresh(self, force: bool = False) -> None:
-        """Every REFRESH_S: drop subscribers that left, find other collectors."""
+    def refresh(self, force: bool = False) -> frozenset[int]:
+        """Every REFRESH_S: drop subscribers that left, find other collectors. Returns ``excluded``."""
         now = self._clock()
         if not force and now < self._next_refresh:
-            return
+            return self.excluded
         self._next_refresh = now + REFRESH_S
         for hpid in list(self.subscribers):
             alive = os.path.exists(f"/proc/{hpid}")
@@ -203,12 +205,13 @@ class Exclusions:
             log.info("other syswatch collector processes on this host: %s (their I/O is left out)",
                      ", ".join(map(str, sorted(peers))))
         self.peers = peers
-        self._apply()
+        return self._apply()
 
-    def _apply(self) -> None:
-        self.target.clear()
-        self.target.update(self.subscribers)
-        self.target.update(self.peers)
+    def _apply(self) -> frozenset[int]:
+        pids = frozenset(self.subscribers) | self.peers
+        if pids != self.excluded:
+            self.excluded = pids
+        return self.excluded
 
     def pids(self) -> list[int]:
         """Every excluded PID, for status: own first."""

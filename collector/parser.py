@@ -1,8 +1,9 @@
 """Turn bpftrace's stdout into wire-protocol JSON, counting every line it cannot use.
 
 One interface for both modes: ``Parser.parse(lines)`` takes complete lines and returns a
-``Parsed`` (event batches per syscall, and the rows of every counts interval that ended);
-the parser alone keeps the counters the collector publishes in ``status``.
+``Parsed`` (event batches per syscall, the rows of every counts interval that ended, whether
+bpftrace said it is ready, a few of the lines it could not parse, for the log); the parser alone
+keeps the counters the collector publishes in ``status``. It calls nothing back.
 
 bpftrace runs with ``-f json``. Events mode (collector/syscalls.bt) prints one line per call::
 
@@ -29,9 +30,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from syswatch.collector.program import INTERVAL, KICK, READY
 from syswatch.shared.protocol import json_string
-
-from .program import INTERVAL, KICK, READY
 
 _NUM = rb"(?:0|[1-9]\d*)"
 _INT = rb"(?:0|-?[1-9]\d*)"
@@ -43,6 +43,7 @@ _EVENT_LINE = re.compile(
     rb'\\"syscall\\":\\"([a-z0-9]{1,16})\\",\\"fd\\":%s,\\"count\\":%s,\\"ret\\":%s,\\"lat_ns\\":%s,'
     rb'\\"cgroup_id\\":(%s),)\\"comm\\":\\"(.*)\\"\}\\n"\}' % (_NUM, _NUM, _NUM, _NUM, _INT, _NUM, _INT, _NUM, _NUM))
 COMM_CACHE_MAX = 4096                  # distinct names kept; a renaming storm just refills it
+MALFORMED_KEPT = 5                     # malformed lines kept per parse for the log (all are counted)
 _READY_DATA = READY + "\n"
 _KICK = re.compile(KICK + r" (\d{1,4}) (\d{1,20})(?: (\d{1,20}))?\n")
 KICK_STALE_S = 3.0                     # no kick for this long: kicks stopped (bpftrace was stopped)
@@ -93,9 +94,12 @@ class NoContainers:
 
 @dataclass
 class Parsed:
-    """What one chunk of output yields: event batches (JSON bytes) per syscall, finished intervals."""
+    """What one chunk of output yields: event batches (JSON bytes) per syscall, finished intervals,
+    whether bpftrace attached its probes (its ready line), and up to MALFORMED_KEPT malformed lines."""
     events: dict[str, list[bytes]] = field(default_factory=dict)
     intervals: list[list[dict]] = field(default_factory=list)
+    ready: bool = False
+    malformed: list[bytes] = field(default_factory=list)
 
 
 class Parser:
@@ -103,14 +107,12 @@ class Parser:
 
     Counters, read by the collector's status: ``events`` (published), ``excluded`` (events of
     excluded subscriber/peer PIDs, not published), ``lost`` (see ``lost_total``), ``malformed``.
-    ``on_malformed(line)`` is called for each malformed line, ``on_ready()`` once bpftrace has
-    attached its probes.
+    ``excluded_pids``: a set the owner replaces (the parser never changes it). ``clock``: monotonic
+    seconds, for the kicks' ages.
     """
 
-    def __init__(self, mode: str, syscalls: list[str], containers=None,
-                 on_malformed: Callable[[bytes], None] | None = None,
-                 on_ready: Callable[[], None] | None = None, keys_escaped_twice: bool = False,
-                 kick_cpus: Iterable[int] = ()):
+    def __init__(self, mode: str, syscalls: list[str], containers=None, keys_escaped_twice: bool = False,
+                 kick_cpus: Iterable[int] = (), clock: Callable[[], float] = time.monotonic):
         self.mode = mode
         # events mode with kicks (0.17): every online CPU kicks about once a second from ready on,
         # so one that never kicks (bpftrace stopped before its first kick) shows as stale too
@@ -118,7 +120,7 @@ class Parser:
         self.keys_escaped_twice = keys_escaped_twice   # bpftrace 0.22+ escapes map-key strings once more
         self.syscalls = list(syscalls)
         self.containers = containers or NoContainers()
-        self.excluded_pids: set[int] = set()
+        self.excluded_pids: frozenset[int] = frozenset()
         self.events = 0
         self.excluded = 0
         self.malformed = 0
@@ -129,8 +131,8 @@ class Parser:
         self._kicks_lost: dict[int, int] = {}  # CPU -> kick lines bpftrace lost (its count has them)
         self._arrived: dict[int, int] = {}     # events mode: CPU -> its events that arrived
         self._lost_by_cpu: dict[int, int] = {}
-        self._on_malformed = on_malformed
-        self._on_ready = on_ready
+        self._clock = clock
+        self._malformed_lines: list[bytes] = []   # kept for the next Parsed
         self._comm_cache: dict[bytes, bytes] = {}
         self._names = {str(i).encode(): name.encode() for i, name in enumerate(self.syscalls)}
         self._pending: dict[tuple, dict] = {}     # counts mode: rows of the interval being printed
@@ -145,6 +147,7 @@ class Parser:
             for line in data.split(b"\n"):
                 if line.strip():           # bpftrace prints an empty map as a blank line
                     self._record(line, out)
+        out.malformed = self.take_malformed()
         return out
 
     def _record(self, line: bytes, out: Parsed) -> None:
@@ -152,18 +155,17 @@ class Parser:
         record = json_record(line)
         kind, data = record if record else (None, None)
         if kind == "printf" and data == _READY_DATA:
-            now = time.monotonic()
+            now = self._clock()
             for cpu in self.kick_cpus:
                 self._kick_at.setdefault(cpu, now)
-            if self._on_ready:
-                self._on_ready()
+            out.ready = True
         elif kind == "lost_events" and isinstance(data, dict) and type(data.get("events")) is int \
                 and data["events"] >= 0:
             self.reported_lost += data["events"]
         elif kind == "attached_probes":
             pass                           # bpftrace's own start-up record
-        elif self.mode == "events" and kind == "printf" and isinstance(data, str) and _KICK.fullmatch(data):
-            self._kick(*(int(g) for g in _KICK.fullmatch(data).groups() if g is not None))
+        elif self.mode == "events" and kind == "printf" and isinstance(data, str) and (kick := _KICK.fullmatch(data)):
+            self._kick(*(int(g) for g in kick.groups() if g is not None))
         elif self.mode == "counts" and kind in ("stats", "map") and isinstance(data, dict) and len(data) == 1:
             self._map(line, data)
         elif self.mode == "counts" and kind == "printf" and data == _INTERVAL_DATA:
@@ -172,10 +174,15 @@ class Parser:
             self.bad_line(line)
 
     def bad_line(self, line: bytes) -> None:
-        """Count (and report) a line that is not bpftrace output of this program."""
+        """Count a line that is not bpftrace output of this program (and keep a few for the log)."""
         self.malformed += 1
-        if self._on_malformed:
-            self._on_malformed(line)
+        if len(self._malformed_lines) < MALFORMED_KEPT:
+            self._malformed_lines.append(line)
+
+    def take_malformed(self) -> list[bytes]:
+        """The malformed lines kept since the last call (``parse`` returns them in ``Parsed``)."""
+        lines, self._malformed_lines = self._malformed_lines, []
+        return lines
 
     # --- events mode -------------------------------------------------------------------------
     def _events(self, data: bytes, out: Parsed) -> None:
@@ -249,7 +256,7 @@ class Parser:
         Every online CPU kicks about once a second from ready on (profile:hz:1 while busy,
         power:cpu_idle while idle), so this is empty while bpftrace works and lists every CPU while
         bpftrace is stopped. status says so instead of showing a loss count it cannot vouch for."""
-        now = time.monotonic()
+        now = self._clock()
         return sorted(cpu for cpu, at in self._kick_at.items() if now - at > KICK_STALE_S)
 
     def _kick(self, cpu: int, printed: int, seq: int | None = None) -> None:
@@ -257,7 +264,7 @@ class Parser:
         buffer: the ones that did not arrive are lost. Exact, and known within a second even when
         bpftrace would never report them (a full buffer on a CPU that then goes quiet). ``seq``
         numbers the CPU's kicks: the gaps are kick lines lost, which bpftrace counts as lost events."""
-        self._kick_at[cpu] = time.monotonic()
+        self._kick_at[cpu] = self._clock()
         self._kicks[cpu] = self._kicks.get(cpu, 0) + 1
         if seq is not None:
             self._kicks_lost[cpu] = max(0, seq - self._kicks[cpu])

@@ -16,7 +16,6 @@ Root only. Runs one bpftrace at a time; each case takes 1-3 s, the saturation ru
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import signal
@@ -65,7 +64,8 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "kretfunc": ("kretfunc:vfs_write /pid == $1/ { printf(\"kretfunc %d\\n\", retval); }", ["@CHILD"]),
     "fexit": ("fexit:vfs_write /pid == $1/ { printf(\"fexit %d\\n\", retval); }", ["@CHILD"]),
     "builtins": ("tracepoint:syscalls:sys_enter_write /pid == $1/ { printf(\"cgroup=%llu curtask_nonzero=%d "
-                 "tgid=%d nsecs_nonzero=%d\\n\", cgroup, curtask != 0, ((struct task_struct *)curtask)->tgid, nsecs > 0); }",
+                 "tgid=%d nsecs_nonzero=%d\\n\", cgroup, curtask != 0, "
+                 "((struct task_struct *)curtask)->tgid, nsecs > 0); }",
                  ["@CHILD"]),
     "positional-interval": ("interval:ms:$2 /$1 == 7/ { printf(\"tick $1=%d\\n\", $1); exit(); }", ["7", "200"]),
     "config-block": ("config = { perf_rb_pages = 128 }\nBEGIN { printf(\"config ok\\n\"); exit(); }", []),

@@ -5,7 +5,8 @@
 #   sudo scripts/test.sh -m 'not docker'  # extra arguments go to pytest
 #   sudo scripts/test.sh tests/test_e2e_docker.py -x
 #
-# Stages: setup-host.sh (apt packages, tracefs, pip requirements, dockerd), build-base-image.sh
+# Stages: setup-host.sh (apt packages, tracefs, pip requirements, dockerd), lint.sh (ruff and mypy:
+# a finding stops the run before the slow stages), build-base-image.sh
 # (debian:bookworm-slim and debian:trixie-slim without a registry), trixie-bpftrace.sh (a cached Debian trixie root with
 # bpftrace 0.23 and its wrapper: ~1 min the first time, well under a second after), vm-root (the
 # cached root of the kprobe VM, scripts/kernel-vm.sh --build-only: minutes the first time, then ~0 s),
@@ -36,6 +37,7 @@ trap report EXIT
 
 [[ $(id -u) -eq 0 ]] || { echo "test.sh: error: run as root: sudo $0 (bpftrace and docker need it)" >&2; exit 1; }
 stage setup-host scripts/setup-host.sh
+stage lint scripts/lint.sh
 stage base-image scripts/build-base-image.sh   # both: bookworm (API), trixie (collector: bpftrace 0.23)
 stage trixie-bpftrace scripts/trixie-bpftrace.sh   # bpftrace 0.23 beside the host's 0.17 (issue 16)
 # Not fatal here: tests/test_kernel_vm.py then fails with the reason, and other tests still run.

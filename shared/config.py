@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, TypeVar
-
-T = TypeVar("T")
+from typing import Any, Callable
 
 
-def env_default(name: str, default: T, convert: Callable[[str], T] = str, report: bool = True) -> T:
+def env_default(name: str, default: Any, convert: Callable[[str], Any] = str, report: bool = True) -> Any:
     """The value of environment variable ``name`` converted, or ``default`` when unset/empty.
 
     A value that does not convert is reported on stderr with a message naming the variable, then

@@ -71,6 +71,7 @@ def server_from_env(environ=os.environ) -> ServerKeys | None:
         return None
     _check_support()
     public, secret = _load(path, ENV_SERVER_KEY, need_secret=True)
+    assert secret is not None                  # need_secret: _load raised otherwise
     clients = environ.get(ENV_CLIENTS, "")
     if not clients or not Path(clients).is_dir():
         raise CurveError(f"{ENV_CLIENTS} must name a directory holding the public keys (NAME.key) of the "
@@ -93,6 +94,7 @@ def client_from_env(environ=os.environ) -> ClientKeys | None:
                          "to this subscriber's NAME.key_secret (python3 -m syswatch.shared.curve DIR NAME) and give "
                          "the collector's operator NAME.key")
     public, secret = _load(own, ENV_CLIENT_KEY, need_secret=True)
+    assert secret is not None                  # need_secret: _load raised otherwise
     return ClientKeys(public, secret, server_public)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Iterable, NamedTuple, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 VERSION = 2
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
@@ -191,7 +191,7 @@ def clean_row(r: object) -> dict:
     """A counts ROW with only the protocol's fields, each checked; ProtocolError otherwise."""
     if type(r) is not dict:
         raise ProtocolError(f"a counts row must be a JSON object, got {_short(r)}")
-    out = {key: _int(r, key, bounds, "counts row") for key, bounds in ROW_INTS.items()}
+    out: dict[str, Any] = {key: _int(r, key, bounds, "counts row") for key, bounds in ROW_INTS.items()}
     out["comm"] = _str(r, "comm", MAX_COMM, "counts row")
     out["container_id"] = _container_id(r, "counts row")
     out["container_name"] = _str(r, "container_name", MAX_CONTAINER_NAME, "counts row", default="")
@@ -208,7 +208,7 @@ MAX_CPUS = 8192                            # stale_cpus: the kernel's NR_CPUS li
 
 def clean_status(p: dict) -> dict:
     what = "status payload"
-    out = {key: _int(p, key, bounds, what) for key, bounds in STATUS_INTS.items()}
+    out: dict[str, Any] = {key: _int(p, key, bounds, what) for key, bounds in STATUS_INTS.items()}
     out["host"] = _host(p, what)
     if p.get("mode") not in MODES:
         raise ProtocolError(f"{what} field 'mode' must be one of {', '.join(MODES)}, got {_short(p.get('mode'))}")
@@ -227,7 +227,7 @@ def clean_status(p: dict) -> dict:
         raise ProtocolError(f"{what} field 'excluded_pids' must be a list of at most {MAX_EXCLUDED_PIDS} "
                             f"PIDs, got {_short(pids)}")
     out["excluded_pids"] = list(pids)
-    up = p.get("uptime_s")
+    up: Any = p.get("uptime_s")
     if type(up) not in (int, float) or not math.isfinite(up) or not 0 <= up <= 1e10:
         raise ProtocolError(f"{what} field 'uptime_s' must be a finite number of seconds, got {_short(up)}")
     out["uptime_s"] = up

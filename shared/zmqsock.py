@@ -17,7 +17,7 @@ from typing import Iterable
 
 import zmq
 
-from .protocol import MAX_PAYLOAD_BYTES, announce_topic
+from syswatch.shared.protocol import MAX_PAYLOAD_BYTES, announce_topic
 
 # Messages (not events): one message holds one read of bpftrace output (a few thousand events).
 SUB_RCVHWM = 10_000

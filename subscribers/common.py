@@ -87,7 +87,7 @@ class Subscription:
             if deadline is not None and now >= deadline:
                 return
             wait = min(x for x in (deadline - now if deadline else None, tick, 1.0) if x is not None)
-            ready = dict(self.poller.poll(max(wait, 0) * 1000))
+            ready = dict(self.poller.poll(int(max(wait, 0) * 1000)))
             if not ready:
                 if tick is not None:
                     yield None

@@ -91,6 +91,8 @@ def main(argv=None) -> int:
         return 0
     try:
         for msg in sub.messages(deadline):
+            if msg is None:                       # only with a tick, which tail does not ask for
+                continue
             host = msg.payload.get("host", "")
             for item in items(msg):
                 if msg.topic != TOPIC_STATUS and not wanted(item, args):

@@ -4,21 +4,22 @@ A test that needs something this machine lacks (root, bpftrace, docker) calls
 ``require(condition, what_to_do)``: it skips on a developer's machine but FAILS in CI
 (``CI=true``), so a missing prerequisite can never pass silently. As a second guard,
 a CI session with any skipped test exits non-zero.
+
+What the tests start (APIs, collectors, stacks, browsers, workloads) comes from harness/, which
+the benchmarks use too. A test marked ``unit`` runs in process: it fails if it starts a process.
 """
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench.procs import free_port, rss_kib  # noqa: E402,F401  (one implementation for tests and bench)
+from harness import compose
+from harness.bpftrace import TRIXIE_FIX, trixie_bpftrace
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -27,7 +28,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # up (mirrors, dockerd) and which interpreter runs the API.
 KEEP_ENV = {"SYSWATCH_TEST_PYTHON", "SYSWATCH_MIRROR", "SYSWATCH_SECURITY_MIRROR", "SYSWATCH_APT_ETC",
             "SYSWATCH_BASE_IMAGE", "SYSWATCH_DOCKERD_LOG", "SYSWATCH_DOCKERD_WAIT", "SYSWATCH_SCREENSHOT",
-            "SYSWATCH_PROBE", "SYSWATCH_VM"}   # SYSWATCH_PROBE: the kprobe VM runs the collector tests once per probe kind
+            "SYSWATCH_PROBE", "SYSWATCH_VM"}   # SYSWATCH_PROBE: the kprobe VM runs the collector tests per probe kind
 for _name in [n for n in os.environ if n.startswith("SYSWATCH_") and n not in KEEP_ENV
               and not n.startswith(("SYSWATCH_VM_", "SYSWATCH_TEST_"))]:
     del os.environ[_name]
@@ -97,27 +98,40 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = 1
 
 
-def die_with_test() -> None:
-    """preexec_fn for the processes tests start: SIGTERM when the test process dies (even by a
-    crash or SIGKILL), so a collector never outlives the run that started it."""
-    import ctypes
-    import signal
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)   # PR_SET_PDEATHSIG
+def require_compose_stack() -> None:
+    """What running a compose stack needs (skips locally, fails in CI, saying how to fix it)."""
+    why = compose.stack_missing()
+    require(why is None, why or "")
 
 
-TRIXIE_SCRIPT = ROOT / "scripts" / "trixie-bpftrace.sh"
+def uncaptured_printer(config):
+    """print() that shows even while pytest captures output (for timings printed by fixtures)."""
+    capture = config.pluginmanager.get_plugin("capturemanager")
+
+    def report(line: str) -> None:
+        with capture.global_and_fixture_disabled():
+            print("\n" + line)
+    return report
 
 
-def trixie_bpftrace() -> str | None:
-    """bpftrace 0.23 (Debian trixie) through scripts/trixie-bpftrace.sh's wrapper, if it is built."""
-    import subprocess
-    try:
-        ok = subprocess.run(["bash", str(TRIXIE_SCRIPT), "--check"], capture_output=True, timeout=60).returncode == 0
-        path = subprocess.run(["bash", str(TRIXIE_SCRIPT), "--print-path"], capture_output=True, text=True,
-                              timeout=60).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return path if ok and path else None
+class StartsAProcess(AssertionError):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_process(request, monkeypatch):
+    """The ``unit`` marker's promise, kept: such a test starting a child process fails."""
+    if request.node.get_closest_marker("unit") is None:
+        yield
+        return
+
+    def refuse(*args, **kwargs):
+        raise StartsAProcess(f"{request.node.nodeid} is marked unit but starts a process: {args[:1]!r}")
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
+    monkeypatch.setattr(os, "fork", refuse)
+    monkeypatch.setattr(os, "posix_spawn", refuse)
+    monkeypatch.setattr(os, "posix_spawnp", refuse)
+    yield
 
 
 @pytest.fixture(params=["0.17", "0.23"], scope="session")
@@ -128,5 +142,5 @@ def bpftrace_bin(request):
         require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-host.sh does it)")
         return shutil.which("bpftrace")
     path = trixie_bpftrace()
-    require(path is not None, "build bpftrace 0.23: sudo scripts/trixie-bpftrace.sh (scripts/test.sh does it)")
+    require(path is not None, TRIXIE_FIX)
     return path

@@ -1,27 +1,26 @@
 """Optional bearer token: with SYSWATCH_TOKEN or --token-file set, every POST needs it; GETs stay open;
-the token never shows up in the log or in an answer."""
+the token never shows up in the log or in an answer. In process (the command line read by
+server.parse_args, the app by make_app; marked unit), and once against a real API process."""
 from __future__ import annotations
 
 import pytest
 import requests
 
-from tests.apiserver import ApiProcess, wait_for
+from harness.api import ApiInProcess, ApiProcess
+from harness.procs import wait_for
 
 TOKEN = "s3cret-Token_for.tests~42"
 
 
-@pytest.fixture(scope="module", params=["env", "file"])
-def server(request, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("auth")
+@pytest.fixture(params=["env", "file"])
+def server(request, tmp_path):
     if request.param == "env":
-        srv = ApiProcess(tmp / "ips.sqlite3", env={"SYSWATCH_TOKEN": TOKEN})
-    else:
-        token_file = tmp / "token"
-        token_file.write_text(TOKEN + "\n")
-        # the file beats the environment variable
-        srv = ApiProcess(tmp / "ips.sqlite3", "--token-file", str(token_file), env={"SYSWATCH_TOKEN": "other"})
-    with srv:
-        yield srv
+        return ApiInProcess.from_args(tmp_path / "ips.sqlite3", env={"SYSWATCH_TOKEN": TOKEN})
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    # the file beats the environment variable
+    return ApiInProcess.from_args(tmp_path / "ips.sqlite3", "--token-file", str(token_file),
+                                  env={"SYSWATCH_TOKEN": "other"})
 
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -32,12 +31,13 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
     {"Authorization": f"Bearer {TOKEN[:-1]}"}, {"Authorization": TOKEN}, {"Authorization": f"Basic {TOKEN}"},
     {"Authorization": "Bearer "}, {"Authorization": "Bearer \u00e9t\u00e9"},
 ], ids=["none", "wrong", "longer", "shorter", "no-scheme", "basic", "empty", "latin1"])
+@pytest.mark.unit
 def test_post_without_the_right_token_is_401_and_changes_nothing(server, headers):
     assert server.post("/clear_ip_list", {"clear_ip_list": True}, headers=AUTH).status_code == 200
     assert server.post("/add_ips", {"add_ips": [1]}, headers=AUTH).status_code == 200
     for path, body in (("/add_ips", {"add_ips": [2]}), ("/clear_ip_list", {"clear_ip_list": True}),
                        ("/print_all_ips", {"print_all_ips": True})):
-        r = requests.post(server.url(path), json=body, headers=headers, timeout=10)
+        r = server.post(path, body, headers=headers)
         assert r.status_code == 401, (path, r.text)
         assert "bearer token" in r.json()["error"]
         assert r.headers["WWW-Authenticate"].startswith("Bearer")
@@ -45,20 +45,35 @@ def test_post_without_the_right_token_is_401_and_changes_nothing(server, headers
     assert server.ips(headers=AUTH) == [1]
 
 
+@pytest.mark.unit
 def test_gets_stay_open_and_the_right_token_works(server):
     for path in ("/apis", "/stats", "/events", "/metrics", "/healthz", "/openapi.json"):
         assert server.get(path).status_code == 200, path
     r = server.post("/add_ips", {"add_ips": ["10.9.8.7"]}, headers={"Authorization": f"bearer {TOKEN}"})
     assert r.status_code == 200
-    assert "POST token: required" in server.output
 
 
+@pytest.mark.unit
 def test_token_never_appears_in_the_log(server):
     server.post("/add_ips", {"add_ips": [3]}, headers=AUTH)
     server.post("/add_ips", {"add_ips": [3]}, headers={"Authorization": f"Bearer {TOKEN}0"})
     server.get("/nope", headers=AUTH)
-    wait_for(lambda: any(" GET /nope 404 " in l for l in server.lines), what="the last request's log line")
+    assert any(" GET /nope 404 " in line for line in server.lines)
     assert TOKEN not in server.output
+
+
+def test_the_served_api_requires_the_token_and_never_logs_it(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    with ApiProcess(tmp_path / "ips.sqlite3", "--token-file", str(token_file), env={"SYSWATCH_TOKEN": "other"}) as srv:
+        assert "POST token: required" in srv.output
+        r = requests.post(srv.url("/add_ips"), json={"add_ips": [1]}, headers={"Authorization": "Bearer other"},
+                          timeout=10)
+        assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Bearer")
+        assert srv.post("/add_ips", {"add_ips": [1]}, headers=AUTH).status_code == 200
+        srv.get("/nope", headers=AUTH)
+        wait_for(lambda: any(" GET /nope 404 " in line for line in srv.lines), what="the last request's log line")
+        assert TOKEN not in srv.output
 
 
 @pytest.mark.parametrize("content,message", [("", "is empty"), ("has space", "holds characters")])

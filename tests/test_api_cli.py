@@ -5,8 +5,8 @@ import re
 import socket
 import subprocess
 
-from tests.apiserver import PYTHON, ApiProcess
-from tests.conftest import ROOT
+from harness import ROOT
+from harness.api import PYTHON, ApiProcess
 
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -64,12 +64,13 @@ def test_environment_configures_and_flags_beat_it(tmp_path):
 
 def test_sigterm_ends_open_streams_and_exits_0(tmp_path):
     import requests
-    from tests.apiserver import wait_for
+
+    from harness.procs import wait_for
     srv = ApiProcess(tmp_path / "ips.sqlite3").start()
     with requests.get(srv.url("/events/stream"), stream=True, timeout=10) as r:
         assert r.status_code == 200
         wait_for(lambda: srv.get("/stats").json()["api"]["event_streams"] == 1, what="the stream")
         assert srv.stop() == 0 and srv.wait_exit() == 0
         assert r.raw.read(4096).startswith(b": syswatch event stream")  # then the end of the body
-    assert any(" GET /events/stream 200 " in l for l in srv.lines)
+    assert any(" GET /events/stream 200 " in line for line in srv.lines)
     assert "thread(s) still running" not in srv.output

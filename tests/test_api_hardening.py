@@ -1,6 +1,8 @@
-"""The API's small hardening items (issue 12, item 7), each against a real `python -m api.server`:
-address spelling across Python versions, databases the API must refuse, a full disk, path aliases,
-duplicate JSON keys, waitress's own errors, a bad --host, bad environment variables, test_api.sh."""
+"""The API's small hardening items (issue 12, item 7): address spelling across Python versions,
+databases the API must refuse, a full disk, path aliases, duplicate JSON keys, waitress's own errors,
+a bad --host, bad environment variables, test_api.sh. What is request and answer only runs in process
+(make_app; the request parsed by waitress's own parser, harness.wsgi; marked unit), the rest against
+a real `python -m api.server`."""
 from __future__ import annotations
 
 import glob
@@ -11,12 +13,12 @@ import socket
 import sqlite3
 import stat
 import subprocess
-import sys
 
 import pytest
 
-from tests.apiserver import PYTHON, ApiProcess
-from tests.conftest import ROOT, is_root, require
+from harness import ROOT
+from harness.api import PYTHON, ApiInProcess, ApiProcess
+from tests.conftest import is_root, require
 
 
 def sha256(path) -> str:
@@ -35,7 +37,7 @@ def raw_request(port: int, data: bytes, timeout: float = 10) -> tuple[int, dict,
             pass
     head, _, body = answer.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
-    headers = dict((k.strip().lower(), v.strip()) for k, _, v in (l.partition(":") for l in lines[1:]))
+    headers = dict((k.strip().lower(), v.strip()) for k, _, v in (x.partition(":") for x in lines[1:]))
     return int(lines[0].split()[1]), headers, body
 
 
@@ -46,16 +48,23 @@ def strict_json(body: bytes):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server_process(tmp_path_factory):
     srv = ApiProcess(tmp_path_factory.mktemp("hard") / "ips.sqlite3", "--max-body-bytes", "4096")
     with srv:
         yield srv
 
 
 @pytest.fixture
-def api(server):
-    assert server.post("/clear_ip_list", {"clear_ip_list": True}).status_code == 200
-    yield server
+def server(server_process):
+    """The API as a process, its list cleared."""
+    assert server_process.post("/clear_ip_list", {"clear_ip_list": True}).status_code == 200
+    yield server_process
+
+
+@pytest.fixture
+def api(tmp_path):
+    """The same API in process, with a fresh list."""
+    return ApiInProcess.from_args(tmp_path / "ips.sqlite3", "--max-body-bytes", "4096")
 
 
 # --- 1. IPv4-mapped IPv6 addresses: one spelling on every Python version -------------------------
@@ -84,6 +93,7 @@ def test_ipv4_mapped_address_is_spelled_the_same_by_every_python_version():
         assert keys == ["::ffff:1.2.3.4"] * 4 + ["::ffff:0.0.0.0"], python
 
 
+@pytest.mark.unit
 def test_ipv4_mapped_address_is_stored_once_and_apart_from_the_ipv4_address(api):
     r = api.post("/add_ips", {"add_ips": MAPPED_SPELLINGS})
     assert r.status_code == 200, r.text
@@ -218,32 +228,46 @@ ALIASES = ["/clear_ip_list%ff", "//clear_ip_list", "/%2Fclear_ip_list", "/%2fcle
            "/clear_ip_list/", "/clear_ip_list%00", "/clear_ip_list%20"]
 
 
-def post_raw(port: int, target: str, body: bytes) -> tuple[int, dict, bytes]:
-    return raw_request(port, f"POST {target} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+def post_json(api: ApiInProcess, target: str, body: bytes):
+    """``body`` POSTed to ``target`` exactly as written (no client normalises the path)."""
+    return api.post(target, data=body, headers={"Content-Type": "application/json", "Host": "localhost"})
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("alias", ALIASES)
 def test_path_alias_is_404_and_changes_nothing(api, alias):
     api.post("/add_ips", {"add_ips": [7]})
-    status, headers, body = post_raw(api.port, alias, b'{"clear_ip_list": true}')
-    assert status == 404, body
-    assert headers["content-type"].startswith("application/json")
-    assert "no such endpoint" in strict_json(body)["error"]
+    r = post_json(api, alias, b'{"clear_ip_list": true}')
+    assert r.status_code == 404, r.content
+    assert r.headers["content-type"].startswith("application/json")
+    assert "no such endpoint" in strict_json(r.content)["error"]
     assert api.ips() == [7]
-    status, _, body = raw_request(api.port, f"GET {alias.replace('clear_ip_list', 'apis')} HTTP/1.1\r\n"
-                                            f"Host: localhost\r\nConnection: close\r\n\r\n".encode())
-    assert status == 404, body
+    r = api.get(alias.replace("clear_ip_list", "apis"), headers={"Host": "localhost"})
+    assert r.status_code == 404, r.content
 
 
+def test_a_path_alias_sent_to_the_server_is_404(server):
+    """The same through waitress itself: what it decodes, ExactPaths still tells apart."""
+    server.post("/add_ips", {"add_ips": [7]})
+    for alias in ("/%63lear_ip_list", "//clear_ip_list", "/clear_ip_list%ff"):
+        body = b'{"clear_ip_list": true}'
+        status, _, answer = raw_request(server.port, f"POST {alias} HTTP/1.1\r\nHost: localhost\r\n"
+                                                     f"Content-Type: application/json\r\nContent-Length: {len(body)}"
+                                                     f"\r\nConnection: close\r\n\r\n".encode() + body)
+        assert status == 404, answer
+    assert server.ips() == [7]
+
+
+@pytest.mark.unit
 @pytest.mark.parametrize("target", ["/clear_ip_list", "http://x/clear_ip_list", "/clear_ip_list?a=%2F%ff"])
 def test_the_real_path_still_works(api, target):
     api.post("/add_ips", {"add_ips": [7]})
-    status, _, body = post_raw(api.port, target, b'{"clear_ip_list": true}')
-    assert status == 200, body
+    r = post_json(api, target, b'{"clear_ip_list": true}')
+    assert r.status_code == 200, r.content
     assert api.ips() == []
 
 
+@pytest.mark.unit
 def test_percent_encoded_query_values_still_work(api):
     r = api.get("/events", params={"comm": "a b/c"})
     assert r.status_code == 200 and r.json()["count"] == 0
@@ -251,6 +275,7 @@ def test_percent_encoded_query_values_still_work(api):
 
 # --- 6. duplicate JSON keys are a 400 naming the key ---------------------------------------------
 
+@pytest.mark.unit
 @pytest.mark.parametrize("path,body,key", [
     ("/add_ips", b'{"add_ips": [1], "add_ips": [2]}', "add_ips"),
     ("/print_all_ips", b'{"print_all_ips": true, "print_all_ips": true}', "print_all_ips"),
@@ -259,9 +284,9 @@ def test_percent_encoded_query_values_still_work(api):
 ])
 def test_duplicate_json_keys_are_400_naming_the_key(api, path, body, key):
     api.post("/add_ips", {"add_ips": [9]})
-    status, _, answer = post_raw(api.port, path, body)
-    assert status == 400, answer
-    assert f'duplicate key "{key}"' in strict_json(answer)["error"]
+    r = post_json(api, path, body)
+    assert r.status_code == 400, r.content
+    assert f'duplicate key "{key}"' in strict_json(r.content)["error"]
     assert api.ips() == [9]
 
 
@@ -280,8 +305,8 @@ WAITRESS_ERRORS = [
 
 @pytest.mark.parametrize("request_bytes,status", WAITRESS_ERRORS, ids=[str(s) + "-" + str(i) for i, (_, s) in
                                                                        enumerate(WAITRESS_ERRORS)])
-def test_errors_waitress_answers_itself_are_json(api, request_bytes, status):
-    got, headers, body = raw_request(api.port, request_bytes)
+def test_errors_waitress_answers_itself_are_json(server, request_bytes, status):
+    got, headers, body = raw_request(server.port, request_bytes)
     assert got == status or (request_bytes.startswith(b"GARBAGE") and got == 404), body
     assert headers["content-type"] == "application/json"
     assert int(headers["content-length"]) == len(body)
@@ -337,7 +362,8 @@ def run_walk_through(srv: ApiProcess) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
-def test_walk_through_script_is_self_contained(api):
+def test_walk_through_script_is_self_contained(server):
+    api = server
     api.post("/add_ips", {"add_ips": [3, "10.9.8.7"]})
     out = run_walk_through(api)
     assert out.returncode == 0, out.stdout + out.stderr

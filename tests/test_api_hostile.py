@@ -9,8 +9,8 @@ import time
 import pytest
 import requests
 
-from tests.apiserver import ApiProcess
-from tests.conftest import rss_kib
+from harness.api import ApiProcess
+from harness.procs import rss_kib
 
 
 @pytest.fixture(scope="module")

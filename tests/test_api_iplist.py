@@ -1,5 +1,7 @@
-"""The seed-compatible IP-list endpoints against a real API process: compatibility, strict validation
-(every bad input: status, message, list unchanged), limits, durability and concurrency."""
+"""The seed-compatible IP-list endpoints: compatibility, strict validation (every bad input: status,
+message, list unchanged) and limits in process (make_app through harness.wsgi, marked unit); what
+needs the real server (raw sockets, parallel clients, restarts, kill -9, start-up errors) against a
+real API process."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -14,23 +16,34 @@ import time
 import pytest
 import requests
 
-from tests.apiserver import ApiProcess, wait_for
+from harness.api import ApiInProcess, ApiProcess
+from harness.procs import wait_for
+
+LIMITS = {"max_items": 50, "max_ips": 200, "max_body_bytes": 4096}
+
+
+@pytest.fixture
+def api(tmp_path):
+    """The API in process, with a fresh list and small limits."""
+    return ApiInProcess(tmp_path / "ips.sqlite3", **LIMITS)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = ApiProcess(tmp_path_factory.mktemp("api") / "ips.sqlite3", "--max-items", "50", "--max-ips", "200",
-                    "--max-body-bytes", "4096")
+def server_process(tmp_path_factory):
+    srv = ApiProcess(tmp_path_factory.mktemp("api") / "ips.sqlite3",
+                     *(arg for k, v in LIMITS.items() for arg in (f"--{k.replace('_', '-')}", str(v))))
     with srv:
         yield srv
 
 
 @pytest.fixture
-def api(server):
-    assert server.post("/clear_ip_list", {"clear_ip_list": True}).status_code == 200
-    yield server
+def server(server_process):
+    """The API as a process (the same limits), its list cleared."""
+    assert server_process.post("/clear_ip_list", {"clear_ip_list": True}).status_code == 200
+    yield server_process
 
 
+@pytest.mark.unit
 def test_seed_walk_through(api):
     """The original README's sequence gives the original's fields and values."""
     r = api.get("/apis")
@@ -54,6 +67,7 @@ def test_seed_walk_through(api):
     assert r.headers["Content-Type"].startswith("application/json")
 
 
+@pytest.mark.unit
 def test_same_address_in_any_form_is_stored_once(api):
     r = api.post("/add_ips", {"add_ips": [16909060, "1.2.3.4", "2001:DB8::0:1", "2001:db8::1", 0, "0.0.0.0"]})
     assert r.status_code == 200
@@ -97,16 +111,18 @@ BAD_BODIES = [
 ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("body,status,message", BAD_BODIES, ids=[repr(b[0][:30]) for b in BAD_BODIES])
 def test_bad_add_ips_is_rejected_and_changes_nothing(api, body, status, message):
     api.post("/add_ips", {"add_ips": [9, "10.0.0.1"]})
-    r = requests.post(api.url("/add_ips"), data=body, headers={"Content-Type": "application/json"}, timeout=10)
+    r = api.post("/add_ips", data=body, headers={"Content-Type": "application/json"})
     assert r.status_code == status, r.text
     assert r.headers["Content-Type"].startswith("application/json")
     assert message in r.json()["error"]
     assert api.ips() == [9, "10.0.0.1"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("path", ["/print_all_ips", "/clear_ip_list"])
 @pytest.mark.parametrize("body,message", [
     (b"{}", "missing field"),
@@ -122,12 +138,13 @@ def test_bad_confirmation_flag_is_rejected(api, path, body, message):
     api.post("/add_ips", {"add_ips": [1]})
     if b"%s" in body:
         body = body % path.strip("/").encode()
-    r = requests.post(api.url(path), data=body, headers={"Content-Type": "application/json"}, timeout=10)
+    r = api.post(path, data=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 400, r.text
     assert message in r.json()["error"]
     assert api.ips() == [1]
 
 
+@pytest.mark.unit
 def test_list_size_limit_is_a_409_and_adds_nothing(api):
     for start in range(0, 200, 50):
         assert api.post("/add_ips", {"add_ips": list(range(start, start + 50))}).status_code == 200
@@ -138,52 +155,55 @@ def test_list_size_limit_is_a_409_and_adds_nothing(api):
     assert len(api.ips()) == 200
 
 
+@pytest.mark.unit
 def test_unknown_route_is_json_404_and_wrong_method_json_405_with_allow(api):
     r = api.get("/nope")
     assert r.status_code == 404 and r.headers["Content-Type"] == "application/json"
     assert r.json()["error"] == "no such endpoint: /nope; GET /apis lists the endpoints"
-    r = requests.post(api.url("/nope"), data=b"{}", timeout=10)
+    r = api.post("/nope", data=b"{}")
     assert r.status_code == 404 and "no such endpoint" in r.json()["error"]
     for method, path, allow in (("GET", "/add_ips", "POST"), ("DELETE", "/clear_ip_list", "POST"),
                                 ("POST", "/stats", "GET"), ("PUT", "/apis", "GET")):
-        r = requests.request(method, api.url(path), timeout=10)
+        r = api.request(method, path)
         assert r.status_code == 405, (method, path)
         assert allow in r.headers["Allow"]
         assert r.json()["error"].startswith(f"method {method} is not allowed on {path}")
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "multipart/form-data; boundary=x", "application/xml",
-                                          "text/html\r\nX-Injected: 1"])
+@pytest.mark.unit
+@pytest.mark.parametrize("content_type", ["text/plain", "multipart/form-data; boundary=x", "application/xml"])
 def test_non_json_content_type_is_415(api, content_type):
     api.post("/add_ips", {"add_ips": [3]})
-    if "\r\n" in content_type:  # a header injection attempt: the HTTP layer must refuse it, not split it
-        with socket.create_connection(("127.0.0.1", api.port), timeout=10) as s:
-            body = b'{"add_ips": [4]}'
-            s.sendall(b"POST /add_ips HTTP/1.1\r\nHost: localhost\r\nContent-Type: " + content_type.encode()
-                      + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
-            answer = s.recv(65536).decode("latin-1")
-        assert answer.startswith("HTTP/1.1 415"), answer
-    else:
-        r = requests.post(api.url("/add_ips"), data=b'{"add_ips": [4]}', headers={"Content-Type": content_type},
-                          timeout=10)
-        assert r.status_code == 415
-        assert "unsupported Content-Type" in r.json()["error"]
+    r = api.post("/add_ips", data=b'{"add_ips": [4]}', headers={"Content-Type": content_type})
+    assert r.status_code == 415
+    assert "unsupported Content-Type" in r.json()["error"]
     assert api.ips() == [3]
 
 
+def test_a_content_type_with_an_injected_header_is_415(server):
+    """A header injection attempt: the HTTP layer must refuse it, not split it."""
+    server.post("/add_ips", {"add_ips": [3]})
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        body = b'{"add_ips": [4]}'
+        s.sendall(b"POST /add_ips HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/html\r\nX-Injected: 1"
+                  + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+        answer = s.recv(65536).decode("latin-1")
+    assert answer.startswith("HTTP/1.1 415"), answer
+    assert server.ips() == [3]
+
+
+@pytest.mark.unit
 @pytest.mark.parametrize("content_type", [None, "application/json; charset=utf-8",
                                           "application/x-www-form-urlencoded", "application/merge-patch+json"])
 def test_json_and_curl_default_content_types_are_accepted(api, content_type):
     headers = {"Content-Type": content_type} if content_type else {}
-    req = requests.Request("POST", api.url("/add_ips"), data=b'{"add_ips": [5]}', headers=headers).prepare()
-    if content_type is None:
-        req.headers.pop("Content-Type", None)
-    r = requests.Session().send(req, timeout=10)
+    r = api.post("/add_ips", data=b'{"add_ips": [5]}', headers=headers)
     assert r.status_code == 200, r.text
     assert api.ips() == [5]
 
 
-def test_header_injection_in_path_and_query_is_refused_and_not_echoed(api):
+def test_header_injection_in_path_and_query_is_refused_and_not_echoed(server):
+    api = server
     with socket.create_connection(("127.0.0.1", api.port), timeout=10) as s:
         s.sendall(b"GET /events?comm=a%0d%0aSet-Cookie:%20x=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         answer = b""
@@ -196,10 +216,12 @@ def test_header_injection_in_path_and_query_is_refused_and_not_echoed(api):
     r = api.get("/nope%0d%0aX-Evil:%201")
     assert r.status_code == 404 and "X-Evil" not in r.headers
     assert "\\x0d\\x0a" in r.json()["error"]
-    assert not any("\r" in l or "X-Evil: 1" in l for l in api.lines)
+    assert not any("\r" in line or "X-Evil: 1" in line for line in api.lines)
 
 
-def test_chunked_oversized_body_is_413(api):
+def test_chunked_oversized_body_is_413(server):
+    api = server
+
     def chunks():
         for _ in range(10):
             yield b"[" + b"1," * 300 + b"1]"
@@ -208,15 +230,24 @@ def test_chunked_oversized_body_is_413(api):
     assert api.ips() == []
 
 
+@pytest.mark.unit
 def test_every_request_is_logged_once_with_status_and_duration(api):
     api.get("/apis?x=1")
+    assert len(api.lines) == 1
+    assert api.lines[0].split()[2:5] == ["GET", "/apis?x=1", "200"] and api.lines[0].endswith("ms")
+
+
+def test_the_server_logs_each_request_when_it_closes_the_response(server):
+    server.get("/apis?x=1")
     # written when the server closes the response, which may be just after the client has it
-    line = wait_for(lambda: next((l for l in reversed(api.lines) if " GET /apis?x=1 " in l), None),
+    line = wait_for(lambda: next((x for x in reversed(server.lines) if " GET /apis?x=1 " in x), None),
                     what="the access log line")
     assert line.split()[2:5] == ["GET", "/apis?x=1", "200"] and line.endswith("ms")
 
 
-def test_fifty_parallel_clients_lose_no_update(api):
+def test_fifty_parallel_clients_lose_no_update(server):
+    api = server
+
     def add(i):
         r = requests.post(api.url("/add_ips"), json={"add_ips": [f"10.1.{i}.1", f"10.1.{i}.2"]}, timeout=30)
         return r.status_code

@@ -1,5 +1,8 @@
-"""The live views against a real API process fed by a real ZeroMQ publisher (tests/apiserver.Publisher)
-sending known events built with shared/protocol: /stats, /events, /events/stream, /metrics, /healthz."""
+"""The live views: /stats, /events, /events/stream, /metrics, /healthz, fed known events built with
+shared/protocol. In process (make_app through harness.wsgi, messages handed to the API's ingest code;
+marked unit): the aggregates, filters, query validation, malformed messages and strict output.
+Against a real API process fed by a real ZeroMQ publisher (harness/api.py Publisher): the event
+stream, a collector that comes and goes, full speed, and a client that stops reading."""
 from __future__ import annotations
 
 import json
@@ -11,9 +14,9 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.api import ApiInProcess, ApiProcess, Feed, Publisher, connect, event, metric
+from harness.procs import rss_kib, wait_for
 from syswatch.shared import protocol
-from tests.apiserver import ApiProcess, Publisher, connect, event, metric, wait_for
-from tests.conftest import rss_kib
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +29,16 @@ def live(tmp_path_factory):
         connect(srv, pub)
         yield srv, pub
         pub.close()
+
+
+@pytest.fixture
+def fed(tmp_path):
+    """(api, publisher): the API in process, each message applied by its ingest code before the call returns."""
+    api = ApiInProcess.from_args(tmp_path / "ips.sqlite3", "--max-streams", "2", "--threads", "8",
+                                 "--sse-heartbeat", "0.5", "--stream-queue", "1000")
+    pub = Feed(api)
+    pub.status()
+    return api, pub
 
 
 def stats(srv):
@@ -53,8 +66,9 @@ KNOWN = ([event(pid=7001, comm="alpha", syscall="read", count=10) for _ in range
          + [event(pid=7003, comm="gamma", syscall="write", count=7) for _ in range(9)])
 
 
-def test_stats_events_and_metrics_show_known_events(live):
-    srv, pub = live
+@pytest.mark.unit
+def test_stats_events_and_metrics_show_known_events(fed):
+    srv, pub = fed
     s0 = stats(srv)
     publish_and_wait(srv, pub, KNOWN)
     s = stats(srv)
@@ -86,7 +100,8 @@ def test_stats_events_and_metrics_show_known_events(live):
     assert metric(text, "syswatch_events_total", host="testhost", syscall="read") == s["totals"]["read"]["calls"]
     assert metric(text, "syswatch_moved_bytes_total", host="testhost", syscall="write") == s["totals"]["write"]["bytes"]
     assert metric(text, "syswatch_collector_connected", host="testhost", endpoint=srv.collector) == 1
-    for name in ("syswatch_collector_lost_total", "syswatch_collector_dropped_total", "syswatch_collector_malformed_total"):
+    for name in ("syswatch_collector_lost_total", "syswatch_collector_dropped_total",
+                 "syswatch_collector_malformed_total"):
         assert metric(text, name, host="testhost") is not None, name
     for name in ("syswatch_api_sse_dropped_events_total", "syswatch_api_malformed_messages_total"):
         assert metric(text, name) is not None, name
@@ -94,8 +109,9 @@ def test_stats_events_and_metrics_show_known_events(live):
     assert "# TYPE syswatch_events_total counter" in text
 
 
-def test_collector_status_counters_reach_metrics(live):
-    srv, pub = live
+@pytest.mark.unit
+def test_collector_status_counters_reach_metrics(fed):
+    srv, pub = fed
     pub.status(lost_total=11, dropped_total=0, malformed_total=3)
     wait_for(lambda: stats(srv)["collector_status"]["lost_total"] == 11, what="status")
     text = srv.get("/metrics").text
@@ -104,12 +120,12 @@ def test_collector_status_counters_reach_metrics(live):
     pub.status()
 
 
-def test_events_not_received_is_estimated_from_the_collector_status(live):
-    srv, pub = live
+@pytest.mark.unit
+def test_events_not_received_is_estimated_from_the_collector_status(fed):
+    srv, pub = fed
     pub.status()
     publish_and_wait(srv, pub, [event(pid=7100)] * 10)
     pub.status()  # the API got all 10 the collector published
-    time.sleep(0.3)
     base = stats(srv)["api"]["events_not_received"]
     pub.events_total += 40  # the collector says it published 40 that never arrived (a ZeroMQ HWM drop)
     pub.status()
@@ -120,12 +136,12 @@ def test_events_not_received_is_estimated_from_the_collector_status(live):
     pub.status()
     publish_and_wait(srv, pub, [event(pid=7101)] * 5)
     pub.status()
-    time.sleep(0.3)
     assert stats(srv)["api"]["events_not_received"] == base + 40
 
 
-def test_counts_mode_messages_feed_the_totals(live):
-    srv, pub = live
+@pytest.mark.unit
+def test_counts_mode_messages_feed_the_totals(fed):
+    srv, pub = fed
     before = stats(srv)["totals"]["read"]
     rows = [{"pid": 7200, "comm": "counted", "container_id": "", "syscall": "read", "calls": 1000,
              "bytes": 4096000, "errors": 2, "lat_ns_sum": 10**6}]
@@ -153,10 +169,11 @@ BAD_EVENTS_QUERIES = [
 ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("path", ["/events", "/events/stream"])
 @pytest.mark.parametrize("params,message", BAD_EVENTS_QUERIES, ids=[str(p) for p, _ in BAD_EVENTS_QUERIES])
-def test_bad_event_query_parameters_are_400(live, path, params, message):
-    srv, _ = live
+def test_bad_event_query_parameters_are_400(fed, path, params, message):
+    srv, _ = fed
     if path == "/events/stream" and any(k == "limit" for k, *_ in (params.items() if isinstance(params, dict)
                                                                     else params)):
         message = "unknown query parameter \"limit\""
@@ -203,7 +220,6 @@ def test_event_stream_delivers_filtered_events_live_and_does_not_block_others(li
 def test_event_stream_sends_heartbeats_when_idle(live):
     srv, _ = live
     with requests.get(srv.url("/events/stream"), params={"pid": 1}, stream=True, timeout=10) as r:
-        got, comments = [], []
         buf = b""
         for chunk in r.iter_content(chunk_size=None):
             buf += chunk
@@ -299,7 +315,8 @@ MALFORMED = [
            + b',"count":' + b"9" * 4299 + b"}]}"),                      # past Python's int-string limit
     _batch(b"syscall.write", dict(event(), count=2**64)),                # more than u64
     _batch(b"syscall.write", dict(event(), lat_ns=-1)),                  # negative where it cannot be
-    _batch(b"syscall.write", raw=json.dumps({"v": 2, "host": "h", "events": [dict(event(), ret=float("nan"))]}).encode()),
+    _batch(b"syscall.write",
+           raw=json.dumps({"v": 2, "host": "h", "events": [dict(event(), ret=float("nan"))]}).encode()),
     [b"status", json.dumps(_status(uptime_s=float("inf"))).encode()],   # Infinity
     [b"status", json.dumps(_status(uptime_s=float("nan"))).encode()],   # NaN
     [b"status", json.dumps(_status(excluded_pids=list(range(3_000)))).encode()],  # list over its bound
@@ -310,9 +327,9 @@ MALFORMED = [
 ]
 
 
-def test_malformed_messages_are_counted_and_skipped(live):
-    srv, pub = live
-    quiesce(srv)
+@pytest.mark.unit
+def test_malformed_messages_are_counted_and_skipped(fed):
+    srv, pub = fed
     before = stats(srv)["api"]["malformed_messages"]
     for frames in MALFORMED:
         pub.raw(frames)
@@ -376,10 +393,11 @@ def test_at_full_speed_every_event_is_received_or_counted(tmp_path):
         pub.close()
 
 
-def test_everything_the_api_emits_is_strict_json_and_bounded(live):
+@pytest.mark.unit
+def test_everything_the_api_emits_is_strict_json_and_bounded(fed):
     """Issue 12 (items 3-5): after hostile messages, /stats, /events and /metrics still answer, in strict
     JSON (no NaN/Infinity), unknown fields are dropped and nothing negative or oversized shows."""
-    srv, pub = live
+    srv, pub = fed
     for frames in MALFORMED:
         pub.raw(frames)
     extra = dict(event(pid=7700, comm="extra"), padding="x" * 1_000_000, nested={"a": [1] * 1000})

@@ -8,8 +8,9 @@ import pytest
 import zmq
 import zmq.auth
 
+from harness.api import ApiProcess, Publisher, connect, event
+from harness.procs import wait_for
 from syswatch.shared import curve
-from tests.apiserver import ApiProcess, Publisher, connect, event, wait_for
 from tests.conftest import require
 
 
@@ -31,7 +32,7 @@ def curve_publisher(keys):
     server = curve.server_from_env({curve.ENV_SERVER_KEY: str(keys / "server.key_secret"),
                                     curve.ENV_CLIENTS: str(keys / "clients")})
     auth = curve.start_authenticator(ctx, server)
-    from tests.conftest import free_port
+    from harness.procs import free_port
     pub = Publisher(f"tcp://127.0.0.1:{free_port()}", ctx=ctx, curve_server=server)
     yield pub
     pub.close()

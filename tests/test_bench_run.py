@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, have, is_root, require
+from harness import ROOT
+from tests.conftest import have, is_root, require
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +30,7 @@ def quick(tmp_path_factory):
     require(subprocess.run(["bash", str(ROOT / "scripts" / "trixie-bpftrace.sh"), "--check"]).returncode == 0,
             "build bpftrace 0.23 for the bpf23-* rows: sudo scripts/trixie-bpftrace.sh (scripts/test.sh does it)")
     # the compose collector rows (issue 16) need the images; the bench itself never builds them
-    from tests.composestack import compose_command, docker_answers
+    from harness.compose import compose_command, docker_answers
     require(compose_command() is not None and docker_answers(), "docker-compose and dockerd: scripts/setup-host.sh")
     build = subprocess.run([*compose_command(), "build", "collector", "api"], cwd=ROOT, capture_output=True,
                            text=True, timeout=900)

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from bench import machine, report, saturation, stats, targets, tracers, workloads
-from tests.conftest import ROOT
+from bench import catalog, machine, report, saturation, stats, targets, tracers
+from harness import ROOT, workloads
 
 
 @pytest.mark.unit
@@ -110,8 +110,8 @@ def test_bench_subscriber_is_ready_only_with_a_status_and_says_when_one_is_missi
     import time
 
     from bench import subscriber as bench_subscriber
-    from tests.apiserver import Publisher, event
-    from tests.conftest import free_port
+    from harness.api import Publisher, event
+    from harness.procs import free_port
 
     monkeypatch.setattr(bench_subscriber, "STATUS_TIMEOUT_S", 1.5)
     pub = Publisher(f"tcp://127.0.0.1:{free_port()}")
@@ -152,14 +152,15 @@ def test_bench_subscriber_is_ready_only_with_a_status_and_says_when_one_is_missi
 
 
 def _row(tracer, wl, ratio):
-    return {"tracer": tracer, "workload": wl, "ratio": ratio, "label": tracers.LABELS[tracer], "events": 2,
+    return {"tracer": tracer, "workload": wl, "ratio": ratio, "label": catalog.LABELS[tracer], "events": 2,
             "base_s": 1.0, "traced_s": ratio, "pairs": 1}
 
 
 @pytest.mark.unit
 def test_issue16_targets_divide_by_the_empty_probe_of_the_same_run():
     o = {"rows": [_row("bpf23-empty", "dd", 3.0), _row("compose-events", "dd", 4.2), _row("compose-counts", "dd", 3.9),
-                  _row("bpf23-empty", "copy", 1.2), _row("compose-events", "copy", 1.5), _row("compose-counts", "copy", 1.3),
+                  _row("bpf23-empty", "copy", 1.2), _row("compose-events", "copy", 1.5),
+                  _row("compose-counts", "copy", 1.3),
                   _row("bpf-empty", "dd", 2.0)]}
     multi = [{"tracer": "compose-events", "made": 10, "delivered": 6, "lost": 4, "dropped": 0, "exact": True}]
     rows = {r["target"]: r for r in targets.issue16({"overhead": o, "saturation": {"multi": multi},

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from harness import ROOT
 from syswatch.collector import bpfversion
-from tests.conftest import ROOT, have, is_root, require
+from tests.conftest import have, is_root, require
 
 SCRIPT = ROOT / "scripts" / "trixie-bpftrace.sh"
 WRITES = 137          # the child's write() calls of WRITE_SIZE bytes each

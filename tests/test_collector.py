@@ -13,10 +13,12 @@ from collections import Counter
 
 import pytest
 
+from harness import ROOT
+from harness.collector import Child, CollectorProcess, StreamReader, assert_delivered, collect_child_events
+from harness.procs import free_port
 from syswatch.collector import program
 from syswatch.shared import protocol
-from tests.collector_helpers import Child, CollectorProcess, StreamReader, assert_delivered, collect_child_events
-from tests.conftest import ROOT, free_port, have, is_root, require
+from tests.conftest import have, is_root, require
 
 HOSTILE = [
     b'a b"c\\d%s\te\nf',          # space, quote, backslash, %, tab, newline
@@ -53,7 +55,7 @@ def test_startup_lines_and_auto_probe_falls_back(events_collector):
     excluded = events_collector.excluded_pids()
     assert len(excluded) == 2 and events_collector.proc.pid in excluded
     if program_kprobes_missing():
-        fallback = [l for l in events_collector.stderr().splitlines() if "probe auto" in l]
+        fallback = [line for line in events_collector.stderr().splitlines() if "probe auto" in line]
         assert len(fallback) == 1 and "tracepoint" in fallback[0], events_collector.stderr()
 
 
@@ -148,8 +150,8 @@ def test_status_counters_and_echo(events_collector, subscriber):
         subscriber.wait_status()
     out = events_collector.stdout()
     assert out.count(summary) > before, out[-2000:]
-    echo = [l for l in out.splitlines() if " - hello sys_" in l]
-    assert echo and all(l.split(" - ")[0].isdigit() for l in echo)
+    echo = [line for line in out.splitlines() if " - hello sys_" in line]
+    assert echo and all(line.split(" - ")[0].isdigit() for line in echo)
 
 
 @pytest.fixture(scope="module")
@@ -390,7 +392,7 @@ def test_help_lists_every_flag_with_defaults():
 
 
 def test_env_overrides_and_bad_env(tmp_path):
-    from syswatch.collector.collector import parse_args
+    from syswatch.collector.cli import parse_args
     os.environ["SYSWATCH_MODE"] = "counts"
     try:
         assert parse_args([]).mode == "counts"

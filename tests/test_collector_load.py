@@ -9,9 +9,10 @@ import time
 
 import zmq
 
+from harness.collector import CollectorProcess, StreamReader
+from harness.procs import rss_kib
 from syswatch.collector.collector import PUB_SNDHWM
-from tests.collector_helpers import CollectorProcess, StreamReader
-from tests.conftest import have, is_root, require, rss_kib
+from tests.conftest import have, is_root, require
 
 # Bursts of 100 one-byte writes to /dev/null with a short pause between them, under a
 # distinctive name, until stdin closes; prints how many it made. The pauses make many

@@ -8,7 +8,8 @@ import subprocess
 import pytest
 import yaml
 
-from tests.composestack import ROOT, compose_command
+from harness import ROOT
+from harness.compose import compose_command
 from tests.conftest import require
 
 
@@ -101,9 +102,10 @@ def test_dockerfiles_copy_only_what_each_image_runs():
         lines = [line.split() for line in text.splitlines() if line and not line.startswith("#")]
         assert lines[0] == ["FROM", base], name
         copies = {tuple(words[1:]) for words in lines if words[0] == "COPY"}
-        # syswatch/: the package's __init__.py, which the imports (syswatch.shared...) need
-        assert copies == {("syswatch/", "syswatch/"), ("shared/", "shared/"), (f"{package}/", f"{package}/")}, \
-            (name, copies)
+        # syswatch/__init__.py, and links to the two folders the image holds (syswatch.shared...)
+        assert copies == {("syswatch/__init__.py", "syswatch/"), ("shared/", "shared/"),
+                          (f"{package}/", f"{package}/")}, (name, copies)
+        assert f"ln -s ../shared syswatch/shared && ln -s ../{package} syswatch/{package}" in text, name
         assert "pip" not in text.replace("python3-", ""), f"{name}: Debian packages only (no PyPI in the build)"
     assert "USER syswatch" in (ROOT / "Dockerfile.api").read_text()
 

@@ -8,10 +8,11 @@ import time
 import pytest
 import zmq
 
+from harness import ROOT
+from harness.compose import ComposeStack, receive, wait_for_status
+from harness.procs import free_port
 from syswatch.shared import curve, protocol, zmqsock
-from tests.composestack import (ROOT, ComposeStack, receive, require_compose_stack, uncaptured_printer,
-                                wait_for_status)
-from tests.conftest import free_port, is_root, require
+from tests.conftest import is_root, require, require_compose_stack, uncaptured_printer
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

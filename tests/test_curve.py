@@ -6,11 +6,10 @@ import subprocess
 import sys
 
 import pytest
-import zmq
 
+from harness import ROOT
+from harness.collector import CollectorProcess, StreamReader
 from syswatch.shared import curve
-from tests.collector_helpers import CollectorProcess, StreamReader
-from tests.conftest import ROOT, have, is_root, require
 
 
 def keygen(directory, name) -> None:
@@ -51,8 +50,9 @@ def test_authorised_and_unauthorised_subscribers(tmp_path, root_and_bpftrace):
     os.rename(clients / "alice.key_secret", keys / "alice.key_secret")
     env = {"SYSWATCH_CURVE_SERVER_KEY": str(keys / "server.key_secret"), "SYSWATCH_CURVE_CLIENTS": str(clients)}
     coll = CollectorProcess(tmp_path, "--echo-rate", "0", "--comm", "sw-curve", env=env)
-    as_client = lambda own: curve.client_from_env({"SYSWATCH_CURVE_SERVER_KEY": str(keys / "server.key"),
-                                                   "SYSWATCH_CURVE_CLIENT_KEY": str(own)})
+    def as_client(own):
+        return curve.client_from_env({"SYSWATCH_CURVE_SERVER_KEY": str(keys / "server.key"),
+                                      "SYSWATCH_CURVE_CLIENT_KEY": str(own)})
     alice = StreamReader(coll.endpoint, ("status",), curve_client=as_client(keys / "alice.key_secret"))
     mallory = StreamReader(coll.endpoint, ("status",), curve_client=as_client(outsiders / "mallory.key_secret"))
     plain = StreamReader(coll.endpoint, ("status",))

@@ -23,9 +23,10 @@ import time
 import pytest
 import requests
 
-from tests.apiserver import ApiProcess, Publisher, connect, wait_for
-from tests.browser import OtherOrigin, console_errors, save_screenshot, start_chromium
-from tests.collector_helpers import CollectorProcess
+from harness.api import ApiProcess, Publisher, connect
+from harness.browser import OtherOrigin, browser_missing, console_errors, save_screenshot, start_chromium
+from harness.collector import CollectorProcess
+from harness.procs import wait_for
 from tests.conftest import have, is_root, require
 
 TAG = f"{os.getpid() % 10000:04d}"
@@ -50,7 +51,8 @@ while True:
 class Looper:
     def __init__(self, name: str, size: int, pause: float = 0.05):
         self.name = name
-        self.proc = subprocess.Popen([sys.executable, "-c", LOOPER, name, str(size), str(pause)], stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-c", LOOPER, name, str(size), str(pause)],
+                                     stdout=subprocess.PIPE,
                                      text=True)
         assert self.proc.stdout.readline().strip() == "ready"
         self.pid = self.proc.pid
@@ -66,6 +68,8 @@ def stack(tmp_path_factory):
     """(collector, api, driver, loopers): a collector tracing only ALPHA and BETA, the API, a browser."""
     require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
     require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-host.sh does it)")
+    why = browser_missing()
+    require(why is None, why or "")
     tmp = tmp_path_factory.mktemp("dashboard")
     collector = api = driver = None
     loopers: dict[str, Looper] = {}

@@ -27,7 +27,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, free_port, have, is_root, require
+from harness import ROOT
+from harness.procs import free_port
+from tests.conftest import have, is_root, require
 
 K8S = ROOT / "deploy" / "kubernetes"
 SYSTEMD = ROOT / "deploy" / "systemd"
@@ -358,7 +360,8 @@ def test_resolver_starts_the_api_and_its_liveness_check_notices_a_new_collector_
            "SYSWATCH_COLLECTORS_FILE": str(record), "SYSWATCH_HOST": "127.0.0.1", "SYSWATCH_PORT": str(port),
            "SYSWATCH_DB": str(tmp_path / "ips.sqlite3"), "SYSWATCH_COLLECTOR": "tcp://wrong:1"}
     wrapper = [sys.executable, str(K8S / "api-resolve-collectors.py")]
-    check = lambda e=env: subprocess.run(wrapper + ["--check"], env=e, capture_output=True, text=True, timeout=30)
+    def check(e=env):
+        return subprocess.run(wrapper + ["--check"], env=e, capture_output=True, text=True, timeout=30)
     proc = subprocess.Popen(wrapper + ["--", sys.executable, "-m", "api.server"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -481,7 +484,8 @@ def test_verify_check_has_teeth(tmp_path):
 
 def test_api_unit_sandbox_settings():
     unit = parse_unit(SYSTEMD / "syswatch-api.service")
-    get = lambda key: unit.get(f"Service.{key}", [])
+    def get(key):
+        return unit.get(f"Service.{key}", [])
     assert get("DynamicUser") == ["yes"] and get("User") == []
     assert get("CapabilityBoundingSet") == [] and "Service.CapabilityBoundingSet" in unit, \
         "an empty CapabilityBoundingSet= (no capability at all)"

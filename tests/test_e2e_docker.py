@@ -17,10 +17,11 @@ import uuid
 import pytest
 import zmq
 
+from harness import ROOT
+from harness.compose import ComposeStack, docker, receive, wait_for_status
+from harness.procs import free_port
 from syswatch.shared import protocol, zmqsock
-from tests.composestack import (ROOT, ComposeStack, docker, receive, require_compose_stack, uncaptured_printer,
-                                wait_for_status)
-from tests.conftest import free_port
+from tests.conftest import require_compose_stack, uncaptured_printer
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from syswatch.collector.containers import container_of_path, find_cgroup2_root
+from harness import ROOT
+from harness.api import ApiProcess
+from harness.collector import CollectorProcess, StreamReader
+from syswatch.collector.containers import find_cgroup2_root
 from syswatch.shared import protocol
-from tests.apiserver import ApiProcess
-from tests.collector_helpers import CollectorProcess, StreamReader
-from tests.conftest import ROOT, have, is_root, require
+from tests.conftest import have, is_root, require
 
 # A child that sets up, prints {"pid": ...} (plus what `prepare` adds), waits for "go", then runs `body`.
 PRELUDE = """
@@ -346,7 +347,8 @@ def test_consumers_never_receive_their_own_io(tmp_path, prereqs):
             rate, seen = _rate(sub, 5)
             consumers = {api.proc.pid, tail.pid, os.getpid()}
             own = [e for e in seen if e["pid"] in consumers]
-            assert seen and not own, (f"{len(own)} of {len(seen)} events are the consumers own", consumers, Counter((e["pid"], e["comm"]) for e in own), (coll.stderr()))
+            assert seen and not own, (f"{len(own)} of {len(seen)} events are the consumers own", consumers,
+                                      Counter((e["pid"], e["comm"]) for e in own), coll.stderr())
             st = sub.statuses[-1]
             assert consumers <= set(st["excluded_pids"])
             assert "its own I/O is left out of the stream" in coll.stderr()

@@ -8,11 +8,11 @@ import subprocess
 import sys
 import time
 
-import pytest
-
-from tests.apiserver import ApiProcess, metric, wait_for
-from tests.collector_helpers import CollectorProcess
-from tests.conftest import ROOT, die_with_test, have, is_root, require
+from harness import ROOT
+from harness.api import ApiProcess, metric
+from harness.collector import CollectorProcess
+from harness.procs import die_with_parent, wait_for
+from tests.conftest import have, is_root, require
 
 # Writes COUNT bytes to /dev/null N times per round; one round each time a line arrives on stdin.
 WRITER = r"""
@@ -31,7 +31,7 @@ class Writer:
     def __init__(self, name: str, per_round: int, size: int):
         self.proc = subprocess.Popen([sys.executable, "-c", WRITER, name, str(per_round), str(size)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     preexec_fn=die_with_test)
+                                     preexec_fn=die_with_parent)
         self.pid = int(self.proc.stdout.readline())
         self.rounds = 0
 

@@ -16,12 +16,13 @@ import sys
 import time
 
 import pytest
-import zmq
 
+from harness import ROOT
+from harness.api import ApiProcess, Publisher, connect, event
+from harness.collector import CollectorProcess, StreamReader
+from harness.procs import rss_kib, wait_for
 from syswatch.shared import protocol
-from tests.apiserver import ApiProcess, Publisher, connect, event, wait_for
-from tests.collector_helpers import CollectorProcess, StreamReader
-from tests.conftest import ROOT, free_port, have, is_root, require, rss_kib
+from tests.conftest import have, is_root, require
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ import subprocess
 
 import pytest
 
-from tests.conftest import ROOT, have, is_root, require, vm_report
+from harness import ROOT
+from tests.conftest import have, is_root, require, vm_report
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -68,7 +69,7 @@ def test_collector_and_kprobe_tests_pass_in_a_kprobe_vm():
     res = subprocess.CompletedProcess(argv, proc.returncode, out, err)
     results = re.findall(r"^\s*SYSWATCH-VM-RESULT probe=(\S+) status=(\d+) seconds=(\d+) summary=(.*)$", out, re.M)
     booted = re.search(r"^\s*SYSWATCH-VM-BOOTED (.*)$", out, re.M)
-    stages = [l for l in out.splitlines() if l.startswith("kernel-vm: [") and "python3 -m pytest" not in l]
+    stages = [line for line in out.splitlines() if line.startswith("kernel-vm: [") and "python3 -m pytest" not in line]
     vm_report.append(f"kernel-vm.sh exit {res.returncode}; {booted.group(1) if booted else 'guest did not boot'}")
     vm_report.extend(f"SYSWATCH_PROBE={p}: pytest exit {s} in {t}s: {summ}" for p, s, t, summ in results)
     vm_report.extend(stages)

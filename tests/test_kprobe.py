@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.collector import Child, CollectorProcess, StreamReader, collect_child_events
 from syswatch.collector import bpf
-from tests.collector_helpers import Child, CollectorProcess, StreamReader, collect_child_events
 from tests.conftest import have, is_root, require
 
 pytestmark = pytest.mark.kprobe

@@ -14,9 +14,11 @@ import pytest
 import requests
 
 import syswatch
-from tests.apiserver import ApiProcess, Publisher, connect, event, wait_for
-from tests.collector_helpers import CollectorProcess
-from tests.conftest import ROOT, die_with_test, free_port, have, is_root, require
+from harness import ROOT
+from harness.api import ApiProcess, Publisher, connect, event
+from harness.collector import CollectorProcess
+from harness.procs import die_with_parent, free_port, wait_for
+from tests.conftest import have, is_root, require
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "syswatch.json"
 HOST = "promtest"          # the collector's --hostname: the dashboard's $host
@@ -82,7 +84,8 @@ def test_promtool_lints_a_real_scrape(tmp_path):
             r = srv.get("/metrics")
         finally:
             pub.close()
-    assert r.status_code == 200 and re.fullmatch(r"text/plain; version=[0-9.]+; charset=utf-8", r.headers["Content-Type"])
+    assert r.status_code == 200
+    assert re.fullmatch(r"text/plain; version=[0-9.]+; charset=utf-8", r.headers["Content-Type"])
     assert 'syswatch_http_request_duration_seconds_bucket{' in r.text and 'host="lint-b"' in r.text
     lint = promtool("check", "metrics", stdin=r.text)
     assert lint.returncode == 0 and not (lint.stdout + lint.stderr).strip(), lint.stdout + lint.stderr
@@ -112,7 +115,7 @@ class Prometheus:
         self.proc = subprocess.Popen(
             [shutil.which("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
              f"--web.listen-address={self.url[len('http://'):]}", "--log.level=warn"],
-            cwd=tmp, stdout=open(self.log, "w"), stderr=subprocess.STDOUT, preexec_fn=die_with_test)
+            cwd=tmp, stdout=open(self.log, "w"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
 
     def query(self, expr: str) -> dict:
         return requests.get(self.url + "/api/v1/query", params={"query": expr}, timeout=10).json()
@@ -145,7 +148,7 @@ def scraped(tmp_path_factory):
     stop = []
     try:
         work = subprocess.Popen([sys.executable, "-c", WORKLOAD], stdout=subprocess.PIPE, text=True,
-                                preexec_fn=die_with_test)
+                                preexec_fn=die_with_parent)
         stop.append(lambda: (work.kill(), work.wait()))
         pid = int(work.stdout.readline())
         col = CollectorProcess(tmp, "--hostname", HOST, "--pid", str(pid), "--echo-rate", "0", wait=False)

@@ -14,14 +14,14 @@ import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
 import syswatch
+from harness import ROOT
 from syswatch.api import metrics, validation
-from syswatch.api.httplog import DURATION_BUCKETS, UNMATCHED, AccessLog, RequestStats
-from syswatch.api.iplist import IPList
-from syswatch.api.routes import ROUTES, Api, Limits, build_app
-from syswatch.api.stream import COUNTERS, MAX_HOSTS, StreamHub, StreamStats, StreamSubscriber
-from syswatch.api.web import WebGuard
+from syswatch.api.aggregates import COUNTERS, MAX_HOSTS
+from syswatch.api.app import ApiConfig, make_app
+from syswatch.api.httplog import DURATION_BUCKETS, UNMATCHED, RequestStats
+from syswatch.api.ingest import StreamSubscriber
+from syswatch.api.routes import ROUTES
 from syswatch.shared import protocol
-from tests.conftest import ROOT
 
 pytestmark = pytest.mark.unit
 
@@ -42,17 +42,16 @@ def _status(host: str, **over) -> dict:
 
 
 class Parts:
-    """The models of one API, wired as api/server.py wires them, with its /metrics registry."""
+    """The models of one API, wired by make_app as api/server.py wires them, with its /metrics registry."""
 
     def __init__(self, tmp_path, endpoints=(ENDPOINT,)):
-        self.stream = StreamStats(list(endpoints), 100)
-        self.hub = StreamHub(self.stream, 2, 100)
-        self.requests = RequestStats(r.path for r in ROUTES)
-        self.iplist = IPList(str(tmp_path / "ips.sqlite3"), 1000)
-        self.api = Api(self.iplist, self.stream, self.hub, self.requests,
-                       Limits(1 << 20, 100, 100, 100, 10.0), token=None)
         self.log: list[str] = []
-        self.app = AccessLog(WebGuard(build_app(self.api), "127.0.0.1"), self.requests, log=self.log.append)
+        app = make_app(ApiConfig(db=str(tmp_path / "ips.sqlite3"), collectors=tuple(endpoints), max_ips=1000,
+                                 max_items=100, recent_events=100, max_streams=2, stream_queue=100),
+                       log=self.log.append)
+        self.stream, self.hub, self.requests = app.stats, app.hub, app.requests
+        self.iplist, self.api = app.iplist, app.api
+        self.app = app.wsgi
 
     def value(self, name: str, **labels):
         return self.api.registry.get_sample_value(name, labels)
@@ -195,7 +194,8 @@ def test_host_labels_are_bounded_by_max_hosts(tmp_path):
 def test_every_metric_the_dashboard_uses_is_exposed(tmp_path):
     dash = json.loads(DASHBOARD.read_text())
     assert dash["uid"] == "syswatch" and dash["title"]
-    assert [i["name"] for i in dash["__inputs"]] == ["DS_PROMETHEUS"] and dash["__inputs"][0]["pluginId"] == "prometheus"
+    assert [i["name"] for i in dash["__inputs"]] == ["DS_PROMETHEUS"]
+    assert dash["__inputs"][0]["pluginId"] == "prometheus"
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     assert "label_values(syswatch_events_total" in variables["host"]["query"]["query"]
     panels = dash["panels"]
@@ -217,5 +217,6 @@ def test_every_metric_the_dashboard_uses_is_exposed(tmp_path):
     p.stream.set_status(_status("h1"), "tcp://127.0.0.1:1")
     p.request("GET", "/metrics")
     exposed = {s.name for f in text_string_to_metric_families(p.scrape()) for s in f.samples}
-    names = set(re.findall(r"\b((?:syswatch|process)_[a-z_]+)\b", " ".join(exprs + [v["definition"] for v in variables.values()])))
+    text = " ".join(exprs + [v["definition"] for v in variables.values()])
+    names = set(re.findall(r"\b((?:syswatch|process)_[a-z_]+)\b", text))
     assert names and names <= exposed, names - exposed

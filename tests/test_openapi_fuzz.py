@@ -11,7 +11,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from tests.apiserver import ApiProcess, Publisher, connect, event
+from harness.api import ApiProcess, Publisher, connect, event
 
 
 @pytest.fixture(scope="module")

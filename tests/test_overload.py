@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.collector import CollectorProcess, StreamReader
 from syswatch.collector import program
 from syswatch.collector.hostinfo import online_cpus
-from tests.collector_helpers import CollectorProcess, StreamReader
 from tests.test_hardening_stream import BURST, burst_with_bpftrace_stopped
 
 PAGE = 4096

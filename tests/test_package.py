@@ -21,8 +21,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness import ROOT
+from harness.procs import die_with_parent, free_port
 from syswatch import __version__
-from tests.conftest import ROOT, die_with_test, free_port, have, is_root, require
+from tests.conftest import have, is_root, require
 
 SCRIPTS = ("syswatch-collector", "syswatch-api", "syswatch-tail", "syswatch-top")
 
@@ -32,7 +34,8 @@ def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     # A copy of the checkout, so the build cannot leave build/ or *.egg-info in it.
     src = out / "src"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "*.sqlite3*"))
+    shutil.copytree(ROOT, src, symlinks=True,
+                    ignore=shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "*.sqlite3*"))
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(src)], timeout=300)
     wheels = list(out.glob("syswatch-*.whl"))
     assert len(wheels) == 1, wheels
@@ -125,7 +128,7 @@ def test_installed_collector_and_api_end_to_end(venv, tmp_path):
     def start(argv: list[str], name: str) -> subprocess.Popen:
         proc = subprocess.Popen(argv, cwd=tmp_path, env={**clean_env(), "PYTHONUNBUFFERED": "1"},
                                 stdout=open(tmp_path / f"{name}.out", "w"), stderr=subprocess.STDOUT,
-                                preexec_fn=die_with_test)
+                                preexec_fn=die_with_parent)
         procs.append(proc)
         return proc
 
@@ -264,7 +267,7 @@ def test_installed_scripts_exit_2_on_a_bad_flag_or_environment(venv, tmp_path):
             argv += ["--port", str(free_port()), "--db", str(tmp_path / "ips.sqlite3")]
         try:
             res = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=30,
-                                 env={**clean_env(), **env}, stdin=subprocess.DEVNULL, preexec_fn=die_with_test)
+                                 env={**clean_env(), **env}, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
         except subprocess.TimeoutExpired:    # run() killed it: it started instead of refusing
             wrong.append((script, args, env, "started", ""))
             continue
@@ -280,7 +283,8 @@ def test_sdist_builds_the_same_wheel_and_ships_no_half_test_suite(wheel, tmp_pat
     it ships either all of them or none."""
     import tarfile
     src = tmp_path / "src"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "*.sqlite3*",
+    shutil.copytree(ROOT, src, symlinks=True,
+                    ignore=shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "*.sqlite3*",
                                                              "build", "*.egg-info"))
     out = tmp_path / "sdist"
     # As `python -m build --sdist` does: the build-system requirement, fresh from the index, in its own venv.
@@ -301,7 +305,8 @@ def test_sdist_builds_the_same_wheel_and_ships_no_half_test_suite(wheel, tmp_pat
     all_tests = {str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("*.py")}
     assert shipped_tests in (set(), all_tests), sorted(all_tests - shipped_tests)
     (unpacked,) = (tmp_path / "unpacked").iterdir()
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "w"), str(unpacked)], timeout=300)
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "w"), str(unpacked)],
+        timeout=300)
     (rebuilt,) = (tmp_path / "w").glob("syswatch-*.whl")
     assert sorted(zipfile.ZipFile(rebuilt).namelist()) == sorted(zipfile.ZipFile(wheel).namelist())
 
@@ -324,14 +329,14 @@ def test_a_flag_beats_a_bad_environment_variable_and_help_still_shows(venv, tmp_
     for script, args in runs:
         res = subprocess.run([str(venv / "bin" / script), *args], cwd=tmp_path, capture_output=True, text=True,
                              timeout=90, env={**clean_env(), **bad}, stdin=subprocess.DEVNULL,
-                             preexec_fn=die_with_test)
+                             preexec_fn=die_with_parent)
         assert "is invalid" not in res.stderr and "Traceback" not in res.stderr, (script, res.stderr)
         # syswatch-top waits for a collector's first answer (none here): any failure but the variable's
         assert res.returncode == 0 or script == "syswatch-top" and "no collector answered" in res.stderr, \
             (script, res.returncode, res.stderr)
     api = subprocess.Popen([str(venv / "bin" / "syswatch-api"), "--port", str(free_port()), "--collector", endpoint,
                             "--db", str(tmp_path / "ips.sqlite3")], cwd=tmp_path, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, env={**clean_env(), **bad}, preexec_fn=die_with_test)
+                           stderr=subprocess.STDOUT, text=True, env={**clean_env(), **bad}, preexec_fn=die_with_parent)
     try:
         first = api.stdout.readline()
         assert first.startswith("API Server starting on"), first + api.stdout.read()
@@ -347,3 +352,56 @@ def test_a_flag_beats_a_bad_environment_variable_and_help_still_shows(venv, tmp_
                          text=True, timeout=30, env={**clean_env(), **bad})
     assert res.returncode == 2 and "SYSWATCH_COLLECTOR='garbage' is invalid" in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
+
+
+# --- one importable name per module in a checkout (docs/TESTING.md) -------------------------------
+
+BARE = ("collector", "api", "shared", "subscribers")
+
+
+def test_syswatch_holds_relative_links_to_the_top_level_folders():
+    for name in BARE:
+        link = ROOT / "syswatch" / name
+        assert link.is_symlink() and os.readlink(link) == f"../{name}", link
+        assert (link / "__init__.py").is_file()
+
+
+@pytest.mark.parametrize("module, argv", [
+    ("collector.collector", ["--help"]),
+    ("api.server", ["--db", "/nonexistent/ips.sqlite3"]),      # through main: the app is built, then exit 2
+    ("subscribers.tail", ["--version"]),
+])
+def test_the_entry_points_load_every_module_under_its_syswatch_name(module, argv):
+    """`python -m collector.collector` runs that file as __main__; every module it loads is syswatch.*,
+    the bare name holds nothing but the folder's empty __init__."""
+    code = ("import json, runpy, sys\n"
+            f"sys.argv = ['x', *{argv!r}]\n"
+            "try:\n"
+            f"    runpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "mods = [m for m in sys.modules if m.split('.')[0] in ('syswatch',) + " f"{BARE!r}]\n"
+            "print(json.dumps(sorted(mods)), file=sys.stderr)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    loaded = json.loads(out.stderr.strip().splitlines()[-1])
+    assert [m for m in loaded if not m.startswith("syswatch")] == [module.split(".")[0]], loaded
+    assert f"syswatch.{module.split('.')[0]}" in loaded and "syswatch.shared.protocol" in loaded, loaded
+
+
+@pytest.mark.parametrize("path, source, rule", [
+    ("collector/x.py", "from .program import READY\n", "TID252"),
+    ("api/x.py", "from . import routes\n", "TID252"),
+    ("tests/x.py", "from collector.program import READY\n", "TID251"),
+    ("bench/x.py", "import shared.protocol\n", "TID251"),
+])
+def test_lint_refuses_a_second_name(path, source, rule):
+    require(have("ruff") or subprocess.run([sys.executable, "-m", "ruff", "--version"],
+                                           capture_output=True).returncode == 0,
+            "install ruff: python3 -m pip install -r requirements-dev.txt")
+    out = subprocess.run([sys.executable, "-m", "ruff", "check", "--stdin-filename", path, "-"], input=source,
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and rule in out.stdout, out.stdout + out.stderr
+    ok = subprocess.run([sys.executable, "-m", "ruff", "check", "--stdin-filename", path, "-"],
+                        input="from syswatch.collector.program import READY\n\nprint(READY)\n", cwd=ROOT,
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stdout

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-
-from syswatch.collector.parser import Parser, decode_comm
+from syswatch.collector.parser import KICK_STALE_S, MALFORMED_KEPT, Parser, decode_comm
 
 
 def bt_escape(raw: bytes) -> bytes:
@@ -48,8 +48,23 @@ def line(name: bytes, syscall: str = "write", pid: int = 42, tid: int = 43, uid:
                                                               cgroup) + name + b'"}\n')
 
 
-def parser(*callbacks, mode="events", containers=None) -> Parser:
-    return Parser(mode, SYSCALLS, containers, *callbacks)
+class Clock:
+    """The parser's monotonic clock, moved by hand."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def parser(mode="events", containers=None, **kw) -> Parser:
+    return Parser(mode, SYSCALLS, containers, **kw)
+
+
+def kick(cpu: int, printed: int, seq: int | None = None) -> bytes:
+    """A kick line: CPU ``cpu`` printed ``printed`` events so far (``seq``: the kick's number)."""
+    return envelope(b"syswatch-kick %d %d" % (cpu, printed) + (b" %d" % seq if seq is not None else b"") + b"\n")
 
 
 def parse(data: bytes, p: Parser | None = None) -> tuple[list[bytes], list[bytes]]:
@@ -98,7 +113,7 @@ def test_every_syscall_gets_its_own_batch_and_containers_their_fields():
 @pytest.mark.unit
 def test_excluded_pids_are_counted_not_published():
     p = parser()
-    p.excluded_pids.add(42)
+    p.excluded_pids = frozenset({42})
     out = p.parse(line(b"x") + b"\n" + line(b"y", pid=43))
     assert [json.loads(e)["pid"] for e in out.events["write"]] == [43]
     assert (p.events, p.excluded) == (1, 1)
@@ -117,9 +132,7 @@ def test_hostile_names_are_decoded_not_parsed():
 
 @pytest.mark.unit
 def test_lost_ready_attach_and_malformed_lines_are_counted():
-    bad = []
-    ready = []
-    p = parser(bad.append, lambda: ready.append(1))
+    p = parser()
     data = b"\n".join([b'{"type": "attached_probes", "data": {"probes": 2}}', envelope(b"syswatch-ready\n"),
                        b'{"type": "lost_events", "data": {"events": 17}}',
                        b'{"type": "lost_events", "data": {"events": 3}}',
@@ -129,10 +142,11 @@ def test_lost_ready_attach_and_malformed_lines_are_counted():
                        line(b"x").replace(b'comm\\":\\"x', b'comm\\":\\"x"y'),    # a raw quote: not bpftrace's
                        b'{"type": "lost_events", "data": {"events": "many"}}',
                        line(b"ok")])
-    reads, writes = parse(data, p)
-    assert (len(reads), len(writes)) == (0, 1)
-    assert (p.reported_lost, p.lost, p.malformed, ready) == (20, 20, 7, [1])
-    assert bad[0] == b"garbage"
+    out = p.parse(data)
+    assert (len(out.events.get("read", [])), len(out.events["write"])) == (0, 1)
+    assert (p.reported_lost, p.lost, p.malformed, out.ready) == (20, 20, 7, True)
+    assert out.malformed[0] == b"garbage" and len(out.malformed) == MALFORMED_KEPT   # all counted, a few kept
+    assert p.parse(line(b"ok")).malformed == [] and not p.parse(line(b"ok")).ready
 
 
 @pytest.mark.unit
@@ -140,7 +154,6 @@ def test_kicks_show_losses_bpftrace_has_not_reported():
     """Issue 12 item 6: each CPU's count of printed events (its kick) against the events of that CPU
     that arrived before it; the shortfall is lost, exactly, per CPU."""
     p = parser()
-    kick = lambda cpu, n: envelope(b"syswatch-kick %d %d\n" % (cpu, n))
     p.parse(b"\n".join([line(b"a", cpu=0)] * 10 + [line(b"b", cpu=1)] * 4 + [kick(0, 10), kick(1, 4)]))
     assert p.lost == 0
     p.parse(b"\n".join([line(b"a", cpu=0)] * 5 + [kick(0, 25)]))     # CPU 0 printed 25, 15 arrived
@@ -151,41 +164,37 @@ def test_kicks_show_losses_bpftrace_has_not_reported():
     assert p.lost == 10
     p.parse(b"\n".join([line(b"b", cpu=1)] * 2 + [kick(1, 9), kick(0, 25)]))   # CPU 1: 9 printed, 6 arrived
     assert p.lost == 13
-    p.excluded_pids.add(42)
+    p.excluded_pids = frozenset({42})
     p.parse(b"\n".join([line(b"a", cpu=0)] + [kick(0, 26)]))      # excluded, but it arrived
     assert p.lost == 13 and p.excluded == 1
 
 
 @pytest.mark.unit
-def test_bpftrace_s_count_minus_lost_kicks_counts_once_kicks_stop(monkeypatch):
+def test_bpftrace_s_count_minus_lost_kicks_counts_once_kicks_stop():
     """A stopped bpftrace sends no kicks: its own loss count is all there is, less the kick lines
     it lost (numbered kicks show the gaps); status never steps back."""
-    from syswatch.collector import parser as parser_mod
-    p = parser()
-    kick = lambda cpu, n, seq: envelope(b"syswatch-kick %d %d %d\n" % (cpu, n, seq))
+    clock = Clock()
+    p = parser(clock=clock)
     p.parse(b"\n".join([line(b"a", cpu=0)] * 3 + [kick(0, 3, 1), kick(0, 8, 4)]))   # kicks 2, 3 lost
     assert p.lost == 5
     p.parse(b'{"type": "lost_events", "data": {"events": 40}}')      # 5 + 2 kicks + 33 after the last kick
     assert p.lost == 5                                                # kicks still coming: they are exact
-    now = parser_mod.time.monotonic()
-    monkeypatch.setattr(parser_mod.time, "monotonic", lambda: now + parser_mod.KICK_STALE_S + 1)
+    clock.now += KICK_STALE_S + 1
     assert p.lost == 38                                               # 40 - 2 kick lines
-    monkeypatch.setattr(parser_mod.time, "monotonic", lambda: now)
+    clock.now -= KICK_STALE_S + 1
     assert p.lost == 38                                               # a counter never steps back
 
 
 @pytest.mark.unit
-def test_a_cpu_whose_kicks_stop_is_named_stale(monkeypatch):
+def test_a_cpu_whose_kicks_stop_is_named_stale():
     """Every CPU kicks once a second: one that stops while the others go on has losses nobody can
     count any more, and status names it (stale_cpus) until its kicks come back."""
-    from syswatch.collector import parser as parser_mod
-    p = parser()
-    kick = lambda cpu, n, seq: envelope(b"syswatch-kick %d %d %d\n" % (cpu, n, seq))
+    clock = Clock()
+    p = parser(clock=clock)
     assert p.stale_cpus() == []                                       # no kick yet: nothing to judge
     p.parse(b"\n".join([kick(0, 0, 1), kick(1, 0, 1)]))
     assert p.stale_cpus() == []
-    now = parser_mod.time.monotonic()
-    monkeypatch.setattr(parser_mod.time, "monotonic", lambda: now + parser_mod.KICK_STALE_S + 1)
+    clock.now += KICK_STALE_S + 1
     p.parse(kick(1, 0, 2))                                            # CPU 1 goes on, CPU 0 fell silent
     assert p.stale_cpus() == [0]
     p.parse(kick(0, 0, 2))
@@ -193,18 +202,16 @@ def test_a_cpu_whose_kicks_stop_is_named_stale(monkeypatch):
 
 
 @pytest.mark.unit
-def test_a_cpu_that_never_kicks_after_ready_is_stale_and_bpftrace_s_count_is_used(monkeypatch):
+def test_a_cpu_that_never_kicks_after_ready_is_stale_and_bpftrace_s_count_is_used():
     """CI saw it: bpftrace stopped before a CPU's first kick, that CPU's buffer filled, and it never
     delivered again. Every online CPU is expected to kick from ready on, so that CPU is named stale,
     and bpftrace's own count (less the kick lines it lost) is used while any CPU is stale."""
-    from syswatch.collector import parser as parser_mod
-    p = Parser("events", SYSCALLS, None, kick_cpus=[0, 1])
-    kick = lambda cpu, n, seq: envelope(b"syswatch-kick %d %d %d\n" % (cpu, n, seq))
+    clock = Clock()
+    p = Parser("events", SYSCALLS, None, kick_cpus=[0, 1], clock=clock)
     p.parse(envelope(b"syswatch-ready\n"))
     assert p.stale_cpus() == [] and p.lost == 0
     p.parse(b"\n".join([line(b"a", cpu=1)] * 3 + [b'{"type": "lost_events", "data": {"events": 7}}']))
-    now = parser_mod.time.monotonic()
-    monkeypatch.setattr(parser_mod.time, "monotonic", lambda: now + parser_mod.KICK_STALE_S + 1)
+    clock.now += KICK_STALE_S + 1
     p.parse(kick(0, 0, 1))                                            # CPU 0 kicks, CPU 1 never did
     assert p.stale_cpus() == [1]
     assert p.lost == 7                                                # what bpftrace counted on CPU 1
@@ -213,12 +220,11 @@ def test_a_cpu_that_never_kicks_after_ready_is_stale_and_bpftrace_s_count_is_use
 
 
 @pytest.mark.unit
-def test_counts_mode_and_ring_buffer_expect_no_kicks(monkeypatch):
-    from syswatch.collector import parser as parser_mod
-    p = Parser("counts", SYSCALLS, None, kick_cpus=[0, 1])
+def test_counts_mode_and_ring_buffer_expect_no_kicks():
+    clock = Clock()
+    p = Parser("counts", SYSCALLS, None, kick_cpus=[0, 1], clock=clock)
     p.parse(envelope(b"syswatch-ready\n"))
-    now = parser_mod.time.monotonic()
-    monkeypatch.setattr(parser_mod.time, "monotonic", lambda: now + parser_mod.KICK_STALE_S + 1)
+    clock.now += KICK_STALE_S + 1
     assert p.stale_cpus() == []
 
 
@@ -235,6 +241,7 @@ def test_online_cpus_reads_the_kernel_s_list(tmp_path, text, cpus):
 @pytest.mark.parametrize("text", ["", "x-1", "3-"])
 def test_online_cpus_falls_back_to_the_cpu_count(tmp_path, text):
     import os
+
     from syswatch.collector.hostinfo import online_cpus
     f = tmp_path / "online"
     f.write_text(text)
@@ -328,15 +335,15 @@ def test_counts_high_bytes_as_bpftrace_escapes_them():
 
 @pytest.mark.unit
 def test_counts_lost_and_malformed():
-    bad = []
-    p = parser(bad.append, mode="counts")
-    counts(p, b'{"type": "lost_events", "data": {"events": 4}}', b"not json",
-           stats_line("@open_a", {"1,1,0,x": {"count": 1, "average": 1, "total": 1}}),
-           stats_line("@calls_a", {"x,1,0,y": {"count": 1, "average": 1, "total": 1}}),
-           stats_line("@calls_a", {"1,1,9,y": {"count": 1, "average": 1, "total": 1}}),
-           map_line("@bytes_a", {"1,1,0,y": -5}),
-           b'{"type": "lost_events", "data": {"events": "x"}}')
-    assert p.lost == 4 and p.malformed == 6 and len(bad) == 6
+    p = parser(mode="counts")
+    out = p.parse(b"\n".join([b'{"type": "lost_events", "data": {"events": 4}}', b"not json",
+                              stats_line("@open_a", {"1,1,0,x": {"count": 1, "average": 1, "total": 1}}),
+                              stats_line("@calls_a", {"x,1,0,y": {"count": 1, "average": 1, "total": 1}}),
+                              stats_line("@calls_a", {"1,1,9,y": {"count": 1, "average": 1, "total": 1}}),
+                              map_line("@bytes_a", {"1,1,0,y": -5}),
+                              b'{"type": "lost_events", "data": {"events": "x"}}']))
+    assert p.lost == 4 and p.malformed == 6 and len(out.malformed) == MALFORMED_KEPT
+    assert out.malformed[0] == b"not json"
 
 
 @settings(max_examples=300, deadline=None)

@@ -5,11 +5,21 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from syswatch.shared.protocol import (EVENT_FIELDS, ProtocolError, announce_topic, decode, encode, encode_event_batch,
-                             json_string, parse_announce, topic_for, valid_subscription)
-
+from syswatch.shared.protocol import (
+    EVENT_FIELDS,
+    ProtocolError,
+    announce_topic,
+    decode,
+    encode,
+    encode_event_batch,
+    json_string,
+    parse_announce,
+    topic_for,
+    valid_subscription,
+)
 
 EVENT = {"ts_ns": 1, "pid": 2, "tid": 3, "uid": 0, "comm": 'we"ird\n\udcff'.encode("utf-8", "surrogateescape")
          .decode("utf-8", "backslashreplace"), "syscall": "read", "fd": 0, "count": 7, "ret": -9, "lat_ns": 5,

@@ -11,8 +11,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.composestack import BASE_IMAGE, ROOT, docker, docker_answers, image_present
-from tests.conftest import free_port, have, is_root, require
+from harness import ROOT
+from harness.compose import BASE_IMAGE, docker, docker_answers, image_present
+from harness.procs import free_port
+from tests.conftest import have, is_root, require
 
 BUILD_BASE = str(ROOT / "scripts" / "build-base-image.sh")
 
@@ -28,7 +30,8 @@ def test_base_image_mirror_comes_from_the_hosts_apt_sources(tmp_path):
     (tmp_path / "sources.list").write_text(
         "# deb http://commented.example/debian bookworm main\n"
         "deb-src http://src.example/debian bookworm main\n"
-        "deb [arch=amd64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://mirror.example/debian/ bookworm main\n")
+        "deb [arch=amd64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
+        "http://mirror.example/debian/ bookworm main\n")
     (tmp_path / "sources.list.d" / "debian.sources").write_text(
         "Types: deb\nURIs: http://disabled.example/debian\nSuites: bookworm-security\nEnabled: no\n\n"
         "Types: deb deb-src\n# a comment inside the stanza\nURIs: http://sec.example/debian-security\n"
@@ -186,5 +189,6 @@ def test_test_command_fails_when_pytest_collects_nothing():
     assert out.returncode == 5, out.stdout[-2000:] + out.stderr
     assert "pytest collected no tests (exit 5)" in out.stderr
     timings = out.stdout[out.stdout.index("=== stage timings"):].splitlines()[1:]
-    assert [line.split()[0] for line in timings] == ["setup-host", "base-image", "trixie-bpftrace", "vm-root", "pytest"], timings
+    stages = [line.split()[0] for line in timings]
+    assert stages == ["setup-host", "lint", "base-image", "trixie-bpftrace", "vm-root", "pytest"], timings
     assert timings[-1].endswith("exit 5")

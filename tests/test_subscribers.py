@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from tests.collector_helpers import Child, CollectorProcess, StreamReader
-from tests.conftest import ROOT, have, is_root, require
+from harness import ROOT
+from harness.collector import Child, CollectorProcess, StreamReader
+from tests.conftest import have, is_root, require
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def test_tail_json_count_and_top_once(child_and_collector):
     child.run()
     out, err = tail.communicate(timeout=40)
     assert tail.returncode == 0, err
-    events = [json.loads(l) for l in out.splitlines()]
+    events = [json.loads(line) for line in out.splitlines()]
     assert len(events) == 50
     assert sorted(e["count"] for e in events) == sorted(child.counts())
     assert {(e["pid"], e["comm"]) for e in events} == {(child.pid, "sw-tail")}
@@ -95,11 +96,11 @@ def test_tail_json_count_and_top_once(child_and_collector):
     out, err = text.communicate(timeout=40)
     assert text.returncode == 0, err
     lines = out.splitlines()
-    assert len(lines) == 5 and all(l.startswith(f"{child.pid} - hello sys_write was called (tid=") for l in lines)
+    assert len(lines) == 5 and all(line.startswith(f"{child.pid} - hello sys_write was called (tid=") for line in lines)
 
     out, err = top.communicate(timeout=40)
     assert top.returncode == 0, err
-    samples = [json.loads(l) for l in out.splitlines()]
+    samples = [json.loads(line) for line in out.splitlines()]
     assert len(samples) == 3
     procs = [p for s in samples for p in s["processes"] if p["pid"] == child.pid]
     assert procs and procs[0]["comm"] == "sw-tail"

@@ -9,8 +9,7 @@ import json
 
 import pytest
 
-from syswatch.api import metrics
-from syswatch.api.stream import COUNTERS, StreamStats
+from syswatch.api.aggregates import COUNTERS, StreamStats
 from syswatch.api.validation import BadRequest, EventFilter, event_query
 from syswatch.collector import program
 from syswatch.collector.echo import Echo
@@ -48,8 +47,10 @@ def test_render_refuses_what_cannot_be_a_predicate(bad, message):
 
 def test_env_names_follow_the_bpftrace_version():
     from syswatch.collector.bpfversion import parse
-    assert program.env(parse("bpftrace v0.17.0")) == {"BPFTRACE_PERF_RB_PAGES": "1024", "BPFTRACE_MAP_KEYS_MAX": "65536"}
-    assert program.env(parse("bpftrace v0.23.2")) == {"BPFTRACE_PERF_RB_PAGES": "4096", "BPFTRACE_MAX_MAP_KEYS": "65536"}
+    assert program.env(parse("bpftrace v0.17.0")) == {"BPFTRACE_PERF_RB_PAGES": "1024",
+                                                      "BPFTRACE_MAP_KEYS_MAX": "65536"}
+    assert program.env(parse("bpftrace v0.23.2")) == {"BPFTRACE_PERF_RB_PAGES": "4096",
+                                                      "BPFTRACE_MAX_MAP_KEYS": "65536"}
     # --on-overload buffer: 4x per CPU (0.17), 8x in total (0.23)
     assert program.env(parse("bpftrace v0.17.0"), "buffer")["BPFTRACE_PERF_RB_PAGES"] == "4096"
     assert program.env(parse("bpftrace v0.23.2"), "buffer")["BPFTRACE_PERF_RB_PAGES"] == "32768"

@@ -1,9 +1,10 @@
-"""The API's browser-facing rules against a real API process (no browser: exact headers on the wire).
+"""The API's browser-facing rules (no browser: the exact headers of each answer).
 
-Host check (DNS rebinding), Origin check (CSRF, cross-origin reads), opt-in CORS with exact origins,
-security headers, the dashboard's static files (types, caching), and the event stream's ``id:`` /
-``Last-Event-ID`` resume, its slot freed when a client leaves, and a prompt exit with a stream open.
-tests/test_dashboard.py does the same in a real Chromium.
+In process (make_app through harness.wsgi, marked unit): the Host check (DNS rebinding), the Origin
+check (CSRF, cross-origin reads), opt-in CORS with exact origins, security headers, the dashboard's
+static files (types, caching). Against a real API process: bad --cors-origin at start-up, and the
+event stream's ``id:`` / ``Last-Event-ID`` resume, its slot freed when a client leaves, and a prompt
+exit with a stream open. tests/test_dashboard.py does the same in a real Chromium.
 """
 from __future__ import annotations
 
@@ -15,16 +16,15 @@ import time
 import pytest
 import requests
 
-from tests.apiserver import ApiProcess, Publisher, connect, event, wait_for
+from harness.api import ApiInProcess, ApiProcess, Publisher, connect, event
+from harness.procs import wait_for
 
 FORM = "application/x-www-form-urlencoded"
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    srv = ApiProcess(tmp_path_factory.mktemp("websec") / "ips.sqlite3", "--max-streams", "2", "--threads", "8")
-    with srv:
-        yield srv
+@pytest.fixture
+def api(tmp_path):
+    return ApiInProcess.from_args(tmp_path / "ips.sqlite3", "--max-streams", "2", "--threads", "8")
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +38,18 @@ def live(tmp_path_factory):
         pub.close()
 
 
-def host_header(srv: ApiProcess, name: str) -> dict:
+def host_header(srv: ApiProcess | ApiInProcess, name: str) -> dict:
     return {"Host": f"{name}:{srv.port}"}
 
 
 # --- Host check ------------------------------------------------------------------------------------------
+@pytest.mark.unit
 @pytest.mark.parametrize("name", ["evil.example", "127.0.0.1.nip.io", "localhost.evil.example", "10.0.0.1", "[::2]"])
 def test_a_loopback_bound_api_refuses_a_foreign_host(api, name):
     api.post("/add_ips", {"add_ips": ["192.0.2.1"]})
     for method, path, body in (("GET", "/", None), ("GET", "/events", None), ("GET", "/stats", None),
                                ("POST", "/clear_ip_list", {"clear_ip_list": True})):
-        r = requests.request(method, api.url(path), json=body, headers=host_header(api, name), timeout=10)
+        r = api.request(method, path, json=body, headers=host_header(api, name))
         assert r.status_code == 403, (method, path, r.status_code, r.text)
         assert "is not this server's name" in r.json()["error"] and "--allowed-host" in r.json()["error"]
         assert "Content-Security-Policy" in r.headers
@@ -56,102 +57,109 @@ def test_a_loopback_bound_api_refuses_a_foreign_host(api, name):
     api.post("/clear_ip_list", {"clear_ip_list": True})
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", ["localhost", "LOCALHOST", "127.0.0.1", "127.0.0.2", "[::1]", "dash.localhost"])
 def test_loopback_names_are_accepted(api, name):
-    r = requests.get(api.url("/stats"), headers=host_header(api, name), timeout=10)
+    r = api.get("/stats", headers=host_header(api, name))
     assert r.status_code == 200, r.text
 
 
+@pytest.mark.unit
 def test_allowed_host_adds_a_name_and_a_non_loopback_bind_checks_only_when_asked(tmp_path):
-    with ApiProcess(tmp_path / "a.sqlite3", "--allowed-host", "syswatch.internal") as srv:
-        assert requests.get(srv.url("/stats"), headers=host_header(srv, "syswatch.internal"), timeout=10).ok
-        assert requests.get(srv.url("/stats"), headers=host_header(srv, "localhost"), timeout=10).ok
-        assert requests.get(srv.url("/stats"), headers=host_header(srv, "evil.example"), timeout=10).status_code == 403
+    with ApiInProcess.from_args(tmp_path / "a.sqlite3", "--allowed-host", "syswatch.internal") as srv:
+        assert srv.get("/stats", headers=host_header(srv, "syswatch.internal")).ok
+        assert srv.get("/stats", headers=host_header(srv, "localhost")).ok
+        assert srv.get("/stats", headers=host_header(srv, "evil.example")).status_code == 403
     # listening on every interface (e.g. in a container behind a published port): names are not known
-    with ApiProcess(tmp_path / "b.sqlite3", "--host", "0.0.0.0") as srv:
-        assert requests.get(srv.url("/stats"), headers=host_header(srv, "api.example"), timeout=10).ok
-    with ApiProcess(tmp_path / "c.sqlite3", "--host", "0.0.0.0", env={"SYSWATCH_ALLOWED_HOSTS": "api.example,x.example"}) as srv:
-        assert requests.get(srv.url("/stats"), headers=host_header(srv, "x.example"), timeout=10).ok
-        assert requests.get(srv.url("/stats"), headers=host_header(srv, "evil.example"), timeout=10).status_code == 403
+    with ApiInProcess.from_args(tmp_path / "b.sqlite3", "--host", "0.0.0.0") as srv:
+        assert srv.get("/stats", headers=host_header(srv, "api.example")).ok
+    with ApiInProcess.from_args(tmp_path / "c.sqlite3", "--host", "0.0.0.0",
+                            env={"SYSWATCH_ALLOWED_HOSTS": "api.example,x.example"}) as srv:
+        assert srv.get("/stats", headers=host_header(srv, "x.example")).ok
+        assert srv.get("/stats", headers=host_header(srv, "evil.example")).status_code == 403
 
 
 # --- Origin check: CSRF and cross-origin reads --------------------------------------------------------------
+@pytest.mark.unit
 def test_a_cross_origin_form_post_cannot_clear_the_list(api):
     """The attack of issue 11: a "simple" cross-origin POST (no preflight) with a JSON body."""
     api.post("/add_ips", {"add_ips": ["192.0.2.7"]})
     for origin in ("http://evil.example", f"http://localhost:{api.port + 1}", "null", f"https://127.0.0.1:{api.port}x"):
-        r = requests.post(api.url("/clear_ip_list"), data='{"clear_ip_list": true}',
-                          headers={"Content-Type": FORM, "Origin": origin}, timeout=10)
+        r = api.post("/clear_ip_list", data='{"clear_ip_list": true}',
+                          headers={"Content-Type": FORM, "Origin": origin})
         assert r.status_code == 403, (origin, r.text)
         assert "cross-origin request" in r.json()["error"] and "--cors-origin" in r.json()["error"]
         assert "Access-Control-Allow-Origin" not in r.headers
     # no Origin but marked by the browser as sent from another site's page (e.g. a <form> in old engines)
-    r = requests.post(api.url("/clear_ip_list"), data='{"clear_ip_list": true}',
-                      headers={"Content-Type": FORM, "Sec-Fetch-Site": "cross-site"}, timeout=10)
+    r = api.post("/clear_ip_list", data='{"clear_ip_list": true}',
+                      headers={"Content-Type": FORM, "Sec-Fetch-Site": "cross-site"})
     assert r.status_code == 403
     assert api.ips() == ["192.0.2.7"]
 
     # the API's own page (same origin), and curl (no Origin): allowed
     for origin in (f"http://127.0.0.1:{api.port}", f"HTTP://127.0.0.1:{api.port}"):
-        r = requests.post(api.url("/print_all_ips"), json={"print_all_ips": True},
-                          headers={"Origin": origin, "Sec-Fetch-Site": "same-origin"}, timeout=10)
+        r = api.post("/print_all_ips", json={"print_all_ips": True},
+                          headers={"Origin": origin, "Sec-Fetch-Site": "same-origin"})
         assert r.status_code == 200, r.text
-    r = requests.post(api.url("/clear_ip_list"), data='{"clear_ip_list": true}', headers={"Content-Type": FORM},
-                      timeout=10)
+    r = api.post("/clear_ip_list", data='{"clear_ip_list": true}', headers={"Content-Type": FORM})
     assert r.status_code == 200 and api.ips() == []
 
 
+@pytest.mark.unit
 def test_cross_origin_reads_are_refused_and_carry_no_cors_headers(api):
     for path in ("/events", "/stats", "/events/stream", "/metrics"):
-        r = requests.get(api.url(path), headers={"Origin": "http://evil.example"}, timeout=10)
+        r = api.get(path, headers={"Origin": "http://evil.example"})
         assert r.status_code == 403 and "Access-Control-Allow-Origin" not in r.headers, path
         # <img>/<script> loads from another site send no Origin but Sec-Fetch-Site: refused too
-        r = requests.get(api.url(path), headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors"},
-                         timeout=10)
+        r = api.get(path, headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors"})
         assert r.status_code == 403, path
     # a link from another site to the dashboard (a top-level navigation) still opens it
-    r = requests.get(api.url("/"), headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}, timeout=10)
+    r = api.get("/", headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"})
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/html")
     # a preflight from a foreign origin is refused; a plain OPTIONS is still the JSON 405
-    r = requests.options(api.url("/add_ips"), headers={"Origin": "http://evil.example",
-                                                       "Access-Control-Request-Method": "POST"}, timeout=10)
+    r = api.options("/add_ips", headers={"Origin": "http://evil.example",
+                                                       "Access-Control-Request-Method": "POST"})
     assert r.status_code == 403 and "Access-Control-Allow-Origin" not in r.headers
-    r = requests.options(api.url("/add_ips"), timeout=10)
+    r = api.options("/add_ips")
     assert r.status_code == 405 and "error" in r.json()
 
 
 # --- CORS, opt-in -------------------------------------------------------------------------------------------
+@pytest.mark.unit
 def test_cors_is_opt_in_for_exact_origins(tmp_path):
     allowed = "http://localhost:3000"
-    with ApiProcess(tmp_path / "ips.sqlite3", "--cors-origin", allowed, "--cors-origin", "https://Dash.Example/") as srv:
-        r = requests.get(srv.url("/stats"), headers={"Origin": allowed}, timeout=10)
+    with ApiInProcess.from_args(tmp_path / "ips.sqlite3", "--cors-origin", allowed,
+                                "--cors-origin", "https://Dash.Example/") as srv:
+        r = srv.get("/stats", headers={"Origin": allowed})
         assert r.status_code == 200 and r.headers["Access-Control-Allow-Origin"] == allowed
         assert "Origin" in r.headers["Vary"]
-        r = requests.get(srv.url("/stats"), headers={"Origin": "https://dash.example"}, timeout=10)
+        r = srv.get("/stats", headers={"Origin": "https://dash.example"})
         assert r.headers["Access-Control-Allow-Origin"] == "https://dash.example"
-        pre = requests.options(srv.url("/add_ips"), headers={
+        pre = srv.options("/add_ips", headers={
             "Origin": allowed, "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "content-type,authorization"}, timeout=10)
+            "Access-Control-Request-Headers": "content-type,authorization"})
         assert pre.status_code == 204 and pre.headers["Access-Control-Allow-Origin"] == allowed
         assert "POST" in pre.headers["Access-Control-Allow-Methods"]
         assert {"authorization", "content-type", "last-event-id"} <= {
             h.strip().lower() for h in pre.headers["Access-Control-Allow-Headers"].split(",")}
-        r = requests.post(srv.url("/add_ips"), json={"add_ips": [5]}, headers={"Origin": allowed}, timeout=10)
+        r = srv.post("/add_ips", json={"add_ips": [5]}, headers={"Origin": allowed})
         assert r.status_code == 200 and r.headers["Access-Control-Allow-Origin"] == allowed
         for other in ("http://localhost:3001", "https://localhost:3000", "http://localhost", "http://evil.example"):
-            r = requests.get(srv.url("/stats"), headers={"Origin": other}, timeout=10)
+            r = srv.get("/stats", headers={"Origin": other})
             assert r.status_code == 403 and "Access-Control-Allow-Origin" not in r.headers, other
         # same-origin requests get no CORS header
         assert "Access-Control-Allow-Origin" not in srv.get("/stats").headers
-    with ApiProcess(tmp_path / "env.sqlite3", env={"SYSWATCH_CORS_ORIGINS": "http://a.example, http://b.example:81"}) as srv:
+    with ApiInProcess.from_args(tmp_path / "env.sqlite3",
+                                env={"SYSWATCH_CORS_ORIGINS": "http://a.example, http://b.example:81"}) as srv:
         for origin in ("http://a.example", "http://b.example:81"):
-            r = requests.get(srv.url("/stats"), headers={"Origin": origin}, timeout=10)
+            r = srv.get("/stats", headers={"Origin": origin})
             assert r.headers.get("Access-Control-Allow-Origin") == origin
 
 
 @pytest.mark.parametrize("value, message", [
     ("*", "wildcards are not allowed"), ("http://*.example", "wildcards are not allowed"),
-    ("http://a.example/path", "no path"), ("localhost:3000", "is not an origin"), ("ftp://a.example", "is not an origin"),
+    ("http://a.example/path", "no path"), ("localhost:3000", "is not an origin"),
+    ("ftp://a.example", "is not an origin"),
 ])
 def test_bad_cors_origins_are_refused_at_start(tmp_path, value, message):
     srv = ApiProcess(tmp_path / "ips.sqlite3", "--cors-origin", value)
@@ -161,9 +169,11 @@ def test_bad_cors_origins_are_refused_at_start(tmp_path, value, message):
 
 
 # --- headers and static files ------------------------------------------------------------------------------------
+@pytest.mark.unit
 def test_every_answer_has_the_security_headers_and_the_page_has_no_inline_script(api):
-    for method, path in (("GET", "/"), ("GET", "/stats"), ("GET", "/nowhere"), ("PUT", "/stats"), ("GET", "/openapi.json")):
-        r = requests.request(method, api.url(path), timeout=10)
+    for method, path in (("GET", "/"), ("GET", "/stats"), ("GET", "/nowhere"), ("PUT", "/stats"),
+                         ("GET", "/openapi.json")):
+        r = api.request(method, path)
         csp = r.headers["Content-Security-Policy"]
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "unsafe-eval" not in csp, path
         assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp
@@ -176,6 +186,7 @@ def test_every_answer_has_the_security_headers_and_the_page_has_no_inline_script
     assert "//" not in re.sub(r"<!--.*?-->", "", page).replace("<!doctype", ""), "an external URL in the page"
 
 
+@pytest.mark.unit
 def test_static_files_have_their_types_and_cache_headers(api):
     page = api.get("/")
     assert page.headers["Cache-Control"] == "no-cache" and page.headers["ETag"]
@@ -194,7 +205,7 @@ def test_static_files_have_their_types_and_cache_headers(api):
         assert api.get(f"/{path}", headers={"If-None-Match": plain.headers["ETag"]}).status_code == 304
         stale = api.get(f"/{path}?v=0000000000000000")
         assert stale.headers["Cache-Control"] == "no-cache" and stale.content == r.content
-    head = requests.head(api.url("/"), timeout=10)
+    head = api.head("/")
     assert head.status_code == 200 and head.content == b""
     for bad in ("/static/nothing.js", "/static/../server.py", "/static/%2e%2e/server.py", "/static/",
                 "/static/vendor/uplot/LICENSE"):
@@ -271,7 +282,8 @@ def test_stream_events_carry_ids_and_a_reconnect_resumes_after_last_event_id(liv
     replayed = again.events(5)
     assert [e for _, e in replayed] == sent[3:] + missed    # each once, in order, filter applied
     assert [i for i, _ in replayed][:2] == ids[3:]
-    assert any(c.startswith(f"resumed after {ids[2]}: 5 buffered events replayed") for c in again.comments), again.comments
+    resumed = f"resumed after {ids[2]}: 5 buffered events replayed"
+    assert any(c.startswith(resumed) for c in again.comments), again.comments
     live_one = event(pid=8400, comm="resume-a")
     pub.events([live_one])
     (live_id, live_ev), = again.events(1)

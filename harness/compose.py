@@ -1,4 +1,4 @@
-"""Drive a docker-compose project of syswatch from tests: build, up, wait, inspect, tear down.
+"""Drive a docker-compose project of syswatch: build, up, wait, inspect, tear down.
 
 One ``ComposeStack`` is one compose project with a unique name and its own free host ports,
 so it never collides with a stack the user runs or with another test run. ``receive`` and
@@ -15,37 +15,28 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from pathlib import Path
 
 import zmq
 
+from harness import ROOT
 from syswatch.shared import protocol
 
-ROOT = Path(__file__).resolve().parent.parent
 BASE_IMAGE = "debian:bookworm-slim"                  # the API image's (and test containers')
 COLLECTOR_BASE_IMAGE = "debian:trixie-slim"          # the collector's: bpftrace 0.23
 
 
-def require_compose_stack() -> None:
-    """What running a stack needs (skips locally, fails in CI, each saying how to fix it)."""
-    from tests.conftest import is_root, require
-    require(compose_command() is not None, "install docker-compose: apt-get install docker-compose (scripts/setup-host.sh)")
-    require(docker_answers(), "start dockerd: sudo scripts/setup-host.sh")
-    require(is_root(), "run as root (the tests watch and signal host processes, write root-owned keys): "
-                       "sudo scripts/test.sh")
+def stack_missing() -> str | None:
+    """What running a stack still needs, as what to do about it; None when nothing is missing."""
+    if compose_command() is None:
+        return "install docker-compose: apt-get install docker-compose (scripts/setup-host.sh)"
+    if not docker_answers():
+        return "start dockerd: sudo scripts/setup-host.sh"
+    if os.geteuid() != 0:
+        return "run as root (the tests watch and signal host processes, write root-owned keys): sudo scripts/test.sh"
     for image in (BASE_IMAGE, COLLECTOR_BASE_IMAGE):
-        require(image_present(image), f"build {image} without a registry: "
-                                      "sudo scripts/build-base-image.sh")
-
-
-def uncaptured_printer(config):
-    """print() that shows even while pytest captures output (for timings printed by fixtures)."""
-    capture = config.pluginmanager.get_plugin("capturemanager")
-
-    def report(line: str) -> None:
-        with capture.global_and_fixture_disabled():
-            print("\n" + line)
-    return report
+        if not image_present(image):
+            return f"build {image} without a registry: sudo scripts/build-base-image.sh"
+    return None
 
 
 def compose_command() -> list[str] | None:
@@ -88,7 +79,9 @@ class ComposeStack:
         self.timings: dict[str, float] = {}
 
     def compose(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-        cmd = [*compose_command(), "-p", self.project]
+        command = compose_command()
+        assert command is not None, stack_missing()
+        cmd = [*command, "-p", self.project]
         for f in self.files:
             cmd += ["-f", str(ROOT / f)]
         proc = subprocess.run([*cmd, *args], cwd=ROOT, env=self.env, capture_output=True, text=True,

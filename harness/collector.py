@@ -1,8 +1,7 @@
-"""Helpers for the collector and subscriber tests: run the real collector, a real
-subscriber, and a child process that makes a known set of read/write calls."""
+"""The collector as a process: `python -m collector.collector` on a free port, a strict subscriber
+on its stream, and the check that a workload's calls (harness.workloads.Child) all arrived."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,73 +12,11 @@ from pathlib import Path
 
 import zmq
 
+from harness import ROOT
+from harness.procs import die_with_parent, free_port
+from harness.workloads import Child
 from syswatch.shared.protocol import decode
 from syswatch.shared.zmqsock import make_subscriber
-from tests.conftest import ROOT, die_with_test, free_port
-
-# The child: a worker thread renames itself (prctl PR_SET_NAME) to each given name in
-# turn and, per name, makes WRITES writes to /dev/null and READS reads from /dev/zero with
-# distinctive byte counts (BASE + k): no other call of the process can have such a count.
-CHILD = r"""
-import ctypes, json, os, sys, threading
-names = [bytes.fromhex(h) for h in sys.argv[1].split(",")]
-base, writes, reads = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-libc = ctypes.CDLL(None, use_errno=True)
-wfd = os.open("/dev/null", os.O_WRONLY)
-rfd = os.open("/dev/zero", os.O_RDONLY)
-go = threading.Event()
-info = {}
-def work():
-    info["tid"] = threading.get_native_id()
-    ready.set()
-    go.wait()
-    k = 0
-    for name in names:
-        libc.prctl(15, ctypes.c_char_p(name), 0, 0, 0)
-        for _ in range(writes):
-            os.write(wfd, b"x" * (base + k)); k += 1
-        for _ in range(reads):
-            os.read(rfd, base + k); k += 1
-ready = threading.Event()
-t = threading.Thread(target=work); t.start(); ready.wait()
-print(json.dumps({"pid": os.getpid(), "tid": info["tid"], "wfd": wfd, "rfd": rfd, "uid": os.getuid()}), flush=True)
-sys.stdin.readline()
-go.set(); t.join()
-"""
-
-
-class Child:
-    """A child making ``writes`` + ``reads`` calls per name; ``run()`` does them and waits."""
-
-    def __init__(self, names: list[bytes], base: int, writes: int, reads: int):
-        self.names, self.base, self.writes, self.reads = names, base, writes, reads
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD, ",".join(n.hex() for n in names), str(base), str(writes), str(reads)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.info = json.loads(self.proc.stdout.readline())
-        self.pid = self.info["pid"]
-
-    def run(self) -> None:
-        self.started_ns = time.time_ns()
-        self.proc.stdin.write("go\n")
-        self.proc.stdin.flush()
-        assert self.proc.wait(30) == 0
-        self.finished_ns = time.time_ns()
-
-    def expected(self) -> list[tuple[str, int, int, str]]:
-        """(syscall, fd, count, comm) of every call the child makes, in order."""
-        out, k = [], 0
-        for name in self.names:
-            comm = name[:15].decode("utf-8", "backslashreplace")
-            for _ in range(self.writes):
-                out.append(("write", self.info["wfd"], self.base + k, comm)); k += 1
-            for _ in range(self.reads):
-                out.append(("read", self.info["rfd"], self.base + k, comm)); k += 1
-        return out
-
-    def counts(self) -> set[int]:
-        n = len(self.names) * (self.writes + self.reads)
-        return set(range(self.base, self.base + n))
 
 
 class CollectorProcess:
@@ -93,7 +30,7 @@ class CollectorProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "collector.collector", "--bind", bind, *args],
             cwd=ROOT, stdout=open(self.out_path, "w"), stderr=open(self.err_path, "w"),
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, preexec_fn=die_with_test)
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, preexec_fn=die_with_parent)
         if wait:
             self.wait_monitoring()
 

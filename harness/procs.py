@@ -1,12 +1,12 @@
-"""Process plumbing for the benchmarks and the tests: CPU time and memory from /proc,
-start/stop helpers, free ports. The one place for these (tests/conftest.py re-exports
-``free_port`` and ``rss_kib``).
+"""Process plumbing for the tests and the benchmarks: free ports, CPU time and memory from /proc,
+start/stop helpers, die-with-parent, waiting for a condition.
 
 CPU time is read from /proc/<pid>/stat (utime + stime of the whole thread group) so the
 collector and bpftrace are measured the same way, in the same run.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -14,8 +14,31 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """preexec_fn for the processes tests and benchmarks start: SIGTERM when the process that started
+    them dies (even by a crash or SIGKILL), so a collector never outlives the run that started it."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 10, interval: float = 0.05, what: str = "condition") -> T:
+    """The first true value of ``predicate()``, polled every ``interval`` s; AssertionError naming
+    ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -127,6 +150,7 @@ class Gated:
             "a=[str(os.getpid()) if x=='@PID@' else x for x in sys.argv[2:]]; os.execvp(a[0], a)")
 
     def __init__(self, argv: list[str], **popen_kw):
+        self.argv = list(argv)
         rfd, self._wfd = os.pipe()
         popen_kw.setdefault("stdin", subprocess.DEVNULL)
         popen_kw.setdefault("stdout", subprocess.DEVNULL)
@@ -161,7 +185,7 @@ class Gated:
             _, status, rusage = os.wait4(self.pid, 0)
             self._reaped(status, rusage)
         if self.proc.returncode != 0:
-            raise RuntimeError(f"workload {self.proc.args[4:]} exited with status {self.proc.returncode}")
+            raise RuntimeError(f"workload {self.argv} exited with status {self.proc.returncode}")
         return self.elapsed
 
     def _reaped(self, status: int, rusage) -> None:

@@ -4,14 +4,18 @@
   and n writes of fd 1, one byte each (plus a few start-up reads and stderr writes of
   other fds/sizes, which a subscriber tells apart with ``is_dd_event``).
 * ``copy_argv(src, dst)``: a realistic copy of a file with 4 KiB buffers (dd bs=4096).
-* the writer (``python3 -m bench.workloads writer ...``): one process writing to /dev/null at a
+* the writer (``python3 -m harness.workloads writer ...``): one process writing to /dev/null at a
   steady rate; write number i asks for ``BASE_COUNT + i`` bytes, so every event is
   identifiable, and it records ``time.time_ns()`` just before each write (for latency).
+* ``Child``: a process whose worker thread renames itself and makes a known list of writes and
+  reads, each with its own byte count (the collector tests compare it call for call).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import time
 from array import array
@@ -62,7 +66,7 @@ def make_file(path: Path, size_bytes: int) -> Path:
 
 
 def writer_argv(rate: int, seconds: float, out: Path) -> list[str]:
-    return [sys.executable, "-m", "bench.workloads", "writer", "--rate", str(rate),
+    return [sys.executable, "-m", "harness.workloads", "writer", "--rate", str(rate),
             "--seconds", str(seconds), "--out", str(out)]
 
 
@@ -99,7 +103,7 @@ def _writer(rate: int, seconds: float, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python3 -m bench.workloads",
+    ap = argparse.ArgumentParser(prog="python3 -m harness.workloads",
                                  description="Benchmark workload helpers (used by bench.run).")
     sub = ap.add_subparsers(dest="cmd", required=True)
     w = sub.add_parser("writer", help="write to /dev/null at a steady rate, recording send times")
@@ -115,3 +119,72 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# The child: a worker thread renames itself (prctl PR_SET_NAME) to each given name in
+# turn and, per name, makes WRITES writes to /dev/null and READS reads from /dev/zero with
+# distinctive byte counts (BASE + k): no other call of the process can have such a count.
+CHILD = r"""
+import ctypes, json, os, sys, threading
+names = [bytes.fromhex(h) for h in sys.argv[1].split(",")]
+base, writes, reads = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+libc = ctypes.CDLL(None, use_errno=True)
+wfd = os.open("/dev/null", os.O_WRONLY)
+rfd = os.open("/dev/zero", os.O_RDONLY)
+go = threading.Event()
+info = {}
+def work():
+    info["tid"] = threading.get_native_id()
+    ready.set()
+    go.wait()
+    k = 0
+    for name in names:
+        libc.prctl(15, ctypes.c_char_p(name), 0, 0, 0)
+        for _ in range(writes):
+            os.write(wfd, b"x" * (base + k)); k += 1
+        for _ in range(reads):
+            os.read(rfd, base + k); k += 1
+ready = threading.Event()
+t = threading.Thread(target=work); t.start(); ready.wait()
+print(json.dumps({"pid": os.getpid(), "tid": info["tid"], "wfd": wfd, "rfd": rfd, "uid": os.getuid()}), flush=True)
+sys.stdin.readline()
+go.set(); t.join()
+"""
+
+
+class Child:
+    """A child making ``writes`` + ``reads`` calls per name; ``run()`` does them and waits."""
+
+    def __init__(self, names: list[bytes], base: int, writes: int, reads: int):
+        self.names, self.base, self.writes, self.reads = names, base, writes, reads
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD, ",".join(n.hex() for n in names), str(base), str(writes), str(reads)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None     # PIPE
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
+        self.info = json.loads(self.stdout.readline())
+        self.pid = self.info["pid"]
+
+    def run(self) -> None:
+        self.started_ns = time.time_ns()
+        self.stdin.write("go\n")
+        self.stdin.flush()
+        assert self.proc.wait(30) == 0
+        self.finished_ns = time.time_ns()
+
+    def expected(self) -> list[tuple[str, int, int, str]]:
+        """(syscall, fd, count, comm) of every call the child makes, in order."""
+        out, k = [], 0
+        for name in self.names:
+            comm = name[:15].decode("utf-8", "backslashreplace")
+            for _ in range(self.writes):
+                out.append(("write", self.info["wfd"], self.base + k, comm))
+                k += 1
+            for _ in range(self.reads):
+                out.append(("read", self.info["rfd"], self.base + k, comm))
+                k += 1
+        return out
+
+    def counts(self) -> set[int]:
+        n = len(self.names) * (self.writes + self.reads)
+        return set(range(self.base, self.base + n))

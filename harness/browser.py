@@ -18,7 +18,7 @@ import shutil
 import threading
 from pathlib import Path
 
-from tests.conftest import free_port, require
+from harness.procs import free_port
 
 CHROMIUM = os.environ.get("SYSWATCH_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("SYSWATCH_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -27,17 +27,22 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-dev-shm-usage", "--window-size=1400,1700", "--host-resolver-rules=MAP *.test 127.0.0.1")
 
 
-def require_browser() -> None:
-    require(os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK),
-            "install Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver "
-            "(scripts/setup-host.sh does it)")
-    require(importlib.util.find_spec("selenium") is not None,
-            "install selenium: python3 -m pip install -r requirements-dev.txt (or apt-get install python3-selenium)")
+def browser_missing() -> str | None:
+    """What starting the browser still needs, as what to do about it; None when nothing is missing."""
+    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
+        return ("install Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver "
+                "(scripts/setup-host.sh does it)")
+    if importlib.util.find_spec("selenium") is None:
+        return "install selenium: python3 -m pip install -r requirements-dev.txt (or apt-get install python3-selenium)"
+    return None
 
 
 def start_chromium(profile: Path):
-    """A new headless Chromium with a fresh profile in ``profile``; the caller must ``quit()`` it."""
-    require_browser()
+    """A new headless Chromium with a fresh profile in ``profile``; the caller must ``quit()`` it.
+    RuntimeError when the browser is missing (``browser_missing`` says what to do)."""
+    why = browser_missing()
+    if why:
+        raise RuntimeError(why)
     os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never download a driver or a browser
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

@@ -1,15 +1,12 @@
-"""The live side of the API: one background thread owns the ZeroMQ SUB sockets (one per collector)
-and feeds one stats model.
+"""The API's model of the stream: per-host aggregates and a bounded buffer of recent events.
 
-    StreamSubscriber (thread) --decode--> StreamStats (per-host aggregates + recent events, short lock)
-                                +-> StreamHub   (one bounded queue per /events/stream client)
+    StreamSubscriber (api/ingest.py) --decoded messages--> StreamStats (this module, short lock)
 
-HTTP threads only read copies (``StreamStats.snapshot`` / ``recent_events``), so a slow reader
-never slows the subscriber, and the subscriber holds the lock only while it applies one message.
-Every message goes through shared.protocol.decode, the stream's one validator: unknown fields are
-dropped and every number, string and list is bounded, so what a publisher sends cannot make the
-API's memory or its answers grow without bound. Every figure this module counts is declared once
-in COUNTERS; /stats, /metrics (api/metrics.py, at scrape time) and the OpenAPI document are derived from it.
+Only the ingest thread writes; HTTP threads read copies (``StreamStats.snapshot`` /
+``recent_events`` / ``metrics_view``), so a slow reader never slows the ingest, and the lock is
+held only while one message is applied. Every table is bounded (MAX_HOSTS, MAX_TRACKED_*). Every
+figure counted here is declared once in COUNTERS; /stats, /metrics (api/metrics.py, at scrape
+time) and the OpenAPI document are derived from it.
 
 What can be counted, honestly:
 - ``malformed_messages``: messages that are not wire protocol v2 (garbage, wrong ``v``, one frame,
@@ -25,13 +22,11 @@ from __future__ import annotations
 
 import collections
 import heapq
-import secrets
 import threading
 import time
-import zmq
 
-from .validation import EventFilter
-from syswatch.shared import protocol, zmqsock
+from syswatch.api.validation import EventFilter
+from syswatch.shared import protocol
 
 CONNECTED_WINDOW_S = 3.0        # the collector sends a status every second
 RATE_WINDOW_S = 5.0             # events/s is averaged over this many seconds
@@ -39,14 +34,7 @@ MAX_TRACKED_PROCESSES = 20_000  # process rows kept over all hosts (a fork bomb 
 MAX_TRACKED_CONTAINERS = 5_000
 MAX_HOSTS = 64                  # collectors (hosts) kept; messages from more are counted as malformed
 TOP_N = 10
-DRAIN_MAX = 1_000               # messages handled per wake-up before the rate/tick bookkeeping
-# The SUB sockets' bounds: ZeroMQ queues at most SUB_RCVHWM messages of at most SUB_MAXMSGSIZE
-# bytes per collector, so a publisher can make it hold at most 32 x 8 MiB = 256 MiB. The
-# collector's batches are ~350 KB (one 256 KiB read of bpftrace output) and its counts messages
-# at most 10,000 rows (~2.5 MB).
-SUB_RCVHWM = 32
-SUB_MAXMSGSIZE = 8 * 1024 * 1024
-RESUBSCRIBE_S = 5.0             # a collector silent this long (it sends status every second) gets a new socket
+
 
 # Every counter of the stream, once: name -> (Prometheus type, help). /stats "api" and /metrics
 # (syswatch_api_<name>, "_total" for counters) are both derived from this table.
@@ -133,7 +121,7 @@ class StreamStats:
         self.hosts: dict[str, HostStats] = {}
         self.endpoint_seen: dict[str, float] = {}  # endpoint -> time.monotonic() of its last good message
         self.counters = dict.fromkeys(COUNTERS, 0)
-        self.last_malformed = None                  # reason text of the last malformed message
+        self.last_malformed: str | None = None      # reason text of the last malformed message
         self._rate_samples: collections.deque = collections.deque()
         self.events_received = 0
 
@@ -160,8 +148,10 @@ class StreamStats:
                 return False
             syscall = events[0]["syscall"] if events else ""
             total = host.totals.get(syscall)
-            if total is None and events:
-                total = host.totals[syscall] = [0, 0, 0, 0]
+            if total is None:
+                total = [0, 0, 0, 0]
+                if events:                  # an empty batch adds no row
+                    host.totals[syscall] = total
             procs, containers = host.procs, host.containers
             for e in events:
                 ret = e["ret"]
@@ -362,262 +352,3 @@ class StreamStats:
                     break
         out.reverse()
         return out
-
-
-class TooManyStreams(Exception):
-    pass
-
-
-class ShuttingDown(TooManyStreams):
-    """The API is stopping: no new event stream is opened (answered 503 like a full hub)."""
-
-
-class StreamClient:
-    """One /events/stream client: a bounded queue of events; what does not fit is dropped and counted.
-
-    The queue holds ``(ids, events)`` chunks: ``ids[i]`` is the hub's sequence number of ``events[i]``
-    (a ``range`` when nothing was filtered out), so the SSE body can send ``id:`` lines.
-    """
-
-    def __init__(self, flt: EventFilter, max_queued: int):
-        self.filter = flt
-        self.max_queued = max_queued
-        self.cond = threading.Condition()
-        self.batches: collections.deque = collections.deque()
-        self.queued = 0
-        self.dropped = 0
-        self.ended = False  # set when the server shuts down: the stream ends at once
-        self.notice = None  # what the resume from Last-Event-ID did, sent as an SSE comment
-
-    def end(self) -> None:
-        with self.cond:
-            self.ended = True
-            self.cond.notify()
-
-    def _matching(self, first_id: int, events: list) -> tuple:
-        flt = self.filter
-        if flt.empty:
-            return range(first_id, first_id + len(events)), events
-        ids, matching = [], []
-        for i, e in enumerate(events):
-            if flt.matches(e):
-                ids.append(first_id + i)
-                matching.append(e)
-        return ids, matching
-
-    def offer(self, first_id: int, events: list) -> int:
-        """Queue the matching events (numbered from ``first_id``); returns how many were dropped."""
-        ids, matching = self._matching(first_id, events)
-        if not matching:
-            return 0
-        with self.cond:
-            if self.queued + len(matching) > self.max_queued:
-                self.dropped += len(matching)
-                return len(matching)
-            self.batches.append((ids, matching))
-            self.queued += len(matching)
-            self.cond.notify()
-        return 0
-
-    def take(self, timeout: float) -> tuple[list, int]:
-        """([(ids, events), ...], dropped since the last take), waiting up to ``timeout`` s for events."""
-        with self.cond:
-            if not self.batches and not self.ended:
-                self.cond.wait(timeout)
-            out = list(self.batches)
-            self.batches.clear()
-            self.queued = 0
-            dropped, self.dropped = self.dropped, 0
-        return out, dropped
-
-
-class StreamHub:
-    """The set of live /events/stream clients, capped at ``max_clients``, and a replay ring.
-
-    Every published event gets a sequence number; the SSE ``id:`` of an event is ``<epoch>-<seq>``,
-    where ``epoch`` names this API process (a client resuming after a restart is told so instead of
-    being sent wrong events). The ring keeps the last ``replay_capacity`` events (at least), so a
-    client reconnecting with ``Last-Event-ID`` gets what it missed when that is still buffered.
-    Publishing and opening take one short lock, so a resuming client gets each event exactly once:
-    either from the ring or live.
-    """
-
-    def __init__(self, stats: StreamStats, max_clients: int, max_queued: int, replay_capacity: int = 10_000):
-        self.stats = stats
-        self.max_clients = max_clients
-        self.max_queued = max_queued
-        self.replay_capacity = replay_capacity
-        self.epoch = secrets.token_hex(4)
-        self._lock = threading.Lock()
-        self._clients: tuple = ()
-        self._ring: collections.deque = collections.deque()  # (first_id, events)
-        self._ring_len = 0
-        self._next_id = 1
-        self._ended = False
-
-    def event_id(self, seq: int) -> str:
-        return f"{self.epoch}-{seq}"
-
-    def open(self, flt: EventFilter, last_event_id: str | None = None) -> StreamClient:
-        client = StreamClient(flt, self.max_queued)
-        with self._lock:
-            if self._ended:
-                raise ShuttingDown("the API is shutting down; retry in a moment")
-            if len(self._clients) >= self.max_clients:
-                raise TooManyStreams(f"{len(self._clients)} event streams are open, the maximum "
-                                     f"(server option --max-streams); retry later")
-            if last_event_id is not None:
-                self._replay(client, last_event_id)
-            self._clients = self._clients + (client,)
-        return client
-
-    def _replay(self, client: StreamClient, last_event_id: str) -> None:
-        """Queue in ``client`` the buffered events after ``last_event_id`` (under the hub's lock)."""
-        shown = last_event_id[:40].encode("ascii", "backslashreplace").decode()
-        epoch, _, seq_text = last_event_id.partition("-")
-        if not (seq_text.isascii() and seq_text.isdigit() and len(seq_text) <= 18):
-            client.notice = f"Last-Event-ID {shown!r} is not an id of this stream: live events only"
-            return
-        if epoch != self.epoch:
-            client.notice = (f"cannot resume after {shown}: the API restarted since, its events are gone; "
-                             f"live events only")
-            return
-        after = int(seq_text)
-        oldest = self._ring[0][0] if self._ring else self._next_id
-        if after >= self._next_id:
-            client.notice = f"cannot resume after {shown}: no such event yet; live events only"
-            return
-        replayed = 0
-        for first_id, events in self._ring:
-            if first_id + len(events) <= after + 1:
-                continue
-            skip = max(0, after + 1 - first_id)
-            ids, matching = client._matching(first_id + skip, events[skip:])
-            if matching:
-                client.batches.append((ids, matching))
-                replayed += len(matching)
-        while replayed > client.max_queued:  # keep the newest that fit the client's queue
-            ids, matching = client.batches.popleft()
-            client.dropped += len(matching)
-            replayed -= len(matching)
-        client.queued = replayed
-        missed = max(0, oldest - after - 1)
-        client.notice = (f"resumed after {shown}: {replayed} buffered events replayed"
-                         + (f"; {missed} events before them are no longer buffered (replay buffer: "
-                            f"the last {self.replay_capacity} events)" if missed else ""))
-
-    def close(self, client: StreamClient) -> None:
-        with self._lock:
-            self._clients = tuple(c for c in self._clients if c is not client)
-
-    def count(self) -> int:
-        return len(self._clients)
-
-    def end_all(self) -> None:
-        """Shutting down: end every open stream so no worker thread waits for events; open no new one."""
-        with self._lock:
-            self._ended = True
-            clients = self._clients
-        for client in clients:
-            client.end()
-
-    def publish(self, events: list) -> None:
-        with self._lock:
-            first_id = self._next_id
-            self._next_id += len(events)
-            ring = self._ring
-            ring.append((first_id, events))
-            self._ring_len += len(events)
-            while self._ring_len - len(ring[0][1]) >= self.replay_capacity:
-                self._ring_len -= len(ring.popleft()[1])
-            clients = self._clients
-        dropped = 0
-        for client in clients:
-            dropped += client.offer(first_id, events)
-        if dropped:
-            self.stats.add_sse_dropped(dropped)
-
-
-class StreamSubscriber(threading.Thread):
-    """Owns one SUB socket per collector endpoint (used from this thread only); decodes into ``stats`` and ``hub``."""
-
-    def __init__(self, endpoints: list[str], stats: StreamStats, hub: StreamHub,
-                 ctx: zmq.Context | None = None, curve_client=None):
-        super().__init__(name="syswatch-subscriber", daemon=True)
-        self.endpoints = list(endpoints)
-        self.curve_client = curve_client  # shared.curve.ClientKeys, or None: no CurveZMQ
-        self.stats = stats
-        self.hub = hub
-        self.ctx = ctx or zmq.Context.instance()
-        self._stop = threading.Event()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _open(self, endpoint: str) -> zmq.Socket:
-        return zmqsock.make_subscriber(self.ctx, endpoint, curve_client=self.curve_client,
-                                       rcvhwm=SUB_RCVHWM, maxmsgsize=SUB_MAXMSGSIZE)
-
-    def run(self) -> None:
-        socks: dict[zmq.Socket, str] = {}
-        heard: dict[str, float] = {}
-        poller = zmq.Poller()
-        try:
-            for endpoint in self.endpoints:
-                sock = self._open(endpoint)
-                socks[sock] = endpoint
-                heard[endpoint] = time.monotonic()
-                poller.register(sock, zmq.POLLIN)
-            next_tick = 0.0
-            while not self._stop.is_set():
-                for sock, _ in poller.poll(200):
-                    endpoint = socks[sock]
-                    heard[endpoint] = time.monotonic()
-                    for _ in range(DRAIN_MAX):
-                        try:
-                            frames = sock.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        self.handle(frames, endpoint)
-                now = time.monotonic()
-                if now >= next_tick:
-                    self.stats.tick(now)
-                    next_tick = now + 1.0
-                    # A message over SUB_MAXMSGSIZE makes ZeroMQ close that connection for good (a
-                    # protocol error is not retried): a collector silent for RESUBSCRIBE_S gets a new socket.
-                    for sock, endpoint in list(socks.items()):
-                        if now - heard[endpoint] > RESUBSCRIBE_S:
-                            poller.unregister(sock)
-                            sock.close(0)
-                            del socks[sock]
-                            fresh = self._open(endpoint)
-                            socks[fresh] = endpoint
-                            poller.register(fresh, zmq.POLLIN)
-                            heard[endpoint] = now
-        finally:
-            for sock in socks:
-                sock.close(0)
-
-    def handle(self, frames: list, endpoint: str | None = None) -> None:
-        stats = self.stats
-        try:
-            topic, payload = protocol.decode(frames)
-        except protocol.ProtocolError as exc:
-            stats.add_malformed(str(exc))
-            return
-        if topic.startswith(protocol.EVENT_PREFIX):
-            events = payload["events"]
-            if events:
-                ok = stats.add_events(payload["host"], events, endpoint)
-                if ok:
-                    self.hub.publish(events)
-            else:
-                ok = True
-        elif topic == protocol.TOPIC_STATUS:
-            ok = stats.set_status(payload, endpoint)
-        elif topic == protocol.TOPIC_COUNTS:
-            ok = stats.add_counts(payload, endpoint)
-        else:
-            return                                  # a topic of a newer protocol minor: not ours
-        if not ok:
-            stats.add_malformed(f"{topic} from host {payload['host']!r:.80}: more than {MAX_HOSTS} hosts")

@@ -1,5 +1,6 @@
-"""Test helpers for the API: a real `python -m api.server` process on a free port, and a real
-ZeroMQ publisher speaking wire protocol v2 (shared/protocol.py), standing in for the collector.
+"""The API as a process: a real `python -m api.server` on a free port; the same API in process
+(make_app called through harness.wsgi); and a real ZeroMQ publisher speaking wire protocol v2
+(shared/protocol.py), standing in for the collector.
 
 SYSWATCH_TEST_PYTHON picks the interpreter that runs the server, e.g. Debian's
 /usr/bin/python3 with bottle 0.12, waitress 2.1 and pyzmq 24:
@@ -14,13 +15,17 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 import requests
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness import ROOT
+from harness.procs import die_with_parent, free_port, wait_for
+from harness.wsgi import Client, Response
+from syswatch.api.app import ApiConfig, make_app
 from syswatch.shared import protocol, zmqsock
-from tests.conftest import ROOT, die_with_test, free_port
 
 PYTHON = os.environ.get("SYSWATCH_TEST_PYTHON", sys.executable)
 
@@ -46,13 +51,14 @@ class ApiProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SYSWATCH_")}
         env.update(PYTHONUNBUFFERED="1", **self.extra_env)
         self.lines = []
-        self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=env, stdout=subprocess.PIPE, preexec_fn=die_with_test,
-                                     stderr=subprocess.STDOUT, text=True, errors="replace")
+        self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                     preexec_fn=die_with_parent, stderr=subprocess.STDOUT, text=True,
+                                     errors="replace")
         self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
         self._reader.start()
         if wait:
             deadline = time.monotonic() + timeout
-            while not any(l.startswith("API Server starting on") for l in self.lines):
+            while not any(line.startswith("API Server starting on") for line in self.lines):
                 if self.proc.poll() is not None:
                     time.sleep(0.2)
                     raise RuntimeError(f"API exited with {self.proc.returncode}:\n{self.output}")
@@ -62,11 +68,13 @@ class ApiProcess:
         return self
 
     def _read(self, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None     # PIPE
         for line in proc.stdout:
             self.lines.append(line.rstrip("\n"))
 
     def wait_exit(self, timeout: float = 15) -> int:
         """Wait for the process to end (e.g. a start-up error) and for its last output line."""
+        assert self.proc is not None, "start() first"
         code = self.proc.wait(timeout)
         self._reader.join(timeout)
         return code
@@ -106,6 +114,84 @@ class ApiProcess:
         self.stop()
 
 
+class ApiInProcess:
+    """The API of ``make_app`` called in process (harness.wsgi), with ApiProcess's request methods:
+    what a request/response test needs, without a process, a port or a thread. ``lines`` gets the
+    access log. No subscriber thread runs: ``feed`` applies a message as the ingest thread would."""
+
+    def __init__(self, db: Path | None = None, collector: str = "tcp://127.0.0.1:1",
+                 config: ApiConfig | None = None, **options):
+        """An ApiConfig of ``db``, ``collector`` and ``options`` (ApiConfig's fields), or ``config`` as given."""
+        self.lines: list[str] = []
+        self.config = config or ApiConfig(db=str(db), collectors=(collector,), **options)
+        self.app = make_app(self.config, log=self.lines.append)
+        self.client = Client(self.app.wsgi, host=self.config.host, port=self.config.port)
+
+    @classmethod
+    def from_args(cls, db: Path, *args: str, env: dict[str, str] | None = None) -> "ApiInProcess":
+        """The in-process twin of ``ApiProcess(db, *args, env=env)``: its command line (and ``env`` added
+        to the environment) read by the server's own parse_args."""
+        from syswatch.api.server import parse_args
+        saved = {k: os.environ.get(k) for k in (env or {})}
+        os.environ.update(env or {})
+        try:
+            return cls(config=parse_args(["--db", str(db), *args]))
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    @property
+    def port(self) -> int:
+        return self.config.port
+
+    @property
+    def collector(self) -> str:
+        return self.config.collectors[0]
+
+    def __enter__(self) -> "ApiInProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def request(self, method: str, path: str, params=None, **kw) -> Response:
+        """As requests.request: ``params`` (a dict or (name, value) pairs) is added as the query string."""
+        kw.pop("timeout", None)
+        if params:
+            path += ("&" if "?" in path else "?") + urlencode(params, doseq=True)
+        return self.client.request(method, path, **kw)
+
+    def get(self, path: str, **kw) -> Response:
+        return self.request("GET", path, **kw)
+
+    def head(self, path: str, **kw) -> Response:
+        return self.request("HEAD", path, **kw)
+
+    def options(self, path: str, **kw) -> Response:
+        return self.request("OPTIONS", path, **kw)
+
+    def post(self, path: str, body=None, **kw) -> Response:
+        if body is not None:
+            kw["json"] = body
+        return self.request("POST", path, **kw)
+
+    def ips(self, **kw) -> list:
+        r = self.post("/print_all_ips", {"print_all_ips": True}, **kw)
+        assert r.status_code == 200, r.text
+        return r.json()["ips"]
+
+    def feed(self, frames: list[bytes], endpoint: str | None = None) -> None:
+        """One ZeroMQ message (two frames), decoded and applied by the API's ingest code."""
+        self.app.subscriber.handle(frames, endpoint or self.config.collectors[0])
+
+
 def event(pid: int = 4242, comm: str = "testproc", syscall: str = "write", count: int = 100,
           fd: int = 1, tid: int | None = None, uid: int = 1000, ts_ns: int | None = None,
           ret: int | None = None, lat_ns: int = 1500, container_id: str = "", container_name: str = "",
@@ -130,19 +216,18 @@ class Publisher:
 
     def status(self, **over) -> None:
         payload = {"host": self.host, "ts_ns": time.time_ns(), "mode": "events", "probe": "tracepoint",
-                   "syscalls": ["read", "write"], "excluded_pids": [1, 2], "events_total": self.events_total, "lost_total": 0,
-                   "dropped_total": 0, "malformed_total": 0,
+                   "syscalls": ["read", "write"], "excluded_pids": [1, 2], "events_total": self.events_total,
+                   "lost_total": 0, "dropped_total": 0, "malformed_total": 0,
                    "uptime_s": round(time.monotonic() - self.started, 3)}
         payload.update(over)
-        self.sock.send_multipart(protocol.encode(protocol.TOPIC_STATUS, payload))
+        self.raw(protocol.encode(protocol.TOPIC_STATUS, payload))
 
     def events(self, events: list) -> None:
         by_syscall: dict = {}
         for e in events:
             by_syscall.setdefault(e["syscall"], []).append(e)
         for syscall, batch in by_syscall.items():
-            self.sock.send_multipart(protocol.encode(protocol.topic_for(syscall),
-                                                     {"host": self.host, "events": batch}))
+            self.raw(protocol.encode(protocol.topic_for(syscall), {"host": self.host, "events": batch}))
             self.events_total += len(batch)
 
     def raw(self, frames: list) -> None:
@@ -152,15 +237,21 @@ class Publisher:
         self.sock.close(0)
 
 
-def wait_for(predicate, timeout: float = 10, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+class Feed(Publisher):
+    """Publisher's messages handed straight to an ApiInProcess's ingest code: no socket, no thread,
+    so each message is applied before the call returns."""
+
+    def __init__(self, api: ApiInProcess, host: str = "testhost"):
+        self.api, self.host = api, host
+        self.endpoint = api.collector
+        self.events_total = 0
+        self.started = time.monotonic()
+
+    def raw(self, frames: list) -> None:
+        self.api.feed(list(frames), self.endpoint)
+
+    def close(self) -> None:
+        pass
 
 
 def connect(server: ApiProcess, pub: Publisher, timeout: float = 15) -> None:

@@ -1,0 +1,77 @@
+"""The API wired up once: ``make_app(config)`` builds every part from an ``ApiConfig``.
+
+    IPList (SQLite)  StreamStats <- StreamSubscriber (thread, not started) -> StreamHub
+            \\             |                                                  /
+             Api handlers (api/routes.py) -> Bottle app -> WebGuard -> AccessLog  = App.wsgi
+
+``api/server.py`` builds the config from flags and environment, calls ``make_app``, starts the
+subscriber and serves ``App.wsgi`` with waitress; the tests call the same ``make_app`` and send
+requests to ``App.wsgi`` in process (harness/wsgi.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from syswatch.api.aggregates import StreamStats
+from syswatch.api.httplog import AccessLog, RequestStats, stdout_line
+from syswatch.api.hub import StreamHub
+from syswatch.api.ingest import StreamSubscriber
+from syswatch.api.iplist import IPList
+from syswatch.api.routes import ROUTES, Api, Limits, build_app
+from syswatch.api.web import StaticFiles, WebGuard
+from syswatch.shared import protocol
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """Everything the API is told, from flags and environment (api/server.py ``parse_args``).
+    The defaults here are the command line's defaults."""
+    host: str = "127.0.0.1"
+    port: int = 8080
+    collectors: tuple[str, ...] = (protocol.DEFAULT_ENDPOINT,)
+    db: str = "./syswatch.sqlite3"
+    token: str | None = None               # the bearer token POSTs must send; None: open
+    max_body_bytes: int = 1 << 20
+    max_items: int = 10_000
+    max_ips: int = 100_000
+    recent_events: int = 10_000
+    max_streams: int = 8
+    stream_queue: int = 20_000
+    cors_origins: tuple[str, ...] = ()     # parsed by web.parse_origins
+    allowed_hosts: tuple[str, ...] = ()    # lower case
+    sse_heartbeat: float = 10.0
+    threads: int = 16
+    max_connections: int = 1000
+    channel_timeout: int = 60
+
+
+@dataclass
+class App:
+    """One API: its WSGI callable and the parts behind it (the tests read and feed them directly)."""
+    config: ApiConfig
+    wsgi: AccessLog
+    api: Api
+    iplist: IPList
+    stats: StreamStats
+    hub: StreamHub
+    requests: RequestStats
+    subscriber: StreamSubscriber            # started by the caller (server.main), stopped by it too
+
+
+def make_app(config: ApiConfig, curve_client=None, log: Callable[[str], None] = stdout_line) -> App:
+    """Every part of one API. Raises iplist.DatabaseUnusable (the database cannot be used) and OSError
+    (the dashboard's files cannot be read). ``curve_client``: shared.curve.ClientKeys, or None;
+    ``log`` gets each access-log line."""
+    iplist = IPList(config.db, config.max_ips)
+    stats = StreamStats(list(config.collectors), config.recent_events)
+    hub = StreamHub(stats, config.max_streams, config.stream_queue)
+    subscriber = StreamSubscriber(list(config.collectors), stats, hub, curve_client=curve_client)
+    requests = RequestStats(r.path for r in ROUTES)  # route labels: the table's templates, nothing else
+    limits = Limits(max_body_bytes=config.max_body_bytes, max_items=config.max_items,
+                    max_events_limit=config.recent_events, default_events_limit=min(100, config.recent_events),
+                    sse_heartbeat_s=config.sse_heartbeat)
+    api = Api(iplist, stats, hub, requests, limits, config.token, StaticFiles())
+    wsgi = AccessLog(WebGuard(build_app(api), config.host, config.cors_origins, config.allowed_hosts),
+                     requests, log=log)
+    return App(config, wsgi, api, iplist, stats, hub, requests, subscriber)

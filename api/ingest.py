@@ -1,0 +1,109 @@
+"""The ZeroMQ side of the API: one thread owns one SUB socket per collector endpoint, decodes every
+message through shared.protocol.decode (the stream's one validator: unknown fields dropped, every
+number, string and list bounded) and applies it to the aggregates (api/aggregates.py) and the
+event-stream hub (api/hub.py).
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import zmq
+
+from syswatch.api.aggregates import MAX_HOSTS, StreamStats
+from syswatch.api.hub import StreamHub
+from syswatch.shared import protocol, zmqsock
+
+DRAIN_MAX = 1_000               # messages handled per wake-up before the rate/tick bookkeeping
+# The SUB sockets' bounds: ZeroMQ queues at most SUB_RCVHWM messages of at most SUB_MAXMSGSIZE
+# bytes per collector, so a publisher can make it hold at most 32 x 8 MiB = 256 MiB. The
+# collector's batches are ~350 KB (one 256 KiB read of bpftrace output) and its counts messages
+# at most 10,000 rows (~2.5 MB).
+SUB_RCVHWM = 32
+SUB_MAXMSGSIZE = 8 * 1024 * 1024
+RESUBSCRIBE_S = 5.0             # a collector silent this long (it sends status every second) gets a new socket
+
+
+class StreamSubscriber(threading.Thread):
+    """Owns one SUB socket per collector endpoint (used from this thread only); decodes into ``stats`` and ``hub``."""
+
+    def __init__(self, endpoints: list[str], stats: StreamStats, hub: StreamHub,
+                 ctx: zmq.Context | None = None, curve_client=None):
+        super().__init__(name="syswatch-subscriber", daemon=True)
+        self.endpoints = list(endpoints)
+        self.curve_client = curve_client  # shared.curve.ClientKeys, or None: no CurveZMQ
+        self.stats = stats
+        self.hub = hub
+        self.ctx = ctx or zmq.Context.instance()
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _open(self, endpoint: str) -> zmq.Socket:
+        return zmqsock.make_subscriber(self.ctx, endpoint, curve_client=self.curve_client,
+                                       rcvhwm=SUB_RCVHWM, maxmsgsize=SUB_MAXMSGSIZE)
+
+    def run(self) -> None:
+        socks: dict[zmq.Socket, str] = {}
+        heard: dict[str, float] = {}
+        poller = zmq.Poller()
+        try:
+            for endpoint in self.endpoints:
+                sock = self._open(endpoint)
+                socks[sock] = endpoint
+                heard[endpoint] = time.monotonic()
+                poller.register(sock, zmq.POLLIN)
+            next_tick = 0.0
+            while not self._stop.is_set():
+                for sock, _ in poller.poll(200):
+                    endpoint = socks[sock]
+                    heard[endpoint] = time.monotonic()
+                    for _ in range(DRAIN_MAX):
+                        try:
+                            frames = sock.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self.handle(frames, endpoint)
+                now = time.monotonic()
+                if now >= next_tick:
+                    self.stats.tick(now)
+                    next_tick = now + 1.0
+                    # A message over SUB_MAXMSGSIZE makes ZeroMQ close that connection for good (a
+                    # protocol error is not retried): a collector silent for RESUBSCRIBE_S gets a new socket.
+                    for sock, endpoint in list(socks.items()):
+                        if now - heard[endpoint] > RESUBSCRIBE_S:
+                            poller.unregister(sock)
+                            sock.close(0)
+                            del socks[sock]
+                            fresh = self._open(endpoint)
+                            socks[fresh] = endpoint
+                            poller.register(fresh, zmq.POLLIN)
+                            heard[endpoint] = now
+        finally:
+            for sock in socks:
+                sock.close(0)
+
+    def handle(self, frames: list, endpoint: str | None = None) -> None:
+        stats = self.stats
+        try:
+            topic, payload = protocol.decode(frames)
+        except protocol.ProtocolError as exc:
+            stats.add_malformed(str(exc))
+            return
+        if topic.startswith(protocol.EVENT_PREFIX):
+            events = payload["events"]
+            if events:
+                ok = stats.add_events(payload["host"], events, endpoint)
+                if ok:
+                    self.hub.publish(events)
+            else:
+                ok = True
+        elif topic == protocol.TOPIC_STATUS:
+            ok = stats.set_status(payload, endpoint)
+        elif topic == protocol.TOPIC_COUNTS:
+            ok = stats.add_counts(payload, endpoint)
+        else:
+            return                                  # a topic of a newer protocol minor: not ours
+        if not ok:
+            stats.add_malformed(f"{topic} from host {payload['host']!r:.80}: more than {MAX_HOSTS} hosts")

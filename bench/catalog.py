@@ -1,0 +1,49 @@
+"""Every tracing set-up the benchmarks compare, by name (bench/tracers.py, bench/compose.py).
+
+``LABELS``: name -> how reports call it; ``make(name)``: a new, unstarted set-up.
+"""
+from __future__ import annotations
+
+from bench.compose import ComposeCollectorTracer
+from bench.tracers import RAW23, RAW_PROGRAMS, CollectorTracer, RawBpftrace, Strace, Tracer
+from harness.bpftrace import TRIXIE_FIX, trixie_bpftrace
+
+LABELS = {
+    "none": "no tracing",
+    "bpf-empty": "bpftrace, empty probe",
+    "bpf-empty-exit": "bpftrace, empty probes at entry and exit",
+    "bpf-count": "bpftrace, count() per pid",
+    "bpf-printf": "bpftrace, printf per event to /dev/null",
+    "bpf23-empty": "bpftrace 0.23, empty probe",
+    "bpf23-empty-exit": "bpftrace 0.23, empty probes at entry and exit",
+    "bpf23-count": "bpftrace 0.23, count() per pid",
+    "bpf23-printf": "bpftrace 0.23, printf per event to /dev/null",
+    "bpf23-inflight": "bpftrace 0.23, the events program's per-call state alone",
+    "bpf23-record": "bpftrace 0.23, the events program's record alone",
+    "bpf23-events": "bpftrace 0.23, the collector's events program to /dev/null",
+    "strace": "strace -f -e trace=read,write",
+    "collector-events": "collector, events mode + subscriber",
+    "collector-counts": "collector, counts mode + subscriber",
+    "compose-events": "compose collector (0.23), events mode + subscriber",
+    "compose-counts": "compose collector (0.23), counts mode + subscriber",
+}
+
+
+def make(name: str) -> Tracer:
+    """The set-up called ``name`` (a key of LABELS), not started yet."""
+    if name == "none":
+        return Tracer()
+    if name == "strace":
+        return Strace()
+    if name in RAW_PROGRAMS:
+        return RawBpftrace(name)
+    if name in RAW23:
+        binary = trixie_bpftrace()
+        if binary is None:
+            raise RuntimeError(TRIXIE_FIX)
+        return RawBpftrace(name, RAW23[name], binary)
+    if name.startswith("collector-"):
+        return CollectorTracer(name.split("-", 1)[1])
+    if name.startswith("compose-"):
+        return ComposeCollectorTracer(name.split("-", 1)[1])
+    raise ValueError(f"unknown tracer {name!r}; known: {', '.join(LABELS)}")

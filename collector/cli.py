@@ -1,0 +1,162 @@
+"""The collector's command line: flags and environment, read once into a frozen ``Config``.
+
+Flag > environment > default (shared.config.add_option); a bad value exits 2 naming the flag or
+the variable. Nothing else reads the argparse namespace: the rest of the collector gets the
+``Config``, with the event filters as one value (``Config.filters``).
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Callable
+
+from syswatch import __version__
+from syswatch.collector import program
+from syswatch.shared.config import add_option
+from syswatch.shared.protocol import DEFAULT_ENDPOINT, DEFAULT_SYSCALLS, SYSCALLS
+
+EPILOG = """\
+examples:
+  sudo syswatch-collector
+        trace every read/write on the host, publish on tcp://127.0.0.1:5556
+  sudo syswatch-collector --syscalls read,write,pread64,pwrite64,readv,writev
+        the whole read/write family, each syscall on its own topic (syscall.pread64, ...)
+  sudo syswatch-collector --mode counts --interval 5
+        count calls, bytes moved, errors and latency per process in the kernel, every 5 s
+  sudo syswatch-collector -p 1234 -p 5678 -n nginx
+        only PIDs 1234 and 5678 whose name is nginx (filtered in the kernel)
+  sudo syswatch-collector --container web -d 60
+        only the processes of container "web" (name or id prefix), for 60 seconds
+  sudo syswatch-collector --probe tracepoint --echo-rate 0
+        syscall tracepoints, no console echo
+  sudo SYSWATCH_CURVE_SERVER_KEY=keys/server.key_secret SYSWATCH_CURVE_CLIENTS=keys/clients \\
+       syswatch-collector --bind tcp://0.0.0.0:5556
+        publish beyond this host, encrypted, to authorised subscribers only
+  syswatch-tail                      # watch the stream;  syswatch-top: busiest processes
+
+Installed in a virtual environment, give sudo the script's path (sudo's PATH does not hold
+the venv's bin/): sudo /opt/syswatch/bin/syswatch-collector. In a checkout, from its top:
+sudo python3 -m collector.collector. CurveZMQ key pairs: python3 -m syswatch.shared.curve --help.
+
+Every flag has an environment variable (flag > environment > default), shown as [env NAME].
+Status (topic "status", every second) counts events, lost (bpftrace's buffer overflowed),
+dropped (could not be queued) and malformed lines. Exit status: 0 on SIGINT/SIGTERM or at the
+end of --duration, 1 when bpftrace fails, 2 for a usage or set-up error.
+"""
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which processes are traced (every one when all are empty); applied in the kernel."""
+    pids: tuple[int, ...] = ()
+    comms: tuple[str, ...] = ()
+    containers: tuple[str, ...] = ()       # id prefixes or names; preflight turns them into cgroup ids
+
+
+@dataclass(frozen=True)
+class Config:
+    """What the user asked for, from flags and environment; built once by ``parse_args``."""
+    bind: str = DEFAULT_ENDPOINT
+    mode: str = "events"
+    probe: str = "auto"
+    syscalls: tuple[str, ...] = tuple(DEFAULT_SYSCALLS)
+    interval: float = 1.0
+    echo_rate: int = 50
+    filters: Filters = field(default_factory=Filters)
+    duration: float | None = None
+    bpftrace: str = "bpftrace"             # as given; preflight resolves it to a path
+    on_overload: str = "drop"
+    hostname: str | None = None            # None: the host's name (preflight)
+    log_level: str = "info"
+
+
+def seconds(text: str) -> float:
+    val = float(text)
+    if not 0.01 <= val <= 3600:
+        raise ValueError(f"{text!r}: must be between 0.01 and 3600 seconds")
+    return val
+
+
+def duration(text: str) -> float:
+    val = float(text)
+    if not 0 < val <= 10 * 365 * 86400:
+        raise ValueError(f"{text!r}: must be a positive number of seconds")
+    return val
+
+
+def non_negative_int(text: str) -> int:
+    val = int(text)
+    if val < 0:
+        raise ValueError(f"{text!r}: must be 0 or more")
+    return val
+
+
+def one_of(*allowed: str) -> Callable[[str], str]:
+    def choice(text: str) -> str:
+        if text not in allowed:
+            raise ValueError(f"{text!r}: must be one of {', '.join(allowed)}")
+        return text
+    choice.__name__ = "choice"
+    return choice
+
+
+def syscall_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    try:
+        return program.check_syscalls(names)
+    except program.FilterError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="syswatch-collector",
+        description="Trace read/write system calls host-wide with bpftrace and publish them on "
+                    "ZeroMQ (wire protocol v2). Runs as root, in the host PID namespace.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_option(p, "--bind", metavar="ENDPOINT", env="SYSWATCH_BIND", default=DEFAULT_ENDPOINT,
+               help="ZeroMQ PUB endpoint")
+    add_option(p, "--mode", env="SYSWATCH_MODE", default="events", type=one_of("events", "counts"),
+               metavar="{events,counts}",
+               help="events: every call; counts: per-process totals aggregated in the kernel")
+    add_option(p, "--probe", env="SYSWATCH_PROBE", default="auto", type=one_of("auto", "kprobe", "tracepoint"),
+               metavar="{auto,kprobe,tracepoint}",
+               help="auto: kprobes/kretprobes on __x64_sys_* if the kernel can, else syscall tracepoints")
+    add_option(p, "--syscalls", env="SYSWATCH_SYSCALLS", default=list(DEFAULT_SYSCALLS), type=syscall_list,
+               metavar="LIST", help=f"comma-separated syscalls to trace, from: {', '.join(SYSCALLS)}")
+    add_option(p, "--interval", env="SYSWATCH_INTERVAL", default=1.0, type=seconds, metavar="SECONDS",
+               help="seconds between counts messages in counts mode")
+    add_option(p, "--echo-rate", env="SYSWATCH_ECHO_RATE", default=50, type=non_negative_int, metavar="LINES",
+               help="console echo lines per second at most, 0 = off")
+    add_option(p, "-p", "--pid", env="SYSWATCH_PID", default=[], type=int, repeatable=True, metavar="PID",
+               dest="pid", help="trace only this PID; repeatable, env comma separated")
+    add_option(p, "-n", "--comm", env="SYSWATCH_COMM", default=[], repeatable=True, metavar="NAME", dest="comm",
+               help="trace only processes with this name (15 bytes at most); repeatable")
+    add_option(p, "-c", "--container", env="SYSWATCH_CONTAINER", default=[], repeatable=True, metavar="ID|NAME",
+               dest="container", help="trace only this container (id prefix or name, filtered in the kernel "
+                                      "by its cgroup); repeatable")
+    add_option(p, "-d", "--duration", env="SYSWATCH_DURATION", default=None, type=duration, metavar="SECONDS",
+               help="stop after this many seconds")
+    add_option(p, "--bpftrace", env="SYSWATCH_BPFTRACE", default="bpftrace", metavar="PATH",
+               help="the bpftrace binary to run")
+    add_option(p, "--on-overload", env="SYSWATCH_ON_OVERLOAD", default="drop", type=one_of(*program.OVERLOAD),
+               metavar="{drop,buffer}", dest="on_overload",
+               help="when bpftrace falls behind the calls: drop (and count) once a 4 MiB-per-CPU (0.17) / "
+                    "16 MiB (0.23) buffer is full, events late by under a second; buffer: 4x/8x that "
+                    "buffer, fewer drops in bursts, seconds of latency while it drains")
+    add_option(p, "--hostname", env="SYSWATCH_HOSTNAME", default=None,
+               help="the host field of every message (default: the host's name, also in a container)")
+    add_option(p, "--log-level", env="SYSWATCH_LOG_LEVEL", default="info",
+               type=one_of("debug", "info", "warning", "error"), help="log level of stderr messages")
+    p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    """The ``Config`` of a command line (and the environment); exits 2 on a bad flag or variable."""
+    ns = parser().parse_args(argv)
+    return Config(bind=ns.bind, mode=ns.mode, probe=ns.probe, syscalls=tuple(ns.syscalls),
+                  interval=ns.interval, echo_rate=ns.echo_rate,
+                  filters=Filters(pids=tuple(ns.pid), comms=tuple(ns.comm), containers=tuple(ns.container)),
+                  duration=ns.duration, bpftrace=ns.bpftrace, on_overload=ns.on_overload,
+                  hostname=ns.hostname, log_level=ns.log_level)

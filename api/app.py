@@ -1,7 +1,7 @@
 """The API wired up once: ``make_app(config)`` builds every part from an ``ApiConfig``.
 
     IPList (SQLite)  StreamStats <- StreamSubscriber (thread, not started) -> StreamHub
-            \\             |                                                  /
+            \\             |                    \\-> Recorder (thread, not started) -> HistoryStore (SQLite)
              Api handlers (api/routes.py) -> Bottle app -> WebGuard -> AccessLog  = App.wsgi
 
 ``api/server.py`` builds the config from flags and environment, calls ``make_app``, starts the
@@ -10,10 +10,13 @@ requests to ``App.wsgi`` in process (harness/wsgi.py).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable
 
 from syswatch.api.aggregates import StreamStats
+from syswatch.api.history_recorder import Recorder
+from syswatch.api.history_store import HistoryStore, default_path
 from syswatch.api.httplog import AccessLog, RequestStats, stdout_line
 from syswatch.api.hub import StreamHub
 from syswatch.api.ingest import StreamSubscriber
@@ -44,6 +47,12 @@ class ApiConfig:
     threads: int = 16
     max_connections: int = 1000
     channel_timeout: int = 60
+    history_db: str | None = None          # the history store; None: beside ``db`` (history_store.default_path)
+    history_max_mb: int = 512              # its size limit in MiB; 0: no history
+
+    @property
+    def history_path(self) -> str:
+        return self.history_db or default_path(self.db)
 
 
 @dataclass
@@ -57,21 +66,33 @@ class App:
     hub: StreamHub
     requests: RequestStats
     subscriber: StreamSubscriber            # started by the caller (server.main), stopped by it too
+    history: Recorder | None                # the same (None: history is off)
+
+    def close(self) -> None:
+        """Stop the history recorder (writing what it holds) and release its store."""
+        if self.history is not None:
+            self.history.stop()
+            self.history.store.close()
 
 
-def make_app(config: ApiConfig, curve_client=None, log: Callable[[str], None] = stdout_line) -> App:
-    """Every part of one API. Raises iplist.DatabaseUnusable (the database cannot be used) and OSError
-    (the dashboard's files cannot be read). ``curve_client``: shared.curve.ClientKeys, or None;
-    ``log`` gets each access-log line."""
+def make_app(config: ApiConfig, curve_client=None, log: Callable[[str], None] = stdout_line,
+             clock: Callable[[], float] = time.time) -> App:
+    """Every part of one API. Raises iplist.DatabaseUnusable (the database cannot be used),
+    history_store.StoreUnusable (the history file cannot be used) and OSError (the dashboard's files cannot
+    be read). ``curve_client``: shared.curve.ClientKeys, or None; ``log`` gets each access-log line;
+    ``clock``: the history recorder's wall clock (the bench walks through a simulated day with its own)."""
     iplist = IPList(config.db, config.max_ips)
+    history = None
+    if config.history_max_mb:
+        history = Recorder(HistoryStore(config.history_path, config.history_max_mb << 20), clock=clock)
     stats = StreamStats(list(config.collectors), config.recent_events)
     hub = StreamHub(stats, config.max_streams, config.stream_queue)
-    subscriber = StreamSubscriber(list(config.collectors), stats, hub, curve_client=curve_client)
+    subscriber = StreamSubscriber(list(config.collectors), stats, hub, curve_client=curve_client, history=history)
     requests = RequestStats(r.path for r in ROUTES)  # route labels: the table's templates, nothing else
     limits = Limits(max_body_bytes=config.max_body_bytes, max_items=config.max_items,
                     max_events_limit=config.recent_events, default_events_limit=min(100, config.recent_events),
                     sse_heartbeat_s=config.sse_heartbeat)
-    api = Api(iplist, stats, hub, requests, limits, config.token, StaticFiles())
+    api = Api(iplist, stats, hub, requests, limits, config.token, StaticFiles(), history)
     wsgi = AccessLog(WebGuard(build_app(api), config.host, config.cors_origins, config.allowed_hosts),
                      requests, log=log)
-    return App(config, wsgi, api, iplist, stats, hub, requests, subscriber)
+    return App(config, wsgi, api, iplist, stats, hub, requests, subscriber, history)

@@ -136,11 +136,13 @@ def parse(query: dict, now: float) -> Query:
     step = None
     if "step" in flat:
         step = parse_duration(flat["step"], "step")
-        if step < 1:
-            raise BadRequest("query parameter 'step' must be at least 1 second")
+        if not 1 <= step <= MAX_RANGE_S:
+            raise BadRequest(f"query parameter 'step' = {_short(flat['step'])} must be 1 second to "
+                             f"{MAX_RANGE_S // 86400} days")
         if (end - start) / step > MAX_POINTS:
-            raise BadRequest(f"query parameter 'step' = {step} s over {end - start} s gives {-(-(end - start) // step)} points; at most "
-                             f"{MAX_POINTS}: ask for a step of at least {-(-(end - start) // MAX_POINTS)} s")
+            raise BadRequest(f"query parameter 'step' = {step} s over {end - start} s gives "
+                             f"{-(-(end - start) // step)} points; at most {MAX_POINTS}: ask for a step of at least "
+                             f"{-(-(end - start) // MAX_POINTS)} s")
     container = flat.get("container")
     if container is not None and (not container or len(container) > 255 or not container.isprintable()):
         raise BadRequest(f"query parameter 'container' = {_short(container)} must be a container id prefix or name "
@@ -316,9 +318,9 @@ def _answer(store: HistoryStore, conn, q: Query) -> dict:
                                            f"dim=? AND t>=? AND t<?{fsql} AND ({', '.join(cols)}) IN (VALUES {values}) "
                                            f"GROUP BY b, {', '.join(cols)}",
                                      [start, step, dim, a, b, *fargs, *(x for k in chunk for x in k)]):
-                    series = per_key[tuple(row[1:1 + ncols])]
+                    values_of = per_key[tuple(row[1:1 + ncols])]
                     for i2 in range(4):
-                        series[i2][row[0]] += row[1 + ncols + i2]
+                        values_of[i2][row[0]] += row[1 + ncols + i2]
 
     ids = set()
     for k in [*(k for k, _ in top), *series_keys]:
@@ -334,7 +336,7 @@ def _answer(store: HistoryStore, conn, q: Query) -> dict:
     rows = [{**describe(k), **_values(v)} for k, v in top]
     if any(other):
         rows.append({**_other(q.group), **_values(other)})
-    series = [{**describe(k), **dict(zip(("calls", "bytes", "errors", "lat_ns_sum"), per_key[k]))}
+    series: list[dict] = [{**describe(k), **dict(zip(("calls", "bytes", "errors", "lat_ns_sum"), per_key[k]))}
               for k in series_keys]
     rest = [[per_step[i][p] - sum(per_key[k][i][p] for k in series_keys) for p in range(npoints)] for i in range(4)]
     if any(any(r) for r in rest):
@@ -374,10 +376,10 @@ def _name_ids(group: str, key: tuple, name_id) -> list:
 
 def _container_names(store: HistoryStore, conn, segs: list, cids: set) -> dict:
     """container id (name id) -> the id of its name, from the container rows of the range."""
-    cids = [c for c in cids if c >= 0]
+    wanted = [c for c in cids if c >= 0]
     out: dict = {}
-    for i in range(0, len(cids), 500):
-        chunk = cids[i:i + 500]
+    for i in range(0, len(wanted), 500):
+        chunk = wanted[i:i + 500]
         for j, a, b in segs:
             out.update(conn.execute(f"SELECT cid, max(k1) FROM agg_{store.tiers[j].name} WHERE dim=? AND t>=? "
                                     f"AND t<? AND cid IN ({','.join('?' * len(chunk))}) GROUP BY cid",

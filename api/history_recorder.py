@@ -23,8 +23,17 @@ import logging
 import threading
 import time
 
-from syswatch.api.history_store import (CONTAINER, FILE, OTHER, PROCESS, SYSCALL, HistoryStore, WriteFailed,
-                            bound_interval)
+from syswatch.api.history_query import rfc3339
+from syswatch.api.history_store import (
+    CONTAINER,
+    FILE,
+    OTHER,
+    PROCESS,
+    SYSCALL,
+    HistoryStore,
+    WriteFailed,
+    bound_interval,
+)
 
 log = logging.getLogger("syswatch.api.history")
 
@@ -34,10 +43,24 @@ TICK_S = 0.25                   # the thread's round
 RETRY_S = 2.0                   # after a failed write
 MAINTAIN_S = 1.0                # rollups, retention and the size limit, this often
 GC_NAMES_S = 3600.0
-MAX_QUEUED_EVENTS = 250_000     # events handed over and not yet aggregated; more are dropped and counted
+MAX_QUEUED_EVENTS = 100_000     # events handed over and not yet aggregated (~1 KB each); more are dropped, counted
+WAKE_EVENTS = 10_000            # this many queued wake the recorder before its round is due
 MAX_KEYS_PER_SECOND = 50_000    # distinct record keys in one (host, second); more go to remainders
 MAX_PENDING = 900               # closed (host, second) intervals kept while the store cannot write
 MAX_CONTAINER_NAMES = 10_000
+
+
+# What the recorder counts, once: /stats "history" and /metrics (syswatch_history_<name>_total) come from it.
+COUNTERS = {
+    "events_recorded": "Events (or counts-row calls) the history recorder aggregated.",
+    "events_dropped": "Events not recorded: the recorder's queue was full.",
+    "late_events": "Events that arrived after their second was written; added to the oldest open second.",
+    "clock_skewed_events": "Events stamped more than 5 s ahead of the API's clock; added to the current second.",
+    "rows_written": "Rows written to the history store's 1 s tier.",
+    "intervals_written": "Host-seconds written to the history store.",
+    "intervals_dropped": "Host-seconds dropped while the store could not be written (more than it keeps in memory).",
+    "write_failures": "Writes of the history store that failed (disk full, I/O error); retried.",
+}
 
 
 def record_key(e: dict) -> tuple:
@@ -51,7 +74,7 @@ def record_key(e: dict) -> tuple:
 
 def dimensions(fine: dict, names: dict) -> dict:
     """One second's {record_key: [calls, bytes, errors, lat]} as {dim: {(cid, k1, k2): values}}."""
-    dims = {CONTAINER: {}, PROCESS: {}, SYSCALL: {}, FILE: {}}
+    dims: dict[int, dict] = {CONTAINER: {}, PROCESS: {}, SYSCALL: {}, FILE: {}}
     cont, proc, sysc, files = dims[CONTAINER], dims[PROCESS], dims[SYSCALL], dims[FILE]
     for (pid, comm, cid, sc, path, ftype), v in fine.items():
         for entries, key in ((cont, (cid, names.get(cid, ""), 0)), (proc, (cid, pid, comm if pid != OTHER else 0)),
@@ -86,9 +109,7 @@ class Recorder(threading.Thread):
         self.cnames: dict[str, dict] = {}           # host -> {container_id: name}
         self.closed = store.hi(store.tiers[0])      # every second before this one is closed
         self.pending: list = []                     # closed, bounded, not yet written
-        self.counters = dict.fromkeys(("events_recorded", "events_dropped", "late_events", "clock_skewed_events",
-                                       "rows_written", "intervals_written", "intervals_dropped",
-                                       "write_failures"), 0)
+        self.counters = dict.fromkeys(COUNTERS, 0)
         self.state = "recording"
         self.error: str | None = None
         self.error_since: float | None = None
@@ -116,6 +137,9 @@ class Recorder(threading.Thread):
                 return
             self._queue.append(item)
             self._queued += n
+            wake = self._queued >= WAKE_EVENTS
+        if wake:
+            self._wake.set()
 
     def status(self) -> dict:
         with self._slock:
@@ -124,11 +148,14 @@ class Recorder(threading.Thread):
     def sync(self, timeout: float = 30.0) -> None:
         """Wait until everything offered before this call is aggregated and every second the clock has
         closed is written (or failed to be): for tests and the bench."""
+        deadline = time.monotonic() + timeout
         with self._round_done:
-            target = self._rounds + 2
-            self._wake.set()
-            if not self._round_done.wait_for(lambda: self._rounds >= target or not self.is_alive(), timeout):
-                raise TimeoutError(f"the history recorder did not finish a round within {timeout} s")
+            for _ in range(2):                      # the round running now may have missed the last offer
+                target = self._rounds + 1
+                self._wake.set()
+                if not self._round_done.wait_for(lambda: self._rounds >= target or not self.is_alive(),
+                                                 max(0.0, deadline - time.monotonic())):
+                    raise TimeoutError(f"the history recorder did not finish a round within {timeout} s")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Write what is open (also the current second) and stop."""
@@ -200,7 +227,8 @@ class Recorder(threading.Thread):
         names = self.cnames.get(host)
         if names is None:
             names = self.cnames[host] = {}
-        last_sec, acc = None, None
+        last_sec: int | None = None
+        acc: dict = {}
         late = skewed = 0
         for e in events:
             sec = e["ts_ns"] // 1_000_000_000
@@ -325,14 +353,14 @@ class Recorder(threading.Thread):
 
     def _ok(self) -> None:
         if self.state != "recording":
-            log.warning("history: recording again (%s since %s)", self.state, self.error_since)
+            log.warning("history: recording again (%s since %s)", self.state, rfc3339(int(self.error_since or 0)))
         self.state, self.error, self.error_since = "recording", None, None
 
     def _refresh_status(self, final: bool = False) -> None:
         store = self.store
         status = {
             "path": store.path, "state": "stopped" if final and self.state == "recording" else self.state,
-            "error": self.error, "error_since": self.error_since,
+            "error": self.error, "error_since": rfc3339(int(self.error_since)) if self.error_since else None,
             "disk_bytes": store.disk_bytes(), "max_bytes": store.max_bytes,
             "complete_until": store.hi(store.tiers[0]), "intervals_pending": len(self.pending),
             "trims_for_size": store.trims, "cpu_seconds": round(self.cpu_s, 3),

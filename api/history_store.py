@@ -39,7 +39,7 @@ import stat
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import BinaryIO, Iterable
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x53574849            # "SWHI": PRAGMA application_id of a syswatch history file
@@ -67,6 +67,12 @@ SQLITE_IOERR = 10
 ROLLUP_CHUNK_STEPS = 60                # coarse intervals rolled up per transaction
 TRIM_CHUNK_S = 600                     # seconds of a tier deleted per transaction (keeps the WAL small)
 NAME_CACHE_MAX = 200_000
+
+
+def default_path(db: str) -> str:
+    """The history store's file beside the IP list's: ``./syswatch.sqlite3`` -> ``./syswatch-history.sqlite3``."""
+    root, ext = os.path.splitext(db)
+    return f"{root}-history{ext or '.sqlite3'}"
 
 
 class StoreUnusable(Exception):
@@ -151,11 +157,11 @@ class HistoryStore:
                                 f"(--history-max-mb / SYSWATCH_HISTORY_MAX_MB)")
         self._local = threading.local()
         self._names: dict[str, int] = {}
-        self._lock_fd = None
+        self._lock_file: BinaryIO | None = None
         self._check_file()
         self._lock()
         try:
-            self.conn = self._connect()
+            self.conn: sqlite3.Connection = self._connect()
             self._init_schema()
         except sqlite3.Error as exc:
             self.close()
@@ -216,16 +222,16 @@ class HistoryStore:
     def _lock(self) -> None:
         """One recording process per file: two APIs recording the same stream would count it twice.
         flock (not SQLite's fcntl locks, which it does not disturb); the descriptor stays open until close()."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        lock = open(self.path, "ab")          # a file object: released with the store even if close() is never called
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            os.close(fd)
+            lock.close()
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise StoreUnusable(f"another process records into the history database {self.path!r} (it holds "
                                     f"the file's lock): give each API its own --history-db") from None
             raise
-        self._lock_fd = fd
+        self._lock_file = lock
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
@@ -263,17 +269,16 @@ class HistoryStore:
             raise
 
     def close(self) -> None:
-        conn = getattr(self, "conn", None)
+        conn = self.__dict__.pop("conn", None)      # closed once; ``conn`` is gone afterwards
         if conn is not None:
             try:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error:
                 pass
             conn.close()
-            self.conn = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)     # after the SQLite connection: closing it drops nothing of SQLite's
-            self._lock_fd = None
+        if self._lock_file is not None:
+            self._lock_file.close()     # after the SQLite connection: closing it drops nothing of SQLite's
+            self._lock_file = None
 
     # --- meta ------------------------------------------------------------------------------------------
     def hi(self, tier: Tier) -> int:
@@ -298,7 +303,7 @@ class HistoryStore:
         if nid is None:
             conn = self.conn
             row = conn.execute("SELECT id FROM names WHERE text=?", (text,)).fetchone()
-            nid = row[0] if row else conn.execute("INSERT INTO names (text) VALUES (?)", (text,)).lastrowid
+            nid = row[0] if row else int(conn.execute("INSERT INTO names (text) VALUES (?)", (text,)).lastrowid or 0)
             if len(self._names) >= NAME_CACHE_MAX:
                 self._names.clear()
             self._names[text] = nid
@@ -578,7 +583,7 @@ class HistoryStore:
 
     def names_of(self, conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, str]:
         ids = [i for i in set(ids) if i >= 0]
-        out = {}
+        out: dict[int, str] = {}
         for i in range(0, len(ids), 500):
             chunk = ids[i:i + 500]
             out.update(conn.execute(f"SELECT id, text FROM names WHERE id IN ({','.join('?' * len(chunk))})",
@@ -587,7 +592,7 @@ class HistoryStore:
 
     def ids_of(self, conn: sqlite3.Connection, texts: Iterable[str]) -> dict[str, int]:
         texts = list(set(texts))
-        out = {}
+        out: dict[str, int] = {}
         for i in range(0, len(texts), 500):
             chunk = texts[i:i + 500]
             out.update(conn.execute(f"SELECT text, id FROM names WHERE text IN ({','.join('?' * len(chunk))})",

@@ -1,7 +1,8 @@
 """The ZeroMQ side of the API: one thread owns one SUB socket per collector endpoint, decodes every
 message through shared.protocol.decode (the stream's one validator: unknown fields dropped, every
-number, string and list bounded) and applies it to the aggregates (api/aggregates.py) and the
-event-stream hub (api/hub.py).
+number, string and list bounded) and applies it to the aggregates (api/aggregates.py), the
+event-stream hub (api/hub.py) and hands it to the history recorder (api/history_recorder.py: one
+append to its bounded queue; it aggregates and writes in a thread of its own).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 import zmq
 
 from syswatch.api.aggregates import MAX_HOSTS, StreamStats
+from syswatch.api.history_recorder import Recorder
 from syswatch.api.hub import StreamHub
 from syswatch.shared import protocol, zmqsock
 
@@ -28,12 +30,13 @@ class StreamSubscriber(threading.Thread):
     """Owns one SUB socket per collector endpoint (used from this thread only); decodes into ``stats`` and ``hub``."""
 
     def __init__(self, endpoints: list[str], stats: StreamStats, hub: StreamHub,
-                 ctx: zmq.Context | None = None, curve_client=None):
+                 ctx: zmq.Context | None = None, curve_client=None, history: Recorder | None = None):
         super().__init__(name="syswatch-subscriber", daemon=True)
         self.endpoints = list(endpoints)
         self.curve_client = curve_client  # shared.curve.ClientKeys, or None: no CurveZMQ
         self.stats = stats
         self.hub = hub
+        self.history = history
         self.ctx = ctx or zmq.Context.instance()
         self._stop = threading.Event()
 
@@ -97,12 +100,16 @@ class StreamSubscriber(threading.Thread):
                 ok = stats.add_events(payload["host"], events, endpoint)
                 if ok:
                     self.hub.publish(events)
+                    if self.history is not None:
+                        self.history.offer_events(payload["host"], events)
             else:
                 ok = True
         elif topic == protocol.TOPIC_STATUS:
             ok = stats.set_status(payload, endpoint)
         elif topic == protocol.TOPIC_COUNTS:
             ok = stats.add_counts(payload, endpoint)
+            if ok and self.history is not None:
+                self.history.offer_counts(payload)
         else:
             return                                  # a topic of a newer protocol minor: not ours
         if not ok:

@@ -31,7 +31,8 @@ EPILOG = textwrap.dedent("""\
       SYSWATCH_HOST, SYSWATCH_PORT, SYSWATCH_COLLECTOR, SYSWATCH_DB, SYSWATCH_TOKEN (the token itself),
       SYSWATCH_MAX_BODY_BYTES, SYSWATCH_MAX_ITEMS, SYSWATCH_MAX_IPS, SYSWATCH_MAX_STREAMS,
       SYSWATCH_RECENT_EVENTS, SYSWATCH_STREAM_QUEUE, SYSWATCH_THREADS, SYSWATCH_MAX_CONNECTIONS,
-      SYSWATCH_CHANNEL_TIMEOUT, SYSWATCH_CORS_ORIGINS and SYSWATCH_ALLOWED_HOSTS (comma separated)
+      SYSWATCH_CHANNEL_TIMEOUT, SYSWATCH_HISTORY_DB, SYSWATCH_HISTORY_MAX_MB,
+      SYSWATCH_CORS_ORIGINS and SYSWATCH_ALLOWED_HOSTS (comma separated)
       SYSWATCH_CURVE_SERVER_KEY + SYSWATCH_CURVE_CLIENT_KEY: subscribe with CurveZMQ
         (make the keys with: python3 -m syswatch.shared.curve --help)
 
@@ -43,11 +44,15 @@ EPILOG = textwrap.dedent("""\
       SYSWATCH_TOKEN=s3cret syswatch-api                      # POSTs need: Authorization: Bearer s3cret
       syswatch-api --token-file /run/secrets/syswatch_token
       syswatch-api --max-items 1000 --max-ips 50000           # tighter IP list limits
+      syswatch-api --history-max-mb 2048                      # keep more history (default 512 MiB)
+      syswatch-api --history-db /var/lib/syswatch/history.sqlite3 --history-max-mb 0   # 0: no history
 
       curl -s localhost:8080/apis
       curl -s -X POST localhost:8080/add_ips -H 'Content-Type: application/json' -d '{"add_ips": [1, 2, 3]}'
       curl -s 'localhost:8080/events?limit=5&syscall=write'
       curl -sN localhost:8080/events/stream?comm=dd
+      curl -s 'localhost:8080/history?from=-15m&group=container'          # who did the I/O, 15 min back
+      curl -s 'localhost:8080/history?from=2026-12-06T03:10:00Z&to=2026-12-06T03:15:00Z&group=file&format=csv'
       xdg-open http://localhost:8080/                       # the live dashboard
 
       # a page served from http://localhost:3000 may call the API (CORS), nothing else may:
@@ -66,6 +71,13 @@ def port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
         raise ValueError(f"a TCP port is 0..65535, got {value}")
+    return value
+
+
+def history_mb(text: str) -> int:
+    value = int(text)
+    if value != 0 and not 1 <= value <= 1 << 20:
+        raise ValueError(f"must be 0 (no history) or 1..{1 << 20} MiB, got {value}")
     return value
 
 
@@ -118,6 +130,12 @@ def parse_args(argv=None) -> ApiConfig:
         help="open connections waitress accepts; more wait in the listen backlog")
     opt("--channel-timeout", env="SYSWATCH_CHANNEL_TIMEOUT", default=d.channel_timeout, type=positive,
         help="seconds before an idle connection is closed")
+    opt("--history-db", env="SYSWATCH_HISTORY_DB", default=None, metavar="FILE",
+        help="SQLite file of the history GET /history answers from (default: beside --db, e.g. "
+             "./syswatch-history.sqlite3 for ./syswatch.sqlite3)")
+    opt("--history-max-mb", env="SYSWATCH_HISTORY_MAX_MB", default=d.history_max_mb, type=history_mb, metavar="MIB",
+        help="size limit of the history store (file, WAL and index) in MiB; when it is reached the oldest "
+             "fine intervals go first (docs/HISTORY.md); 0 turns history off")
     p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     args = p.parse_args(argv)
     from syswatch.api import web
@@ -135,7 +153,7 @@ def parse_args(argv=None) -> ApiConfig:
         cors_origins=tuple(cors_origins),
         allowed_hosts=tuple(h.strip().lower() for h in args.allowed_host if h.strip()),
         sse_heartbeat=args.sse_heartbeat, threads=args.threads, max_connections=args.max_connections,
-        channel_timeout=args.channel_timeout)
+        channel_timeout=args.channel_timeout, history_db=args.history_db or None, history_max_mb=args.history_max_mb)
 
 
 def token_error(message: str) -> NoReturn:
@@ -183,6 +201,7 @@ def main(argv=None) -> int:
     import waitress
     import zmq
 
+    from syswatch.api.history_store import StoreUnusable
     from syswatch.api.httplog import json_server_errors, stdout_line
     from syswatch.api.iplist import DatabaseUnusable
 
@@ -199,7 +218,7 @@ def main(argv=None) -> int:
     try:
         curve_client = curve.client_from_env()  # SYSWATCH_CURVE_SERVER_KEY / SYSWATCH_CURVE_CLIENT_KEY
         app = make_app(config, curve_client)
-    except (curve.CurveError, DatabaseUnusable, OSError) as exc:
+    except (curve.CurveError, DatabaseUnusable, StoreUnusable, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
@@ -237,6 +256,8 @@ def main(argv=None) -> int:
     # durations tell that story without a line per request.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     app.subscriber.start()
+    if app.history is not None:
+        app.history.start()
 
     def stop(*_):
         app.hub.end_all()  # open event streams end now, instead of holding waitress's shutdown for 5 s
@@ -250,6 +271,12 @@ def main(argv=None) -> int:
     stdout_line(f"IP list: {os.path.abspath(config.db)} ({iplist.count()} addresses); "
                 f"collector: {', '.join(config.collectors)}{' (CurveZMQ)' if curve_client else ''}; "
                 f"POST token: {'required' if config.token else 'not required'}")
+    if app.history is not None:
+        store = app.history.store
+        stdout_line(f"History: {os.path.abspath(store.path)} ({store.disk_bytes() / 2**20:.1f} MiB of "
+                    f"{config.history_max_mb} MiB; GET /history)")
+    else:
+        stdout_line("History: off (--history-max-mb 0)")
     if iplist.respelled:  # a list written by another Python version (iplist.IPList._respell)
         stdout_line(f"IP list: respelled {iplist.respelled} stored IPv4-mapped IPv6 address(es) as ::ffff:a.b.c.d "
                     f"and dropped {iplist.merged} duplicate(s) of an address added earlier")
@@ -261,6 +288,7 @@ def main(argv=None) -> int:
         pass
     finally:
         app.subscriber.stop()
+        app.close()             # the history recorder writes what it holds
     return 0
 
 

@@ -63,7 +63,7 @@ class Clocked:
     def crash(self) -> None:
         """What kill -9 leaves: the file as committed; nothing is flushed or closed properly."""
         self.store.conn.close()
-        os.close(self.store._lock_fd)
+        self.store._lock_file.close()
 
     def close(self) -> None:
         self.rec._round(final=True)
@@ -254,6 +254,8 @@ BAD = [
     ({"from": "-100d"}, "100.0 days", "at most 31 days"),
     ({"from": "2020-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "days", "shorter range"),
     ({"from": "-1d", "step": "1"}, "'step'", ""),
+    ({"step": "5s561865s12442d761d"}, "'step'", "1 second to 31 days"),
+    ({"step": "0"}, "'step'", "1 second to 31 days"),
     ({"from": "-1d", "step": "10"}, "gives 8640 points", "at least 60 s"),
     ({"group": "pid"}, "'group'", "process, container, syscall, file, host"),
     ({"limit": "0"}, "'limit'", "1..1000"),

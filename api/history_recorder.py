@@ -116,6 +116,7 @@ class Recorder(threading.Thread):
         self.cpu_s = 0.0
         self._retry_at = 0.0
         self._maintain_at = 0.0
+        self._idle_at = 0.0
         self._gc_at = time.monotonic() + GC_NAMES_S
         self._status: dict = {}
         self._slock = threading.Lock()
@@ -206,6 +207,11 @@ class Recorder(threading.Thread):
         mono = time.monotonic()
         if self.pending and (mono >= self._retry_at or final):
             self._write()
+        elif not self.pending and self.closed > self.store.hi(self.store.tiers[0]) and mono >= self._idle_at:
+            # nothing happened: the store still learns (once a second) that those seconds are over,
+            # so complete_until moves on and the coarser tiers roll up
+            self._idle_at = mono + MAINTAIN_S
+            self._guard(lambda: self.store.write([], self.closed))
         if not self.pending and mono >= self._maintain_at and self.state == "recording":
             self._maintain_at = mono + MAINTAIN_S
             self._guard(lambda: self.store.maintain(now))

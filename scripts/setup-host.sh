@@ -3,7 +3,7 @@
 #
 # What it does, each step skipped when already done (a second run takes ~1 s):
 #   1. apt packages: bpftrace docker.io docker-compose debootstrap curl bpftool strace wrk systemd
-#      chromium chromium-driver python3-selenium qemu-system-x86 e2fsprogs python3-venv (venv: the
+#      chromium chromium-driver python3-selenium qemu-system-x86 e2fsprogs python3-venv gcc libc6-dev (venv: the
 #      wheel is installed into a fresh virtual environment by tests/test_package.py; systemd: systemd-analyze
 #      verifies the units in deploy/systemd; chromium: the browser tests use the system browser,
 #      nothing downloads one; qemu: the kprobe VM of scripts/kernel-vm.sh), and prometheus (2.42:
@@ -22,8 +22,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DOCKERD_LOG="${SYSWATCH_DOCKERD_LOG:-/var/log/syswatch-dockerd.log}"
 DOCKERD_WAIT="${SYSWATCH_DOCKERD_WAIT:-60}"
 # chromium, chromium-driver, python3-selenium: the dashboard's browser tests (tests/test_dashboard.py)
+# gcc, libc6-dev: tests/test_history_e2e.py builds harness/rounds.c statically for its containers
 APT_PACKAGES=(bpftrace docker.io docker-compose debootstrap curl bpftool strace wrk systemd chromium
-              chromium-driver python3-selenium qemu-system-x86 e2fsprogs python3-venv)
+              chromium-driver python3-selenium qemu-system-x86 e2fsprogs python3-venv gcc libc6-dev)
 # Installed for their programs only: their services must not start (see quiet_services below).
 NO_SERVICE_PACKAGES=(prometheus)
 

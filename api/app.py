@@ -48,7 +48,7 @@ class ApiConfig:
     max_connections: int = 1000
     channel_timeout: int = 60
     history_db: str | None = None          # the history store; None: beside ``db`` (history_store.default_path)
-    history_max_mb: int = 512              # its size limit in MiB; 0: no history
+    history_max_mb: int = 1024             # its size limit in MiB; 0: no history
 
     @property
     def history_path(self) -> str:

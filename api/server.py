@@ -44,7 +44,7 @@ EPILOG = textwrap.dedent("""\
       SYSWATCH_TOKEN=s3cret syswatch-api                      # POSTs need: Authorization: Bearer s3cret
       syswatch-api --token-file /run/secrets/syswatch_token
       syswatch-api --max-items 1000 --max-ips 50000           # tighter IP list limits
-      syswatch-api --history-max-mb 2048                      # keep more history (default 512 MiB)
+      syswatch-api --history-max-mb 4096                      # room for more hosts (default 1024 MiB)
       syswatch-api --history-db /var/lib/syswatch/history.sqlite3 --history-max-mb 0   # 0: no history
 
       curl -s localhost:8080/apis

@@ -96,7 +96,7 @@ def test_stats_metrics_and_the_documents_show_the_store(api):
     api.app.history._refresh_status()
     h = api.get("/stats").json()["history"]
     assert h["state"] == "recording" and h["path"] == default_path(api.config.db)
-    assert 0 < h["disk_bytes"] <= h["max_bytes"] == 512 << 20
+    assert 0 < h["disk_bytes"] <= h["max_bytes"] == 1024 << 20
     assert h["events_recorded"] == 50 and h["rows_written"] > 0
     text = api.get("/metrics").text
     assert metric(text, "syswatch_history_disk_bytes") == h["disk_bytes"]

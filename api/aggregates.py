@@ -48,6 +48,11 @@ COUNTERS = {
     "processes_tracked": ("gauge", "Process rows held for the top-processes tables."),
     "processes_evicted": ("counter", "Process rows dropped from the tables to stay within the bound."),
     "containers_tracked": ("gauge", "Container rows held for the top-containers tables."),
+    "nats_messages_received": ("counter", "Messages the NATS consumer delivered to this API (valid or refused)."),
+    "nats_redelivered": ("counter", "Of those, messages JetStream delivered again (an API had not acknowledged "
+                                    "them: it stopped, or lost its connection)."),
+    "nats_pending": ("gauge", "Messages the NATS consumer still held for its readers at the last delivery "
+                              "(the backlog while catching up)."),
 }
 CALLS, BYTES, ERRORS, LAT = range(4)    # the columns of every aggregate row
 
@@ -72,6 +77,7 @@ class HostStats:
         self.containers: dict[str, list] = {}      # container_id -> [c, b, e, lat, name]
         self.events_received = 0
         self.status: dict | None = None            # the collector's last status payload
+        self.bridge: dict | None = None            # its NATS bridge's last status (topic "bridge"), NATS only
         self.last_message_at: float | None = None
         self.endpoint: str | None = None
         self.events_not_received = 0
@@ -211,6 +217,21 @@ class StreamStats:
             self.counters["events_not_received"] = sum(h.events_not_received for h in self.hosts.values())
         return True
 
+    def set_bridge(self, status: dict, source: str | None = None) -> bool:
+        """A NATS bridge's counters (what it published and what it could not) for its host's view."""
+        with self.lock:
+            host = self._host(status["host"], source)
+            if host is None:
+                return False
+            host.bridge = {k: v for k, v in status.items() if k != "v"}
+        return True
+
+    def nats_delivery(self, redelivered: bool, pending: int) -> None:
+        with self.lock:
+            self.counters["nats_messages_received"] += 1
+            self.counters["nats_redelivered"] += redelivered
+            self.counters["nats_pending"] = pending
+
     def add_malformed(self, reason: str) -> None:
         with self.lock:
             self.counters["malformed_messages"] += 1
@@ -331,11 +352,12 @@ class StreamStats:
                         "connected": age is not None and age <= CONNECTED_WINDOW_S,
                         "last_message_age_s": None if age is None else round(age, 3),
                         "events_received": h.events_received, "events_not_received": h.events_not_received,
-                        "status": dict(h.status) if h.status else None})
+                        "status": dict(h.status) if h.status else None,
+                        "bridge": dict(h.bridge) if h.bridge else None})
         for endpoint in self.endpoints:
             if endpoint not in heard:
                 out.append({"endpoint": endpoint, "host": None, "connected": False, "last_message_age_s": None,
-                            "events_received": 0, "events_not_received": 0, "status": None})
+                            "events_received": 0, "events_not_received": 0, "status": None, "bridge": None})
         return out
 
     def recent_events(self, flt: EventFilter, limit: int) -> list:

@@ -1,7 +1,9 @@
 """The API wired up once: ``make_app(config)`` builds every part from an ``ApiConfig``.
 
     IPList (SQLite)  StreamStats <- StreamSubscriber (thread, not started) -> StreamHub
-            \\             |                    \\-> Recorder (thread, not started) -> HistoryStore (SQLite)
+                                 <- NatsIngest (thread, not started; with --nats)
+            \\             |     both also -> Recorder (thread, not started) -> HistoryStore (SQLite)
+             \\            |                                                  /
              Api handlers (api/routes.py) -> Bottle app -> WebGuard -> AccessLog  = App.wsgi
 
 ``api/server.py`` builds the config from flags and environment, calls ``make_app``, starts the
@@ -21,9 +23,10 @@ from syswatch.api.httplog import AccessLog, RequestStats, stdout_line
 from syswatch.api.hub import StreamHub
 from syswatch.api.ingest import StreamSubscriber
 from syswatch.api.iplist import IPList
+from syswatch.api.nats_ingest import NatsIngest
 from syswatch.api.routes import ROUTES, Api, Limits, build_app
 from syswatch.api.web import StaticFiles, WebGuard
-from syswatch.shared import protocol
+from syswatch.shared import jetstream, natsclient, protocol
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,9 @@ class ApiConfig:
     threads: int = 16
     max_connections: int = 1000
     channel_timeout: int = 60
+    nats: natsclient.Options | None = None   # --nats: also (or only) read the fleet's JetStream stream
+    nats_stream: str = jetstream.DEFAULT_STREAM
+    nats_consumer: str = jetstream.DEFAULT_CONSUMER
     history_db: str | None = None          # the history store; None: beside ``db`` (history_store.default_path)
     history_max_mb: int = 1024             # its size limit in MiB; 0: no history
 
@@ -66,7 +72,8 @@ class App:
     hub: StreamHub
     requests: RequestStats
     subscriber: StreamSubscriber            # started by the caller (server.main), stopped by it too
-    history: Recorder | None                # the same (None: history is off)
+    history: Recorder | None = None         # likewise (None: history is off)
+    nats: NatsIngest | None = None          # likewise, when the config names a NATS server
 
     def close(self) -> None:
         """Stop the history recorder (writing what it holds) and release its store."""
@@ -95,4 +102,6 @@ def make_app(config: ApiConfig, curve_client=None, log: Callable[[str], None] = 
     api = Api(iplist, stats, hub, requests, limits, config.token, StaticFiles(), history)
     wsgi = AccessLog(WebGuard(build_app(api), config.host, config.cors_origins, config.allowed_hosts),
                      requests, log=log)
-    return App(config, wsgi, api, iplist, stats, hub, requests, subscriber, history)
+    nats = (NatsIngest(config.nats, config.nats_stream, config.nats_consumer, stats, hub, history)
+            if config.nats is not None else None)
+    return App(config, wsgi, api, iplist, stats, hub, requests, subscriber, history, nats)

@@ -38,10 +38,10 @@ class StreamSubscriber(threading.Thread):
         self.hub = hub
         self.history = history
         self.ctx = ctx or zmq.Context.instance()
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
     def _open(self, endpoint: str) -> zmq.Socket:
         return zmqsock.make_subscriber(self.ctx, endpoint, curve_client=self.curve_client,
@@ -58,8 +58,13 @@ class StreamSubscriber(threading.Thread):
                 heard[endpoint] = time.monotonic()
                 poller.register(sock, zmq.POLLIN)
             next_tick = 0.0
-            while not self._stop.is_set():
-                for sock, _ in poller.poll(200):
+            while not self._stopping.is_set():
+                if socks:
+                    ready = poller.poll(200)
+                else:   # --nats without --collector: this thread only samples events/s (a poll of no
+                    self._stopping.wait(0.2)    # socket returns at once: it would spin)
+                    ready = []
+                for sock, _ in ready:
                     endpoint = socks[sock]
                     heard[endpoint] = time.monotonic()
                     for _ in range(DRAIN_MAX):
@@ -88,29 +93,39 @@ class StreamSubscriber(threading.Thread):
                 sock.close(0)
 
     def handle(self, frames: list, endpoint: str | None = None) -> None:
-        stats = self.stats
         try:
-            topic, payload = protocol.decode(frames)
+            message = protocol.decode(frames)
         except protocol.ProtocolError as exc:
-            stats.add_malformed(str(exc))
+            self.stats.add_malformed(str(exc))
             return
-        if topic.startswith(protocol.EVENT_PREFIX):
-            events = payload["events"]
-            if events:
-                ok = stats.add_events(payload["host"], events, endpoint)
-                if ok:
-                    self.hub.publish(events)
-                    if self.history is not None:
-                        self.history.offer_events(payload["host"], events)
-            else:
-                ok = True
-        elif topic == protocol.TOPIC_STATUS:
-            ok = stats.set_status(payload, endpoint)
-        elif topic == protocol.TOPIC_COUNTS:
-            ok = stats.add_counts(payload, endpoint)
-            if ok and self.history is not None:
-                self.history.offer_counts(payload)
+        apply(self.stats, self.hub, message, endpoint, self.history)
+
+
+def apply(stats: StreamStats, hub: StreamHub, message: protocol.Message, source: str | None,
+          history: Recorder | None = None) -> None:
+    """One decoded message into the aggregates, the hub and the history recorder: the ZeroMQ and the NATS
+    ingest (api/nats_ingest.py) both end here. ``source``: the collector's endpoint, or the NATS consumer it
+    came through."""
+    topic, payload = message
+    if topic.startswith(protocol.EVENT_PREFIX):
+        events = payload["events"]
+        if events:
+            ok = stats.add_events(payload["host"], events, source)
+            if ok:
+                hub.publish(events)
+                if history is not None:
+                    history.offer_events(payload["host"], events)
         else:
-            return                                  # a topic of a newer protocol minor: not ours
-        if not ok:
-            stats.add_malformed(f"{topic} from host {payload['host']!r:.80}: more than {MAX_HOSTS} hosts")
+            ok = True
+    elif topic == protocol.TOPIC_STATUS:
+        ok = stats.set_status(payload, source)
+    elif topic == protocol.TOPIC_COUNTS:
+        ok = stats.add_counts(payload, source)
+        if ok and history is not None:
+            history.offer_counts(payload)
+    elif topic == protocol.TOPIC_BRIDGE:
+        ok = stats.set_bridge(payload, source)
+    else:
+        return                                  # a topic of a newer protocol minor: not ours
+    if not ok:
+        stats.add_malformed(f"{topic} from host {payload['host']!r:.80}: more than {MAX_HOSTS} hosts")

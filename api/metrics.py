@@ -45,6 +45,13 @@ COLLECTOR_STATUS = (
     ("malformed_total", "bpftrace lines the collector could not parse (collector status)."),
 )
 
+# Counters of a NATS bridge's status (topic "bridge"), by host: the names its own /metrics uses.
+BRIDGE_STATUS = (
+    ("published_events", "Events in the messages JetStream acknowledged (the bridge's last status)."),
+    ("published_messages", "Messages JetStream acknowledged (the bridge's last status)."),
+    ("received_events", "Events in the collector's messages that reached the bridge."),
+)
+
 
 class StatsCollector(Collector):
     """The API's models as metric families, built anew at each scrape."""
@@ -94,6 +101,21 @@ class StatsCollector(Collector):
                 if c["status"]:
                     family.add_metric([c["host"]], c["status"][key])
             yield family
+        # what each host's NATS bridge published and could not (--nats; the bridge's own /metrics has the same)
+        bridges = [c for c in collectors if c.get("bridge")]
+        if bridges:
+            for key, help_text in BRIDGE_STATUS:
+                family = CounterMetricFamily(f"syswatch_bridge_{key}", help_text, labels=["host"])
+                for c in bridges:
+                    family.add_metric([c["host"]], c["bridge"][key])
+                yield family
+            lost = CounterMetricFamily("syswatch_bridge_unpublished_events",
+                                       "Events a host's NATS bridge could not publish, by reason.",
+                                       labels=["host", "reason"])
+            for c in bridges:
+                for reason, n in c["bridge"]["unpublished_by_reason"].items():
+                    lost.add_metric([c["host"], reason], n)
+            yield lost
 
     @staticmethod
     def _history(st: dict):

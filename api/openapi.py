@@ -228,7 +228,10 @@ def document(max_items: int, max_events_limit: int, default_events_limit: int) -
                         ["endpoint", "host", "connected", "last_message_age_s", "status"],
                         endpoint={"type": "string", "nullable": True}, host={"type": "string", "nullable": True},
                         connected=BOOL, last_message_age_s={"type": "number", "nullable": True},
-                        events_received=INT, events_not_received=INT, status=status)},
+                        events_received=INT, events_not_received=INT, status=status,
+                        bridge={"type": "object", "nullable": True,
+                                "description": "the host's NATS bridge's last counters (--nats only): what it "
+                                               "published and could not publish, by reason (docs/PROTOCOL.md)"})},
                     hosts={"type": "array", "items": STR},
                     collector_status=status,
                     api=_obj([*COUNTERS, "last_malformed_reason", "recent_events_capacity", "event_streams"],

@@ -20,11 +20,15 @@ import sys
 import textwrap
 from typing import NoReturn
 
-from syswatch import __version__
-from syswatch.api.app import ApiConfig, make_app
-from syswatch.shared import curve
-from syswatch.shared.config import add_option
-from syswatch.shared.zmqsock import check_endpoint
+from syswatch.shared.deps import require
+
+require("syswatch-api", "zmq", "bottle", "waitress", "prometheus_client")   # a missing one: one line, exit 2
+
+from syswatch import __version__  # noqa: E402
+from syswatch.api.app import ApiConfig, make_app  # noqa: E402
+from syswatch.shared import curve, jetstream  # noqa: E402
+from syswatch.shared.config import add_option  # noqa: E402
+from syswatch.shared.zmqsock import check_endpoint  # noqa: E402
 
 EPILOG = textwrap.dedent("""\
     environment (a flag beats its variable, which beats the default):
@@ -35,12 +39,16 @@ EPILOG = textwrap.dedent("""\
       SYSWATCH_CORS_ORIGINS and SYSWATCH_ALLOWED_HOSTS (comma separated)
       SYSWATCH_CURVE_SERVER_KEY + SYSWATCH_CURVE_CLIENT_KEY: subscribe with CurveZMQ
         (make the keys with: python3 -m syswatch.shared.curve --help)
+      SYSWATCH_NATS_PASSWORD, SYSWATCH_NATS_TOKEN: NATS credentials (or the --nats-*-file flags)
 
     examples:
       syswatch-api                                            # 127.0.0.1:8080, collector tcp://127.0.0.1:5556
       syswatch-api --host 0.0.0.0 --port 9080                 # listen on every interface, port 9080
       syswatch-api --db /var/lib/syswatch/ips.sqlite3
       syswatch-api --collector tcp://10.0.0.5:5556            # a collector on another host
+      syswatch-api --nats nats://nats.example:4222            # every node's events from NATS JetStream
+      SYSWATCH_NATS_PASSWORD=... syswatch-api --nats tls://nats.example:4222 --nats-user api \
+          --nats-ca /etc/syswatch/nats-ca.pem                 # with TLS and a password (docs/DEPLOY.md)
       SYSWATCH_TOKEN=s3cret syswatch-api                      # POSTs need: Authorization: Bearer s3cret
       syswatch-api --token-file /run/secrets/syswatch_token
       syswatch-api --max-items 1000 --max-ips 50000           # tighter IP list limits
@@ -100,6 +108,10 @@ def parse_args(argv=None) -> ApiConfig:
     opt("--collector", env="SYSWATCH_COLLECTOR", default=list(d.collectors), repeatable=True,
         type=check_endpoint, metavar="ENDPOINT",
         help="a collector's ZeroMQ PUB endpoint; repeat (env: comma separated) for one view over several")
+    jetstream.add_flags(p, required=False)
+    opt("--nats-consumer", env="SYSWATCH_NATS_CONSUMER", default=d.nats_consumer, type=jetstream.stream_name,
+        metavar="NAME", help="the durable JetStream consumer; API replicas with the same name share the "
+                             "messages (each gets some), another name reads them all again")
     opt("--db", env="SYSWATCH_DB", default=d.db, help="SQLite file holding the IP list")
     opt("--token-file", help="file holding the bearer token every POST must send; beats SYSWATCH_TOKEN "
                              "(none: POSTs are open unless SYSWATCH_TOKEN is set)")
@@ -143,17 +155,30 @@ def parse_args(argv=None) -> ApiConfig:
         cors_origins = web.parse_origins(args.cors_origin)
     except web.BadOrigin as exc:
         p.error(f"--cors-origin / SYSWATCH_CORS_ORIGINS: {exc}")
+    nats = None
+    collectors = tuple(args.collector)
+    if args.nats:
+        try:
+            nats = jetstream.options(args, name="syswatch-api")
+        except jetstream.SettingsError as exc:
+            p.error(str(exc))
+        # --nats alone reads NATS only: the default ZeroMQ endpoint is for the one-host set-up
+        named = os.environ.get("SYSWATCH_COLLECTOR") or any(
+            a == "--collector" or a.startswith("--collector=") for a in (argv if argv is not None else sys.argv[1:]))
+        if not named:
+            collectors = ()
     if args.threads < args.max_streams + 4:
         p.error(f"--threads {args.threads} must be at least --max-streams {args.max_streams} + 4, "
                 f"so that open event streams never take every worker thread")
     return ApiConfig(
-        host=args.host, port=args.port, collectors=tuple(args.collector), db=args.db, token=read_token(args.token_file),
+        host=args.host, port=args.port, collectors=collectors, db=args.db, token=read_token(args.token_file),
         max_body_bytes=args.max_body_bytes, max_items=args.max_items, max_ips=args.max_ips,
         recent_events=args.recent_events, max_streams=args.max_streams, stream_queue=args.stream_queue,
         cors_origins=tuple(cors_origins),
         allowed_hosts=tuple(h.strip().lower() for h in args.allowed_host if h.strip()),
         sse_heartbeat=args.sse_heartbeat, threads=args.threads, max_connections=args.max_connections,
-        channel_timeout=args.channel_timeout, history_db=args.history_db or None, history_max_mb=args.history_max_mb)
+        channel_timeout=args.channel_timeout, nats=nats, nats_stream=args.nats_stream,
+        nats_consumer=args.nats_consumer, history_db=args.history_db or None, history_max_mb=args.history_max_mb)
 
 
 def token_error(message: str) -> NoReturn:
@@ -256,6 +281,8 @@ def main(argv=None) -> int:
     # durations tell that story without a line per request.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     app.subscriber.start()
+    if app.nats is not None:
+        app.nats.start()
     if app.history is not None:
         app.history.start()
 
@@ -268,9 +295,12 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGINT, stop)
     stdout_line(f"API Server starting on {config.host}:{server.effective_port}")
     iplist = app.iplist
+    sources = [f"collector: {', '.join(config.collectors)}{' (CurveZMQ)' if curve_client else ''}"] \
+        if config.collectors else []
+    if app.nats is not None:
+        sources.append(f"NATS: {app.nats.source}")
     stdout_line(f"IP list: {os.path.abspath(config.db)} ({iplist.count()} addresses); "
-                f"collector: {', '.join(config.collectors)}{' (CurveZMQ)' if curve_client else ''}; "
-                f"POST token: {'required' if config.token else 'not required'}")
+                f"{'; '.join(sources)}; POST token: {'required' if config.token else 'not required'}")
     if app.history is not None:
         store = app.history.store
         stdout_line(f"History: {os.path.abspath(store.path)} ({store.disk_bytes() / 2**20:.1f} MiB of "
@@ -288,6 +318,8 @@ def main(argv=None) -> int:
         pass
     finally:
         app.subscriber.stop()
+        if app.nats is not None:
+            app.nats.stop()
         app.close()             # the history recorder writes what it holds
     return 0
 

@@ -58,7 +58,7 @@ def find_bpftrace(name: str = "bpftrace") -> str:
         if name != "bpftrace":
             raise SetupError(f"--bpftrace {name!r} is not an executable file")
         raise SetupError("bpftrace is not installed: apt-get install -y bpftrace "
-                         "(scripts/setup-host.sh does it), or name one with --bpftrace PATH")
+                         "(scripts/setup-test.sh does it), or name one with --bpftrace PATH")
     return path
 
 

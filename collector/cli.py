@@ -13,6 +13,7 @@ from typing import Callable
 from syswatch import __version__
 from syswatch.collector import program
 from syswatch.shared.config import add_option
+from syswatch.shared.metricsserver import listen_text
 from syswatch.shared.protocol import DEFAULT_ENDPOINT, DEFAULT_SYSCALLS, SYSCALLS
 
 EPILOG = """\
@@ -32,6 +33,8 @@ examples:
   sudo SYSWATCH_CURVE_SERVER_KEY=keys/server.key_secret SYSWATCH_CURVE_CLIENTS=keys/clients \\
        syswatch-collector --bind tcp://0.0.0.0:5556
         publish beyond this host, encrypted, to authorised subscribers only
+  sudo syswatch-collector --metrics 0.0.0.0:9101
+        also serve Prometheus metrics (events, lost, dropped, per syscall, process) on port 9101
   syswatch-tail                      # watch the stream;  syswatch-top: busiest processes
 
 Installed in a virtual environment, give sudo the script's path (sudo's PATH does not hold
@@ -68,6 +71,7 @@ class Config:
     on_overload: str = "drop"
     hostname: str | None = None            # None: the host's name (preflight)
     log_level: str = "info"
+    metrics: str | None = None             # --metrics HOST:PORT: the collector's own Prometheus endpoint
 
 
 def seconds(text: str) -> float:
@@ -148,6 +152,9 @@ def parser() -> argparse.ArgumentParser:
                help="the host field of every message (default: the host's name, also in a container)")
     add_option(p, "--log-level", env="SYSWATCH_LOG_LEVEL", default="info",
                type=one_of("debug", "info", "warning", "error"), help="log level of stderr messages")
+    add_option(p, "--metrics", env="SYSWATCH_METRICS", default=None, type=listen_text, metavar="HOST:PORT",
+               help="serve the collector's own Prometheus metrics on http://HOST:PORT/metrics (a bare PORT: "
+                    "127.0.0.1); counters, per-syscall calls, what it runs, process metrics")
     p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
@@ -159,4 +166,4 @@ def parse_args(argv: list[str] | None = None) -> Config:
                   interval=ns.interval, echo_rate=ns.echo_rate,
                   filters=Filters(pids=tuple(ns.pid), comms=tuple(ns.comm), containers=tuple(ns.container)),
                   duration=ns.duration, bpftrace=ns.bpftrace, on_overload=ns.on_overload,
-                  hostname=ns.hostname, log_level=ns.log_level)
+                  hostname=ns.hostname, log_level=ns.log_level, metrics=ns.metrics)

@@ -24,6 +24,10 @@ if (__name__ == "__main__" or os.path.basename(sys.argv[0]) == "syswatch-collect
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
 
+from syswatch.shared.deps import require  # noqa: E402  (stdlib only)
+
+require("syswatch-collector", "zmq")          # a missing package: one line, exit 2
+
 import errno  # noqa: E402
 import ipaddress  # noqa: E402
 import logging  # noqa: E402
@@ -88,6 +92,19 @@ def main(argv: list[str] | None = None) -> int:
         ctx.term()
         return 2
     coll = Collector(config, prepared, sock)
+    metrics = None
+    if config.metrics:
+        try:
+            metrics = serve_metrics(config.metrics, coll)
+        except (OSError, SystemExit) as exc:
+            if isinstance(exc, OSError):
+                print(f"error: {exc}", file=sys.stderr)
+            coll.close()
+            sock.close(linger=0)
+            if auth:
+                auth.stop()
+            ctx.term()
+            return 2
     signal.signal(signal.SIGINT, lambda *_: None)      # the wake-up fd tells the loop
     signal.signal(signal.SIGTERM, lambda *_: None)
     print("Loading eBPF program", flush=True)
@@ -109,11 +126,30 @@ def main(argv: list[str] | None = None) -> int:
         coll.close()
         if code == 0:
             coll.publish_status()                      # final counters for subscribers
+        if metrics is not None:
+            metrics.close()
         sock.close(linger=0)
         if auth:
             auth.stop()
         ctx.term()
     return code
+
+
+def serve_metrics(listen: str, coll: Collector):
+    """--metrics: the collector's registry on its own HTTP thread (it reads the loop's last snapshot only)."""
+    from syswatch.collector import metrics
+    from syswatch.shared.metricsserver import MetricsServer, check_listen, is_loopback
+    require("syswatch-collector --metrics", "prometheus_client")   # one line, exit 2
+    try:
+        server = MetricsServer(listen, metrics.registry(lambda: coll.metrics_snapshot,
+                                                        lambda: coll.bt.pid if coll.bt else None))
+    except OSError as exc:
+        raise OSError(f"cannot serve --metrics on {listen}: {exc.strerror or exc}; pick another port") from None
+    if not is_loopback(check_listen(listen)[0]):
+        log.warning("--metrics %s is not a loopback address: anyone who reaches it sees the collector's "
+                    "counters and what it runs", listen)
+    log.info("metrics on http://%s/metrics", server.address)
+    return server
 
 
 def bind_error(endpoint: str, exc: Exception) -> str:

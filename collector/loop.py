@@ -63,6 +63,10 @@ class Collector:
         self.host_json = json_string(prepared.hostname)
         self.started = time.monotonic()
         self.dropped = 0
+        # per syscall: [calls, bytes, errors] (bytes and errors from counts rows only: events stay JSON)
+        self.per_syscall: dict[str, list[int]] = {sc: [0, 0, 0] for sc in config.syscalls}
+        # what --metrics serves: a new dict every status, read by the HTTP thread (collector/metrics.py)
+        self.metrics_snapshot: dict | None = None
         self.rejected_subscriptions = 0
         self.echo = Echo(config.echo_rate if config.mode == "events" else 0)
         self.ready = False
@@ -252,7 +256,13 @@ class Collector:
         for syscall, events in parsed.events.items():
             self._send(encode_event_batch(topic_for(syscall), self.host_json, events), len(events))
             self.echo.events(syscall, events)
+            self.per_syscall.setdefault(syscall, [0, 0, 0])[0] += len(events)
         for rows in parsed.intervals:
+            for r in rows:
+                totals = self.per_syscall.setdefault(r["syscall"], [0, 0, 0])
+                totals[0] += r["calls"]
+                totals[1] += r["bytes"]
+                totals[2] += r["errors"]
             # one interval may take several messages: each stays far below subscribers' size limits
             for at in range(0, max(len(rows), 1), ROWS_PER_MESSAGE):
                 chunk = rows[at:at + ROWS_PER_MESSAGE]
@@ -291,6 +301,11 @@ class Collector:
                 log.warning("every CPU's loss count is current again")
             self._last_stale = st["stale_cpus"]
         self._send(encode(TOPIC_STATUS, st), 0)
+        counts = self.config.mode == "counts"
+        self.metrics_snapshot = {
+            **st, "excluded_events": self.parser.excluded,
+            "per_syscall": {sc: {"calls": c, "bytes": b if counts else None, "errors": e if counts else None}
+                            for sc, (c, b, e) in self.per_syscall.items()}}
         bad = (st["lost_total"], st["dropped_total"], st["malformed_total"])
         now = time.monotonic()
         if bad != self._last_logged or now >= self._next_status_log:

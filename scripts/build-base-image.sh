@@ -1,30 +1,39 @@
 #!/usr/bin/env bash
-# Build a debian:<suite>-slim base image locally, for hosts that cannot pull from a registry.
-# The API image uses debian:bookworm-slim, the collector image debian:trixie-slim (bpftrace 0.23).
+# Make the base images docker-compose builds on: debian:bookworm-slim (the API) and debian:trixie-slim
+# (the collector: bpftrace 0.23), whatever the host can do. For each image, the first that works:
+#   1. present: `docker image inspect` finds it; nothing to do;
+#   2. pull: a registry answers (the registry API's handshake, GET <registry>/v2/, answers 200 or
+#      401 with Docker-Distribution-Api-Version: registry/2.0): `docker pull`;
+#   3. build: debootstrap --variant=minbase <suite> from a Debian mirror, trimmed like the official
+#      slim image, `docker import`ed. The mirror: the host's own when it is Debian (its apt entry for
+#      <suite>, else for any Debian suite: one mirror serves them all; /etc/apt/sources.list,
+#      sources.list.d/*.list and deb822 sources.list.d/*.sources), else (Ubuntu and other hosts) the
+#      documented default http://deb.debian.org/debian (security: http://deb.debian.org/debian-security).
+#      The image's apt uses the same mirror, so the Dockerfiles' apt-get steps need no registry either.
+# It says which path it took. A build takes under a minute with a nearby mirror; the temporary
+# rootfs is removed whatever happens; a pull that fails falls back to the build.
 #
-# When the image is already present this does nothing. Otherwise it runs
-#   debootstrap --variant=minbase <suite> <rootfs> <the host's Debian mirror>
-# trims apt lists, docs and man pages, points the image's apt at the same mirror the host uses
-# (<suite>, <suite>-updates and the host's security mirror, if any) and runs `docker import`.
-# Takes under a minute with a nearby mirror; the temporary rootfs is removed whatever happens.
-#
-# Usage:  sudo scripts/build-base-image.sh [--suite bookworm|trixie|all] [--print-mirror]
+# Usage:  scripts/build-base-image.sh [--suite bookworm|trixie|all] [--plan | --print-mirror]
 #           --suite SUITE    the Debian suite (default all: bookworm and trixie; bookworm when
 #                            SYSWATCH_BASE_IMAGE names one image)
-#           --print-mirror   print the mirrors it would use, build nothing
+#           --plan           print the path each image would take (present / pull / build, and why);
+#                            change nothing
+#           --print-mirror   print the mirrors a build would use, build nothing
 # Env:    SYSWATCH_SUITE            same as --suite
-#         SYSWATCH_BASE_IMAGE       tag to build            (default debian:<suite>-slim)
-#         SYSWATCH_MIRROR           Debian mirror URL       (default: the host's '<suite>' entry, else
-#                                                            its 'bookworm' entry: one mirror serves both)
-#         SYSWATCH_SECURITY_MIRROR  security mirror URL     (default: the host's '<suite>-security'
-#                                                            or 'bookworm-security' entry, for
-#                                                            <suite>-security; none: left out)
-#         SYSWATCH_APT_ETC          the host's apt directory (default /etc/apt: sources.list,
-#                                   sources.list.d/*.list and sources.list.d/*.sources are read)
+#         SYSWATCH_BASE_IMAGE       tag to make             (default debian:<suite>-slim)
+#         SYSWATCH_PULL             auto: pull when a registry answers; never: always build (default auto)
+#         SYSWATCH_REGISTRY         registry asked          (default https://registry-1.docker.io)
+#         SYSWATCH_REGISTRY_TIMEOUT seconds for its answer  (default 5)
+#         SYSWATCH_MIRROR           Debian mirror URL       (default: as above)
+#         SYSWATCH_SECURITY_MIRROR  security mirror URL     (default: the host's '<suite>-security' entry,
+#                                                            or any '*-security' one; none: left out)
+#         SYSWATCH_APT_ETC          the host's apt directory (default /etc/apt)
+#         SYSWATCH_OS_RELEASE       the host's os-release   (default /etc/os-release)
 # Examples:
 #   sudo scripts/build-base-image.sh                  # debian:bookworm-slim and debian:trixie-slim
 #   sudo scripts/build-base-image.sh --suite trixie
-#   sudo SYSWATCH_MIRROR=http://ftp.de.debian.org/debian scripts/build-base-image.sh
+#   scripts/build-base-image.sh --plan                # which path each image would take
+#   sudo SYSWATCH_PULL=never SYSWATCH_MIRROR=http://ftp.de.debian.org/debian scripts/build-base-image.sh
 set -euo pipefail
 
 APT_ETC="${SYSWATCH_APT_ETC:-/etc/apt}"
@@ -34,10 +43,11 @@ SUITE="${SYSWATCH_SUITE:-$([[ -n ${SYSWATCH_BASE_IMAGE:-} ]] && echo bookworm ||
 say() { echo "build-base-image: $*"; }
 die() { echo "build-base-image: error: $*" >&2; exit 1; }
 
-PRINT_MIRROR=0
+PRINT_MIRROR=0 PLAN=0
 while (($#)); do
     case $1 in
         --print-mirror) PRINT_MIRROR=1 ;;
+        --plan) PLAN=1 ;;
         --suite) (($# > 1)) || die "--suite needs a value"; SUITE=$2; shift ;;
         --suite=*) SUITE=${1#--suite=} ;;
         -h|--help) sed -n '2,/^set -euo/{/^set -euo/d; s/^# \{0,1\}//; p}' "$0"; exit 0 ;;
@@ -49,7 +59,9 @@ case $SUITE in
     all)  # one run per suite, in child processes so each gets its own cleanup trap
         [[ -z ${SYSWATCH_BASE_IMAGE:-} ]] || die "SYSWATCH_BASE_IMAGE names one image; it cannot be used with --suite all"
         for s in bookworm trixie; do
-            if ((PRINT_MIRROR)); then "$0" --suite "$s" --print-mirror; else "$0" --suite "$s"; fi || exit $?
+            if ((PRINT_MIRROR)); then "$0" --suite "$s" --print-mirror
+            elif ((PLAN)); then "$0" --suite "$s" --plan
+            else "$0" --suite "$s"; fi || exit $?
         done
         exit 0 ;;
     bookworm|trixie) ;;
@@ -84,11 +96,29 @@ host_sources() {
     done
 }
 SOURCES="$(host_sources)"
-# A bookworm host usually lists no trixie entry; its bookworm mirror serves trixie as well.
-first_uri() { awk -v s="$1" -v t="$2" '$2 == s { print $1; exit } $2 == t && !f { f = $1 } END { if (f) print f }' <<<"$SOURCES" | head -n 1; }
-MIRROR="${SYSWATCH_MIRROR:-$(first_uri "$SUITE" bookworm)}"
-SECURITY_MIRROR="${SYSWATCH_SECURITY_MIRROR:-$(first_uri "$SUITE-security" bookworm-security)}"
-[[ -n $MIRROR ]] || die "no '$SUITE' entry in $APT_ETC/sources.list or $APT_ETC/sources.list.d/; set SYSWATCH_MIRROR=http://<your mirror>/debian"
+DEFAULT_MIRROR=http://deb.debian.org/debian
+DEFAULT_SECURITY_MIRROR=http://deb.debian.org/debian-security
+HOST_ID="$(sed -n 's/^ID=//p' "${SYSWATCH_OS_RELEASE:-/etc/os-release}" 2>/dev/null | tr -d '"' | head -n 1)"
+# The URI of the host's entry for suite $1, else of its first entry whose suite matches the regex $2.
+first_uri() { awk -v s="$1" -v t="$2" '$2 == s { print $1; exit } $2 ~ t && !f { f = $1 } END { if (f) print f }' <<<"$SOURCES" | head -n 1; }
+MIRROR_FROM="SYSWATCH_MIRROR"
+if [[ -n ${SYSWATCH_MIRROR:-} ]]; then
+    MIRROR=$SYSWATCH_MIRROR
+elif [[ $HOST_ID == debian ]]; then
+    MIRROR="$(first_uri "$SUITE" '^(bookworm|trixie|forky|sid|stable|testing|unstable)$')"
+    MIRROR_FROM="the host's apt sources"
+    [[ -n $MIRROR ]] || die "no '$SUITE' entry in $APT_ETC/sources.list or $APT_ETC/sources.list.d/; set SYSWATCH_MIRROR=http://<your mirror>/debian"
+else
+    MIRROR=$DEFAULT_MIRROR
+    MIRROR_FROM="the default: this host (${HOST_ID:-unknown}) is not Debian"
+fi
+if [[ -n ${SYSWATCH_SECURITY_MIRROR+set} ]]; then
+    SECURITY_MIRROR=$SYSWATCH_SECURITY_MIRROR
+elif [[ $HOST_ID == debian ]]; then
+    SECURITY_MIRROR="$(first_uri "$SUITE-security" '-security$')"
+else
+    SECURITY_MIRROR=$DEFAULT_SECURITY_MIRROR
+fi
 MIRROR="${MIRROR%/}"
 SECURITY_MIRROR="${SECURITY_MIRROR%/}"
 if ((PRINT_MIRROR)); then
@@ -97,14 +127,64 @@ if ((PRINT_MIRROR)); then
     exit 0
 fi
 
-if docker image inspect "$IMAGE" >/dev/null 2>&1; then
-    say "$IMAGE already present ($(docker image inspect -f '{{.Id}}' "$IMAGE" | cut -c1-19)); nothing to do"
+# Which path: present, pull or build ----------------------------------------------------------------
+REGISTRY="${SYSWATCH_REGISTRY:-https://registry-1.docker.io}"
+REGISTRY="${REGISTRY%/}"
+REGISTRY_TIMEOUT="${SYSWATCH_REGISTRY_TIMEOUT:-5}"
+PULL="${SYSWATCH_PULL:-auto}"
+[[ $PULL == auto || $PULL == never ]] || die "SYSWATCH_PULL must be auto or never, not '$PULL'"
+REGISTRY_SAYS=""
+registry_answers() {  # 0 when $REGISTRY speaks the registry API; REGISTRY_SAYS tells what it answered
+    local headers status
+    command -v curl >/dev/null || { REGISTRY_SAYS="curl is missing"; return 1; }
+    if ! headers="$(curl -sS -o /dev/null -D - --max-time "$REGISTRY_TIMEOUT" "$REGISTRY/v2/" 2>&1)"; then
+        REGISTRY_SAYS="no answer ($(tail -n 1 <<<"$headers" | tr -d '\r'))"
+        return 1
+    fi
+    status="$(awk 'NR == 1 { print $2 }' <<<"$headers")"
+    if [[ $status =~ ^(200|401)$ ]] && grep -qi '^docker-distribution-api-version: *registry/2.0' <<<"$headers"; then
+        REGISTRY_SAYS="HTTP $status, registry/2.0"
+        return 0
+    fi
+    REGISTRY_SAYS="HTTP ${status:-?} without the registry API's header: not a registry"
+    return 1
+}
+docker_image_id() { docker image inspect -f '{{.Id}}' "$1" 2>/dev/null | cut -c1-19; }
+
+if id="$(docker_image_id "$IMAGE")" && [[ -n $id ]]; then
+    PATH_TAKEN=present WHY="$id"
+elif [[ $PULL == never ]]; then
+    PATH_TAKEN=build WHY="SYSWATCH_PULL=never"
+elif registry_answers; then
+    PATH_TAKEN=pull WHY="$REGISTRY/v2/ answered: $REGISTRY_SAYS"
+else
+    PATH_TAKEN=build WHY="$REGISTRY/v2/: $REGISTRY_SAYS"
+fi
+if ((PLAN)); then
+    case $PATH_TAKEN in
+        present) echo "$IMAGE: present ($WHY)" ;;
+        pull) echo "$IMAGE: pull ($WHY)" ;;
+        build) echo "$IMAGE: build with debootstrap $SUITE from $MIRROR ($MIRROR_FROM; security: ${SECURITY_MIRROR:-none}) ($WHY)" ;;
+    esac
     exit 0
+fi
+
+if [[ $PATH_TAKEN == present ]]; then
+    say "$IMAGE already present ($WHY); nothing to do"
+    exit 0
+fi
+docker info >/dev/null 2>&1 || die "dockerd does not answer: start it (scripts/setup-host.sh does it)"
+if [[ $PATH_TAKEN == pull ]]; then
+    say "pulling $IMAGE ($WHY)"
+    if docker pull -q "$IMAGE" >/dev/null; then
+        say "pulled $IMAGE ($(docker_image_id "$IMAGE"))"
+        exit 0
+    fi
+    say "docker pull $IMAGE failed (above); building it with debootstrap instead"
 fi
 [[ $(id -u) -eq 0 ]] || die "run as root (debootstrap needs it): sudo $0"
 command -v debootstrap >/dev/null || die "debootstrap is missing: apt-get install debootstrap (scripts/setup-host.sh does it)"
-docker info >/dev/null 2>&1 || die "dockerd does not answer: start it (scripts/setup-host.sh does it)"
-say "building $IMAGE with debootstrap from $MIRROR (security: ${SECURITY_MIRROR:-none})"
+say "building $IMAGE with debootstrap from $MIRROR ($MIRROR_FROM; security: ${SECURITY_MIRROR:-none}) ($WHY)"
 
 WORK="$(mktemp -d /var/tmp/syswatch-rootfs.XXXXXX)"
 cleanup() {  # a failed debootstrap can leave proc/sys mounted inside the rootfs

@@ -6,7 +6,7 @@
 # (each pass's pytest arguments, as one string of shell words), GUEST_CI. For each pass it runs
 #     SYSWATCH_PROBE=<value> python3 -m pytest <its arguments>
 # in the checkout (/run/job/src), and prints on the serial console, for kernel-vm.sh to parse:
-#     SYSWATCH-VM-BOOTED kernel=<release> kprobes=<yes|no>
+#     SYSWATCH-VM-BOOTED kernel=<release> kprobes=<yes|no> cgroup=<fs type of /sys/fs/cgroup> v1=<v1 mounts>
 #     SYSWATCH-VM-RESULT probe=<value> status=<pytest exit> seconds=<n> summary=<pytest's last line>
 #     SYSWATCH-VM-DONE status=<0, or the first non-zero pass status>
 # then powers the VM off (sysrq o). It never returns: PID 1 exiting would panic the kernel.
@@ -35,13 +35,15 @@ mnt tmpfs /run/shm mode=1777
 mnt debugfs /sys/kernel/debug
 mnt tracefs /sys/kernel/tracing
 mnt bpf /sys/fs/bpf
-mnt cgroup2 /sys/fs/cgroup
+mnt cgroup2 /sys/fs/cgroup       # only cgroup2, as on Ubuntu 24.04 and Debian 12 with systemd: pure v2
 ln -sfn /proc/self/fd /dev/fd 2>/dev/null
 ip link set lo up
 hostname syswatch-vm
 
 if [[ -e /sys/kernel/tracing/kprobe_events ]]; then kprobes=yes; else kprobes=no; fi
-echo "SYSWATCH-VM-BOOTED kernel=$(uname -r) kprobes=$kprobes cpus=$(nproc) uptime=$(cut -d' ' -f1 /proc/uptime)"
+cgroup=$(stat -f -c %T /sys/fs/cgroup)                          # cgroup2fs on a pure v2 hierarchy
+v1=$(awk '$3 == "cgroup" { n++ } END { print n + 0 }' /proc/mounts) # cgroup v1 mounts: none
+echo "SYSWATCH-VM-BOOTED kernel=$(uname -r) kprobes=$kprobes cgroup=$cgroup v1=$v1 cpus=$(nproc) uptime=$(cut -d' ' -f1 /proc/uptime)"
 
 # shellcheck source=/dev/null
 . /run/job/job.env

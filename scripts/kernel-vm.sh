@@ -126,7 +126,7 @@ done
 for cmd in qemu-system-x86_64:qemu-system-x86 debootstrap:debootstrap mkfs.ext4:e2fsprogs \
            sha256sum:coreutils flock:util-linux setpriv:util-linux; do
     command -v "${cmd%%:*}" >/dev/null \
-        || die 69 "${cmd%%:*} is missing: apt-get install -y ${cmd#*:} (scripts/setup-host.sh installs it)"
+        || die 69 "${cmd%%:*} is missing: apt-get install -y ${cmd#*:} (scripts/setup-test.sh installs it)"
 done
 
 # The cached root ---------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Any, Callable
 
@@ -37,14 +38,22 @@ class _BadEnv(str):
 
 
 def add_option(parser, *flags: str, env: str | None = None, default=None, type: Callable = str,
-               repeatable: bool = False, help: str, **kwargs):
+               repeatable: bool = False, flag: bool = False, help: str, **kwargs):
     """One command-line option for every entry point: flag > environment > default.
 
     ``env`` names the variable read when the flag is absent (a repeatable option's variable is
-    comma separated); the help text gets ``[env NAME] (default: ...)`` in one format everywhere.
-    A bad value exits 2 with a message naming the flag or the variable.
+    comma separated; a ``flag`` (on/off, no value) takes 1/true/yes/on or 0/false/no/off). The help
+    text ends with ``[env NAME] (default: ...)`` in one format everywhere (the value that applies
+    when the flag is absent: the variable's if set): lists are shown as the
+    variable takes them (``read,write``), numbers as written (``1``, not ``1.0``). A help text that
+    ends with its own ``(default: words)`` keeps those words as the one default shown. A bad value
+    exits 2 with a message naming the flag or the variable.
     """
     import argparse
+
+    help, own_default = _own_default(help)
+    if flag:
+        return _add_flag(parser, flags, env, bool(default), help, own_default, **kwargs)
 
     def convert(text: str):
         if isinstance(text, _BadEnv):   # argparse converts a str default only when the flag is absent
@@ -67,10 +76,58 @@ def add_option(parser, *flags: str, env: str | None = None, default=None, type: 
         except (TypeError, ValueError) as exc:
             default = _BadEnv(raw)
             default.problem = f"environment variable {env}={raw!r} is invalid: {exc}"
-    shown = ",".join(map(str, default)) if repeatable and default and not isinstance(default, _BadEnv) else default
-    suffix = (f" [env {env}]" if env else "") + f" (default: {shown if shown not in (None, '', []) else 'none'})"
-    return parser.add_argument(*flags, type=convert, default=default, help=help + suffix,
+    # What applies when the flag is absent: the variable's value if set, else the default.
+    from_env = bool(env and os.environ.get(env))
+    shown = str(default) if isinstance(default, _BadEnv) else \
+        own_default if own_default is not None and not from_env else show_default(default)
+    return parser.add_argument(*flags, type=convert, default=default, help=help + _suffix(env, shown),
                                action=_Repeat if repeatable else "store", **kwargs)
+
+
+def show_default(value) -> str:
+    """A default as a user would type it: ``read,write`` for a list, ``1`` for 1.0, ``none`` for nothing."""
+    if value is None or value == "" or value == [] or value == ():
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(show_default(v) for v in value)
+    return str(value)
+
+
+def _suffix(env: str | None, shown: str) -> str:
+    return (f" [env {env}]" if env else "") + f" (default: {shown})"
+
+
+_OWN_DEFAULT = re.compile(r"\s*\(default: ([^()]*(?:\([^()]*\)[^()]*)*)\)\s*$")
+
+
+def _own_default(help: str) -> tuple[str, str | None]:
+    """(help without a trailing "(default: X)", X) or (help, None)."""
+    m = _OWN_DEFAULT.search(help)
+    return (help[:m.start()], m.group(1)) if m else (help, None)
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _add_flag(parser, flags, env, default: bool, help: str, own_default: str | None, **kwargs):
+    """An on/off flag (store_true) whose default may come from ``env``."""
+    value = default
+    raw = os.environ.get(env) if env else None
+    if raw not in (None, ""):
+        low = raw.strip().lower()
+        if low not in _TRUE | _FALSE:
+            print(f"error: environment variable {env}={raw!r} is invalid: use 1/true/yes/on or 0/false/no/off",
+                  file=sys.stderr)
+            raise SystemExit(2)
+        value = low in _TRUE
+    shown = own_default if own_default is not None and raw in (None, "") else show_default(value)
+    return parser.add_argument(*flags, action="store_true", default=value, help=help + _suffix(env, shown),
+                               **kwargs)
 
 
 def _repeat_action():

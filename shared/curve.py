@@ -24,8 +24,12 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
-import zmq
-import zmq.auth
+if __name__ == "__main__":                  # the key tool: a missing pyzmq is one line, exit 2
+    from syswatch.shared.deps import require
+    require("python3 -m syswatch.shared.curve", "zmq")
+
+import zmq  # noqa: E402
+import zmq.auth  # noqa: E402
 
 ENV_SERVER_KEY = "SYSWATCH_CURVE_SERVER_KEY"
 ENV_CLIENT_KEY = "SYSWATCH_CURVE_CLIENT_KEY"

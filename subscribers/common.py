@@ -26,14 +26,15 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
                type=check_endpoint, metavar="ENDPOINT", dest="endpoint",
                help="a collector's ZeroMQ endpoint; repeat for several collectors (CurveZMQ keys from "
                     "SYSWATCH_CURVE_SERVER_KEY/SYSWATCH_CURVE_CLIENT_KEY)")
-    add_option(p, "-p", "--pid", default=[], type=int, repeatable=True, dest="pid", metavar="PID",
-               help="only this PID; repeatable")
-    add_option(p, "-n", "--comm", default=[], repeatable=True, dest="comm", metavar="NAME",
+    add_option(p, "-p", "--pid", env="SYSWATCH_PID", default=[], type=int, repeatable=True, dest="pid",
+               metavar="PID", help="only this PID; repeatable")
+    add_option(p, "-n", "--comm", env="SYSWATCH_COMM", default=[], repeatable=True, dest="comm", metavar="NAME",
                help="only this process name; repeatable")
-    add_option(p, "-c", "--container", default=[], repeatable=True, dest="container", metavar="ID|NAME",
-               help="only this container (id prefix or name as the collector reports it); repeatable")
-    add_option(p, "-d", "--duration", default=0.0, type=float, metavar="SECONDS", dest="duration",
-               help="stop after this many seconds; 0 = never")
+    add_option(p, "-c", "--container", env="SYSWATCH_CONTAINER", default=[], repeatable=True, dest="container",
+               metavar="ID|NAME", help="only this container (id prefix or name as the collector reports it); "
+                                       "repeatable")
+    add_option(p, "-d", "--duration", env="SYSWATCH_DURATION", default=0.0, type=float, metavar="SECONDS",
+               dest="duration", help="stop after this many seconds; 0 = never")
     p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
 
 
@@ -82,6 +83,12 @@ class Subscription:
 
     def messages(self, deadline: float | None = None, tick: float | None = None) -> Iterator[Message | None]:
         """Decoded messages until ``deadline`` (time.monotonic()); yields None every ``tick`` s idle."""
+        for item in self.received(deadline, tick):
+            yield None if item is None else item[1]
+
+    def received(self, deadline: float | None = None,
+                 tick: float | None = None) -> Iterator[tuple[list[bytes], Message] | None]:
+        """Like ``messages``, each with the frames as received (the NATS bridge forwards them unchanged)."""
         while True:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -95,7 +102,7 @@ class Subscription:
             for sock in ready:
                 frames = sock.recv_multipart()
                 try:
-                    yield decode(frames)
+                    yield frames, decode(frames)
                 except ProtocolError as exc:
                     self.malformed += 1
                     print(f"warning: skipped a malformed message: {exc}", file=sys.stderr)

@@ -14,8 +14,13 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from syswatch.shared.protocol import EVENT_PREFIX, TOPIC_COUNTS, TOPIC_STATUS
-from syswatch.subscribers.common import Subscription, add_common_flags, wanted
+from syswatch.shared.deps import require  # noqa: E402  (stdlib only)
+
+require("syswatch-tail", "zmq")              # a missing package: one line, exit 2
+
+from syswatch.shared.config import add_option  # noqa: E402
+from syswatch.shared.protocol import EVENT_PREFIX, TOPIC_COUNTS, TOPIC_STATUS  # noqa: E402
+from syswatch.subscribers.common import Subscription, add_common_flags, wanted  # noqa: E402
 
 EPILOG = """\
 examples:
@@ -39,13 +44,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="syswatch-tail", description="Print the syswatch event stream.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_flags(p)
-    p.add_argument("--topic", action="append", default=None,
-                   help="topic prefix to subscribe to, repeatable: syscall. syscall.read syscall.write "
-                        "syscall.pread64 ... counts status (default: syscall.)")
-    p.add_argument("--json", action="store_true", help="one JSON object per line (default: text)")
-    p.add_argument("--count", type=int, default=0, metavar="N",
-                   help="exit after N items (events, counts rows, status messages); 0 = never (default: 0)")
-    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="same as -d (older name)")
+    add_option(p, "--topic", env="SYSWATCH_TOPIC", default=[], repeatable=True, metavar="PREFIX",
+               help="topic prefix to subscribe to, repeatable: syscall. syscall.read syscall.write "
+                    "syscall.pread64 ... counts status (default: syscall.)")
+    add_option(p, "--json", env="SYSWATCH_JSON", flag=True, help="one JSON object per line (default: off, text)")
+    add_option(p, "--count", env="SYSWATCH_COUNT", default=0, type=int, metavar="N",
+               help="exit after N items (events, counts rows, status messages); 0 = never")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="same as -d (an older name)")
     args = p.parse_args(argv)
     if args.timeout is not None:
         args.duration = args.timeout

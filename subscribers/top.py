@@ -19,8 +19,13 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from syswatch.shared.protocol import EVENT_PREFIX, TOPIC_COUNTS, TOPIC_STATUS
-from syswatch.subscribers.common import Subscription, add_common_flags, wanted
+from syswatch.shared.deps import require  # noqa: E402  (stdlib only)
+
+require("syswatch-top", "zmq")              # a missing package: one line, exit 2
+
+from syswatch.shared.config import add_option  # noqa: E402
+from syswatch.shared.protocol import EVENT_PREFIX, TOPIC_COUNTS, TOPIC_STATUS  # noqa: E402
+from syswatch.subscribers.common import Subscription, add_common_flags, wanted  # noqa: E402
 
 EPILOG = """\
 examples:
@@ -46,20 +51,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 "read/write calls, bytes moved, errors and latency.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_flags(p)
-    p.add_argument("--delay", type=float, default=1.0, metavar="SECONDS",
-                   help="refresh interval (default: %(default)s)")
-    p.add_argument("--rows", type=int, default=0,
-                   help="rows shown; 0 = as many as fit the terminal (default: 0)")
-    p.add_argument("--sort", choices=("calls", "bytes", "errors", "latency"), default="calls",
-                   help="sort key (default: %(default)s)")
-    p.add_argument("--group", choices=("process", "container"), default="process",
-                   help="one row per process or per container (default: %(default)s)")
-    p.add_argument("--iterations", type=int, default=0, metavar="N",
-                   help="exit after N refreshes, printing plain text (no screen clearing); 0 = run until "
-                        "Ctrl-C (default: 0)")
-    p.add_argument("--once", action="store_true", help="same as --iterations 1")
-    p.add_argument("--json", action="store_true",
-                   help="print each sample as one JSON object instead of a table (default: table)")
+    add_option(p, "--delay", env="SYSWATCH_DELAY", default=1.0, type=float, metavar="SECONDS",
+               help="refresh interval")
+    add_option(p, "--rows", env="SYSWATCH_ROWS", default=0, type=int, metavar="N",
+               help="rows shown; 0 = as many as fit the terminal")
+    add_option(p, "--sort", env="SYSWATCH_SORT", default="calls", choices=("calls", "bytes", "errors", "latency"),
+               help="sort key")
+    add_option(p, "--group", env="SYSWATCH_GROUP", default="process", choices=("process", "container"),
+               help="one row per process or per container")
+    add_option(p, "--iterations", env="SYSWATCH_ITERATIONS", default=0, type=int, metavar="N",
+               help="exit after N refreshes, printing plain text (no screen clearing); 0 = run until Ctrl-C")
+    add_option(p, "--once", env="SYSWATCH_ONCE", flag=True, help="same as --iterations 1")
+    add_option(p, "--json", env="SYSWATCH_JSON", flag=True,
+               help="print each sample as one JSON object instead of a table (default: off, a table)")
     return p.parse_args(argv)
 
 

@@ -54,7 +54,7 @@ def have(cmd: str) -> bool:
 @pytest.fixture
 def root_and_bpftrace():
     require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
-    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-host.sh does it)")
+    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-test.sh does it)")
 
 
 def kernel_has_kprobes() -> bool:
@@ -104,6 +104,11 @@ def require_compose_stack() -> None:
     require(why is None, why or "")
 
 
+def require_nats_server() -> None:
+    require(have("nats-server"), "install Debian's nats-server: apt-get install -y nats-server "
+                                 "(scripts/setup-test.sh does it)")
+
+
 def uncaptured_printer(config):
     """print() that shows even while pytest captures output (for timings printed by fixtures)."""
     capture = config.pluginmanager.get_plugin("capturemanager")
@@ -139,7 +144,7 @@ def bpftrace_bin(request):
     """The bpftrace the collector runs: bookworm's 0.17 on PATH, and trixie's 0.23 (issue 16)."""
     require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
     if request.param == "0.17":
-        require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-host.sh does it)")
+        require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-test.sh does it)")
         return shutil.which("bpftrace")
     path = trixie_bpftrace()
     require(path is not None, TRIXIE_FIX)

@@ -351,7 +351,7 @@ def test_api_starts_without_collector_then_picks_it_up_and_survives_its_restart(
         assert s["connected"] is False and s["collector_status"] is None
         assert s["collectors"] == [{"endpoint": srv.collector, "host": None, "connected": False,
                                     "last_message_age_s": None, "events_received": 0,
-                                    "events_not_received": 0, "status": None}]
+                                    "events_not_received": 0, "status": None, "bridge": None}]
         assert srv.post("/add_ips", {"add_ips": [1, 2]}).json()["total_ips"] == 2
         pub = Publisher(srv.collector)  # the collector appears: no restart of the API
         connect(srv, pub)

@@ -25,7 +25,7 @@ def _run(argv, timeout):
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
-    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-host.sh does it)")
+    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-test.sh does it)")
     require(have("strace"), "install strace: apt-get install -y strace (scripts/setup-host.sh does it)")
     require(subprocess.run(["bash", str(ROOT / "scripts" / "trixie-bpftrace.sh"), "--check"]).returncode == 0,
             "build bpftrace 0.23 for the bpf23-* rows: sudo scripts/trixie-bpftrace.sh (scripts/test.sh does it)")

@@ -148,7 +148,7 @@ def trixie_bpftrace() -> str:
 @pytest.fixture(scope="module")
 def host_bpftrace() -> str:
     require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
-    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-host.sh does it)")
+    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-test.sh does it)")
     return "bpftrace"
 
 

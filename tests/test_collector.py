@@ -34,7 +34,7 @@ HOSTILE = [
 @pytest.fixture(scope="module")
 def events_collector(tmp_path_factory):
     require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
-    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-host.sh does it)")
+    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-test.sh does it)")
     coll = CollectorProcess(tmp_path_factory.mktemp("events"), "--echo-rate", "5")
     yield coll
     coll.kill()
@@ -254,7 +254,7 @@ def _prog_ids() -> set[int]:
 
 
 def test_sigterm_exits_0_and_detaches_everything(tmp_path, root_and_bpftrace):
-    require(have("bpftool"), "install bpftool: apt-get install -y bpftool (scripts/setup-host.sh does it)")
+    require(have("bpftool"), "install bpftool: apt-get install -y bpftool (scripts/setup-test.sh does it)")
     coll = CollectorProcess(tmp_path, "--echo-rate", "0")
     try:
         bt = coll.bpftrace_pid()

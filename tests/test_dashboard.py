@@ -67,7 +67,7 @@ class Looper:
 def stack(tmp_path_factory):
     """(collector, api, driver, loopers): a collector tracing only ALPHA and BETA, the API, a browser."""
     require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
-    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-host.sh does it)")
+    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-test.sh does it)")
     why = browser_missing()
     require(why is None, why or "")
     tmp = tmp_path_factory.mktemp("dashboard")

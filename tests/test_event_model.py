@@ -55,7 +55,7 @@ class Script:
 @pytest.fixture
 def prereqs():
     require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
-    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-host.sh does it)")
+    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-test.sh does it)")
 
 
 def events_of(sub: StreamReader, pid: int, want, timeout: float = 20) -> list[dict]:

@@ -28,7 +28,7 @@ from tests.conftest import have, is_root, require
 @pytest.fixture
 def prereqs():
     require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
-    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-host.sh does it)")
+    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-test.sh does it)")
 
 
 # The hostile subscriber runs in its own process: libzmq frees a 2 MB topic recursively, one

@@ -35,10 +35,11 @@ NOT_IN_VM = ["help_lists", "env_overrides", "not_root", "other_pid_namespace", "
              "kprobe_program_compiles", "sigterm_exits_0", "collector_killed", "sigint_exits_0",
              "bpftrace_killed", "explicit_kprobe_fails", "non_loopback_bind", "counts_mode_sums"]
 DESELECT = " and ".join(f"not {name}" for name in NOT_IN_VM)
-# SYSWATCH_PROBE=kprobe: the collector's real-kernel tests and every kprobe test;
+# SYSWATCH_PROBE=kprobe: the collector's real-kernel tests, every kprobe test, and the container mapping of
+# every runtime's cgroup layout on the VM's pure cgroup v2 hierarchy (issue 28: users' hosts are pure v2);
 # SYSWATCH_PROBE=auto: the collector's tests again (test_kprobe.py checks that auto picks kprobe).
 PASSES = {
-    "kprobe": ["tests/test_collector.py", "tests/test_kprobe.py", "-k", DESELECT],
+    "kprobe": ["tests/test_collector.py", "tests/test_kprobe.py", "tests/test_cgroup_layouts.py", "-k", DESELECT],
     "auto": ["tests/test_collector.py", "-k", DESELECT],
 }
 BUILD_TIMEOUT = int(os.environ.get("SYSWATCH_VM_BUILD_TIMEOUT", "1800"))
@@ -49,7 +50,7 @@ def test_collector_and_kprobe_tests_pass_in_a_kprobe_vm():
     require(is_root(), "run as root (debootstrap and QEMU's images need it): sudo scripts/test.sh")
     for cmd, pkg in (("qemu-system-x86_64", "qemu-system-x86"), ("debootstrap", "debootstrap"),
                      ("mkfs.ext4", "e2fsprogs")):
-        require(have(cmd), f"install {pkg}: apt-get install -y {pkg} (scripts/setup-host.sh does it)")
+        require(have(cmd), f"install {pkg}: apt-get install -y {pkg} (scripts/setup-test.sh does it)")
     argv = [str(SCRIPT), "--timeout", str(RUN_TIMEOUT), "--build-timeout", str(BUILD_TIMEOUT),
             *[a for probe, args in PASSES.items() for a in ("--pass", f"{probe}:-v --durations=10 {shlex.join(args)}")]]
     # The script has its own hard timeouts; this one is a backstop. Its own session, so that the
@@ -76,6 +77,8 @@ def test_collector_and_kprobe_tests_pass_in_a_kprobe_vm():
     tail = "\n".join(out.splitlines()[-60:]) + "\n" + res.stderr[-3000:]
     assert res.returncode == 0, f"the VM run failed (exit {res.returncode}); its output ends with:\n{tail}"
     assert booted and "kprobes=yes" in booted.group(1), tail
+    # a pure cgroup v2 hierarchy: cgroup2 on /sys/fs/cgroup and no v1 controller mounted
+    assert "cgroup=cgroup2fs" in booted.group(1) and " v1=0 " in booted.group(1), booted.group(1)
     assert [r[0] for r in results] == list(PASSES), tail
     n_kprobe_tests = _kprobe_test_count()
     for probe, status, _, summary in results:
@@ -84,6 +87,9 @@ def test_collector_and_kprobe_tests_pass_in_a_kprobe_vm():
         assert re.search(r"\d+ passed", summary) and not re.search(r"failed|error|skipped", summary), \
             summary
         assert re.search(r"tests/test_collector\.py::\S+ PASSED", section), section[-4000:]
+        if "tests/test_cgroup_layouts.py" in PASSES[probe]:
+            assert re.search(r"tests/test_cgroup_layouts\.py::test_each_runtimes_layout_maps_to_its_container PASSED",
+                             section), section[-4000:]
         if "tests/test_kprobe.py" not in PASSES[probe]:
             continue
         # every kprobe test ran and passed in this pass (pytest -v lines between its start and end)

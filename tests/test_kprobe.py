@@ -31,7 +31,7 @@ SYSCALL_FUNCS = re.compile(r"\b__x64_sys_(read|write)\b")
 @pytest.fixture(autouse=True)
 def kprobe_kernel():
     require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
-    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-host.sh does it)")
+    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-test.sh does it)")
     reason = bpf.kprobes_unavailable_reason()
     assert reason is None, f"the kprobe tests need a kernel with kprobes: {reason}"
 
@@ -168,7 +168,7 @@ def test_sigterm_leaves_no_kprobe_and_no_program(tmp_path):
     loaded; after SIGTERM the collector exits 0, kprobe_events is empty, the kernel lists no kprobe
     of ours and bpftool shows none of its programs. (No time limit is asserted: under emulation
     the collector's 1.5 s grace for bpftrace can run out, and then it kills bpftrace.)"""
-    require(have("bpftool"), "install bpftool: apt-get install -y bpftool (scripts/setup-host.sh does it)")
+    require(have("bpftool"), "install bpftool: apt-get install -y bpftool (scripts/setup-test.sh does it)")
     require(KPROBE_LIST.exists(), f"mount debugfs for {KPROBE_LIST}: mount -t debugfs debugfs /sys/kernel/debug")
     kprobe_events_file = bpf.tracefs_dir() / "kprobe_events"
     before = _kprobe_list_hits()

@@ -103,14 +103,15 @@ def test_promtool_parses_every_dashboard_expression(tmp_path):
 
 
 class Prometheus:
-    """`prometheus` scraping one target every second, on a free port, storage in ``tmp``."""
+    """`prometheus` scraping ``target`` (one, or a list) every second, on a free port, storage in ``tmp``."""
 
-    def __init__(self, tmp, target: str):
+    def __init__(self, tmp, target: str | list[str]):
         self.url = f"http://127.0.0.1:{free_port()}"
         config = tmp / "prometheus.yml"
         config.write_text(json.dumps({
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [target]}]}]}))
+            "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [target] if isinstance(target, str)
+                                                                        else list(target)}]}]}))
         self.log = tmp / "prometheus.log"
         self.proc = subprocess.Popen(
             [shutil.which("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
@@ -142,7 +143,7 @@ def scraped(tmp_path_factory):
     """(prometheus, api): a real collector tracing the workload, the API subscribed to it and a
     Prometheus that has scraped the API SCRAPES times. Everything is stopped also on failure."""
     require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
-    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-host.sh does it)")
+    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-test.sh does it)")
     require_prometheus()
     tmp = tmp_path_factory.mktemp("prometheus")
     stop = []

@@ -26,7 +26,7 @@ from harness.procs import die_with_parent, free_port
 from syswatch import __version__
 from tests.conftest import have, is_root, require
 
-SCRIPTS = ("syswatch-collector", "syswatch-api", "syswatch-tail", "syswatch-top")
+SCRIPTS = ("syswatch-collector", "syswatch-api", "syswatch-tail", "syswatch-top", "syswatch-nats-bridge")
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_installed_collector_and_api_end_to_end(venv, tmp_path):
     """syswatch-collector (root, real bpftrace) -> syswatch-api and syswatch-tail, all from the venv:
     a child with its own name writes a known number of times, and the API counts exactly that."""
     require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
-    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-host.sh does it)")
+    require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-test.sh does it)")
     bind, api_port = f"tcp://127.0.0.1:{free_port()}", free_port()
     comm, writes = "pkgtest-writer", 300
     procs: list[subprocess.Popen] = []
@@ -257,6 +257,12 @@ def test_installed_scripts_exit_2_on_a_bad_flag_or_environment(venv, tmp_path):
         ("syswatch-tail", ["-d", "1"], {"SYSWATCH_CURVE_SERVER_KEY": str(tmp_path / "none.key")}),
         ("syswatch-top", ["--once"], {"SYSWATCH_COLLECTOR": "garbage"}),
         ("syswatch-top", ["--once"], {"SYSWATCH_CURVE_SERVER_KEY": str(tmp_path / "none.key")}),
+        ("syswatch-api", ["--nats", "nats://127.0.0.1:1", "--nats-ca", str(tmp_path / "missing")], {}),
+        ("syswatch-api", [], {"SYSWATCH_NATS": "http://nats:4222"}),
+        ("syswatch-nats-bridge", [], {}),                                  # no --nats
+        ("syswatch-nats-bridge", [], {"SYSWATCH_NATS": "http://nats:4222"}),
+        ("syswatch-nats-bridge", ["--nats", "nats://127.0.0.1:1", "--nats-ca", str(tmp_path / "missing")], {}),
+        ("syswatch-nats-bridge", ["--nats", "nats://127.0.0.1:1"], {"SYSWATCH_NATS_MAX_BYTES": "lots"}),
     ]
     wrong = []
     for script, args, env in cases:
@@ -322,7 +328,9 @@ def test_a_flag_beats_a_bad_environment_variable_and_help_still_shows(venv, tmp_
             res = subprocess.run([str(venv / "bin" / script), flag], cwd=tmp_path, capture_output=True, text=True,
                                  timeout=30, env={**clean_env(), **bad})
             assert res.returncode == 0 and script in res.stdout, (script, flag, res.stderr)
-    runs = [("syswatch-tail", ["-e", endpoint, "-d", "1"]), ("syswatch-top", ["-e", endpoint, "--once"])]
+    # tail and top read SYSWATCH_PID too (every flag has its variable): -p overrides it here
+    runs = [("syswatch-tail", ["-e", endpoint, "-p", "1", "-d", "1"]),
+            ("syswatch-top", ["-e", endpoint, "-p", "1", "--once"])]
     if is_root() and have("bpftrace"):
         runs.append(("syswatch-collector", ["--bind", endpoint, "--mode", "events", "-p", "1", "-d", "1",
                                             "--echo-rate", "0"]))

@@ -121,8 +121,12 @@ def test_setup_host_is_idempotent():
     again = run([str(ROOT / "scripts" / "setup-host.sh")])
     assert again.returncode == 0, again.stdout + again.stderr
     assert "installing" not in again.stdout and "starting dockerd" not in again.stdout, again.stdout
-    assert again.stdout.rstrip().endswith("host ready")
+    assert again.stdout.rstrip().endswith("setup-host: host ready to run: scripts/build-base-image.sh && "
+                                          "docker-compose up -d")
     assert docker_answers()
+    test = run([str(ROOT / "scripts" / "setup-test.sh")])
+    assert test.returncode == 0, test.stdout + test.stderr
+    assert "installing" not in test.stdout and test.stdout.rstrip().endswith("setup-test: host ready to test")
 
 
 # --- test_api.sh -----------------------------------------------------------------------------------
@@ -189,6 +193,21 @@ def test_test_command_fails_when_pytest_collects_nothing():
     assert out.returncode == 5, out.stdout[-2000:] + out.stderr
     assert "pytest collected no tests (exit 5)" in out.stderr
     timings = out.stdout[out.stdout.index("=== stage timings"):].splitlines()[1:]
-    stages = [line.split()[0] for line in timings]
-    assert stages == ["setup-host", "lint", "base-image", "trixie-bpftrace", "vm-root", "pytest"], timings
+    # no test selected: nothing to set up but the Python packages pytest needs, and the lint
+    assert [line.split()[0] for line in timings] == ["python-deps", "lint", "pytest"], timings
     assert timings[-1].endswith("exit 5")
+
+
+@pytest.mark.parametrize("selection, stages", [
+    (["-m", "unit"], "python-deps lint pytest"),
+    (["tests/test_api_cli.py"], "python-deps lint setup-host setup-test pytest"),
+    (["tests/test_e2e_docker.py"], "python-deps lint setup-host setup-test base-image pytest"),
+    (["tests/test_bpftrace_versions.py"], "python-deps lint setup-host setup-test trixie-bpftrace pytest"),
+    (["tests/test_kernel_vm.py"], "python-deps lint setup-host setup-test vm-root pytest"),
+    (["-m", "not vm"], "python-deps lint setup-host setup-test base-image trixie-bpftrace pytest"),
+    ([], "python-deps lint setup-host setup-test base-image trixie-bpftrace vm-root pytest"),
+])
+def test_test_command_sets_up_only_what_the_selection_needs(selection, stages):
+    out = run([str(ROOT / "scripts" / "test.sh"), "--plan", *selection], timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.startswith(f"test.sh: stages: {stages} (for "), out.stdout

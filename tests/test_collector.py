@@ -317,10 +317,23 @@ def test_bpftrace_missing_or_failing(tmp_path, root_and_bpftrace):
     (fake / "bpftrace").write_text("#!/bin/sh\n[ \"$1\" = --version ] && { echo 'bpftrace v0.17.0'; exit 0; }\n"
                                    "echo 'ERROR: Error attaching probe: fake' >&2\nexit 1\n")
     (fake / "bpftrace").chmod(0o755)
+    run_fake = dict(cwd=ROOT, capture_output=True, text=True, timeout=30,
+                    env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}",
+                         "SYSWATCH_FEATURES_CACHE": str(tmp_path / "features")})
+    # its feature probe (a BEGIN-only run) fails the same way: a set-up error naming bpftrace's words
     res = subprocess.run([sys.executable, "-m", "collector.collector", "--bind", f"tcp://127.0.0.1:{free_port()}"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=30,
-                         env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"})
-    assert res.returncode == 1
+                         **run_fake)
+    assert res.returncode == 2, res.stderr
+    assert "feature probe exited with status 1: ERROR: Error attaching probe: fake" in res.stderr
+    # features known (cached from an earlier run): it fails when the collector starts tracing
+    from syswatch.collector import bpfversion
+    key = bpfversion._cache_key(str(fake / "bpftrace"), bpfversion.parse("bpftrace v0.17.0\n"))
+    cache = tmp_path / "features" / f"bpftrace-{key}.json"
+    cache.parent.mkdir(parents=True)
+    cache.write_text(json.dumps({"ringbuf_output": False, "map_key_strings_escaped_twice": False}))
+    res = subprocess.run([sys.executable, "-m", "collector.collector", "--bind", f"tcp://127.0.0.1:{free_port()}"],
+                         **run_fake)
+    assert res.returncode == 1, res.stderr
     assert "bpftrace exited with status 1; bpftrace said: ERROR: Error attaching probe: fake" in res.stderr
     # one that cannot even say which version it is: a set-up error, before anything is bound
     (fake / "bpftrace").write_text("#!/bin/sh\necho 'broken' >&2\nexit 3\n")

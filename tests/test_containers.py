@@ -96,15 +96,17 @@ def test_privileged_override_only_makes_the_collector_privileged():
 
 def test_dockerfiles_copy_only_what_each_image_runs():
     # the collector runs trixie's bpftrace 0.23 (issue 16); the API stays on bookworm
-    for name, package, base in (("Dockerfile.collector", "collector", "debian:trixie-slim"),
-                                ("Dockerfile.api", "api", "debian:bookworm-slim")):
+    # the collector image also holds subscribers/: the NATS bridge runs beside it as a sidecar (issue 27)
+    for name, packages, base in (("Dockerfile.collector", ("collector", "subscribers"), "debian:trixie-slim"),
+                                 ("Dockerfile.api", ("api",), "debian:bookworm-slim")):
+        package = packages[0]
         text = (ROOT / name).read_text()
         lines = [line.split() for line in text.splitlines() if line and not line.startswith("#")]
         assert lines[0] == ["FROM", base], name
         copies = {tuple(words[1:]) for words in lines if words[0] == "COPY"}
-        # syswatch/__init__.py, and links to the two folders the image holds (syswatch.shared...)
+        # syswatch/__init__.py, and links to the folders the image holds (syswatch.shared...)
         assert copies == {("syswatch/__init__.py", "syswatch/"), ("shared/", "shared/"),
-                          (f"{package}/", f"{package}/")}, (name, copies)
+                          *((f"{pkg}/", f"{pkg}/") for pkg in packages)}, (name, copies)
         assert f"ln -s ../shared syswatch/shared && ln -s ../{package} syswatch/{package}" in text, name
         assert "pip" not in text.replace("python3-", ""), f"{name}: Debian packages only (no PyPI in the build)"
     assert "USER syswatch" in (ROOT / "Dockerfile.api").read_text()
@@ -114,7 +116,8 @@ def test_dockerignore_admits_only_the_packages():
     lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
     assert lines[0] == "*"
-    assert {line for line in lines if line.startswith("!")} == {"!syswatch/", "!collector/", "!api/", "!shared/"}
+    assert {line for line in lines if line.startswith("!")} == {"!syswatch/", "!collector/", "!api/", "!shared/",
+                                                               "!subscribers/"}
 
 
 def test_curve_override_gives_each_service_only_its_own_keys():

@@ -7,9 +7,12 @@
 
 The ingest path pays one deque append per batch; HTTP threads never write. An event goes to the second
 of its own ``ts_ns`` (the traced host's clock), a counts row to the middle of its interval. An event for a
-second already written (more than GRACE_S late) goes to the oldest open second and is counted
-(``late_events``); one stamped more than FUTURE_S ahead of this machine's clock goes to the current second
-(``clock_skewed_events``), so a host with a wrong clock cannot hold intervals open or push them ahead.
+second already written (more than GRACE_S late: a collector that stalled, a NATS consumer catching up after
+the API was down) is counted (``late_events``) and added to its own second in every tier that still holds
+it (``HistoryStore.write_late``): at most MAX_LATE_SECONDS such seconds per round, later ones go to the
+oldest open second (``late_events_misplaced``), and those older than anything the store keeps are dropped
+(``late_events_dropped``). One stamped more than FUTURE_S ahead of this machine's clock goes to the current
+second (``clock_skewed_events``), so a host with a wrong clock cannot hold intervals open or push them ahead.
 
 A write that fails (disk full, I/O error) keeps the closed seconds in memory (at most MAX_PENDING of them;
 older ones are then dropped and counted) and is retried every RETRY_S: recording resumes by itself when
@@ -48,13 +51,16 @@ WAKE_EVENTS = 10_000            # this many queued wake the recorder before its 
 MAX_KEYS_PER_SECOND = 50_000    # distinct record keys in one (host, second); more go to remainders
 MAX_PENDING = 900               # closed (host, second) intervals kept while the store cannot write
 MAX_CONTAINER_NAMES = 10_000
+MAX_LATE_SECONDS = 3600         # (host, second) buckets of late events held per round
 
 
 # What the recorder counts, once: /stats "history" and /metrics (syswatch_history_<name>_total) come from it.
 COUNTERS = {
     "events_recorded": "Events (or counts-row calls) the history recorder aggregated.",
     "events_dropped": "Events not recorded: the recorder's queue was full.",
-    "late_events": "Events that arrived after their second was written; added to the oldest open second.",
+    "late_events": "Events that arrived after their second was written; added to it where the store still holds it.",
+    "late_events_misplaced": "Late events recorded in the oldest open second instead (too many late seconds at once).",
+    "late_events_dropped": "Late events older than anything the history store keeps (not recorded).",
     "clock_skewed_events": "Events stamped more than 5 s ahead of the API's clock; added to the current second.",
     "rows_written": "Rows written to the history store's 1 s tier.",
     "intervals_written": "Host-seconds written to the history store.",
@@ -106,6 +112,7 @@ class Recorder(threading.Thread):
         self._rounds = 0
         self._round_done = threading.Condition()
         self.open: dict[tuple, dict] = {}            # (host, second) -> {record_key: [c, b, e, lat]}
+        self.late: dict[tuple, dict] = {}            # the same, for seconds already written
         self.cnames: dict[str, dict] = {}           # host -> {container_id: name}
         self.closed = store.hi(store.tiers[0])      # every second before this one is closed
         self.pending: list = []                     # closed, bounded, not yet written
@@ -141,6 +148,17 @@ class Recorder(threading.Thread):
             wake = self._queued >= WAKE_EVENTS
         if wake:
             self._wake.set()
+
+    def wait_room(self, timeout: float = 5.0) -> bool:
+        """For a source that can wait instead of losing events (a NATS consumer catching up): block while the
+        queue is more than half full, at most ``timeout`` s; False if it still is."""
+        deadline = time.monotonic() + timeout
+        while self._queued > self.max_queued // 2:
+            if time.monotonic() > deadline or not self.is_alive():
+                return False
+            self._wake.set()
+            time.sleep(0.01)
+        return True
 
     def status(self) -> dict:
         with self._slock:
@@ -207,6 +225,8 @@ class Recorder(threading.Thread):
         mono = time.monotonic()
         if self.pending and (mono >= self._retry_at or final):
             self._write()
+        if self.late and not self.pending and (mono >= self._retry_at or final):
+            self._write_late()
         elif not self.pending and self.closed > self.store.hi(self.store.tiers[0]) and mono >= self._idle_at:
             # nothing happened: the store still learns (once a second) that those seconds are over,
             # so complete_until moves on and the coarser tiers roll up
@@ -220,7 +240,17 @@ class Recorder(threading.Thread):
                 self._guard(self.store.gc_names_if_grown)
 
     def _bucket(self, host: str, sec: int) -> dict:
+        """The accumulator of (host, second): an open one, or for a second already closed its late one (the
+        oldest open second's when MAX_LATE_SECONDS are held: ``misplaced`` says so)."""
+        self.misplaced = False
         if sec < self.closed:
+            acc = self.late.get((host, sec))
+            if acc is not None:
+                return acc
+            if len(self.late) < MAX_LATE_SECONDS:
+                acc = self.late[(host, sec)] = {}
+                return acc
+            self.misplaced = True
             sec = self.closed
         acc = self.open.get((host, sec))
         if acc is None:
@@ -235,17 +265,19 @@ class Recorder(threading.Thread):
             names = self.cnames[host] = {}
         last_sec: int | None = None
         acc: dict = {}
-        late = skewed = 0
+        late = skewed = misplaced = 0
+        moved = False
         for e in events:
             sec = e["ts_ns"] // 1_000_000_000
             if sec < closed:
                 late += 1
-                sec = closed
             elif sec > future:
                 skewed += 1
                 sec = max(closed, now_s)
             if sec != last_sec:
                 last_sec, acc = sec, self._bucket(host, sec)
+                moved = self.misplaced
+            misplaced += moved
             key = record_key(e)
             row = acc.get(key)
             ret = e["ret"]
@@ -269,6 +301,7 @@ class Recorder(threading.Thread):
         c = self.counters
         c["events_recorded"] += len(events)
         c["late_events"] += late
+        c["late_events_misplaced"] += misplaced
         c["clock_skewed_events"] += skewed
 
     def _add_counts(self, host: str, payload: dict, now: float) -> None:
@@ -281,6 +314,8 @@ class Recorder(threading.Thread):
             self.counters["clock_skewed_events"] += sum(r["calls"] for r in payload["rows"])
             sec = max(self.closed, now_s)
         acc = self._bucket(host, sec)
+        if self.misplaced:
+            self.counters["late_events_misplaced"] += sum(r["calls"] for r in payload["rows"])
         names = self.cnames.setdefault(host, {})
         for r in payload["rows"]:
             key = record_key(r)
@@ -335,6 +370,21 @@ class Recorder(threading.Thread):
             del pending[:n]
             self.counters["rows_written"] += written
             self.counters["intervals_written"] += n
+        self._ok()
+
+    def _write_late(self) -> None:
+        """The late seconds, into every tier that holds them (one transaction; kept for a retry if it fails)."""
+        top_n = self.store.top_n
+        intervals = [(sec, host, bound_interval(dimensions(fine, self.cnames.get(host, {})), top_n))
+                     for (host, sec), fine in sorted(self.late.items(), key=lambda kv: kv[0][1])]
+        try:
+            rows, lost = self.store.write_late(intervals)
+        except WriteFailed as exc:
+            self._failed(exc)
+            return
+        self.counters["late_events_dropped"] += sum(v[0] for sec, host in lost for v in self.late[(host, sec)].values())
+        self.late = {}
+        self.counters["rows_written"] += rows
         self._ok()
 
     def _guard(self, work) -> None:

@@ -354,19 +354,42 @@ class HistoryStore:
         fine = self.tiers[0]
 
         def work():
-            nid = self._id
-            rows = []
-            for t, host, dims in intervals:
-                h = nid(host)
-                for dim, entries in dims.items():
-                    for (cid, k1, k2), v in entries.items():
-                        rows.append((dim, t, h, cid if type(cid) is int else nid(cid),
-                                     k1 if type(k1) is int else nid(k1), k2 if type(k2) is int else nid(k2),
-                                     _sat(v[0]), _sat(v[1]), _sat(v[2]), _sat(v[3])))
+            rows = [row for t, host, dims in intervals for row in self._rows(t, host, dims)]
             self._insert(fine, rows)
             if flushed_until > self.hi(fine):
                 self._set(f"hi:{fine.name}", flushed_until)
             return len(rows)
+        return self._write_tx(work)
+
+    def write_late(self, intervals: Iterable) -> tuple[int, list]:
+        """Add intervals whose seconds were written already (events that came late: a collector or a NATS
+        consumer catching up) to every tier that holds their time, so each tier adds up as if they had
+        come in time; a coarse tier that has not rolled that time up yet gets them from the finer one.
+        Returns (rows written, [(t, host) of the intervals no tier holds: older than every tier keeps])."""
+        def work():
+            rows, lost = 0, []
+            for t, host, dims in intervals:
+                tiers = [tier for tier in self.tiers if self.lo(tier) <= t < self.hi(tier)]
+                if not tiers:
+                    lost.append((t, host))
+                    continue
+                base = list(self._rows(t, host, dims))
+                for tier in tiers:
+                    start = t // tier.step * tier.step
+                    self._insert(tier, [(r[0], start, *r[2:]) for r in base])
+                    rows += len(base)
+            return rows, lost
+        return self._write_tx(work)
+
+    def _rows(self, t: int, host: str, dims: dict):
+        nid = self._id
+        h = nid(host)
+        for dim, entries in dims.items():
+            for (cid, k1, k2), v in entries.items():
+                yield (dim, t, h, cid if type(cid) is int else nid(cid), k1 if type(k1) is int else nid(k1),
+                       k2 if type(k2) is int else nid(k2), _sat(v[0]), _sat(v[1]), _sat(v[2]), _sat(v[3]))
+
+    def _write_tx(self, work):
         try:
             return self._tx(work)
         except WriteFailed as exc:

@@ -70,6 +70,8 @@ class NatsIngest(threading.Thread):
                 log.info("consuming NATS %s", self.source)
                 self.connected, failures, self.last_error = True, 0, ""
                 while not self._stopping.is_set():
+                    if self.history is not None:     # a backlog waits in JetStream, not in the recorder's queue
+                        self.history.wait_room()
                     for msg in puller.fetch(BATCH, EXPIRES_S):
                         self.handle(msg)
                         puller.ack(msg)

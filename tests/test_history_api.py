@@ -207,3 +207,35 @@ def test_full_disk_is_a_status_and_recording_resumes(tmp_path):
         if subprocess.run(["umount", str(mnt)]).returncode != 0:
             subprocess.run(["umount", "-l", str(mnt)])
     assert not os.path.ismount(mnt)
+
+
+def test_a_nats_backlog_is_recorded_at_its_own_time(tmp_path):
+    """Events published to JetStream while the API was down arrive after their seconds were written (the
+    store went on to 'now' before the API stopped): they are recorded in their own minute, and counted late."""
+    from harness.nats import NatsServer, publish_raw
+    from syswatch.shared import jetstream, natsclient, protocol
+    from tests.conftest import require_nats_server
+    require_nats_server()
+    with NatsServer(tmp_path) as nats:
+        conn = natsclient.Connection(natsclient.Options(servers=(nats.url,))).connect()
+        jetstream.ensure_stream(conn, jetstream.DEFAULT_STREAM, jetstream.StreamLimits())
+        conn.close()
+        srv = ApiProcess(tmp_path / "ips.sqlite3", "--nats", nats.url)
+        with srv:
+            started = time.time()
+            wait_for(lambda: srv.get("/stats").json()["history"]["complete_until"] > started, 15, 0.2,
+                     "the store to be written up to now")
+            assert srv.stop(signal.SIGTERM) == 0
+            minute = int(started) // 60 * 60 - 120                  # two minutes before the API stopped
+            batch = [event(pid=77, comm="backlog", ts_ns=(minute + 10 + i % 40) * 10**9, count=8) for i in range(90)]
+            frames = protocol.encode(protocol.topic_for("write"), {"host": "node-a", "events": batch})
+            publish_raw(nats.url, [(jetstream.subject("node-a", frames[0].decode()), frames[1])])
+            srv.start()
+            wait_for(lambda: srv.get("/stats").json()["history"]["late_events"] == 90, 30, 0.2,
+                     "the backlog to reach the recorder")
+            wait_for(lambda: srv.get("/stats").json()["history"]["intervals_pending"] == 0, 15, 0.2, "it written")
+            wait_for(lambda: srv.get("/history", params={"from": minute, "to": minute + 60}).json()["totals"]["calls"]
+                     == 90, 15, 0.2, "the backlog in its own minute")
+            a = srv.get("/history", params={"from": minute - 60, "to": minute + 180, "group": "process",
+                                            "step": 60}).json()
+            assert [(s["comm"], s["calls"]) for s in a["series"]] == [("backlog", [0, 90, 0, 0])], a["series"]

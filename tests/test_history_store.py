@@ -213,7 +213,36 @@ def test_late_and_skewed_events_are_kept_and_counted(tmp_path):
     c.settle(T0 + 30)
     st = c.rec.status()
     assert (st["late_events"], st["clock_skewed_events"]) == (1, 1)
+    late = c.query(**{"from": T0 + 10, "to": T0 + 11, "group": "host"})         # in its own second
+    assert late["totals"]["calls"] == 2
     assert c.query(**{"from": T0, "to": T0 + 30, "group": "host"})["totals"]["calls"] == 3
+    c.close()
+
+
+def test_late_events_go_to_their_own_time_in_every_tier(tmp_path):
+    """Events that come after their second was written (a NATS consumer catching up after the API was down)
+    are added where they belong, in every tier holding that time; one older than all of them is counted."""
+    tiers = (Tier("1s", 1, 600), Tier("10s", 10, 3600), Tier("1m", 60, 86400))
+    c = Clocked(tmp_path / "h.sqlite3", tiers=tiers)
+    for s in range(1200):
+        c.now = T0 + s + 0.5
+        c.step([event(T0 + s + 0.1, 1, "on-time")])
+    c.settle(T0 + 1200 + GRACE_S + 1)
+    assert c.store.lo(tiers[0]) > T0 + 35 and c.store.hi(tiers[1]) > T0 + 1155   # 1 s tier trimmed, 10 s rolled
+    c.step([event(T0 + 35.5, 2, "late")] * 5 + [event(T0 + 1155.5, 2, "late")] * 7
+           + [event(T0 - 40 * 86400, 2, "ancient")] * 3)
+    c.settle(c.now + 5)
+    st = c.rec.status()
+    assert (st["late_events"], st["late_events_dropped"], st["late_events_misplaced"]) == (15, 3, 0)
+
+    def tier_sum(tier: str, start: int, end: int) -> int:
+        return c.store.conn.execute(f"SELECT sum(calls) FROM agg_{tier} WHERE dim=0 AND t>=? AND t<?",
+                                    (start, end)).fetchone()[0] or 0
+    assert tier_sum("10s", T0 + 30, T0 + 40) == 10 + 5 and tier_sum("1m", T0, T0 + 60) == 60 + 5
+    assert tier_sum("1s", T0 + 1155, T0 + 1156) == 1 + 7
+    assert tier_sum("10s", T0 + 1150, T0 + 1160) == 10 + 7 and tier_sum("1m", T0 + 1140, T0 + 1200) == 60 + 7
+    whole = c.query(**{"from": T0, "to": T0 + 1200, "group": "process", "step": 60})
+    assert {r["comm"]: r["calls"] for r in whole["rows"]} == {"on-time": 1200, "late": 12}
     c.close()
 
 
@@ -327,3 +356,16 @@ def test_the_queue_bound_drops_and_counts(tmp_path):
     rec._refresh_status()
     assert (rec.status()["events_recorded"], rec.status()["events_dropped"]) == (60, 60)
     store.close()
+
+
+def test_a_source_that_can_wait_waits_for_room(tmp_path):
+    store = HistoryStore(str(tmp_path / "h.sqlite3"), 64 << 20)
+    rec = Recorder(store, clock=lambda: T0, max_queued_events=100)
+    rec.offer_events("h", [event(T0, 1, "a")] * 80)
+    assert rec.wait_room(timeout=0.2) is False                 # not started: nobody drains the queue
+    rec.start()
+    try:
+        assert rec.wait_room(timeout=10) is True and rec._queued <= 50
+    finally:
+        rec.stop()
+        store.close()

@@ -31,6 +31,7 @@ from prometheus_client.utils import floatToGoString
 
 import syswatch
 from syswatch.api.aggregates import COUNTERS
+from syswatch.api.history_recorder import COUNTERS as HISTORY_COUNTERS
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -71,8 +72,9 @@ BRIDGE_STATUS = (
 class StatsCollector(Collector):
     """The API's models as metric families, built anew at each scrape."""
 
-    def __init__(self, stream, requests, iplist, hub):
+    def __init__(self, stream, requests, iplist, hub, history=None):
         self.stream, self.requests, self.iplist, self.hub = stream, requests, iplist, hub
+        self.history = history
 
     def collect(self):
         view = self.stream.metrics_view()
@@ -87,6 +89,8 @@ class StatsCollector(Collector):
                                 value=self.hub.max_clients)
         yield GaugeMetricFamily("syswatch_ip_list_size", "Addresses in the IP list.", value=self.iplist.count())
         yield from self._http()
+        if self.history is not None:
+            yield from self._history(self.history.status())
         build = InfoMetricFamily("syswatch_build", "The running API: its version and what it runs on.")
         build.add_metric([], {"version": syswatch.__version__, "python": platform.python_version(),
                               "pyzmq": zmq.pyzmq_version(), "libzmq": zmq.zmq_version()})
@@ -143,6 +147,30 @@ class StatsCollector(Collector):
                     lost.add_metric([c["host"], reason], n)
             yield lost
 
+    @staticmethod
+    def _history(st: dict):
+        """The history recorder's status (api/history_recorder.py): its store's size, state and counters."""
+        yield GaugeMetricFamily("syswatch_history_disk_bytes", "Bytes the history store takes on disk (the "
+                                "file, its WAL and index).", value=st["disk_bytes"])
+        yield GaugeMetricFamily("syswatch_history_max_bytes", "The history store's size limit (--history-max-mb).",
+                                value=st["max_bytes"])
+        yield GaugeMetricFamily("syswatch_history_recording", "1 while the history store is written; 0 while it "
+                                "cannot be (disk full, write errors: /stats history.error says why).",
+                                value=int(st["state"] == "recording"))
+        yield GaugeMetricFamily("syswatch_history_written_until_seconds", "Every interval before this time (unix "
+                                "seconds) is in the history store.", value=st["complete_until"])
+        rows = GaugeMetricFamily("syswatch_history_rows", "Rows held per tier of the history store.",
+                                 labels=["step"])
+        for tier in st["tiers"]:
+            rows.add_metric([f"{tier['step_s']}s"], tier["rows"])
+        yield rows
+        for name, help_text in HISTORY_COUNTERS.items():
+            yield CounterMetricFamily(f"syswatch_history_{name}", help_text, value=st[name])
+        yield CounterMetricFamily("syswatch_history_trims_for_size", "Deletions of a tier's oldest rows made "
+                                  "to stay under the size limit.", value=st["trims_for_size"])
+        yield CounterMetricFamily("syswatch_history_cpu_seconds", "CPU time of the history recorder's thread.",
+                                  value=st["cpu_seconds"])
+
     def _http(self):
         requests = CounterMetricFamily("syswatch_http_requests", "HTTP requests answered, by route, method and status.",
                                        labels=["route", "method", "status"])
@@ -158,11 +186,11 @@ class StatsCollector(Collector):
         yield durations
 
 
-def registry(stream, requests, iplist, hub) -> CollectorRegistry:
+def registry(stream, requests, iplist, hub, history=None) -> CollectorRegistry:
     """A registry of its own per API (tests run several in one process): the models plus the standard
     process_*, python_info and python_gc_* collectors of prometheus_client."""
     reg = CollectorRegistry()
-    reg.register(StatsCollector(stream, requests, iplist, hub))
+    reg.register(StatsCollector(stream, requests, iplist, hub, history))
     ProcessCollector(registry=reg)
     PlatformCollector(registry=reg)
     GCCollector(registry=reg)

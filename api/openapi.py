@@ -6,7 +6,9 @@ tests/test_openapi_fuzz.py fuzzes the API against it with schemathesis.
 """
 from __future__ import annotations
 
+from syswatch.api import history_query
 from syswatch.api.aggregates import COUNTERS
+from syswatch.api.history_recorder import COUNTERS as HISTORY_COUNTERS
 from syswatch.api.validation import FILE_TYPES, MAX_PATH
 from syswatch.shared.protocol import SYSCALLS
 
@@ -24,6 +26,7 @@ def _errors(*codes: int) -> dict:
                  "POST token, for the stream's views the read token or the POST token)",
             409: "The IP list would exceed its maximum size (--max-ips); nothing was added",
             413: "Body larger than --max-body-bytes, or more items than --max-items; nothing changed",
+            404: "This API keeps no history (--history-max-mb 0)",
             415: "Content-Type is not JSON",
             429: "Your address holds its share of the event streams (--max-streams-per-address); retry later",
             503: "Too many open event streams (--max-streams); retry later"}
@@ -62,6 +65,66 @@ BOOL = {"type": "boolean"}
 NULL_INT = {"type": "integer", "minimum": 0, "nullable": True}
 HOST_PARAM = {"name": "host", "in": "query", "required": False, "description": "only this collector's host",
               "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]+$"}}
+
+
+def history_path() -> dict:
+    """GET /history: its parameters (api/history_query.py checks them) and its answer."""
+    q = history_query
+
+    def param(name: str, schema: dict, description: str) -> dict:
+        return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+    nullstr = {"type": "string", "nullable": True}
+    values = dict(calls=INT, bytes=INT, errors=INT, lat_ns_sum=INT)
+    key_fields = {"key": STR, "host": nullstr, "other": BOOL, "pid": {"type": "integer", "nullable": True},
+                  "comm": nullstr, "container_id": nullstr, "container_name": nullstr, "syscall": nullstr,
+                  "path": nullstr, "file_type": nullstr}
+    row = {"type": "object", "required": ["key", "host", *values], "properties": {**key_fields, **values},
+           "description": "one key of the group (its fields depend on the group) or, with other: true, the sum "
+                          "of every key not listed"}
+    per_step = {"type": "array", "items": INT}
+    series = {"type": "object", "required": ["key", "host", *values],
+              "properties": {**key_fields, **{v: per_step for v in values}},
+              "description": "a row's values per step, in the order of times"}
+    stamp = {"type": "string", "format": "date-time"}
+    answer = _obj(["from", "to", "step_s", "group", "order", "host", "container", "complete_until", "oldest",
+                   "intervals", "totals", "rows", "times", "series"],
+                  **{"from": stamp, "to": stamp}, step_s={"type": "integer", "minimum": 1},
+                  group={"type": "string", "enum": list(q.GROUPS)}, order={"type": "string", "enum": list(q.ORDERS)},
+                  host=nullstr, container=nullstr,
+                  complete_until={**stamp, "nullable": True, "description": "every interval before this is written"},
+                  oldest={**stamp, "nullable": True, "description": "the oldest interval the store holds"},
+                  intervals={"type": "array", "description": "which tier answered which stretch of the range",
+                             "items": _obj(["step_s", "from", "to"], step_s=INT, **{"from": stamp, "to": stamp})},
+                  totals=_obj(list(values), **values), rows={"type": "array", "items": row},
+                  times={"type": "array", "items": INT, "description": "start of each step, unix seconds"},
+                  series={"type": "array", "items": series})
+    printable = "^[^\\x00-\\x1f\\x7f-\\x9f]+$"
+    params = [
+        param("from", {"type": "string", "maxLength": 40}, "start: RFC 3339 (2026-12-06T03:10:00Z), relative to now "
+                                                           "(-15m, -2h, -1d, -1h30m) or unix seconds; default -15m"),
+        param("to", {"type": "string", "maxLength": 40}, "end, as from; default now"),
+        param("group", {"type": "string", "enum": list(q.GROUPS)}, "what the rows are (default process)"),
+        HOST_PARAM,
+        param("container", {"type": "string", "minLength": 1, "maxLength": 255, "pattern": printable},
+              "only this container (id prefix or name)"),
+        param("step", {"type": "string", "pattern": "^([0-9]{1,9}|([0-9]{1,6}[smhdw])+)$"},
+              f"seconds per point (60, 60s, 5m); default: a round step giving at most {q.AUTO_POINTS} points; "
+              f"at most {q.MAX_POINTS} points"),
+        param("order", {"type": "string", "enum": list(q.ORDERS)}, "what ranks the rows (default calls)"),
+        param("limit", {"type": "integer", "minimum": 1, "maximum": q.MAX_LIMIT},
+              f"rows (default {q.DEFAULT_LIMIT}); the rest is one (other) row"),
+        param("series", {"type": "integer", "minimum": 0, "maximum": q.MAX_SERIES},
+              f"rows given per step in JSON (default {q.DEFAULT_SERIES}), plus (other)"),
+        param("format", {"type": "string", "enum": list(q.FORMATS)}, "json (default) or csv: one line per step "
+                                                                    "and row"),
+    ]
+    ok = {"description": "What was recorded in the range", "content": {
+        "application/json": {"schema": answer},
+        "text/csv": {"schema": STR, "example": "time,host,key,container_id,container_name,calls,bytes,errors,"
+                                               "lat_ns_sum\r\n2026-12-06T03:10:00Z,vm,4f2a...,4f2a...,web-1,613,"
+                                               "2510848,7,2881230\r\n"}}}
+    return _get(f"What was recorded: totals per group over a range (at most {q.MAX_RANGE_S // 86400} days) and "
+                "per step, from the history store (docs/HISTORY.md)", ok, params, (400, 404), read=True)
 
 
 def document(max_items: int, max_events_limit: int, default_events_limit: int) -> dict:
@@ -159,6 +222,7 @@ def document(max_items: int, max_events_limit: int, default_events_limit: int) -
                 "heartbeats and drop notices are SSE comments", {"description": "An endless event stream",
                                                                  "content": {"text/event-stream": {"schema": STR}}},
                 filters, (400, 429, 503), read=True),
+            "/history": history_path(),
             "/metrics": _get("Prometheus text exposition", {"description": "Metrics", "content": {
                 "text/plain": {"schema": STR}}}, read=True),
             "/healthz": _get("Liveness: 200 while the API serves; says whether the collector is connected",
@@ -189,7 +253,8 @@ def document(max_items: int, max_events_limit: int, default_events_limit: int) -
                 "Stats": _obj(
                     ["connected", "events_per_s", "events_received", "totals", "top_processes_by_calls",
                      "top_processes_by_bytes", "top_containers_by_calls", "top_containers_by_bytes",
-                     "top_files_by_calls", "top_files_by_bytes", "collectors", "hosts", "collector_status", "api"],
+                     "top_files_by_calls", "top_files_by_bytes", "collectors", "hosts", "collector_status", "api",
+                     "history"],
                     connected=BOOL, events_per_s=NUM, events_received=INT,
                     totals={"type": "object", "additionalProperties": per_syscall,
                             "description": "per syscall seen"},
@@ -215,7 +280,19 @@ def document(max_items: int, max_events_limit: int, default_events_limit: int) -
                              last_malformed_reason={"type": "string", "nullable": True},
                              last_refused_reason={"type": "string", "nullable": True},
                              recent_events_capacity=INT, event_streams=INT, event_streams_max=INT,
-                             event_streams_per_address=INT)),
+                             event_streams_per_address=INT),
+                    history={**_obj(["path", "state", "error", "disk_bytes", "max_bytes", "complete_until", "tiers",
+                                     *HISTORY_COUNTERS],
+                                    path=STR, state={"type": "string",
+                                                     "enum": ["recording", "disk full", "write failing", "stopped"]},
+                                    error={"type": "string", "nullable": True},
+                                    error_since={"type": "string", "nullable": True}, disk_bytes=INT, max_bytes=INT,
+                                    complete_until=INT, intervals_pending=INT, trims_for_size=INT, cpu_seconds=NUM,
+                                    tiers={"type": "array", "items": _obj(
+                                        ["step_s", "keep_s", "rows", "kept_from", "written_until"], step_s=INT,
+                                        keep_s=INT, rows=INT, kept_from=INT, written_until=INT)},
+                                    **{name: INT for name in HISTORY_COUNTERS}),
+                               "nullable": True, "description": "the history store (null: history is off)"}),
             },
         },
     }

@@ -9,14 +9,16 @@ from __future__ import annotations
 import functools
 import hmac
 import json
+import time
 from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import parse_qs
 
 import bottle
 
-from syswatch.api import metrics, openapi, validation
+from syswatch.api import history_query, metrics, openapi, validation
 from syswatch.api.aggregates import StreamStats
+from syswatch.api.history_recorder import Recorder
 from syswatch.api.httplog import RequestStats
 from syswatch.api.hub import StreamHub, TooManyStreams
 from syswatch.api.iplist import DiskFull, IPList, ListFull
@@ -65,6 +67,10 @@ ROUTES = (
     Route("GET", "/events/stream", "events_stream",
           "GET with the filters of /events (no limit): live Server-Sent Events, one event per data: line; a "
           "client that takes no data for the stall timeout is disconnected", read=True),
+    Route("GET", "/history", "history",
+          "GET ?from=&to=&group=process|container|syscall|file|host&host=&container=&step=&order=&limit=&series="
+          "&format=json|csv: what was recorded: totals per group over the range, and per step; from/to as "
+          "RFC 3339, relative (-15m) or unix seconds", read=True),
     Route("GET", "/metrics", "metrics", "GET: Prometheus text exposition", read=True),
     Route("GET", "/healthz", "healthz", "GET: 200 while the API is up; says whether the collector is connected"),
     Route("GET", "/openapi.json", "openapi", "GET: the OpenAPI 3 description of every endpoint"),
@@ -108,8 +114,10 @@ class Api:
     """The handlers; each one small, over the IP list and the stream's stats model."""
 
     def __init__(self, iplist: IPList, stats: StreamStats, hub: StreamHub, requests: RequestStats,
-                 limits: Limits, token: str | None, static: StaticFiles | None = None, read_token: str | None = None):
+                 limits: Limits, token: str | None, static: StaticFiles | None = None, read_token: str | None = None,
+                 history: Recorder | None = None):
         self.iplist, self.stream, self.hub, self.requests = iplist, stats, hub, requests
+        self.recorder = history
         self.files = static or StaticFiles()
         self.limits = limits
         self._token = token.encode() if token else None
@@ -117,7 +125,7 @@ class Api:
         self._read_tokens = [t.encode() for t in (read_token, token) if t] if read_token else []
         self._openapi = json.dumps(openapi.document(limits.max_items, limits.max_events_limit,
                                                     limits.default_events_limit), indent=1)
-        self.registry = metrics.registry(stats, requests, iplist, hub)  # this API's own, read at each scrape
+        self.registry = metrics.registry(stats, requests, iplist, hub, history)  # this API's own, read at each scrape
 
     # --- request helpers ---------------------------------------------------------------------
     def _check_token(self) -> None:
@@ -218,7 +226,8 @@ class Api:
                         event_streams_per_address=self.hub.per_address)
         first = next((c["status"] for c in s["collectors"] if c["status"]), None)
         # collector_status: the (first) collector's last status, as before fan-in
-        return _ok(json.dumps({**s, "collector_status": first}))
+        history = self.recorder.status() if self.recorder is not None else None
+        return _ok(json.dumps({**s, "collector_status": first, "history": history}))
 
     def _single(self, query: dict, known: tuple) -> dict:
         for name, values in query.items():
@@ -248,6 +257,16 @@ class Api:
         return EventStream(self.hub, client, self.limits.sse_heartbeat_s,
                            f"syswatch event stream (filters: {validation.printable(flt.shown())})",
                            env.get("waitress.client_disconnected"), peer, self.limits.sse_stall_s)
+
+    def history(self):
+        if self.recorder is None:
+            raise BadRequest("this API keeps no history: it was started with --history-max-mb 0 "
+                             "(SYSWATCH_HISTORY_MAX_MB=0)", 404)
+        query = history_query.parse(self._query(), time.time())
+        answer = history_query.answer(self.recorder.store, query)
+        if query.fmt == "csv":
+            return _ok(history_query.to_csv(answer), "text/csv; charset=utf-8")
+        return _ok(json.dumps(answer, separators=(",", ":")))
 
     def metrics(self):
         return _ok(metrics.exposition(self.registry), metrics.CONTENT_TYPE)

@@ -38,6 +38,7 @@ EPILOG = textwrap.dedent("""\
       SYSWATCH_MAX_STREAMS_PER_ADDRESS, SYSWATCH_SSE_STALL_TIMEOUT, SYSWATCH_RECENT_EVENTS,
       SYSWATCH_STREAM_QUEUE, SYSWATCH_THREADS, SYSWATCH_MAX_CONNECTIONS, SYSWATCH_CHANNEL_TIMEOUT,
       SYSWATCH_HOSTS_PER_COLLECTOR, SYSWATCH_HOST_EXPIRY,
+      SYSWATCH_HISTORY_DB, SYSWATCH_HISTORY_MAX_MB,
       SYSWATCH_CORS_ORIGINS and SYSWATCH_ALLOWED_HOSTS (comma separated)
       SYSWATCH_CURVE_SERVER_KEY + SYSWATCH_CURVE_CLIENT_KEY: subscribe with CurveZMQ
         (make the keys with: python3 -m syswatch.shared.curve --help)
@@ -56,11 +57,15 @@ EPILOG = textwrap.dedent("""\
       syswatch-api --host 0.0.0.0 --read-token-file /run/secrets/syswatch_read   # reads need a token too
       curl -s -H "Authorization: Bearer $(cat /run/secrets/syswatch_read)" localhost:8080/stats
       syswatch-api --max-items 1000 --max-ips 50000           # tighter IP list limits
+      syswatch-api --history-max-mb 4096                      # room for more hosts (default 1024 MiB)
+      syswatch-api --history-db /var/lib/syswatch/history.sqlite3 --history-max-mb 0   # 0: no history
 
       curl -s localhost:8080/apis
       curl -s -X POST localhost:8080/add_ips -H 'Content-Type: application/json' -d '{"add_ips": [1, 2, 3]}'
       curl -s 'localhost:8080/events?limit=5&syscall=write'
       curl -sN localhost:8080/events/stream?comm=dd
+      curl -s 'localhost:8080/history?from=-15m&group=container'          # who did the I/O, 15 min back
+      curl -s 'localhost:8080/history?from=2026-12-06T03:10:00Z&to=2026-12-06T03:15:00Z&group=file&format=csv'
       xdg-open http://localhost:8080/                       # the live dashboard
 
       # a page served from http://localhost:3000 may call the API (CORS), nothing else may:
@@ -79,6 +84,13 @@ def port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
         raise ValueError(f"a TCP port is 0..65535, got {value}")
+    return value
+
+
+def history_mb(text: str) -> int:
+    value = int(text)
+    if value != 0 and not 1 <= value <= 1 << 20:
+        raise ValueError(f"must be 0 (no history) or 1..{1 << 20} MiB, got {value}")
     return value
 
 
@@ -149,6 +161,12 @@ def parse_args(argv=None) -> ApiConfig:
              "collectors needs more); a host name belongs to the endpoint that sent it first")
     opt("--host-expiry", env="SYSWATCH_HOST_EXPIRY", default=d.host_expiry, type=seconds,
         help="seconds without a message after which a host is forgotten: its data, its name and its slot")
+    opt("--history-db", env="SYSWATCH_HISTORY_DB", default=None, metavar="FILE",
+        help="SQLite file of the history GET /history answers from (default: beside --db, e.g. "
+             "./syswatch-history.sqlite3 for ./syswatch.sqlite3)")
+    opt("--history-max-mb", env="SYSWATCH_HISTORY_MAX_MB", default=d.history_max_mb, type=history_mb, metavar="MIB",
+        help="size limit of the history store (file, WAL and index) in MiB; when it is reached the oldest "
+             "fine intervals go first (docs/HISTORY.md); 0 turns history off")
     p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     args = p.parse_args(argv)
     from syswatch.api import web
@@ -183,7 +201,7 @@ def parse_args(argv=None) -> ApiConfig:
         allowed_hosts=tuple(h.strip().lower() for h in args.allowed_host if h.strip()),
         sse_heartbeat=args.sse_heartbeat, threads=args.threads, max_connections=args.max_connections,
         channel_timeout=args.channel_timeout, nats=nats, nats_stream=args.nats_stream,
-        nats_consumer=args.nats_consumer)
+        nats_consumer=args.nats_consumer, history_db=args.history_db or None, history_max_mb=args.history_max_mb)
 
 
 def token_error(message: str) -> NoReturn:
@@ -233,6 +251,7 @@ def main(argv=None) -> int:
     import waitress
     import zmq
 
+    from syswatch.api.history_store import StoreUnusable
     from syswatch.api.httplog import json_server_errors, stdout_line
     from syswatch.api.iplist import DatabaseUnusable
     from syswatch.api.memory import return_large_blocks
@@ -252,7 +271,7 @@ def main(argv=None) -> int:
     try:
         curve_client = curve.client_from_env()  # SYSWATCH_CURVE_SERVER_KEY / SYSWATCH_CURVE_CLIENT_KEY
         app = make_app(config, curve_client)
-    except (curve.CurveError, DatabaseUnusable, OSError) as exc:
+    except (curve.CurveError, DatabaseUnusable, StoreUnusable, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
@@ -292,6 +311,8 @@ def main(argv=None) -> int:
     app.subscriber.start()
     if app.nats is not None:
         app.nats.start()
+    if app.history is not None:
+        app.history.start()
 
     def stop(*_):
         app.hub.end_all()  # open event streams end now, instead of holding waitress's shutdown for 5 s
@@ -309,6 +330,12 @@ def main(argv=None) -> int:
     stdout_line(f"IP list: {os.path.abspath(config.db)} ({iplist.count()} addresses); "
                 f"{'; '.join(sources)}; POST token: {'required' if config.token else 'not required'}; "
                 f"read token: {'required' if config.read_token else 'not required'}")
+    if app.history is not None:
+        store = app.history.store
+        stdout_line(f"History: {os.path.abspath(store.path)} ({store.disk_bytes() / 2**20:.1f} MiB of "
+                    f"{config.history_max_mb} MiB; GET /history)")
+    else:
+        stdout_line("History: off (--history-max-mb 0)")
     if iplist.respelled:  # a list written by another Python version (iplist.IPList._respell)
         stdout_line(f"IP list: respelled {iplist.respelled} stored IPv4-mapped IPv6 address(es) as ::ffff:a.b.c.d "
                     f"and dropped {iplist.merged} duplicate(s) of an address added earlier")
@@ -322,6 +349,7 @@ def main(argv=None) -> int:
         app.subscriber.stop()
         if app.nats is not None:
             app.nats.stop()
+        app.close()             # the history recorder writes what it holds
     return 0
 
 

@@ -9,6 +9,8 @@
   identifiable, and it records ``time.time_ns()`` just before each write (for latency).
 * ``Child``: a process whose worker thread renames itself and makes a known list of writes and
   reads, each with its own byte count (the collector tests compare it call for call).
+* ``build_rounds(dir)``: harness/rounds.c, a static binary that makes a known round of reads and
+  writes per SIGUSR1 and nothing else, not even at start (a container's only process).
 """
 from __future__ import annotations
 
@@ -25,6 +27,25 @@ from harness.procs import die_with_parent
 
 # Byte counts of the writer's writes start here: nothing else on a host asks for exactly these.
 BASE_COUNT = 700_000
+
+
+ROUNDS_C = Path(__file__).resolve().parent / "rounds.c"
+
+
+def rounds_missing() -> str | None:
+    """What building harness/rounds.c needs, as what to do about it; None when nothing is missing."""
+    import shutil
+    if shutil.which("gcc") is None or not any(Path(d, "libc.a").exists() for d in
+                                              ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib")):
+        return "install gcc and libc6-dev (a static libc): apt-get install -y gcc libc6-dev (scripts/setup-host.sh)"
+    return None
+
+
+def build_rounds(directory: Path) -> Path:
+    """harness/rounds.c built statically into ``directory``/rounds (it runs in any container)."""
+    out = directory / "rounds"
+    subprocess.run(["gcc", "-static", "-O2", "-Wall", "-Werror", "-o", str(out), str(ROUNDS_C)], check=True)
+    return out
 
 
 def dd_argv(n: int) -> list[str]:

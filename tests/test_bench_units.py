@@ -270,3 +270,29 @@ def test_the_rss_figure_is_an_svg_with_every_series_and_breaks_at_restarts():
     assert len(lines) == 3                      # the collector's two lives and the API's one
     texts = [t.firstChild.data for t in doc.getElementsByTagName("text") if t.firstChild]
     assert "collector" in texts and "api" in texts and "MiB" in texts
+
+
+@pytest.mark.unit
+def test_history_bench_host_makes_the_events_it_says():
+    from bench.history import SyntheticHost
+    from syswatch.shared import protocol
+    host = SyntheticHost(processes=30, files=50, containers=4, rate=200, pool=2000)
+    frames = host.batches(1_765_000_000)
+    events = [e for f in frames for e in protocol.decode(f).events]
+    assert len(events) == 200 and all(e["ts_ns"] // 10**9 == 1_765_000_000 for e in events)
+    assert {e["container_id"] for e in events} <= {c for _, _, c, _, _ in host.processes}
+    assert len({e["pid"] for e in events}) > 10                    # a busy host: many processes every second
+
+
+def test_history_bench_runs_and_reports(tmp_path):
+    """A few simulated minutes through the real ingest path (threads and loopback sockets in this process):
+    every event fed is answered, and the report has its rows."""
+    from bench import history
+    args = history.parse_args(["--hours", "0.05", "--queries", "1", "--no-docs", "--out", str(tmp_path)])
+    results = history.run(args, tmp_path, lambda line: None)
+    assert results["day_total_calls"] == results["events"] == 180 * 400
+    assert (results["status"]["events_dropped"], results["status"]["late_events"]) == (0, 0)
+    text = history.render(results, machine.describe())
+    for row in ("rows written per second", "recorder thread CPU", "| 1 s | 1 h |", "last hour by container",
+                "a day by process"):
+        assert row in text, row

@@ -3,6 +3,8 @@
 // Every second: GET /stats (aggregates: the charts' rates are computed here from successive
 // cumulative totals) and, unless paused, GET /events?limit=50&<filters> (the tail). The page never
 // subscribes to the raw event stream, so it stays responsive at 100k events/s on the host.
+// A past time range (the "time" selector) shows the same charts and tables from GET /history
+// (by syscall, process and container), refreshed every HISTORY_POLL_MS for the "last ..." ranges.
 // Fields of the v2 event model (ret, lat_ns, container_*, host, collectors, hosts, path) are shown
 // when the API sends them and shown as "–" when it does not. A failed call's ret is shown by its
 // errno name, from the API's one errno table (static/errnos.js, built from shared/errnos.py).
@@ -14,7 +16,10 @@
   const HEALTH_WINDOW_S = 60;  // lost/dropped/malformed growth within this window raises the warning
   const TAIL_LIMIT = 50;
   const TAIL_FILTERS = ["pid", "comm", "container", "syscall", "uid", "path", "file_type", "min_latency"];
-  const TIME_INCRS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600];  // x ticks: whole seconds and minutes
+  const HISTORY_POLL_MS = 10000;
+  const TOP_ROWS = 10;
+  // x ticks: whole seconds, minutes, hours, days (a past range may span a day)
+  const TIME_INCRS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400];
   const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
   const $ = (id) => document.getElementById(id);
 
@@ -34,6 +39,11 @@
     token: null,           // the POST token, if the API wants one (this page's memory only)
     readToken: null,       // the read token, if the API wants one (this page's memory only)
     lastStats: null,
+    range: "live",         // "live", "15m", "1h", "1d" or "custom"
+    custom: null,          // {from, to}: RFC 3339 of the custom range
+    history: null,         // {process, container} answers of the range shown
+    historyTimer: null,
+    historySeq: 0,         // answers of a range no longer selected are dropped
   };
 
   // --- formatting -------------------------------------------------------------------------------
@@ -129,6 +139,7 @@
     const frag = document.createDocumentFragment();
     for (const row of rows) {
       const tr = document.createElement("tr");
+      if (row.other) tr.className = "other";  // /history's "(other)": every key not listed
       for (const [value, cls, title] of cells(row)) {
         const td = document.createElement("td");
         td.textContent = value;
@@ -305,21 +316,25 @@
     }
   }
 
-  function updateTables(s) {
-    const procOrder = $("proc-order").value;
-    const procs = (procOrder === "bytes" ? s.top_processes_by_bytes : s.top_processes_by_calls) || [];
+  function showProcs(procs) {
     fillTable($("top-procs").tBodies[0], procs, (p) => [
-      [text(p.host)], [text(p.pid)], [text(p.comm)], [container(p)], [num(p.calls), "num"], [bytes(p.bytes), "num"],
-      [num(p.errors), p.errors > 0 ? "num bad" : "num"], [avgLatency(p), "num"], [errnosText(p.errnos)],
+      [text(p.host)], [text(p.pid)], [p.other ? "(other)" : text(p.comm)], [p.other ? dash : container(p)],
+      [num(p.calls), "num"], [bytes(p.bytes), "num"], [num(p.errors), p.errors > 0 ? "num bad" : "num"],
+      [avgLatency(p), "num"], [errnosText(p.errnos)],
     ]);
-    const contOrder = $("cont-order").value;
-    const conts = (contOrder === "bytes" ? s.top_containers_by_bytes : s.top_containers_by_calls);
+  }
+
+  function showContainers(conts) {
     $("no-containers").hidden = Array.isArray(conts);
     fillTable($("top-containers").tBodies[0], conts || [], (c) => [
-      [text(c.host)], [c.container_id ? c.container_id.slice(0, 12) : "(host)"], [text(c.container_name)],
-      [num(c.calls), "num"], [bytes(c.bytes), "num"], [num(c.errors), c.errors > 0 ? "num bad" : "num"],
-      [avgLatency(c), "num"], [latency(c.p99_ns), "num"], [errnosText(c.errnos)],
+      [text(c.host)], [c.other ? "(other)" : (c.container_id ? c.container_id.slice(0, 12) : "(host)")],
+      [text(c.container_name)], [num(c.calls), "num"], [bytes(c.bytes), "num"],
+      [num(c.errors), c.errors > 0 ? "num bad" : "num"], [avgLatency(c), "num"], [latency(c.p99_ns), "num"],
+      [errnosText(c.errnos)],
     ]);
+  }
+
+  function showFilesAndLatency(s) {
     const fileOrder = $("file-order").value;
     const files = (fileOrder === "bytes" ? s.top_files_by_bytes : s.top_files_by_calls) || [];
     $("no-files").hidden = files.length > 0;
@@ -339,6 +354,14 @@
       [latency(t.p99_ns), "num"], [latency(t.max_ns), "num"], [num(t.errors), t.errors > 0 ? "num bad" : "num"],
       [errnosText(t.errnos)],
     ]);
+  }
+
+  function updateTables(s) {
+    const procOrder = $("proc-order").value;
+    showProcs((procOrder === "bytes" ? s.top_processes_by_bytes : s.top_processes_by_calls) || []);
+    const contOrder = $("cont-order").value;
+    showContainers(contOrder === "bytes" ? s.top_containers_by_bytes : s.top_containers_by_calls);
+    showFilesAndLatency(s);
   }
 
   function updateHealth(s, now) {
@@ -373,6 +396,11 @@
     if (typeof api.events_not_received === "number") apiBits.push("events not received by the API: " + num(api.events_not_received));
     if (typeof api.malformed_messages === "number") apiBits.push("malformed messages: " + num(api.malformed_messages));
     if (typeof api.sse_dropped_events === "number") apiBits.push("events dropped for slow streams: " + num(api.sse_dropped_events));
+    const h = s.history;
+    if (h && typeof h.disk_bytes === "number") {
+      apiBits.push("history: " + bytes(h.disk_bytes) + " of " + bytes(h.max_bytes) + ", " + h.state);
+      if (h.error) warnings.push("history store: " + h.error);
+    }
     $("api-counters").textContent = apiBits.join(" · ");
     const box = $("warning");
     box.hidden = warnings.length === 0;
@@ -391,14 +419,147 @@
       conn.textContent = anyConnected ? "collector connected" : "collector not connected";
       conn.className = "badge " + (anyConnected ? "ok" : "bad");
       $("rate").textContent = rate(s.events_per_s) + " events/s · " + num(s.events_received) + " received";
-      pushSample(s, now);
-      updateTables(s);
+      if (state.range === "live") {
+        pushSample(s, now);
+        updateTables(s);
+      }
       updateHealth(s, now);
     } catch (err) {
       const conn = $("conn");
       conn.textContent = "API unreachable: " + err.message;
       conn.className = "badge bad";
     }
+  }
+
+  // --- past ranges: /history -------------------------------------------------------------------------
+  function rangeParams() {
+    if (state.range === "custom") return state.custom;
+    return { from: "-" + state.range, to: "now" };
+  }
+
+  function historyURL(group, extra) {
+    const params = new URLSearchParams(rangeParams());
+    params.set("group", group);
+    if (state.host) params.set("host", state.host);
+    for (const [k, v] of Object.entries(extra)) params.set(k, v);
+    return "history?" + params.toString();
+  }
+
+  function resetSeries() {
+    state.prev = null;
+    state.times = [];
+    for (const sc of state.syscalls) { state.calls[sc] = []; state.bytes[sc] = []; state.p50[sc] = []; state.p99[sc] = []; }
+  }
+
+  // The charts from a group=syscall answer: per step, calls/s and bytes/s of each syscall (summed over hosts).
+  function historyCharts(a) {
+    const sums = {};
+    for (const sr of a.series) {
+      if (sr.other) continue;
+      const sc = sr.syscall;
+      if (!sums[sc]) sums[sc] = { calls: a.times.map(() => 0), bytes: a.times.map(() => 0) };
+      sr.calls.forEach((v, i) => { sums[sc].calls[i] += v; });
+      sr.bytes.forEach((v, i) => { sums[sc].bytes[i] += v; });
+    }
+    let added = false;
+    for (const sc of Object.keys(sums)) {
+      if (!state.syscalls.includes(sc)) {
+        state.syscalls.push(sc);
+        $("f-syscall").appendChild(new Option(sc, sc));
+        added = true;
+      }
+    }
+    state.times = a.times.slice();
+    for (const sc of state.syscalls) {
+      const s = sums[sc];
+      state.calls[sc] = s ? s.calls.map((v) => v / a.step_s) : a.times.map(() => 0);
+      state.bytes[sc] = s ? s.bytes.map((v) => v / a.step_s) : a.times.map(() => 0);
+      state.p50[sc] = a.times.map(() => null);   // history keeps no latency distribution (yet)
+      state.p99[sc] = a.times.map(() => null);
+    }
+    if (added) rebuildCharts();
+    drawCharts();
+  }
+
+  function clockUTC(iso) { return iso ? iso.replace("T", " ").replace("Z", " UTC") : dash; }
+
+  function historyStatus(a, message, bad) {
+    const el = $("range-status");
+    el.hidden = false;
+    el.className = "range-status" + (bad ? " bad" : "");
+    el.dataset.mode = bad ? "error" : "history";
+    if (message) { el.textContent = message; return; }
+    const tiers = a.intervals.map((i) => i.step_s + " s").filter((v, i, all) => all.indexOf(v) === i);
+    el.textContent = "history " + clockUTC(a.from) + " – " + clockUTC(a.to) + " · " + a.step_s + " s steps" +
+      (tiers.length ? " · from the " + tiers.join(" and ") + " intervals" : " · no data recorded in this range") +
+      " · " + num(a.totals.calls) + " calls, " + bytes(a.totals.bytes) + " moved, " + num(a.totals.errors) + " errors" +
+      (a.complete_until ? " · recorded until " + clockUTC(a.complete_until) : "");
+    el.dataset.from = a.from;
+    el.dataset.to = a.to;
+  }
+
+  async function loadHistory() {
+    if (state.range === "live") return;
+    const seq = ++state.historySeq;
+    const procOrder = $("proc-order").value, contOrder = $("cont-order").value;
+    try {
+      const [sc, procs, conts] = await Promise.all([
+        getJSON(historyURL("syscall", { series: "50", limit: "50" })),
+        getJSON(historyURL("process", { order: procOrder, limit: String(TOP_ROWS), series: "0" })),
+        getJSON(historyURL("container", { order: contOrder, limit: String(TOP_ROWS), series: "0" })),
+      ]);
+      if (seq !== state.historySeq || state.range === "live") return;  // another range was chosen meanwhile
+      state.history = { process: procs, container: conts };
+      historyCharts(sc);
+      showProcs(procs.rows);
+      showContainers(conts.rows);
+      historyStatus(sc);
+    } catch (err) {
+      if (seq === state.historySeq) historyStatus(null, "history: " + err.message, true);
+    }
+  }
+
+  function toInput(d) {  // a Date as a datetime-local value (the browser's local time)
+    const p = (n) => String(n).padStart(2, "0");
+    return d.getFullYear() + "-" + p(d.getMonth() + 1) + "-" + p(d.getDate()) + "T" + p(d.getHours()) + ":" +
+      p(d.getMinutes()) + ":" + p(d.getSeconds());
+  }
+
+  function chooseRange(value) {
+    state.range = value;
+    clearInterval(state.historyTimer);
+    state.historyTimer = null;
+    state.historySeq++;
+    resetSeries();
+    drawCharts();
+    $("range-custom").hidden = value !== "custom";
+    if (value === "live") {
+      $("range-status").hidden = true;
+      $("range-status").dataset.mode = "live";
+      if (state.lastStats) updateTables(state.lastStats);
+      return;
+    }
+    fillTable($("top-procs").tBodies[0], [], () => []);
+    fillTable($("top-containers").tBodies[0], [], () => []);
+    if (value === "custom") {
+      if (!$("range-from").value) {
+        const now = new Date();
+        $("range-from").value = toInput(new Date(now.getTime() - 3600e3));
+        $("range-to").value = toInput(now);
+      }
+      historyStatus(null, "choose a range and press show", false);
+      return;
+    }
+    loadHistory();
+    state.historyTimer = setInterval(loadHistory, HISTORY_POLL_MS);
+  }
+
+  function applyCustom() {
+    const from = new Date($("range-from").value), to = new Date($("range-to").value);
+    if (isNaN(from) || isNaN(to)) return historyStatus(null, "give both times", true);
+    state.custom = { from: from.toISOString().replace(/\.\d+Z$/, "Z"), to: to.toISOString().replace(/\.\d+Z$/, "Z") };
+    state.historySeq++;
+    loadHistory();
   }
 
   // --- the tail -----------------------------------------------------------------------------------------
@@ -490,15 +651,20 @@
   function init() {
     $("host").addEventListener("change", (e) => {
       state.host = e.target.value;
-      state.prev = null;  // rates of another selection are not comparable
-      state.times = [];
-      for (const sc of state.syscalls) { state.calls[sc] = []; state.bytes[sc] = []; state.p50[sc] = []; state.p99[sc] = []; }
+      resetSeries();  // rates of another selection are not comparable
       drawCharts();
       pollTail();
+      if (state.range !== "live" && (state.range !== "custom" || state.custom)) loadHistory();
     });
-    $("proc-order").addEventListener("change", () => state.lastStats && updateTables(state.lastStats));
-    $("cont-order").addEventListener("change", () => state.lastStats && updateTables(state.lastStats));
-    $("file-order").addEventListener("change", () => state.lastStats && updateTables(state.lastStats));
+    const reorder = () => {
+      if (state.range === "live") { if (state.lastStats) updateTables(state.lastStats); }
+      else if (state.range !== "custom" || state.custom) loadHistory();
+    };
+    $("proc-order").addEventListener("change", reorder);
+    $("cont-order").addEventListener("change", reorder);
+    $("file-order").addEventListener("change", () => state.lastStats && showFilesAndLatency(state.lastStats));
+    $("range").addEventListener("change", (e) => chooseRange(e.target.value));
+    $("range-custom").addEventListener("submit", (e) => { e.preventDefault(); applyCustom(); });
     $("tail-form").addEventListener("submit", (e) => {
       e.preventDefault();
       state.filters = readFilters();

@@ -21,6 +21,7 @@ import threading
 import time
 
 from syswatch.api.aggregates import StreamStats
+from syswatch.api.history_recorder import Recorder
 from syswatch.api.hub import StreamHub
 from syswatch.api.ingest import apply
 from syswatch.shared import jetstream, natsclient, protocol
@@ -37,10 +38,11 @@ REMEMBERED = 65_536          # stream sequences kept to skip a redelivery of wha
 class NatsIngest(threading.Thread):
     """Reads the consumer into ``stats`` and ``hub`` (api/ingest.apply), like the ZeroMQ ingest."""
 
-    def __init__(self, options: natsclient.Options, stream: str, durable: str, stats: StreamStats, hub: StreamHub):
+    def __init__(self, options: natsclient.Options, stream: str, durable: str, stats: StreamStats, hub: StreamHub,
+                 history: Recorder | None = None):
         super().__init__(name="syswatch-nats-ingest", daemon=True)
         self.options, self.stream, self.durable = options, stream, durable
-        self.stats, self.hub = stats, hub
+        self.stats, self.hub, self.history = stats, hub, history
         self.source = f"{options.display()} ({stream}/{durable})"
         self._stopping = threading.Event()
         self.connected = False
@@ -68,6 +70,8 @@ class NatsIngest(threading.Thread):
                 log.info("consuming NATS %s", self.source)
                 self.connected, failures, self.last_error = True, 0, ""
                 while not self._stopping.is_set():
+                    if self.history is not None:     # a backlog waits in JetStream, not in the recorder's queue
+                        self.history.wait_room()
                     for msg in puller.fetch(BATCH, EXPIRES_S):
                         self.handle(msg)
                         puller.ack(msg)
@@ -116,7 +120,9 @@ class NatsIngest(threading.Thread):
         if not isinstance(host, str) or jetstream.host_token(host) != token:
             self.refuse(f"{topic} payload of host {str(host)[:80]!r} on the subject of host {token[:80]!r}")
             return
-        apply(self.stats, self.hub, message, self.source)
+        # the unit of trust is the host's subject (NATS permissions say who may publish on it): a host
+        # name belongs to the subject that first carried it (api/trust.py), one host per subject
+        apply(self.stats, self.hub, message, f"{self.source} syswatch.{token}", self.history)
 
     def status(self) -> dict:
         return {"source": self.source, "connected": self.connected, "messages": self.messages,

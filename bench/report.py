@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from bench import catalog, saturation
+from bench import api_cost, catalog, saturation
 from bench import targets as _targets
 
 
@@ -175,7 +175,8 @@ def api_md(api: dict) -> list[str]:
         ["request", "clients", "req/s", "p50 ms", "p99 ms", "errors"], rows) + [
         f"API subscriber: offered {s['offered_rate']:,} events/s for {s['send_s']:.1f} s "
         f"(synthetic batches of 256), took in {s['received']:,} of {s['sent']:,} at "
-        f"**{s['rate']:,.0f} events/s** (a lower bound when it took everything: it kept up with the offer).", ""]
+        f"**{s['rate']:,.0f} events/s** (a lower bound when it took everything: it kept up with the offer).", ""] + (
+        api_cost.markdown(api["cost"]) if "cost" in api else [])
 
 
 def targets_md(rows: list[dict]) -> list[str]:

@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             auth.stop()
         ctx.term()
         return 2
-    coll = Collector(config, prepared, sock)
+    watch = curve.RefusalWatch(sock) if server_keys else None
+    coll = Collector(config, prepared, sock, curve_watch=watch)
     metrics = None
     if config.metrics:
         try:
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(exc, OSError):
                 print(f"error: {exc}", file=sys.stderr)
             coll.close()
+            if watch:
+                watch.stop()
             sock.close(linger=0)
             if auth:
                 auth.stop()
@@ -128,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
             coll.publish_status()                      # final counters for subscribers
         if metrics is not None:
             metrics.close()
+        if watch:
+            watch.stop()
+        close_names = getattr(prepared.containers, "close", None)
+        if close_names:
+            close_names()
         sock.close(linger=0)
         if auth:
             auth.stop()

@@ -6,7 +6,8 @@ parser or bpftrace's pipes, and never waits for the loop. Prometheus then scrape
 node health no longer depends on an API being up (docs/DEPLOY.md, "Prometheus").
 
 Families (``host`` label on each, so one query answers per node):
-  syswatch_collector_events_total, _lost_total, _dropped_total, _malformed_total, _excluded_total
+  syswatch_collector_events_total, _lost_total, _dropped_total, _malformed_total, _excluded_total,
+  _announces_refused_total, _curve_refused_total (with CurveZMQ)
                                the counters of the status message (the names the API uses for them)
   syswatch_collector_syscall_calls_total{syscall}       (events and counts mode)
   syswatch_collector_syscall_bytes_total / _errors_total{syscall}   (counts mode: the rows carry them)
@@ -25,7 +26,13 @@ COUNTERS = (
     ("lost_total", "lost", "Events bpftrace could not deliver (its buffer overflowed)."),
     ("dropped_total", "dropped", "Events the collector could not publish."),
     ("malformed_total", "malformed", "bpftrace lines the collector could not parse."),
-    ("excluded_events", "excluded", "Events of the collector's own and its subscribers' processes, left out."),
+    ("excluded_events", "excluded", "Events left out: other collectors' and verified subscribers' ZeroMQ "
+                                     "signalling (the collector's own are not traced)."),
+)
+# Counters the status carries only when they apply (the API's COLLECTOR_STATUS_OPTIONAL).
+OPTIONAL_COUNTERS = (
+    ("announces_refused_total", "announces_refused", "Subscriber announces the collector could not verify."),
+    ("curve_refused_total", "curve_refused", "CurveZMQ handshakes refused: unknown or missing key."),
 )
 SYSCALL_COLUMNS = (("calls", "Calls traced, per syscall."),
                    ("bytes", "Bytes moved (positive returns), per syscall (counts mode)."),
@@ -45,10 +52,11 @@ def registry(snapshot: Callable[[], dict | None], bpftrace_pid: Callable[[], int
             if snap is None:
                 return
             host = snap["host"]
-            for key, name, text in COUNTERS:
-                m = CounterMetricFamily(f"syswatch_collector_{name}", text, labels=["host"])
-                m.add_metric([host], snap[key])
-                yield m
+            for key, name, text in COUNTERS + OPTIONAL_COUNTERS:
+                if key in snap:
+                    m = CounterMetricFamily(f"syswatch_collector_{name}", text, labels=["host"])
+                    m.add_metric([host], snap[key])
+                    yield m
             for column, text in SYSCALL_COLUMNS:
                 rows = [(sc, row[column]) for sc, row in snap["per_syscall"].items() if row.get(column) is not None]
                 if rows:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from syswatch.collector.program import INTERVAL, KICK, READY
+from syswatch.collector.streamio import Rules, StreamIO
 from syswatch.shared.protocol import json_string
 
 _NUM = rb"(?:0|[1-9]\d*)"
@@ -42,6 +43,8 @@ _EVENT_LINE = re.compile(
     re.escape(_ENVELOPE) + rb'(\d{1,4}):(\d)(\{\\"ts_ns\\":%s,\\"pid\\":(%s),\\"tid\\":%s,\\"uid\\":%s,'
     rb'\\"syscall\\":\\"([a-z0-9]{1,16})\\",\\"fd\\":%s,\\"count\\":%s,\\"ret\\":%s,\\"lat_ns\\":%s,'
     rb'\\"cgroup_id\\":(%s),)\\"comm\\":\\"(.*)\\"\}\\n"\}' % (_NUM, _NUM, _NUM, _NUM, _INT, _NUM, _INT, _NUM, _NUM))
+# fd, count and ret of an event already matched, read only for the few the stream may leave out
+_FD_COUNT_RET = re.compile(rb'\\"fd\\":(-?\d+),\\"count\\":(\d+),\\"ret\\":(-?\d+),')
 COMM_CACHE_MAX = 4096                  # distinct names kept; a renaming storm just refills it
 MALFORMED_KEPT = 5                     # malformed lines kept per parse for the log (all are counted)
 _READY_DATA = READY + "\n"
@@ -105,9 +108,9 @@ class Parsed:
 class Parser:
     """Parses complete lines of bpftrace output for ``syscalls`` (in program order).
 
-    Counters, read by the collector's status: ``events`` (published), ``excluded`` (events of
-    excluded subscriber/peer PIDs, not published), ``lost`` (see ``lost_total``), ``malformed``.
-    ``excluded_pids``: a set the owner replaces (the parser never changes it). ``clock``: monotonic
+    Counters, read by the collector's status: ``events`` (published), ``excluded`` (the stream's own
+    I/O, not published: collector/streamio.py), ``lost`` (see ``lost_total``), ``malformed``.
+    ``rules``: what to leave out (streamio.Rules), a value the owner replaces. ``clock``: monotonic
     seconds, for the kicks' ages.
     """
 
@@ -120,7 +123,7 @@ class Parser:
         self.keys_escaped_twice = keys_escaped_twice   # bpftrace 0.22+ escapes map-key strings once more
         self.syscalls = list(syscalls)
         self.containers = containers or NoContainers()
-        self.excluded_pids: frozenset[int] = frozenset()
+        self.stream_io = StreamIO()        # which events are the stream's own I/O
         self.events = 0
         self.excluded = 0
         self.malformed = 0
@@ -184,10 +187,22 @@ class Parser:
         lines, self._malformed_lines = self._malformed_lines, []
         return lines
 
+    @property
+    def rules(self) -> Rules:
+        return self.stream_io.rules
+
+    @rules.setter
+    def rules(self, rules: Rules) -> None:
+        self.stream_io.rules = rules
+
     # --- events mode -------------------------------------------------------------------------
     def _events(self, data: bytes, out: Parsed) -> None:
         batches: dict[bytes, list[bytes]] = {}
-        names, cache, excluded = self._names, self._comm_cache, self.excluded_pids
+        names, cache = self._names, self._comm_cache
+        rules = self.stream_io.rules
+        watched = frozenset(b"%d" % p for p in rules.pids | rules.subscribers)   # compared as bpftrace prints them
+        excluded = self.stream_io.excluded
+        fields = _FD_COUNT_RET.search
         containers = self.containers.fields_json
         match = _EVENT_LINE.fullmatch
         arrived = self._arrived
@@ -204,9 +219,11 @@ class Parser:
             if names.get(idx) != syscall:
                 self.bad_line(line)            # the index picks the topic: it must agree with the name
                 continue
-            if excluded and int(pid) in excluded:
-                n_excluded += 1
-                continue
+            if pid in watched or escaped[:5] == b"ZMQbg":     # ZeroMQ's threads: learned (streamio)
+                fd, count, ret = fields(body).groups()   # type: ignore[union-attr]  # matched above
+                if excluded(int(pid), escaped, int(fd), int(count), int(ret)):
+                    n_excluded += 1
+                    continue
             tail = cache.get(escaped)
             if tail is None:
                 tail = self._comm_json(escaped)
@@ -308,7 +325,7 @@ class Parser:
         return row
 
     def _finish_interval(self) -> list[dict]:
-        excluded = self.excluded_pids            # subscribers and other collectors: counted, not published
+        excluded = self.stream_io.rules.pids     # other collectors: counted, not published (rows carry no fd)
         rows = [r for r in self._pending.values() if r["calls"] and r["pid"] not in excluded]
         self.excluded += sum(r["calls"] for r in self._pending.values() if r["pid"] in excluded)
         self._pending.clear()

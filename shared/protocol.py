@@ -50,6 +50,9 @@ MAX_HOST = 255                        # characters of a host name (DNS limit)
 MAX_COMM = 64                         # 15 bytes of kernel name, 4 characters per escaped byte
 MAX_CONTAINER_NAME = 255
 MAX_EXCLUDED_PIDS = 1024
+MAX_EXCLUDED_WHAT = 64                # status "excluded": descriptions per PID...
+MAX_WHAT = 64                         # ...of at most this many characters each
+EXCLUSION_KINDS = ("self", "subscriber", "peer")
 
 # EVENT: field -> (low, high) for integers; strings are checked one by one in _clean_event.
 EVENT_INTS = {"ts_ns": (0, U64), "pid": (0, U32), "tid": (0, U32), "uid": (0, U32),
@@ -250,7 +253,30 @@ def clean_status(p: dict) -> dict:
             raise ProtocolError(f"{what} field 'stale_cpus' must be a list of at most {MAX_CPUS} CPU numbers, "
                                 f"got {_short(cpus)}")
         out["stale_cpus"] = list(cpus)
+    # optional counters of refusals: announces the collector did not verify, CurveZMQ handshakes
+    for key in ("announces_refused_total", "curve_refused_total"):
+        val = p.get(key)
+        if type(val) is int and 0 <= val <= U64:
+            out[key] = val
+    # optional: what of each excluded PID is left out (collector/exclusions.py); dropped whole if malformed
+    excluded = p.get("excluded")
+    if type(excluded) is list and len(excluded) <= MAX_EXCLUDED_PIDS:
+        clean = [_exclusion(e) for e in excluded]
+        if None not in clean:
+            out["excluded"] = clean
     return out
+
+
+def _exclusion(e: object) -> dict | None:
+    """One entry of status "excluded", checked, or None."""
+    if type(e) is not dict:
+        return None
+    pid, kind, comm, what = e.get("pid"), e.get("kind"), e.get("comm"), e.get("what")
+    if type(pid) is not int or not 0 <= pid <= U32 or kind not in EXCLUSION_KINDS \
+            or type(comm) is not str or len(comm) > MAX_COMM or type(what) is not list \
+            or len(what) > MAX_EXCLUDED_WHAT or any(type(w) is not str or len(w) > MAX_WHAT for w in what):
+        return None
+    return {"pid": pid, "kind": kind, "comm": comm, "what": list(what)}
 
 
 # The NATS bridge's own status (topic "bridge", subject syswatch.<host>.bridge; NATS only, never on

@@ -240,3 +240,59 @@ def test_parser_and_zmq_stages_on_captured_output(tmp_path):
     assert parsed["events"] == 5000 and parsed["rate"] > 0 and parsed["batches"]
     z = saturation.zmq_alone(parsed["batches"], repeat_to=20_000)
     assert z["sent"] >= 20_000 and 0 < z["received"] <= z["sent"]
+
+
+@pytest.mark.unit
+def test_api_cost_measures_every_row_in_process():
+    """bench/api_cost.py at a tiny size: every row there, ratios against its reference (never judged here)."""
+    from bench import api_cost
+    r = api_cost.run(batches=2, filter_events=512, repeat=1, states=api_cost.STATES[:2])
+    assert [x["ratio"] for x in r["ingest"]["rows"]][0] == 1.0 and len(r["ingest"]["rows"]) == 3
+    assert r["filters"]["rows"][0]["ratio"] == 1.0 and all(x["ns_per_event"] >= 0 for x in r["filters"]["rows"])
+    assert {(x["state"], x["request"]) for x in r["requests"]["rows"]} == {
+        (state, request) for state in api_cost.STATES[:2] for request in ("GET /stats", "GET /stats?host=",
+                                                                          "GET /metrics")}
+    assert all(x["bytes"] > 1000 and x["cpu_ms"] > 0 for x in r["requests"]["rows"])
+    text = "\n".join(api_cost.markdown(r))
+    assert "| `GET /metrics` | hostile: 2 hosts + a hostile endpoint |" in text
+
+
+@pytest.mark.unit
+def test_the_rss_figure_is_an_svg_with_every_series_and_breaks_at_restarts():
+    import xml.dom.minidom
+
+    from bench.soak import figure
+    samples = [(t, "collector", 100 if t < 50 else 200, 40_960 + t, 20, 4) for t in range(0, 100, 5)]
+    samples += [(t, "api", 300, 51_200, 15, 20) for t in range(0, 100, 5)]
+    svg = figure({"samples": samples, "restart_marks": [(50.0, "collector restart")]})
+    doc = xml.dom.minidom.parseString(svg)
+    lines = doc.getElementsByTagName("polyline")
+    assert len(lines) == 3                      # the collector's two lives and the API's one
+    texts = [t.firstChild.data for t in doc.getElementsByTagName("text") if t.firstChild]
+    assert "collector" in texts and "api" in texts and "MiB" in texts
+
+
+@pytest.mark.unit
+def test_history_bench_host_makes_the_events_it_says():
+    from bench.history import SyntheticHost
+    from syswatch.shared import protocol
+    host = SyntheticHost(processes=30, files=50, containers=4, rate=200, pool=2000)
+    frames = host.batches(1_765_000_000)
+    events = [e for f in frames for e in protocol.decode(f).events]
+    assert len(events) == 200 and all(e["ts_ns"] // 10**9 == 1_765_000_000 for e in events)
+    assert {e["container_id"] for e in events} <= {c for _, _, c, _, _ in host.processes}
+    assert len({e["pid"] for e in events}) > 10                    # a busy host: many processes every second
+
+
+def test_history_bench_runs_and_reports(tmp_path):
+    """A few simulated minutes through the real ingest path (threads and loopback sockets in this process):
+    every event fed is answered, and the report has its rows."""
+    from bench import history
+    args = history.parse_args(["--hours", "0.05", "--queries", "1", "--no-docs", "--out", str(tmp_path)])
+    results = history.run(args, tmp_path, lambda line: None)
+    assert results["day_total_calls"] == results["events"] == 180 * 400
+    assert (results["status"]["events_dropped"], results["status"]["late_events"]) == (0, 0)
+    text = history.render(results, machine.describe())
+    for row in ("rows written per second", "recorder thread CPU", "| 1 s | 1 h |", "last hour by container",
+                "a day by process"):
+        assert row in text, row

@@ -73,15 +73,20 @@ def test_host_wide_stream_excludes_the_collector(events_collector, subscriber):
     status = subscriber.statuses[-1]
     assert status["mode"] == "events" and status["probe"] in ("kprobe", "tracepoint")
     excluded = set(status["excluded_pids"])
-    # the collector and bpftrace, and this test process: a subscriber, whose own I/O stays out
-    mine = set(events_collector.excluded_pids()) | {os.getpid()}
-    assert mine <= excluded
+    kinds = {e["pid"]: e for e in status["excluded"]}
+    # the collector and bpftrace (everything), and this test process: a subscriber (its ZeroMQ signalling)
+    own = set(events_collector.excluded_pids())
+    assert own | {os.getpid()} <= excluded and {kinds[p]["kind"] for p in own} == {"self"}
+    assert kinds[os.getpid()]["kind"] == "subscriber" and kinds[os.getpid()]["what"], kinds[os.getpid()]
     # anything more may only be another syswatch collector on this host (a concurrent run's bpftrace
-    # and its parent, left out so that the two do not feed each other), or one gone since
-    from syswatch.collector.exclusions import peer_collectors
-    others = excluded - mine
-    assert not {p for p in others if os.path.exists(f"/proc/{p}")} - peer_collectors(mine), (excluded, mine)
-    assert not [e for e in seen if e["pid"] in excluded], "the collector traced itself or its subscriber"
+    # and its parent, left out so that the two do not feed each other)
+    assert {kinds[p]["kind"] for p in excluded - own - {os.getpid()}} <= {"peer"}, kinds
+    whole = {p for p, e in kinds.items() if e["what"] == ["all"]}
+    assert not [e for e in seen if e["pid"] in whole], "the collector traced itself or a peer collector"
+    zmq_fds = {int(w.split(":")[1]) for w in kinds[os.getpid()]["what"] if w.startswith("eventfd:")}
+    signalling = [e for e in seen if e["pid"] == os.getpid() and e["fd"] in zmq_fds and e["count"] == 8
+                  and e["ts_ns"] > child.started_ns]
+    assert not signalling, f"this subscriber's ZeroMQ signalling was published: {signalling[:3]}"
 
 
 @pytest.fixture(scope="module")

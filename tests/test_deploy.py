@@ -28,6 +28,8 @@ import yaml
 
 from harness import ROOT
 from harness.procs import free_port
+from harness.unit import collector_capabilities_from_unit, parse_unit, unit_env
+from harness.unit import setpriv as unit_setpriv
 from tests.conftest import have, is_root, require
 
 K8S = ROOT / "deploy" / "kubernetes"
@@ -402,42 +404,6 @@ def unit_files() -> list[Path]:
     return sorted(SYSTEMD.glob("*.service"))
 
 
-def parse_unit(path: Path, dropins: bool = False) -> dict[str, list[str]]:
-    """Section.Key -> values, in order (an empty assignment resets the list, as systemd does)."""
-    files = [path] + (sorted((path.parent / (path.name + ".d")).glob("*.conf")) if dropins else [])
-    out: dict[str, list[str]] = {}
-    for f in files:
-        section = ""
-        for raw in f.read_text().splitlines():
-            line = raw.strip()
-            if not line or line[0] in "#;":
-                continue
-            if line.startswith("["):
-                section = line.strip("[]")
-                continue
-            key, _, value = line.partition("=")
-            values = out.setdefault(f"{section}.{key.strip()}", [])
-            if value.strip():
-                values.append(value.strip())
-            else:
-                values.clear()
-    return out
-
-
-def unit_env(path: Path) -> dict[str, str]:
-    env = {}
-    for assignments in parse_unit(path).get("Service.Environment", []):
-        for item in assignments.split():
-            key, _, value = item.partition("=")
-            env[key] = value
-    return env
-
-
-def collector_capabilities_from_unit() -> list[str]:
-    caps = parse_unit(SYSTEMD / "syswatch-collector.service")["Service.CapabilityBoundingSet"][0].split()
-    return [c.removeprefix("CAP_") for c in caps]
-
-
 def systemd_analyze() -> str:
     path = shutil.which("systemd-analyze")
     require(path is not None, "apt-get install systemd (systemd-analyze; scripts/setup-host.sh does it)")
@@ -532,8 +498,7 @@ def install_copy(tmp: Path, unit: Path) -> Path:
 
 def setpriv(caps: list[str]) -> list[str]:
     require(have("setpriv"), "apt-get install util-linux (setpriv)")
-    bounding = ",".join(["-all"] + [f"+{c.lower()}" for c in caps])
-    return ["setpriv", "--no-new-privs", f"--bounding-set={bounding}", "--inh-caps=-all"]
+    return unit_setpriv(caps)
 
 
 def test_collector_runs_with_exactly_the_granted_capabilities(tmp_path, root_and_bpftrace):

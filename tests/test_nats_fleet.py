@@ -20,9 +20,9 @@ from harness.api import ApiProcess, Publisher, event
 from harness.collector import CollectorProcess
 from harness.nats import BridgeProcess, NatsServer, publish_raw
 from harness.procs import free_port, wait_for
+from harness.prometheus import Prometheus, missing
 from harness.workloads import Child
 from tests.conftest import have, is_root, require, require_nats_server
-from tests.test_metrics_prometheus import Prometheus, require_prometheus
 
 HOSTS = ("fleet-a.example", "fleet-b")
 WRITES, READS = 150, 150
@@ -41,7 +41,7 @@ def received(api: ApiProcess, host: str, pid: int) -> Counter:
 def fleet(tmp_path_factory):
     require(is_root(), "run as root (bpftrace needs it): sudo scripts/test.sh")
     require(have("bpftrace"), "install bpftrace: apt-get install -y bpftrace (scripts/setup-host.sh does it)")
-    require_prometheus()
+    require(missing() is None, missing() or "")
     require_nats_server()
     tmp = tmp_path_factory.mktemp("fleet")
     stop = []

@@ -162,7 +162,8 @@ def test_nats_alone_reads_no_zeromq_and_shows_the_bridge_per_host(tmp_path):
     ingest.handle(_delivered("syswatch.node_1.syscall.write", batch, 1, delivered=2))   # applied here already
     stats = api.get("/stats").json()
     (entry,) = stats["collectors"]
-    assert entry["host"] == "node.1" and entry["endpoint"] == "nats://127.0.0.1:4222 (SYSWATCH/syswatch-api)"
+    assert entry["host"] == "node.1" and \
+        entry["endpoint"] == "nats://127.0.0.1:4222 (SYSWATCH/syswatch-api) syswatch.node_1"
     assert entry["bridge"]["unpublished_by_reason"]["queue_full"] == 5 and stats["events_received"] == 1
     assert stats["api"]["nats_messages_received"] == 3 and stats["api"]["nats_redelivered"] == 1
     text = api.get("/metrics").text

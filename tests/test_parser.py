@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from syswatch.collector.parser import KICK_STALE_S, MALFORMED_KEPT, Parser, decode_comm
+from syswatch.collector.streamio import Rules
 
 
 def bt_escape(raw: bytes) -> bytes:
@@ -111,12 +112,32 @@ def test_every_syscall_gets_its_own_batch_and_containers_their_fields():
 
 
 @pytest.mark.unit
-def test_excluded_pids_are_counted_not_published():
+def test_excluded_processes_are_counted_not_published():
     p = parser()
-    p.excluded_pids = frozenset({42})
+    p.rules = Rules(pids=frozenset({42}))
     out = p.parse(line(b"x") + b"\n" + line(b"y", pid=43))
     assert [json.loads(e)["pid"] for e in out.events["write"]] == [43]
     assert (p.events, p.excluded) == (1, 1)
+
+
+@pytest.mark.unit
+def test_a_subscriber_s_zeromq_signalling_is_left_out_and_nothing_else():
+    """A verified subscriber (pid 42): the eventfds its ZeroMQ thread touched are left out, its
+    reads of a file stay; another process's identical calls stay."""
+    p = parser()
+    p.parse(line(b"ZMQbg/IO/0", fd=9, count=8, ret=8))          # learned before verification, published
+    assert p.events == 1
+    p.rules = Rules(subscribers=frozenset({42}))
+    out = p.parse(b"\n".join([
+        line(b"ZMQbg/IO/0", fd=9, count=8, ret=8),              # I/O thread writes the socket's mailbox
+        line(b"python3", syscall="read", fd=9, count=8, ret=8),  # the application reads it
+        line(b"python3", syscall="read", fd=9, count=8, ret=-11),  # nothing there: EAGAIN
+        line(b"python3", syscall="read", fd=3, count=4096, ret=13),  # a file: stays
+        line(b"python3", syscall="read", fd=9, count=8, ret=8, pid=43),  # another process: stays
+    ]))
+    got = [(e["pid"], e["fd"], e["count"]) for e in map(json.loads, out.events["read"])]
+    assert got == [(42, 3, 4096), (43, 9, 8)] and "write" not in out.events
+    assert (p.events, p.excluded) == (3, 3)
 
 
 @pytest.mark.unit
@@ -164,7 +185,7 @@ def test_kicks_show_losses_bpftrace_has_not_reported():
     assert p.lost == 10
     p.parse(b"\n".join([line(b"b", cpu=1)] * 2 + [kick(1, 9), kick(0, 25)]))   # CPU 1: 9 printed, 6 arrived
     assert p.lost == 13
-    p.excluded_pids = frozenset({42})
+    p.rules = Rules(pids=frozenset({42}))
     p.parse(b"\n".join([line(b"a", cpu=0)] + [kick(0, 26)]))      # excluded, but it arrived
     assert p.lost == 13 and p.excluded == 1
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -96,7 +97,11 @@ def test_tail_json_count_and_top_once(child_and_collector):
     out, err = text.communicate(timeout=40)
     assert text.returncode == 0, err
     lines = out.splitlines()
-    assert len(lines) == 5 and all(line.startswith(f"{child.pid} - hello sys_write was called (tid=") for line in lines)
+    # strace's shape: "12:01:02.123456 sw-tail[26619/26620] write(3, 550001) = 550001 <0.000008> host=vm"
+    # (the child writes from a thread of its own: [pid/tid])
+    shape = re.compile(rf"\d\d:\d\d:\d\d\.\d{{6}} sw-tail\[{child.pid}/\d+\] write\({child.info['wfd']}, "
+                       rf"(\d+)\) = \1 <\d+\.\d{{6}}> host=\S+")
+    assert len(lines) == 5 and all(shape.fullmatch(line) for line in lines), lines
 
     out, err = top.communicate(timeout=40)
     assert top.returncode == 0, err

@@ -30,8 +30,9 @@ from syswatch.shared import protocol, zmqsock
 PYTHON = os.environ.get("SYSWATCH_TEST_PYTHON", sys.executable)
 
 
-# api/server.py prints this line last at start-up, after "API Server starting on" (its port)
-STARTED_LINE = "IP list: "
+# api/server.py prints this line last at start-up, after "API Server starting on" (its port),
+# "IP list: ..." (the tokens) and any respelling of the IP list
+STARTED_LINE = "History: "
 
 
 class ApiProcess:

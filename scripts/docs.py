@@ -386,6 +386,10 @@ def mask(text: str, extra: str | None = None) -> str:
 
 
 _LOG = re.compile(r"^(?:\S+\s+\|\s+)?\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (\S+ \w+ .*)$")
+# a list of numbers, each maybe with a note ("7 (bpftrace: ...), 8 (python3: ...)"), numbers masked: its
+# items are kept once each, as how many there are (e.g. other collectors on the host) is not the line's kind
+_LIST_ITEM = r"N(?: \([^()]*\))?"
+_LIST = re.compile(rf"{_LIST_ITEM}(?:, {_LIST_ITEM})+")
 _HEADER_TOKEN = re.compile(r"^[A-Z][A-Z0-9_]*(?:/s)?$")
 
 
@@ -402,8 +406,8 @@ def signature(lines: list[str]) -> dict[str, set[str]]:
             sig["headers"].add(" ".join(toks))
         m = _LOG.match(ln)
         if m:
-            # a list of numbers is one N: how many other collectors run beside it is the host's doing
-            sig["log lines"].add(re.sub(r"N(?:, N)+", "N", re.sub(r"\d+(?:\.\d+)?", "N", mask(m.group(1)))))
+            line = re.sub(r"\d+(?:\.\d+)?", "N", mask(m.group(1)))
+            sig["log lines"].add(_LIST.sub(lambda run: ", ".join(dict.fromkeys(run.group(0).split(", "))), line))
     return sig
 
 

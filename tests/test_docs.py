@@ -218,9 +218,14 @@ def test_until_runs_a_section_again_until_it_shows_what_it_is_about(tmp_path):
     assert counter.read_text() == "3\n" and "\nrun 3\n```" in doc.read_text(), doc.read_text()
 
 
-def test_a_log_line_s_shape_is_the_same_whatever_the_length_of_a_list_of_numbers():
+def test_a_log_line_s_shape_is_the_same_whatever_the_length_of_a_list():
     signature = runpy.run_path(DOCS_PY, run_name="docs_py")["signature"]
-    line = "2026-12-06 15:59:45,067 syswatch-collector INFO other syswatch collector processes on this host: {} (x)"
-    two, four = (signature([line.format(pids)])["log lines"] for pids in ("30183, 30188", "7, 8, 30183, 30188"))
-    assert two == four == {"syswatch-collector INFO other syswatch collector processes on this host: N (x)"}
-    assert signature([line.format("7, ids")])["log lines"] != two
+    line = ("2026-12-06 15:59:45,067 syswatch-collector INFO other syswatch collector processes on this host, "
+            "left out: {}")
+    one = "1 (python3: parent of bpftrace 2), 2 (bpftrace: running)"
+    two = "3 (python3: parent of bpftrace 4), 4 (bpftrace: running)"
+    shapes = [signature([line.format(pids)])["log lines"] for pids in (one, f"{one}, {two}", "7, 8", "7, 8, 9")]
+    assert shapes[0] == shapes[1] == {"syswatch-collector INFO other syswatch collector processes on this host, "
+                                      "left out: N (pythonN: parent of bpftrace N), N (bpftrace: running)"}
+    assert shapes[2] == shapes[3] != shapes[0]
+    assert signature([line.format("7, ids")])["log lines"] != shapes[2]

@@ -157,7 +157,7 @@ class StreamStats:
                 ret = e["ret"]
                 moved = ret if ret > 0 else 0
                 err = 1 if ret < 0 else 0
-                lat = e["lat_ns"]
+                lat = e.get("lat_ns", 0)     # absent unless the collector measures latency (--latency)
                 cid = e["container_id"]
                 key = (e["pid"], e["comm"], cid)
                 row = procs.get(key)
@@ -196,7 +196,7 @@ class StreamStats:
                 return False
             for r in payload["rows"]:
                 host.add(r["syscall"], r["pid"], r["comm"], r["container_id"], r["container_name"],
-                         r["calls"], r["bytes"], r["errors"], r["lat_ns_sum"])
+                         r["calls"], r["bytes"], r["errors"], r.get("lat_ns_sum", 0))
                 host.events_received += r["calls"]
                 self.events_received += r["calls"]
             self._bound(host)

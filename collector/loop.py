@@ -21,6 +21,7 @@ from syswatch.collector.bpf import Bpftrace
 from syswatch.collector.cli import Config
 from syswatch.collector.echo import Echo
 from syswatch.collector.exclusions import Exclusions
+from syswatch.collector.files import Files
 from syswatch.collector.hostinfo import online_cpus
 from syswatch.collector.parser import KICK_STALE_S, Parsed, Parser
 from syswatch.collector.preflight import Prepared
@@ -47,6 +48,7 @@ MAX_LINE = 1 << 20
 # (measured on 2 vCPUs under load, dd bs=1: collector CPU per event fell from ~10 us to
 # ~4.5 us, about 0.2x bpftrace's own CPU per event).
 COALESCE_S = 0.002
+UNREADABLE_STOP = 1000               # calls failing the register check (with none passing) before stopping
 
 
 class BpftraceFailed(RuntimeError):
@@ -67,9 +69,11 @@ class Collector:
         self.echo = Echo(config.echo_rate if config.mode == "events" else 0)
         self.ready = False
         version = prepared.version
+        self.files = Files(prepared.kernel, paths=config.paths)
         self.parser = Parser(config.mode, list(config.syscalls), prepared.containers,
                              keys_escaped_twice=version.map_key_strings_escaped_twice,
-                             kick_cpus=() if version.ringbuf_output else online_cpus())
+                             kick_cpus=() if version.ringbuf_output else online_cpus(),
+                             latency=config.latency, files=self.files, path_prefixes=config.path_prefixes)
         self.exclusions = Exclusions([os.getpid()], endpoint_port(sock))
         self.bt: Bpftrace | None = None
         self.poller: zmq.Poller | None = None
@@ -141,7 +145,8 @@ class Collector:
     def _start(self, probe: str) -> None:
         config, prepared = self.config, self.prepared
         text = program.render(config.mode, probe, config.syscalls, config.filters.pids, config.filters.comms,
-                              prepared.cgroups, kicks=not prepared.version.ringbuf_output)
+                              prepared.cgroups, kicks=not prepared.version.ringbuf_output, latency=config.latency,
+                              paths=config.paths, kernel=prepared.kernel, version=prepared.version)
         interval_ms = max(1, round(config.interval * 1000))
         self.bt = Bpftrace(program.command(prepared.bpftrace, config.mode, text, interval_ms),
                            prepared.version, config.on_overload)
@@ -175,6 +180,8 @@ class Collector:
             if now >= next_status:
                 self.publish_status()
                 next_status = now + STATUS_EVERY_S
+                if self.arguments_unreadable():
+                    return 1
             self._exclude(self.exclusions.refresh())
             if not self._poll(max(0.0, min(next_status, end) - time.monotonic())):
                 if self.stop_requested:
@@ -183,6 +190,19 @@ class Collector:
                 return 1
             self.echo.tick()
         return 0
+
+    def arguments_unreadable(self) -> bool:
+        """Fail safe: when the exit-only probe cannot read calls' arguments on this kernel (its
+        layout is not the one collector/kernel.py found), every call fails the check and nothing is
+        published. Say so and stop, instead of running on and showing an empty stream."""
+        p = self.parser
+        if self.config.latency or p.unreadable < UNREADABLE_STOP or p.unreadable < 10 * (p.events + p.excluded + 1):
+            return False
+        log.error("%d calls failed the check of their saved registers and %d passed: this kernel's stack "
+                  "layout is not the one assumed (%s). Run the collector with --latency (SYSWATCH_LATENCY=1), "
+                  "which takes the arguments at the entry of each call", p.unreadable, p.events,
+                  self.prepared.kernel.layout_from)
+        return True
 
     def _poll(self, timeout_s: float) -> bool:
         """One poll round; False when bpftrace's stdout hit EOF (it exited)."""
@@ -252,12 +272,16 @@ class Collector:
         for syscall, events in parsed.events.items():
             self._send(encode_event_batch(topic_for(syscall), self.host_json, events), len(events))
             self.echo.events(syscall, events)
-        for rows in parsed.intervals:
-            # one interval may take several messages: each stays far below subscribers' size limits
+        for interval in parsed.intervals:
+            # one interval may take several messages: each stays far below subscribers' size limits;
+            # the first carries the interval's files
+            rows = interval.rows
             for at in range(0, max(len(rows), 1), ROWS_PER_MESSAGE):
                 chunk = rows[at:at + ROWS_PER_MESSAGE]
                 payload = {"host": self.prepared.hostname, "ts_ns": time.time_ns(),
                            "interval_ns": round(self.config.interval * 1e9), "rows": chunk}
+                if at == 0:
+                    payload["files"], payload["files_rest"] = interval.files, interval.files_rest
                 self._send(encode(TOPIC_COUNTS, payload), sum(r["calls"] for r in chunk))
         return True
 
@@ -278,7 +302,8 @@ class Collector:
                 "events_total": self.parser.events, "lost_total": self.parser.lost,
                 "dropped_total": self.dropped, "malformed_total": self.parser.malformed,
                 "uptime_s": round(time.monotonic() - self.started, 3),
-                "stale_cpus": self.parser.stale_cpus()}
+                "stale_cpus": self.parser.stale_cpus(), "latency": self.config.latency,
+                "paths": self.config.paths, "unreadable_total": self.parser.unreadable}
 
     def publish_status(self) -> None:
         st = self.status()

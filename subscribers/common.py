@@ -33,13 +33,19 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
     add_option(p, "-c", "--container", env="SYSWATCH_CONTAINER", default=[], repeatable=True, dest="container",
                metavar="ID|NAME", help="only this container (id prefix or name as the collector reports it); "
                                        "repeatable")
+    add_option(p, "--path", env="SYSWATCH_PATH", default=[], repeatable=True, dest="path", metavar="PREFIX",
+               help="only events (and counts file rows) whose file path starts with PREFIX; repeatable")
     add_option(p, "-d", "--duration", env="SYSWATCH_DURATION", default=0.0, type=float, metavar="SECONDS",
                dest="duration", help="stop after this many seconds; 0 = never")
     p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
 
 
 def wanted(item: dict, args: argparse.Namespace) -> bool:
-    """Whether an event or counts row passes the -p/-n/-c filters."""
+    """Whether an event or counts row passes the -p/-n/-c/--path filters (--path: an event without a
+    path fails, a counts row of a process, which has none, passes)."""
+    if args.path and ("path" in item or "ts_ns" in item) \
+            and not any(item.get("path", "").startswith(p) for p in args.path):
+        return False
     if args.pid and item.get("pid") not in args.pid:
         return False
     if args.comm and item.get("comm") not in args.comm:

@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,7 +26,7 @@ from syswatch.subscribers.common import Subscription, add_common_flags, wanted  
 
 EPILOG = """\
 examples:
-  syswatch-tail                                         every read/write event, seed-style lines
+  syswatch-tail                                         every read/write event, one strace-like line each
   syswatch-tail --json --count 100                      100 events as JSON lines, then exit
   syswatch-tail --topic syscall.write -n nginx
   syswatch-tail -p 1234 -d 10                           PID 1234 only, stop after 10 s
@@ -32,9 +34,13 @@ examples:
   syswatch-tail -e tcp://node1:5556 -e tcp://node2:5556  several collectors
   syswatch-tail --topic status --json                   the collector's counters every second
   syswatch-tail --topic counts                          counts mode totals
+  syswatch-tail --path /var/lib/postgresql              only calls on files under that path
 
-Each line: pid, syscall, then tid, uid, name, container, fd, the bytes asked for (count),
-what the call returned (ret: bytes moved, or -errno) and how long it took (lat).
+Each event line reads like strace -y: when the call started (or returned, without --latency on
+the collector), the process name and PID, the call with its fd and the file it points to, the
+bytes asked for, what it returned (bytes moved, or -1 and the error) and the time in the call:
+  12:01:02.123456 postgres[812] pread64(7</var/lib/pg/base/1/1259>, 8192) = 8192 <0.000041>
+A container's events end with [container NAME]; with several collectors, [host NAME].
 Exit status: 0 on Ctrl-C, at the end of -d, or when --count items were printed; 1 when -d
 expired before --count was reached; 2 for a usage error.
 """
@@ -57,21 +63,45 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _lat(ns: int) -> str:
-    return f"{ns / 1e6:.3f}ms" if ns >= 1_000_000 else f"{ns / 1e3:.1f}us"
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {0x0A: "\\n", 0x09: "\\t", 0x0D: "\\r"}
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped, so a name cannot break the line or move the cursor."""
+    return text.translate(_CONTROL)
+
+
+def strace_line(item: dict, host: str = "") -> str:
+    """One event as strace -y prints a call: time, name[pid], the call, what it returned, <lat>."""
+    ts = item["ts_ns"]
+    when = time.strftime("%H:%M:%S", time.localtime(ts // 1_000_000_000)) + f".{ts // 1000 % 1_000_000:06d}"
+    target = item.get("sock") or item.get("path")
+    fd = f"{item['fd']}<{printable(target)}>" if target else str(item["fd"])
+    ret = item["ret"]
+    if ret < 0:
+        err = -ret
+        result = f"-1 {errno.errorcode.get(err, str(err))} ({os.strerror(err)})"
+    else:
+        result = str(ret)
+    line = f"{when} {printable(item['comm'])}[{item['pid']}] {item['syscall']}({fd}, {item['count']}) = {result}"
+    if "lat_ns" in item:
+        line += f" <{item['lat_ns'] / 1e9:.6f}>"
+    if item.get("container_id"):
+        line += f" [container {printable(item['container_name'] or item['container_id'])}]"
+    if host:
+        line += f" [host {printable(host)}]"
+    return line
 
 
 def text_line(topic: str, item: dict, host: str) -> str:
+    """An event (strace-like), a counts row or a status, as one line of text."""
     if topic.startswith(EVENT_PREFIX):
-        where = f" container={item['container_name'] or item['container_id']}" if item["container_id"] else ""
-        return (f"{item['pid']} - hello sys_{item['syscall']} was called "
-                f"(tid={item['tid']} uid={item['uid']} comm={json.dumps(item['comm'])}{where} "
-                f"fd={item['fd']} count={item['count']} ret={item['ret']} lat={_lat(item['lat_ns'])} host={host})")
+        return strace_line(item, host)
     if topic == TOPIC_COUNTS:
         where = f" container={item['container_name'] or item['container_id']}" if item["container_id"] else ""
+        lat = f" lat_ns_sum={item['lat_ns_sum']}" if "lat_ns_sum" in item else ""
         return (f"counts: pid={item['pid']} comm={json.dumps(item['comm'])}{where} {item['syscall']} "
-                f"calls={item['calls']} bytes={item['bytes']} errors={item['errors']} "
-                f"lat_ns_sum={item['lat_ns_sum']} host={host}")
+                f"calls={item['calls']} bytes={item['bytes']} errors={item['errors']}{lat} host={host}")
     return f"{topic}: " + " ".join(f"{k}={v}" for k, v in item.items() if k != "v")
 
 
@@ -90,6 +120,7 @@ def main(argv=None) -> int:
     deadline = time.monotonic() + args.duration if args.duration > 0 else None
     printed = 0
     out = sys.stdout
+    many_hosts = len(args.endpoint) > 1
     try:
         sub = Subscription(args.endpoint, topics)
     except KeyboardInterrupt:                    # Ctrl-C while connecting: it closed itself
@@ -105,7 +136,7 @@ def main(argv=None) -> int:
                 if args.json:          # an EVENT or counts row (with the collector's host), or a status
                     out.write(json.dumps(item if msg.topic == TOPIC_STATUS else {**item, "host": host}) + "\n")
                 else:
-                    out.write(text_line(msg.topic, item, host) + "\n")
+                    out.write(text_line(msg.topic, item, host if many_hosts else "") + "\n")
                 printed += 1
                 if args.count and printed >= args.count:
                     out.flush()

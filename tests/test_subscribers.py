@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -96,7 +97,9 @@ def test_tail_json_count_and_top_once(child_and_collector):
     out, err = text.communicate(timeout=40)
     assert text.returncode == 0, err
     lines = out.splitlines()
-    assert len(lines) == 5 and all(line.startswith(f"{child.pid} - hello sys_write was called (tid=") for line in lines)
+    # strace-like: time, name[pid], the call with its fd and file, what it returned
+    assert len(lines) == 5 and all(re.fullmatch(rf"\d\d:\d\d:\d\d\.\d{{6}} sw-tail\[{child.pid}\] "
+                                                rf"write\(\d+</dev/null>, (\d+)\) = \1", line) for line in lines), lines
 
     out, err = top.communicate(timeout=40)
     assert top.returncode == 0, err

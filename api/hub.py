@@ -3,6 +3,10 @@
 The ingest thread publishes each decoded batch once (``StreamHub.publish``); every open client
 gets the events its filter matches, or a count of the ones that did not fit its queue
 (``sse_dropped_events``). HTTP worker threads take from their own client's queue (api/sse.py).
+
+Slots are bounded twice (issue 29): ``max_clients`` in all (503 when taken) and ``per_address`` for
+one client address (429), so one host cannot take every slot; api/sse.py closes a stream whose
+client stops taking data (``stalled``). Refusals and closures are counted in the stats' COUNTERS.
 """
 from __future__ import annotations
 
@@ -11,11 +15,17 @@ import secrets
 import threading
 
 from syswatch.api.aggregates import StreamStats
-from syswatch.api.validation import EventFilter
+from syswatch.shared.selection import Selection
 
 
 class TooManyStreams(Exception):
-    pass
+    """Every stream slot is taken (503)."""
+    status = 503
+
+
+class TooManyFromAddress(TooManyStreams):
+    """The client's address holds its share of the slots (429)."""
+    status = 429
 
 
 class ShuttingDown(TooManyStreams):
@@ -29,8 +39,9 @@ class StreamClient:
     (a ``range`` when nothing was filtered out), so the SSE body can send ``id:`` lines.
     """
 
-    def __init__(self, flt: EventFilter, max_queued: int):
+    def __init__(self, flt: Selection, max_queued: int, address: str = ""):
         self.filter = flt
+        self.address = address
         self.max_queued = max_queued
         self.cond = threading.Condition()
         self.batches: collections.deque = collections.deque()
@@ -69,14 +80,32 @@ class StreamClient:
             self.cond.notify()
         return 0
 
-    def take(self, timeout: float) -> tuple[list, int]:
-        """([(ids, events), ...], dropped since the last take), waiting up to ``timeout`` s for events."""
+    def trim(self, keep: int) -> int:
+        """Keep at most about ``keep`` of the newest queued events (whole chunks); returns how many were
+        dropped: a client that is not reading needs no more than it can be sent when it reads again."""
+        dropped = 0
+        with self.cond:
+            while self.queued > keep and len(self.batches) > 1:
+                ids, events = self.batches.popleft()
+                self.queued -= len(events)
+                dropped += len(events)
+            self.dropped += dropped
+        return dropped
+
+    def take(self, timeout: float, most: int | None = None) -> tuple[list, int]:
+        """([(ids, events), ...], dropped since the last take), waiting up to ``timeout`` s for events;
+        at most about ``most`` events (whole chunks, and at least one), the rest stays queued."""
         with self.cond:
             if not self.batches and not self.ended:
                 self.cond.wait(timeout)
-            out = list(self.batches)
-            self.batches.clear()
-            self.queued = 0
+            out: list = []
+            taken = 0
+            batches = self.batches
+            while batches and (most is None or taken < most or not out):
+                chunk = batches.popleft()
+                out.append(chunk)
+                taken += len(chunk[1])
+            self.queued -= taken
             dropped, self.dropped = self.dropped, 0
         return out, dropped
 
@@ -92,9 +121,11 @@ class StreamHub:
     either from the ring or live.
     """
 
-    def __init__(self, stats: StreamStats, max_clients: int, max_queued: int, replay_capacity: int = 10_000):
+    def __init__(self, stats: StreamStats, max_clients: int, max_queued: int, replay_capacity: int = 10_000,
+                 per_address: int | None = None):
         self.stats = stats
         self.max_clients = max_clients
+        self.per_address = per_address or max_clients
         self.max_queued = max_queued
         self.replay_capacity = replay_capacity
         self.epoch = secrets.token_hex(4)
@@ -108,14 +139,21 @@ class StreamHub:
     def event_id(self, seq: int) -> str:
         return f"{self.epoch}-{seq}"
 
-    def open(self, flt: EventFilter, last_event_id: str | None = None) -> StreamClient:
-        client = StreamClient(flt, self.max_queued)
+    def open(self, flt: Selection, last_event_id: str | None = None, address: str = "") -> StreamClient:
+        client = StreamClient(flt, self.max_queued, address)
         with self._lock:
             if self._ended:
                 raise ShuttingDown("the API is shutting down; retry in a moment")
             if len(self._clients) >= self.max_clients:
+                self.stats.count("sse_streams_refused")
                 raise TooManyStreams(f"{len(self._clients)} event streams are open, the maximum "
                                      f"(server option --max-streams); retry later")
+            mine = sum(1 for c in self._clients if c.address == address)
+            if mine >= self.per_address:
+                self.stats.count("sse_streams_refused")
+                raise TooManyFromAddress(f"{mine} event streams are open from your address, the most one "
+                                         f"address may hold (server option --max-streams-per-address); "
+                                         f"close one or retry later")
             if last_event_id is not None:
                 self._replay(client, last_event_id)
             self._clients = self._clients + (client,)
@@ -162,6 +200,11 @@ class StreamHub:
 
     def count(self) -> int:
         return len(self._clients)
+
+    def stalled(self, client: StreamClient) -> None:
+        """``client`` took no data for the stall timeout: its stream is being closed (api/sse.py)."""
+        self.stats.count("sse_streams_stalled")
+        self.close(client)
 
     def end_all(self) -> None:
         """Shutting down: end every open stream so no worker thread waits for events; open no new one."""

@@ -1,7 +1,8 @@
 """The ZeroMQ side of the API: one thread owns one SUB socket per collector endpoint, decodes every
 message through shared.protocol.decode (the stream's one validator: unknown fields dropped, every
-number, string and list bounded) and applies it to the aggregates (api/aggregates.py) and the
-event-stream hub (api/hub.py).
+number, string and list bounded) and applies it to the aggregates (api/aggregates.py), the
+event-stream hub (api/hub.py) and hands it to the history recorder (api/history_recorder.py: one
+append to its bounded queue; it aggregates and writes in a thread of its own).
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import time
 
 import zmq
 
-from syswatch.api.aggregates import MAX_HOSTS, StreamStats
+from syswatch.api.aggregates import StreamStats
+from syswatch.api.history_recorder import Recorder
 from syswatch.api.hub import StreamHub
 from syswatch.shared import protocol, zmqsock
 
@@ -28,17 +30,18 @@ class StreamSubscriber(threading.Thread):
     """Owns one SUB socket per collector endpoint (used from this thread only); decodes into ``stats`` and ``hub``."""
 
     def __init__(self, endpoints: list[str], stats: StreamStats, hub: StreamHub,
-                 ctx: zmq.Context | None = None, curve_client=None):
+                 ctx: zmq.Context | None = None, curve_client=None, history: Recorder | None = None):
         super().__init__(name="syswatch-subscriber", daemon=True)
         self.endpoints = list(endpoints)
         self.curve_client = curve_client  # shared.curve.ClientKeys, or None: no CurveZMQ
         self.stats = stats
         self.hub = hub
+        self.history = history
         self.ctx = ctx or zmq.Context.instance()
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
     def _open(self, endpoint: str) -> zmq.Socket:
         return zmqsock.make_subscriber(self.ctx, endpoint, curve_client=self.curve_client,
@@ -55,8 +58,13 @@ class StreamSubscriber(threading.Thread):
                 heard[endpoint] = time.monotonic()
                 poller.register(sock, zmq.POLLIN)
             next_tick = 0.0
-            while not self._stop.is_set():
-                for sock, _ in poller.poll(200):
+            while not self._stopping.is_set():
+                if socks:
+                    ready = poller.poll(200)
+                else:   # --nats without --collector: this thread only samples events/s (a poll of no
+                    self._stopping.wait(0.2)    # socket returns at once: it would spin)
+                    ready = []
+                for sock, _ in ready:
                     endpoint = socks[sock]
                     heard[endpoint] = time.monotonic()
                     for _ in range(DRAIN_MAX):
@@ -85,25 +93,33 @@ class StreamSubscriber(threading.Thread):
                 sock.close(0)
 
     def handle(self, frames: list, endpoint: str | None = None) -> None:
-        stats = self.stats
         try:
-            topic, payload = protocol.decode(frames)
+            message = protocol.decode(frames)
         except protocol.ProtocolError as exc:
-            stats.add_malformed(str(exc))
+            self.stats.add_malformed(str(exc))
             return
-        if topic.startswith(protocol.EVENT_PREFIX):
-            events = payload["events"]
-            if events:
-                ok = stats.add_events(payload["host"], events, endpoint)
-                if ok:
-                    self.hub.publish(events)
-            else:
-                ok = True
-        elif topic == protocol.TOPIC_STATUS:
-            ok = stats.set_status(payload, endpoint)
-        elif topic == protocol.TOPIC_COUNTS:
-            ok = stats.add_counts(payload, endpoint)
-        else:
-            return                                  # a topic of a newer protocol minor: not ours
-        if not ok:
-            stats.add_malformed(f"{topic} from host {payload['host']!r:.80}: more than {MAX_HOSTS} hosts")
+        apply(self.stats, self.hub, message, endpoint, self.history)
+
+
+def apply(stats: StreamStats, hub: StreamHub, message: protocol.Message, source: str | None,
+          history: Recorder | None = None) -> None:
+    """One decoded message into the aggregates, the hub and the history recorder: the ZeroMQ and the NATS
+    ingest (api/nats_ingest.py) both end here. ``source``: the collector's endpoint, or the NATS subject it
+    came through: the unit of trust (a host name belongs to the source that sent it first, api/trust.py).
+    A refused message (a host another source holds, one host too many, numbers that cannot be true) is
+    counted by the aggregates and goes nowhere else."""
+    topic, payload = message
+    if topic.startswith(protocol.EVENT_PREFIX):
+        events = payload["events"]
+        if events and stats.add_events(payload["host"], events, source):
+            hub.publish(events)
+            if history is not None:
+                history.offer_events(payload["host"], events)
+    elif topic == protocol.TOPIC_STATUS:
+        stats.set_status(payload, source)
+    elif topic == protocol.TOPIC_COUNTS:
+        if stats.add_counts(payload, source) and history is not None:
+            history.offer_counts(payload)
+    elif topic == protocol.TOPIC_BRIDGE:
+        stats.set_bridge(payload, source)
+    # else: a topic of a newer protocol minor, not ours

@@ -9,17 +9,20 @@ from __future__ import annotations
 import functools
 import hmac
 import json
+import time
 from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import parse_qs
 
 import bottle
 
-from syswatch.api import metrics, openapi, validation
+from syswatch.api import history_query, metrics, openapi, validation
 from syswatch.api.aggregates import StreamStats
+from syswatch.api.history_recorder import Recorder
 from syswatch.api.httplog import RequestStats
 from syswatch.api.hub import StreamHub, TooManyStreams
 from syswatch.api.iplist import DiskFull, IPList, ListFull
+from syswatch.api.peer import Peer
 from syswatch.api.sse import EventStream
 from syswatch.api.validation import BadRequest
 from syswatch.api.web import StaticFiles
@@ -32,6 +35,7 @@ class Limits:
     max_events_limit: int
     default_events_limit: int
     sse_heartbeat_s: float
+    sse_stall_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ class Route:
     path: str
     handler: str        # name of the Api method
     usage: str          # shown by GET /apis
-
+    read: bool = False  # what the stream shows: needs the read token when one is set
 
 ROUTES = (
     Route("GET", "/", "dashboard", "GET: the live dashboard (HTML, same origin; open it in a browser)"),
@@ -53,13 +57,21 @@ ROUTES = (
           'POST {"print_all_ips": true}: the whole list, in insertion order'),
     Route("POST", "/clear_ip_list", "clear_ip_list", 'POST {"clear_ip_list": true}: empty the list'),
     Route("GET", "/stats", "stats",
-          "GET ?host=: totals per syscall, top processes and containers by calls and bytes, events/s, "
-          "each collector's status and whether it is connected"),
+          "GET ?host=: totals per syscall with latency percentiles and errors by errno, top processes, "
+          "containers and files by calls and bytes, events/s, each collector's status and whether it is "
+          "connected", read=True),
     Route("GET", "/events", "events",
-          "GET ?limit=&pid=&comm=&syscall=&container=&host=: the most recent events (bounded buffer), filtered"),
+          "GET ?limit=&pid=&tid=&uid=&comm=&syscall=&container=&host=&path=&file_type=&failed=1&min_latency=: "
+          "the most recent events (bounded buffer), filtered (path: a prefix; min_latency: 500us, 20ms, 1s)",
+          read=True),
     Route("GET", "/events/stream", "events_stream",
-          "GET ?pid=&comm=&syscall=&container=&host=: live Server-Sent Events, one event per data: line"),
-    Route("GET", "/metrics", "metrics", "GET: Prometheus text exposition"),
+          "GET with the filters of /events (no limit): live Server-Sent Events, one event per data: line; a "
+          "client that takes no data for the stall timeout is disconnected", read=True),
+    Route("GET", "/history", "history",
+          "GET ?from=&to=&group=process|container|syscall|file|host&host=&container=&step=&order=&limit=&series="
+          "&format=json|csv: what was recorded: totals per group over the range, and per step; from/to as "
+          "RFC 3339, relative (-15m) or unix seconds", read=True),
+    Route("GET", "/metrics", "metrics", "GET: Prometheus text exposition", read=True),
     Route("GET", "/healthz", "healthz", "GET: 200 while the API is up; says whether the collector is connected"),
     Route("GET", "/openapi.json", "openapi", "GET: the OpenAPI 3 description of every endpoint"),
 )
@@ -93,8 +105,8 @@ def _json_errors(handler: Callable) -> Callable:
             return _error(409, str(exc))
         except DiskFull as exc:  # 507 Insufficient Storage; the transaction was rolled back
             return _error(507, str(exc))
-        except TooManyStreams as exc:
-            return _error(503, str(exc), Retry_After="5")
+        except TooManyStreams as exc:       # 503 every slot taken, 429 the address's share taken
+            return _error(exc.status, str(exc), Retry_After="5")
     return wrapped
 
 
@@ -102,14 +114,18 @@ class Api:
     """The handlers; each one small, over the IP list and the stream's stats model."""
 
     def __init__(self, iplist: IPList, stats: StreamStats, hub: StreamHub, requests: RequestStats,
-                 limits: Limits, token: str | None, static: StaticFiles | None = None):
+                 limits: Limits, token: str | None, static: StaticFiles | None = None, read_token: str | None = None,
+                 history: Recorder | None = None):
         self.iplist, self.stream, self.hub, self.requests = iplist, stats, hub, requests
+        self.recorder = history
         self.files = static or StaticFiles()
         self.limits = limits
         self._token = token.encode() if token else None
+        # the read endpoints take the read token, or the POST token (who may write may read)
+        self._read_tokens = [t.encode() for t in (read_token, token) if t] if read_token else []
         self._openapi = json.dumps(openapi.document(limits.max_items, limits.max_events_limit,
                                                     limits.default_events_limit), indent=1)
-        self.registry = metrics.registry(stats, requests, iplist, hub)  # this API's own, read at each scrape
+        self.registry = metrics.registry(stats, requests, iplist, hub, history)  # this API's own, read at each scrape
 
     # --- request helpers ---------------------------------------------------------------------
     def _check_token(self) -> None:
@@ -122,6 +138,20 @@ class Api:
             what = "missing" if not given else "wrong or malformed"
             raise BadRequest(f"{what} bearer token: this API requires 'Authorization: Bearer <token>' "
                              f"on POST requests (the token of SYSWATCH_TOKEN / --token-file)", 401)
+
+    def check_read_token(self) -> None:
+        """For the read endpoints (Route.read), when a read token is set."""
+        if not self._read_tokens:
+            return
+        given = bottle.request.environ.get("HTTP_AUTHORIZATION", "")
+        scheme, _, value = given.partition(" ")
+        presented = value.strip().encode("latin-1", "replace")
+        # every token compared, in constant time each: which one matched does not show in the timing
+        ok = scheme.lower() == "bearer" and sum(hmac.compare_digest(presented, t) for t in self._read_tokens) > 0
+        if not ok:
+            what = "missing" if not given else "wrong or malformed"
+            raise BadRequest(f"{what} bearer token: this API requires 'Authorization: Bearer <token>' to read "
+                             f"the stream (the token of SYSWATCH_READ_TOKEN / --read-token-file)", 401)
 
     def _body(self) -> dict:
         """The POST body as a JSON object, after the token, Content-Type and size checks."""
@@ -192,10 +222,12 @@ class Api:
     def stats(self):
         host = validation.host_param(self._single(self._query(), ("host",)))
         s = self.stream.snapshot(host)
-        s["api"]["event_streams"] = self.hub.count()
+        s["api"].update(event_streams=self.hub.count(), event_streams_max=self.hub.max_clients,
+                        event_streams_per_address=self.hub.per_address)
         first = next((c["status"] for c in s["collectors"] if c["status"]), None)
         # collector_status: the (first) collector's last status, as before fan-in
-        return _ok(json.dumps({**s, "collector_status": first}))
+        history = self.recorder.status() if self.recorder is not None else None
+        return _ok(json.dumps({**s, "collector_status": first, "history": history}))
 
     def _single(self, query: dict, known: tuple) -> dict:
         for name, values in query.items():
@@ -220,11 +252,21 @@ class Api:
         if bottle.request.method == "HEAD":
             return ""  # waitress would iterate an endless body it never sends: answer headers only
         env = bottle.request.environ
-        client = self.hub.open(flt, env.get("HTTP_LAST_EVENT_ID"))
-        shown = ", ".join(f"{k}={v}" for k, v in flt._asdict().items() if v is not None) or "none"
+        peer = Peer(env)
+        client = self.hub.open(flt, env.get("HTTP_LAST_EVENT_ID"), peer.address)
         return EventStream(self.hub, client, self.limits.sse_heartbeat_s,
-                           f"syswatch event stream (filters: {validation.printable(shown)})",
-                           env.get("waitress.client_disconnected"))
+                           f"syswatch event stream (filters: {validation.printable(flt.shown())})",
+                           env.get("waitress.client_disconnected"), peer, self.limits.sse_stall_s)
+
+    def history(self):
+        if self.recorder is None:
+            raise BadRequest("this API keeps no history: it was started with --history-max-mb 0 "
+                             "(SYSWATCH_HISTORY_MAX_MB=0)", 404)
+        query = history_query.parse(self._query(), time.time())
+        answer = history_query.answer(self.recorder.store, query)
+        if query.fmt == "csv":
+            return _ok(history_query.to_csv(answer), "text/csv; charset=utf-8")
+        return _ok(json.dumps(answer, separators=(",", ":")))
 
     def metrics(self):
         return _ok(metrics.exposition(self.registry), metrics.CONTENT_TYPE)
@@ -237,10 +279,20 @@ class Api:
         return _ok(self._openapi)
 
 
+def _reading(api: Api, handler: Callable) -> Callable:
+    """``handler`` behind the read token."""
+    @functools.wraps(handler)
+    def wrapped(*args, **kwargs):
+        api.check_read_token()
+        return handler(*args, **kwargs)
+    return wrapped
+
+
 def build_app(api: Api) -> bottle.Bottle:
     app = bottle.Bottle()  # catchall on: an unexpected error is a JSON 500, never a traceback page
     for r in ROUTES:
-        app.route(r.path, r.method, _json_errors(getattr(api, r.handler)))
+        handler = getattr(api, r.handler)
+        app.route(r.path, r.method, _json_errors(_reading(api, handler) if r.read else handler))
 
     def error_page(err: bottle.HTTPError) -> str:
         """Bottle's errors (404, 405, 500...) as JSON; 405 keeps the Allow header Bottle set."""

@@ -26,32 +26,46 @@ require("syswatch-api", "zmq", "bottle", "waitress", "prometheus_client")   # a 
 
 from syswatch import __version__  # noqa: E402
 from syswatch.api.app import ApiConfig, make_app  # noqa: E402
-from syswatch.shared import curve  # noqa: E402
+from syswatch.shared import curve, jetstream  # noqa: E402
 from syswatch.shared.config import add_option  # noqa: E402
 from syswatch.shared.zmqsock import check_endpoint  # noqa: E402
 
 EPILOG = textwrap.dedent("""\
     environment (a flag beats its variable, which beats the default):
       SYSWATCH_HOST, SYSWATCH_PORT, SYSWATCH_COLLECTOR, SYSWATCH_DB, SYSWATCH_TOKEN (the token itself),
+      SYSWATCH_READ_TOKEN (the read endpoints' token itself),
       SYSWATCH_MAX_BODY_BYTES, SYSWATCH_MAX_ITEMS, SYSWATCH_MAX_IPS, SYSWATCH_MAX_STREAMS,
-      SYSWATCH_RECENT_EVENTS, SYSWATCH_STREAM_QUEUE, SYSWATCH_THREADS, SYSWATCH_MAX_CONNECTIONS,
-      SYSWATCH_CHANNEL_TIMEOUT, SYSWATCH_CORS_ORIGINS and SYSWATCH_ALLOWED_HOSTS (comma separated)
+      SYSWATCH_MAX_STREAMS_PER_ADDRESS, SYSWATCH_SSE_STALL_TIMEOUT, SYSWATCH_RECENT_EVENTS,
+      SYSWATCH_STREAM_QUEUE, SYSWATCH_THREADS, SYSWATCH_MAX_CONNECTIONS, SYSWATCH_CHANNEL_TIMEOUT,
+      SYSWATCH_HOSTS_PER_COLLECTOR, SYSWATCH_HOST_EXPIRY,
+      SYSWATCH_HISTORY_DB, SYSWATCH_HISTORY_MAX_MB,
+      SYSWATCH_CORS_ORIGINS and SYSWATCH_ALLOWED_HOSTS (comma separated)
       SYSWATCH_CURVE_SERVER_KEY + SYSWATCH_CURVE_CLIENT_KEY: subscribe with CurveZMQ
         (make the keys with: python3 -m syswatch.shared.curve --help)
+      SYSWATCH_NATS_PASSWORD, SYSWATCH_NATS_TOKEN: NATS credentials (or the --nats-*-file flags)
 
     examples:
       syswatch-api                                            # 127.0.0.1:8080, collector tcp://127.0.0.1:5556
       syswatch-api --host 0.0.0.0 --port 9080                 # listen on every interface, port 9080
       syswatch-api --db /var/lib/syswatch/ips.sqlite3
       syswatch-api --collector tcp://10.0.0.5:5556            # a collector on another host
+      syswatch-api --nats nats://nats.example:4222            # every node's events from NATS JetStream
+      SYSWATCH_NATS_PASSWORD=... syswatch-api --nats tls://nats.example:4222 --nats-user api \
+          --nats-ca /etc/syswatch/nats-ca.pem                 # with TLS and a password (docs/DEPLOY.md)
       SYSWATCH_TOKEN=s3cret syswatch-api                      # POSTs need: Authorization: Bearer s3cret
       syswatch-api --token-file /run/secrets/syswatch_token
+      syswatch-api --host 0.0.0.0 --read-token-file /run/secrets/syswatch_read   # reads need a token too
+      curl -s -H "Authorization: Bearer $(cat /run/secrets/syswatch_read)" localhost:8080/stats
       syswatch-api --max-items 1000 --max-ips 50000           # tighter IP list limits
+      syswatch-api --history-max-mb 4096                      # room for more hosts (default 1024 MiB)
+      syswatch-api --history-db /var/lib/syswatch/history.sqlite3 --history-max-mb 0   # 0: no history
 
       curl -s localhost:8080/apis
       curl -s -X POST localhost:8080/add_ips -H 'Content-Type: application/json' -d '{"add_ips": [1, 2, 3]}'
       curl -s 'localhost:8080/events?limit=5&syscall=write'
       curl -sN localhost:8080/events/stream?comm=dd
+      curl -s 'localhost:8080/history?from=-15m&group=container'          # who did the I/O, 15 min back
+      curl -s 'localhost:8080/history?from=2026-12-06T03:10:00Z&to=2026-12-06T03:15:00Z&group=file&format=csv'
       xdg-open http://localhost:8080/                       # the live dashboard
 
       # a page served from http://localhost:3000 may call the API (CORS), nothing else may:
@@ -70,6 +84,13 @@ def port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
         raise ValueError(f"a TCP port is 0..65535, got {value}")
+    return value
+
+
+def history_mb(text: str) -> int:
+    value = int(text)
+    if value != 0 and not 1 <= value <= 1 << 20:
+        raise ValueError(f"must be 0 (no history) or 1..{1 << 20} MiB, got {value}")
     return value
 
 
@@ -92,9 +113,16 @@ def parse_args(argv=None) -> ApiConfig:
     opt("--collector", env="SYSWATCH_COLLECTOR", default=list(d.collectors), repeatable=True,
         type=check_endpoint, metavar="ENDPOINT",
         help="a collector's ZeroMQ PUB endpoint; repeat (env: comma separated) for one view over several")
+    jetstream.add_flags(p, required=False)
+    opt("--nats-consumer", env="SYSWATCH_NATS_CONSUMER", default=d.nats_consumer, type=jetstream.stream_name,
+        metavar="NAME", help="the durable JetStream consumer; API replicas with the same name share the "
+                             "messages (each gets some), another name reads them all again")
     opt("--db", env="SYSWATCH_DB", default=d.db, help="SQLite file holding the IP list")
     opt("--token-file", help="file holding the bearer token every POST must send; beats SYSWATCH_TOKEN "
                              "(none: POSTs are open unless SYSWATCH_TOKEN is set)")
+    opt("--read-token-file", help="file holding the bearer token GET /events, /events/stream, /stats, "
+                                  "/history and /metrics must send (the POST token is accepted too); beats "
+                                  "SYSWATCH_READ_TOKEN (none: they are open unless SYSWATCH_READ_TOKEN is set)")
     opt("--max-body-bytes", env="SYSWATCH_MAX_BODY_BYTES", default=d.max_body_bytes, type=positive,
         help="largest POST body accepted, else 413")
     opt("--max-items", env="SYSWATCH_MAX_ITEMS", default=d.max_items, type=positive,
@@ -105,8 +133,14 @@ def parse_args(argv=None) -> ApiConfig:
         help="events kept for GET /events; also its largest ?limit=")
     opt("--max-streams", env="SYSWATCH_MAX_STREAMS", default=d.max_streams, type=positive,
         help="most concurrent GET /events/stream clients, else 503")
+    opt("--max-streams-per-address", env="SYSWATCH_MAX_STREAMS_PER_ADDRESS", default=d.max_streams_per_address,
+        type=positive, help="most concurrent GET /events/stream clients from one client address, else 429 "
+                            "(behind a reverse proxy every client has the proxy's address)")
     opt("--stream-queue", env="SYSWATCH_STREAM_QUEUE", default=d.stream_queue, type=positive,
         help="events queued per stream client before drops")
+    opt("--sse-stall-timeout", env="SYSWATCH_SSE_STALL_TIMEOUT", default=d.sse_stall_timeout, type=seconds,
+        help="seconds an event stream's client may leave queued output untaken before the stream is closed "
+             "and its slot freed")
     opt("--cors-origin", env="SYSWATCH_CORS_ORIGINS", default=[], repeatable=True, metavar="ORIGIN",
         help="a browser origin (scheme://host[:port], exact, no wildcard) whose pages may call the API "
              "(CORS); repeatable (none: same origin only)")
@@ -122,6 +156,17 @@ def parse_args(argv=None) -> ApiConfig:
         help="open connections waitress accepts; more wait in the listen backlog")
     opt("--channel-timeout", env="SYSWATCH_CHANNEL_TIMEOUT", default=d.channel_timeout, type=positive,
         help="seconds before an idle connection is closed")
+    opt("--hosts-per-collector", env="SYSWATCH_HOSTS_PER_COLLECTOR", default=d.hosts_per_collector, type=positive,
+        help="host names one collector endpoint may speak for (a collector sends one; a relay of several "
+             "collectors needs more); a host name belongs to the endpoint that sent it first")
+    opt("--host-expiry", env="SYSWATCH_HOST_EXPIRY", default=d.host_expiry, type=seconds,
+        help="seconds without a message after which a host is forgotten: its data, its name and its slot")
+    opt("--history-db", env="SYSWATCH_HISTORY_DB", default=None, metavar="FILE",
+        help="SQLite file of the history GET /history answers from (default: beside --db, e.g. "
+             "./syswatch-history.sqlite3 for ./syswatch.sqlite3)")
+    opt("--history-max-mb", env="SYSWATCH_HISTORY_MAX_MB", default=d.history_max_mb, type=history_mb, metavar="MIB",
+        help="size limit of the history store (file, WAL and index) in MiB; when it is reached the oldest "
+             "fine intervals go first (docs/HISTORY.md); 0 turns history off")
     p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     args = p.parse_args(argv)
     from syswatch.api import web
@@ -129,17 +174,34 @@ def parse_args(argv=None) -> ApiConfig:
         cors_origins = web.parse_origins(args.cors_origin)
     except web.BadOrigin as exc:
         p.error(f"--cors-origin / SYSWATCH_CORS_ORIGINS: {exc}")
+    nats = None
+    collectors = tuple(args.collector)
+    if args.nats:
+        try:
+            nats = jetstream.options(args, name="syswatch-api")
+        except jetstream.SettingsError as exc:
+            p.error(str(exc))
+        # --nats alone reads NATS only: the default ZeroMQ endpoint is for the one-host set-up
+        named = os.environ.get("SYSWATCH_COLLECTOR") or any(
+            a == "--collector" or a.startswith("--collector=") for a in (argv if argv is not None else sys.argv[1:]))
+        if not named:
+            collectors = ()
     if args.threads < args.max_streams + 4:
         p.error(f"--threads {args.threads} must be at least --max-streams {args.max_streams} + 4, "
                 f"so that open event streams never take every worker thread")
     return ApiConfig(
-        host=args.host, port=args.port, collectors=tuple(args.collector), db=args.db, token=read_token(args.token_file),
+        host=args.host, port=args.port, collectors=collectors, db=args.db, token=read_token(args.token_file),
+        read_token=read_token(args.read_token_file, "--read-token-file", "SYSWATCH_READ_TOKEN"),
         max_body_bytes=args.max_body_bytes, max_items=args.max_items, max_ips=args.max_ips,
-        recent_events=args.recent_events, max_streams=args.max_streams, stream_queue=args.stream_queue,
+        recent_events=args.recent_events, max_streams=args.max_streams,
+        max_streams_per_address=args.max_streams_per_address, stream_queue=args.stream_queue,
+        sse_stall_timeout=args.sse_stall_timeout, hosts_per_collector=args.hosts_per_collector,
+        host_expiry=args.host_expiry,
         cors_origins=tuple(cors_origins),
         allowed_hosts=tuple(h.strip().lower() for h in args.allowed_host if h.strip()),
         sse_heartbeat=args.sse_heartbeat, threads=args.threads, max_connections=args.max_connections,
-        channel_timeout=args.channel_timeout)
+        channel_timeout=args.channel_timeout, nats=nats, nats_stream=args.nats_stream,
+        nats_consumer=args.nats_consumer, history_db=args.history_db or None, history_max_mb=args.history_max_mb)
 
 
 def token_error(message: str) -> NoReturn:
@@ -148,20 +210,22 @@ def token_error(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def read_token(token_file: str | None) -> str | None:
-    """The bearer token from --token-file, else SYSWATCH_TOKEN; None when neither is set."""
+def read_token(token_file: str | None, flag: str = "--token-file", env: str = "SYSWATCH_TOKEN") -> str | None:
+    """A bearer token from its file flag, else its environment variable; None when neither is set
+    (the POST token: --token-file / SYSWATCH_TOKEN; the read token: --read-token-file /
+    SYSWATCH_READ_TOKEN)."""
     if token_file:
         try:
             with open(token_file, encoding="utf-8") as f:
                 token = f.read().strip()
         except (OSError, UnicodeDecodeError) as exc:
-            token_error(f"cannot read --token-file {token_file}: {exc}")
-        source = f"--token-file {token_file}"
+            token_error(f"cannot read {flag} {token_file}: {exc}")
+        source = f"{flag} {token_file}"
         if not token:
             token_error(f"{source} is empty; put the token in it, or drop the flag")
     else:
-        token = os.environ.get("SYSWATCH_TOKEN", "").strip()
-        source = "SYSWATCH_TOKEN"
+        token = os.environ.get(env, "").strip()
+        source = env
         if not token:
             return None
     allowed = set(string.ascii_letters + string.digits + "-._~+/=")
@@ -187,8 +251,12 @@ def main(argv=None) -> int:
     import waitress
     import zmq
 
+    from syswatch.api.history_store import StoreUnusable
     from syswatch.api.httplog import json_server_errors, stdout_line
     from syswatch.api.iplist import DatabaseUnusable
+    from syswatch.api.memory import return_large_blocks
+
+    return_large_blocks()                       # a large message's memory is returned once it is handled
 
     for endpoint in config.collectors:
         probe: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
@@ -203,7 +271,7 @@ def main(argv=None) -> int:
     try:
         curve_client = curve.client_from_env()  # SYSWATCH_CURVE_SERVER_KEY / SYSWATCH_CURVE_CLIENT_KEY
         app = make_app(config, curve_client)
-    except (curve.CurveError, DatabaseUnusable, OSError) as exc:
+    except (curve.CurveError, DatabaseUnusable, StoreUnusable, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
@@ -241,6 +309,10 @@ def main(argv=None) -> int:
     # durations tell that story without a line per request.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     app.subscriber.start()
+    if app.nats is not None:
+        app.nats.start()
+    if app.history is not None:
+        app.history.start()
 
     def stop(*_):
         app.hub.end_all()  # open event streams end now, instead of holding waitress's shutdown for 5 s
@@ -251,9 +323,19 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGINT, stop)
     stdout_line(f"API Server starting on {config.host}:{server.effective_port}")
     iplist = app.iplist
+    sources = [f"collector: {', '.join(config.collectors)}{' (CurveZMQ)' if curve_client else ''}"] \
+        if config.collectors else []
+    if app.nats is not None:
+        sources.append(f"NATS: {app.nats.source}")
     stdout_line(f"IP list: {os.path.abspath(config.db)} ({iplist.count()} addresses); "
-                f"collector: {', '.join(config.collectors)}{' (CurveZMQ)' if curve_client else ''}; "
-                f"POST token: {'required' if config.token else 'not required'}")
+                f"{'; '.join(sources)}; POST token: {'required' if config.token else 'not required'}; "
+                f"read token: {'required' if config.read_token else 'not required'}")
+    if app.history is not None:
+        store = app.history.store
+        stdout_line(f"History: {os.path.abspath(store.path)} ({store.disk_bytes() / 2**20:.1f} MiB of "
+                    f"{config.history_max_mb} MiB; GET /history)")
+    else:
+        stdout_line("History: off (--history-max-mb 0)")
     if iplist.respelled:  # a list written by another Python version (iplist.IPList._respell)
         stdout_line(f"IP list: respelled {iplist.respelled} stored IPv4-mapped IPv6 address(es) as ::ffff:a.b.c.d "
                     f"and dropped {iplist.merged} duplicate(s) of an address added earlier")
@@ -265,6 +347,9 @@ def main(argv=None) -> int:
         pass
     finally:
         app.subscriber.stop()
+        if app.nats is not None:
+            app.nats.stop()
+        app.close()             # the history recorder writes what it holds
     return 0
 
 

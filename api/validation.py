@@ -10,6 +10,9 @@ import json
 from typing import Any, NamedTuple
 
 from syswatch.shared.protocol import MAX_COMM, MAX_CONTAINER_NAME, MAX_HOST, SYSCALLS
+from syswatch.shared.record import FILE_TYPES
+from syswatch.shared.selection import Selection
+from syswatch.shared.units import parse_duration
 
 MAX_IPV4_INT = 2**32 - 1
 COMM_MAX_CHARS = MAX_COMM  # bpftrace's comm is 16 bytes; escaped non-UTF-8 bytes take 4 chars each
@@ -165,36 +168,6 @@ def entries(body: dict, max_items: int) -> list[Entry]:
     return [entry(item, i) for i, item in enumerate(items)]
 
 
-class EventFilter(NamedTuple):
-    """Filters of /events and /events/stream; None matches everything.
-
-    ``container`` matches a container id prefix (as `docker ps` shows it, or longer) or its name.
-    """
-    pid: int | None = None
-    comm: str | None = None
-    syscall: str | None = None
-    container: str | None = None
-    host: str | None = None
-
-    def matches(self, event: dict) -> bool:
-        return ((self.pid is None or event["pid"] == self.pid)
-                and (self.comm is None or event["comm"] == self.comm)
-                and (self.syscall is None or event["syscall"] == self.syscall)
-                and (self.host is None or event.get("host") == self.host)
-                and (self.container is None or _container_matches(self.container, event)))
-
-    @property
-    def empty(self) -> bool:
-        return all(v is None for v in self)
-
-
-def _container_matches(ref: str, event: dict) -> bool:
-    cid = event["container_id"]                  # 12 hex digits; a longer ref is a full id
-    if cid and (cid.startswith(ref) if len(ref) <= 12 else ref.startswith(cid)):
-        return True
-    return event["container_name"] == ref
-
-
 def _int_param(query: dict, name: str, low: int, high: int, default: int | None) -> int | None:
     raw = query.get(name)
     if raw is None:
@@ -207,10 +180,24 @@ def _int_param(query: dict, name: str, low: int, high: int, default: int | None)
     return value
 
 
+# What /events and /events/stream filter on (shared/selection.py does the matching); each given once.
+EVENT_FILTERS = ("pid", "tid", "uid", "comm", "syscall", "container", "host", "path", "file_type", "failed",
+                 "min_latency")
+MAX_PATH = 4096                    # a path prefix in a query: PATH_MAX
+
+
+def _text_param(flat: dict, name: str, limit: int, what: str) -> str | None:
+    value = flat.get(name)
+    if value is not None and (not value or len(value) > limit or not value.isprintable()):
+        raise BadRequest(f"query parameter {name!r} = {_short(value)} must be 1..{limit} printable characters "
+                         f"({what})")
+    return value
+
+
 def event_query(query: dict, allowed_extra: tuple = (), max_limit: int | None = None,
-                default_limit: int | None = None) -> tuple[EventFilter, int | None]:
+                default_limit: int | None = None) -> tuple[Selection, int | None]:
     """(filter, limit) from /events query parameters; unknown or repeated parameters are errors."""
-    known = ("pid", "comm", "syscall", "container", "host") + allowed_extra
+    known = EVENT_FILTERS + allowed_extra
     for name, values in query.items():
         if name not in known:
             raise BadRequest(f"unknown query parameter {_short(name)}; known: {', '.join(known)}")
@@ -222,19 +209,34 @@ def event_query(query: dict, allowed_extra: tuple = (), max_limit: int | None = 
         assert max_limit is not None, "a query that takes limit needs its maximum"
         limit = _int_param(flat, "limit", 1, max_limit, default_limit)
     pid = _int_param(flat, "pid", 0, PID_MAX, None)
-    comm = flat.get("comm")
-    if comm is not None and (not comm or len(comm) > COMM_MAX_CHARS or not comm.isprintable()):
-        raise BadRequest(f"query parameter 'comm' = {_short(comm)} must be 1..{COMM_MAX_CHARS} "
-                         f"printable characters (a process name)")
+    tid = _int_param(flat, "tid", 0, PID_MAX, None)
+    uid = _int_param(flat, "uid", 0, MAX_IPV4_INT, None)
+    comm = _text_param(flat, "comm", COMM_MAX_CHARS, "a process name")
     syscall = flat.get("syscall")
     if syscall is not None and syscall not in SYSCALLS:
         raise BadRequest(f"query parameter 'syscall' = {_short(syscall)} must be one of {', '.join(SYSCALLS)}")
-    container = flat.get("container")
-    if container is not None and (not container or len(container) > MAX_CONTAINER_NAME or not container.isprintable()):
-        raise BadRequest(f"query parameter 'container' = {_short(container)} must be a container id prefix "
-                         f"or name (1..{MAX_CONTAINER_NAME} printable characters)")
+    container = _text_param(flat, "container", MAX_CONTAINER_NAME, "a container id prefix or name")
+    path = _text_param(flat, "path", MAX_PATH, "a path prefix, e.g. /var/log")
+    file_type = flat.get("file_type")
+    if file_type is not None and file_type not in FILE_TYPES:
+        raise BadRequest(f"query parameter 'file_type' = {_short(file_type)} must be one of {', '.join(FILE_TYPES)}")
+    failed = flat.get("failed")
+    if failed is not None and failed not in ("1", "0", "true", "false"):
+        raise BadRequest(f"query parameter 'failed' = {_short(failed)} must be 1 (only calls that returned an "
+                         f"error) or 0")
+    min_latency = 0
+    if flat.get("min_latency") is not None:
+        try:
+            min_latency = parse_duration(flat["min_latency"])
+        except ValueError as exc:
+            raise BadRequest(f"query parameter 'min_latency': {exc}") from None
     host = host_param(flat)
-    return EventFilter(pid, comm, syscall, container, host), limit
+
+    def one(value) -> tuple:
+        return () if value is None else (value,)
+    return Selection(pids=one(pid), tids=one(tid), uids=one(uid), comms=one(comm), syscalls=one(syscall),
+                     hosts=one(host), containers=one(container), paths=one(path), file_types=one(file_type),
+                     failed=failed in ("1", "true"), min_latency_ns=min_latency), limit
 
 
 def host_param(flat: dict) -> str | None:

@@ -28,7 +28,7 @@ from typing import Callable
 
 import zmq
 
-from bench import stats
+from bench import api_cost, stats
 from bench.plan import Plan
 from harness import ROOT, procs
 from harness.procs import free_port
@@ -292,4 +292,6 @@ def run(plan: Plan, log: Callable[[str], None]) -> dict:
                 f"at {sub['rate']:.0f} events/s")
     finally:
         pub.close(0)
-    return {"loader": loader_name(), "seconds": plan.api_seconds, "rows": rows, "subscriber": sub}
+    cost = api_cost.run(repeat=plan.rounds + 2)
+    log("api cost: " + ", ".join(f"{r['what']} {r['ratio']:.2f}x" for r in cost["ingest"]["rows"][1:]))
+    return {"loader": loader_name(), "seconds": plan.api_seconds, "rows": rows, "subscriber": sub, "cost": cost}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from bench import catalog
+from bench import api_cost, catalog, saturation
 from bench import targets as _targets
 
 
@@ -111,10 +111,10 @@ def saturation_md(sat: dict) -> list[str]:
         out += ["The ceiling, stage by stage (dd bs=1 saturating bpftrace 0.23 running the collector's own "
                 "program; rates over the saturated middle of the run):", ""]
         out += _table(["stage", "events/s", "notes"], [
-            ["bpftrace 0.23 formatting, into a file (tmpfs)", f"{f['printed_rate']:,.0f}",
+            ["bpftrace 0.23 formatting, into a file (tmpfs)", saturation.rate_text(f),
              f"{f['printed']:,} printed, {f['lost']:,} lost of {f['dd_calls']:,} calls; "
              f"{f['bytes_per_line']:.0f} bytes a line"],
-            ["bpftrace 0.23 into a pipe, drained by one reader", f"{p['printed_rate']:,.0f}", "formatting + the pipe"],
+            ["bpftrace 0.23 into a pipe, drained by one reader", saturation.rate_text(p), "formatting + the pipe"],
             ["the collector's parser alone, on the captured output", f"{ps['rate']:,.0f}",
              f"{ps['events']:,} events in 256 KiB reads"],
             ["ZeroMQ alone: those batches, PUB -> SUB over TCP loopback", f"{z['rate']:,.0f}",
@@ -175,7 +175,8 @@ def api_md(api: dict) -> list[str]:
         ["request", "clients", "req/s", "p50 ms", "p99 ms", "errors"], rows) + [
         f"API subscriber: offered {s['offered_rate']:,} events/s for {s['send_s']:.1f} s "
         f"(synthetic batches of 256), took in {s['received']:,} of {s['sent']:,} at "
-        f"**{s['rate']:,.0f} events/s** (a lower bound when it took everything: it kept up with the offer).", ""]
+        f"**{s['rate']:,.0f} events/s** (a lower bound when it took everything: it kept up with the offer).", ""] + (
+        api_cost.markdown(api["cost"]) if "cost" in api else [])
 
 
 def targets_md(rows: list[dict]) -> list[str]:

@@ -145,14 +145,58 @@ def multi_process_run(make_tracer: Callable[[str], tracers.Tracer], writers: int
 
 # -- the ceiling, stage by stage ------------------------------------------------------------------
 def _collector_program() -> str:
-    from syswatch.collector import program
-    return program.render("events", kicks=False)
+    from syswatch.collector import kernel, program
+    from syswatch.collector.bpfversion import parse
+    return program.render("events", kicks=False, kernel=kernel.detect(), version=parse("bpftrace v0.23.2"))
+
+
+# The rate is taken over dd's run from WINDOW_OPENS_S after its start (bpftrace's buffer is full by
+# then) to its end. A fast machine can finish the quick plan's dd before that window opens (CI:
+# printed_rate None, and the log line's format crashed the quick run), so a window shorter than
+# MIN_WINDOW_S is measured again with GROWTH times more calls, at most WINDOW_TRIES runs in all.
+WINDOW_OPENS_S = 0.3
+MIN_WINDOW_S = 0.5
+GROWTH = 4
+WINDOW_TRIES = 4
+
+Sample = tuple[float, int]     # (time.monotonic(), bytes printed so far)
+
+
+def measure_window(run_dd: Callable[[int], tuple[Sample | None, Sample, float]], dd_n: int) -> dict:
+    """Run ``run_dd(n)`` (dd with n calls each way; returns the window's start sample, None when
+    dd ended before the window opened, its end sample and dd's elapsed seconds) until the window
+    lasts MIN_WINDOW_S, growing n. The result names every run; ``window`` is the last one's."""
+    n, runs = dd_n, []
+    for _ in range(WINDOW_TRIES):
+        start, end, elapsed = run_dd(n)
+        runs.append(n)
+        if start is not None and end[0] - start[0] >= MIN_WINDOW_S:
+            break
+        n *= GROWTH
+    return {"dd_runs": runs, "dd_calls": 2 * sum(runs), "elapsed_s": elapsed, "window": (start, end)}
+
+
+def window_rate(window: tuple[Sample | None, Sample], per_line: float) -> tuple[float | None, float]:
+    """(lines/s, seconds) over the window; the rate is None when it is empty (dd ended first)."""
+    start, (t2, b2) = window
+    if start is None or t2 <= start[0]:
+        return None, 0.0
+    t1, b1 = start
+    return (b2 - b1) / per_line / (t2 - t1), t2 - t1
+
+
+def rate_text(stage: dict, unit: str = "") -> str:
+    """A stage's printed_rate for the log and the report: a number, or why there is none."""
+    if stage["printed_rate"] is None:
+        return (f"not measured (dd ended within {WINDOW_OPENS_S} s of its start in each of "
+                f"{len(stage['dd_runs'])} runs, up to {stage['dd_runs'][-1]:,} calls)")
+    return f"{stage['printed_rate']:,.0f}{unit}"
 
 
 def bpftrace_alone(binary: str, dd_n: int, out: Path | None) -> dict:
     """bpftrace 0.23 with the collector's program, output to ``out`` (a file) or, when None, a pipe
     read by this process; dd bs=1 saturates it. The rate is lines printed per second over the
-    middle of dd's run (from 0.3 s after its start to its end), when the ring buffer is full."""
+    middle of dd's run (see WINDOW_OPENS_S), when the ring buffer is full."""
     from syswatch.collector import program
     from syswatch.collector.bpfversion import detect
     env = {**os.environ, **program.env(detect(binary))}
@@ -171,6 +215,26 @@ def bpftrace_alone(binary: str, dd_n: int, out: Path | None) -> dict:
 
     def size() -> int:
         return out.stat().st_size if out else counted["bytes"]
+
+    def run_dd(n: int) -> tuple[Sample | None, Sample, float]:
+        gated = procs.Gated(workloads.dd_argv(n))
+        done = threading.Event()
+        timing: dict = {}
+
+        def wait():
+            try:
+                timing["elapsed"] = gated.wait()
+            except Exception as exc:    # noqa: BLE001 - raised below, in the caller's thread
+                timing["error"] = exc
+            timing["end"] = (time.monotonic(), size())
+            done.set()
+        gated.release()
+        threading.Thread(target=wait, daemon=True).start()
+        start = None if done.wait(WINDOW_OPENS_S) else (time.monotonic(), size())
+        done.wait()
+        if "error" in timing:
+            raise timing["error"]
+        return start, timing["end"], timing["elapsed"]
     try:
         deadline = time.monotonic() + 60
         while size() == 0:
@@ -178,19 +242,7 @@ def bpftrace_alone(binary: str, dd_n: int, out: Path | None) -> dict:
                 raise RuntimeError("bpftrace (ceiling) did not start")
             time.sleep(0.05)
         time.sleep(0.5)
-        gated = procs.Gated(workloads.dd_argv(dd_n))
-        done = threading.Event()
-        timing: dict = {}
-
-        def wait():
-            timing["elapsed"] = gated.wait()
-            timing["end"] = (time.monotonic(), size())
-            done.set()
-        gated.release()
-        threading.Thread(target=wait, daemon=True).start()
-        done.wait(0.3)
-        start = (time.monotonic(), size())
-        done.wait()
+        measured = measure_window(run_dd, dd_n)
     finally:
         procs.stop(bt)
         if out:
@@ -204,10 +256,9 @@ def bpftrace_alone(binary: str, dd_n: int, out: Path | None) -> dict:
     else:
         lines, total, lost = counted["lines"], counted["bytes"], None
     per_line = total / lines if lines else 1
-    (t1, b1), (t2, b2) = start, timing["end"]
-    rate = (b2 - b1) / per_line / (t2 - t1) if t2 > t1 else None
-    return {"dd_calls": 2 * dd_n, "elapsed_s": timing["elapsed"], "printed": lines, "lost": lost,
-            "bytes_per_line": per_line, "printed_rate": rate}
+    rate, window_s = window_rate(measured.pop("window"), per_line)
+    return {**measured, "printed": lines, "lost": lost, "bytes_per_line": per_line, "printed_rate": rate,
+            "window_s": window_s}
 
 
 def parser_alone(capture: Path) -> dict:
@@ -288,12 +339,12 @@ def ceiling(plan: Plan, log: Callable[[str], None]) -> dict:
     shm = "/dev/shm" if Path("/dev/shm").is_dir() else None
     tmp = Path(tempfile.mkdtemp(prefix="syswatch-bench-ceiling-", dir=shm))
     try:
-        capture = tmp / "bpftrace.json"
+        capture = tmp / "bpftrace.txt"
         to_file = bpftrace_alone(binary, plan.dd_n, capture)
-        log(f"ceiling: bpftrace 0.23 alone into a file: {to_file['printed_rate']:,.0f} lines/s "
+        log(f"ceiling: bpftrace 0.23 alone into a file: {rate_text(to_file, ' lines/s')} "
             f"({to_file['printed']:,} printed, {to_file['lost']:,} lost)")
         to_pipe = bpftrace_alone(binary, plan.dd_n, None)
-        log(f"ceiling: bpftrace 0.23 into a pipe read by one reader: {to_pipe['printed_rate']:,.0f} lines/s")
+        log(f"ceiling: bpftrace 0.23 into a pipe read by one reader: {rate_text(to_pipe, ' lines/s')}")
         parsed = parser_alone(capture)
         log(f"ceiling: the parser alone: {parsed['rate']:,.0f} events/s")
         z = zmq_alone(parsed.pop("batches"))

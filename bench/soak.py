@@ -1,19 +1,34 @@
-"""Soak: the whole system (collector + API, local processes) for a set time under a steady
-syscall load and API traffic.
+"""Soak: the collector and the API for a long time under load and abuse, both restarted on a
+schedule; what went in is accounted for and the processes' memory must stay flat.
 
-Reports events seen versus events made, the counted losses, the memory (RSS) of every
-process at start, end and peak, the API's requests and errors. Exit status 0 only when
-nothing went missing without being counted (seen + lost + dropped >= made), no HTTP request
-failed and every process is still running at the end. Timings are never judged.
+At once, for ``--duration`` seconds:
+- load: one process writing ``--rate`` times a second (every write identifiable) and a bursty one
+  (``--burst`` writes as fast as it can every ``--burst-every`` s);
+- a subscriber running as uid nobody that connects, announces itself and reads a file once a
+  second: every read must arrive (its ZeroMQ signalling must not: it is left out);
+- hostile stream peers (bench/soak_abuse.py): a publisher the API subscribes to sending the
+  malformed and oversized messages the tests know, peers of the collector sending junk and
+  oversized subscriptions and announce floods;
+- HTTP abuse of the API: normal traffic, bad bodies, slow clients, SSE streams opened and closed;
+- the collector (with the systemd unit's capability set) restarted every ``--collector-every`` s,
+  the API every ``--api-every`` s.
 
-    sudo python3 -m bench.soak --duration 30                 # the CI run
-    sudo python3 -m bench.soak --duration 600 --docs docs/BENCHMARKS.md
+Judged (exit status 0 only if all hold): for every workload event made while a collector ran,
+made = delivered + counted losses (lost_total, dropped_total); every read of the announced
+subscriber arrived; no endpoint answered invalid JSON; each process instance's RSS stays within
+``--rss-flat-mib`` after its warm-up, and its fds and threads do not grow; nothing it started
+outlives it. Timings are never judged.
+
+    sudo python3 -m bench.soak --duration 120 --collector-every 45 --api-every 70   # the CI size
+    sudo python3 -m bench.soak --duration 3600 --docs docs/BENCHMARKS.md           # the hour
 """
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
+import os
+import signal
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -21,193 +36,531 @@ import threading
 import time
 from pathlib import Path
 
-from bench import machine, report, tracers
-from bench.api_load import BenchApi
-from bench.subscriber import NoStatus
-from harness import ROOT, procs, workloads
+import zmq
+
+from bench import machine, report
+from bench.soak_abuse import BadBodies, HostilePeers, HostilePublisher, SlowClients, SseChurn, Traffic
+from bench.svgplot import line_chart
+from harness import ROOT, nobody, procs, workloads
+from harness.api import ApiProcess
+from harness.collector import CollectorProcess
+from harness.unit import collector_capabilities_from_unit, setpriv
+from syswatch.shared import protocol
+from syswatch.shared.zmqsock import make_subscriber
+
+READ_BASE = 910_000                 # the announced subscriber's reads ask READ_BASE + epoch * 10_000 + i bytes
+BURST_COUNT = 650_001               # every write of the bursty process asks exactly this many bytes
+DRAIN_S = 4.0                       # an epoch's load stops this long before the collector restarts
+
+BURSTER = r"""
+import os, sys, time
+every, size, seconds, out = float(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+buf = bytes(int(sys.argv[5]))
+fd = os.open("/dev/null", os.O_WRONLY)
+made, end = 0, time.monotonic() + seconds
+while time.monotonic() < end:
+    for _ in range(size):
+        os.write(fd, buf)
+    made += size
+    time.sleep(max(0.0, min(every, end - time.monotonic())))
+open(out, "w").write(str(made))
+"""
 
 
-class ApiTraffic(threading.Thread):
-    """A client cycling through the API's endpoints at about ``rps`` requests/s."""
+class Collector:
+    """The collector at one endpoint through restarts: a harness.collector.CollectorProcess per life,
+    with the unit's capability set unless told otherwise."""
 
-    def __init__(self, port: int, rps: float, watch_pid: int):
-        super().__init__(daemon=True, name="soak-api-traffic")
-        self.port, self.period, self.watch_pid = port, 1.0 / rps, watch_pid
-        self.stop_flag = threading.Event()
-        self.requests = 0
-        self.errors: list[str] = []
-        self.last_stats: dict | None = None
+    def __init__(self, endpoint: str, work: Path, caps: bool):
+        self.endpoint, self.work, self.caps = endpoint, work, caps
+        self.current: CollectorProcess | None = None
+        self.lives = 0
+        self.started_ns = 0
+        self.bpftrace_pid: int | None = None
+        self.orphans: list[int] = []
+
+    @property
+    def pid(self) -> int | None:
+        return self.current.proc.pid if self.current else None
+
+    def start(self) -> None:
+        self.lives += 1
+        tmp = self.work / f"collector-{self.lives}"
+        tmp.mkdir()
+        self.started_ns = time.time_ns()
+        self.current = CollectorProcess(tmp, "--echo-rate", "0", bind=self.endpoint,
+                                        wrap=setpriv(collector_capabilities_from_unit()) if self.caps else None)
+        self.bpftrace_pid = self.current.bpftrace_pid()
+
+    def stop(self) -> int:
+        """SIGTERM; its exit status (0 expected). bpftrace must go with it."""
+        if self.current is None or self.current.proc.poll() is not None:
+            return self.current.proc.returncode if self.current else 0
+        code = procs.stop(self.current.proc, signal.SIGTERM, timeout=15)
+        if self.bpftrace_pid and procs.comm_of(self.bpftrace_pid) == "bpftrace":
+            self.orphans.append(self.bpftrace_pid)
+            procs.terminate_pid(self.bpftrace_pid)
+        return code
+
+    def tail(self, n: int = 30) -> str:
+        return "\n".join(self.current.stderr().splitlines()[-n:]) if self.current else ""
+
+
+class Watcher(threading.Thread):
+    """The soak's own subscriber (announced, so its ZeroMQ signalling stays out of the stream):
+    counts the events of the watched processes and keeps the latest status."""
+
+    def __init__(self, endpoint: str):
+        super().__init__(daemon=True, name="soak-watcher")
+        self.endpoint = endpoint
+        self.halt = threading.Event()
+        self.lock = threading.Lock()
+        self.watch: dict[int, str] = {}          # pid -> role (writer, burster, reader)
+        self.counts: dict[int, int] = {}         # pid -> matching events
+        self.reads: set[int] = set()             # byte counts of the reader's reads seen
+        self.reader_signalling = 0               # the reader's ZeroMQ eventfd calls published once known
+        self._known_fds: dict[tuple[int, int], int] = {}   # (pid, fd) -> ts_ns of the first status listing it
+        self.status: dict | None = None
+        self.malformed = 0
+        self.events_received = 0
+        self.error: BaseException | None = None
+
+    def watching(self, pids: dict[int, str]) -> None:
+        with self.lock:
+            self.watch = dict(pids)
+            self.counts = {p: 0 for p in pids}
+
+    def fresh_status(self, after_ns: int, timeout: float = 20) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.status
+            if st and st["ts_ns"] > after_ns:
+                return st
+            time.sleep(0.05)
+        raise RuntimeError(f"no status from the collector within {timeout:.0f} s")
 
     def run(self) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        n = 0
-        while not self.stop_flag.is_set():
-            n += 1
-            step = n % 5
-            if step == 0:
-                req = ("POST", "/add_ips", {"add_ips": [n, f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"]})
-            elif step == 1:
-                req = ("GET", "/stats", None)
-            elif step == 2:
-                req = ("GET", f"/events?limit=20&pid={self.watch_pid}", None)
-            elif step == 3:
-                req = ("POST", "/print_all_ips", {"print_all_ips": True})
-            else:
-                req = ("GET", "/healthz", None)
-            method, path, body = req
-            try:
-                data = json.dumps(body).encode() if body is not None else None
-                conn.request(method, path, body=data, headers={"Content-Type": "application/json"} if data else {})
-                resp = conn.getresponse()
-                payload = resp.read()
-                if resp.status != 200:
-                    self.errors.append(f"{method} {path}: {resp.status} {payload[:200]!r}")
-                elif path == "/stats":
-                    self.last_stats = json.loads(payload)
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                self.errors.append(f"{method} {path}: {type(exc).__name__}: {exc}")
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-            self.requests += 1
-            self.stop_flag.wait(self.period)
-        conn.close()
-
-
-def soak(duration: float, rate: int, api_rps: float, log) -> dict:
-    result: dict = {"duration_s": duration, "rate": rate, "api_rps": api_rps, "errors": []}
-    out = Path(tempfile.mkstemp(prefix="syswatch-soak-send.")[1])
-    try:
-        return _soak(result, out, duration, rate, api_rps, log)
-    finally:
-        out.unlink(missing_ok=True)
-
-
-def _soak(result: dict, out: Path, duration: float, rate: int, api_rps: float, log) -> dict:
-    with tracers.CollectorTracer("events") as col, BenchApi(col.endpoint) as api:
-        sub = col.subscriber
-        deadline = time.monotonic() + 15
-        while not api.request("GET", "/healthz")[1].get("collector_connected"):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the API did not connect to the collector within 15 s")
-            time.sleep(0.2)
-        roles = {"collector": col.proc.pid, "bpftrace": col.bpftrace_pid, "api": api.proc.pid}
-        rss = {role: {"start_kib": procs.rss_kib(pid, gone=0), "peak_kib": procs.rss_kib(pid, gone=0)}
-               for role, pid in roles.items() if pid}
-        writer = procs.Gated(workloads.writer_argv(rate, duration, out), cwd=ROOT)
-        sub.watch(writer.pid, workloads.is_writer_event)
-        st0 = sub.status
-        recv0 = sub.events_received
-        traffic = ApiTraffic(api.port, api_rps, writer.pid)
-        traffic.start()
-        writer.release()
-        log(f"soak: {duration:.0f} s, {rate} writes/s from pid {writer.pid}, ~{api_rps:.0f} API requests/s")
-        next_log = time.monotonic() + 10
-        while not writer.poll():  # sample memory while the load runs
-            for role, pid in roles.items():
-                if pid:
-                    rss[role]["peak_kib"] = max(rss[role]["peak_kib"], procs.rss_kib(pid, gone=0))
-            for role, p in (("collector", col.proc), ("api", api.proc)):
-                if p.poll() is not None and f"{role} exited" not in result["errors"]:
-                    result["errors"].append(f"{role} exited with status {p.returncode}")
-            if time.monotonic() > next_log:
-                log(f"soak: {sub.matched:,} events seen so far; RSS "
-                    + ", ".join(f"{r} {procs.rss_kib(p, gone=0) // 1024} MiB" for r, p in roles.items() if p))
-                next_log += 10
-            time.sleep(0.5)
-        writer.wait()
-        made = len(workloads.read_send_times(out))
-        sub.wait_drained(made, quiet=3.0)
-        traffic.stop_flag.set()
-        traffic.join(15)
+        ctx = zmq.Context()
+        events = make_subscriber(ctx, self.endpoint, (protocol.EVENT_PREFIX,))
+        status = make_subscriber(ctx, self.endpoint, (protocol.TOPIC_STATUS,))
+        poller = zmq.Poller()
+        poller.register(events, zmq.POLLIN)
+        poller.register(status, zmq.POLLIN)
         try:
-            st1 = sub.settled_status(st0, made)
-        except NoStatus as exc:   # wait_ready saw a status, so st0 is there; st1 can still be missing
-            st1 = None
-            result["errors"].append(str(exc))
-        for role, pid in roles.items():
-            if pid:
-                rss[role]["end_kib"] = procs.rss_kib(pid, gone=0)
-                rss[role]["peak_kib"] = max(rss[role]["peak_kib"], rss[role]["end_kib"])
-        for role, p in (("collector", col.proc), ("api", api.proc)):
-            if p.poll() is not None:
-                result["errors"].append(f"{role} is not running at the end (status {p.returncode})")
-        api_stats = api.stats()
-        # the API's own view of the writer (it counts every call, not only the identifiable writes)
-        api_writer_calls = next((p["calls"] for p in api_stats.get("top_processes_by_calls", [])
-                                 if p["pid"] == writer.pid), None)
-    def grew(key: str) -> int | None:   # None: a status was missing (already an error)
-        return st1[key] - st0[key] if st0 and st1 else None
+            while not self.halt.is_set():
+                for sock, _ in poller.poll(100):
+                    while True:
+                        try:
+                            frames = sock.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._handle(frames)
+        except BaseException as exc:            # noqa: BLE001 - reported by the main thread
+            self.error = exc
+        finally:
+            events.close(0)
+            status.close(0)
+            ctx.term()
 
-    lost, dropped = grew("lost_total"), grew("dropped_total")
-    result.update(made=made, seen=sub.matched,
-                  subscriber_received=sub.events_received - recv0,
-                  collector_published=grew("events_total"), lost=lost, dropped=dropped, rss=rss,
-                  api_requests=traffic.requests, http_errors=traffic.errors[:20],
-                  http_error_count=len(traffic.errors),
-                  api_events_received=api_stats.get("events_received"), api_writer_calls=api_writer_calls,
-                  api_events_not_received=(api_stats.get("api") or {}).get("events_not_received"),
-                  api_malformed=(api_stats.get("api") or {}).get("malformed_messages"),
-                  collector_malformed=grew("malformed_total"))
-    if not made:
-        result["errors"].append("the load process made no writes")
-    elif lost is not None and result["seen"] + lost + dropped < made:
-        result["errors"].append(f"{made - result['seen']} of {made} events neither delivered nor counted lost/dropped")
-    if traffic.errors:
-        result["errors"].append(f"{len(traffic.errors)} API request(s) failed")
-    result["ok"] = not result["errors"]
+    def _handle(self, frames: list[bytes]) -> None:
+        try:
+            msg = protocol.decode(frames)
+        except protocol.ProtocolError:
+            self.malformed += 1
+            return
+        if msg.topic == protocol.TOPIC_STATUS:
+            if self.status and msg.payload["uptime_s"] < self.status["uptime_s"]:
+                self._known_fds = {}             # a new collector: it learns the descriptors anew
+            self.status = msg.payload
+            for e in msg.payload.get("excluded", []):
+                for w in e["what"] if e["kind"] == "subscriber" else ():
+                    if w.startswith("eventfd:"):
+                        self._known_fds.setdefault((e["pid"], int(w[8:])), msg.payload["ts_ns"])
+            return
+        self.events_received += len(msg.events)
+        with self.lock:
+            watch = self.watch
+            known = self._known_fds
+            for ev in msg.events:
+                role = watch.get(ev["pid"])
+                if role is None:
+                    continue
+                if role == "writer" and workloads.is_writer_event(ev):
+                    self.counts[ev["pid"]] += 1
+                elif role == "burster" and ev["syscall"] == "write" and ev["count"] == BURST_COUNT:
+                    self.counts[ev["pid"]] += 1
+                elif role == "reader":
+                    if ev["syscall"] == "read" and ev["count"] >= READ_BASE:
+                        self.reads.add(ev["count"])
+                    elif ev["count"] == 8 and ev["ts_ns"] > known.get((ev["pid"], ev["fd"]), 2**64):
+                        self.reader_signalling += 1     # made after the collector said it leaves it out
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(10)
+
+
+class Sampler(threading.Thread):
+    """Every ``period`` s: RSS, open fds and threads of each role's current process."""
+
+    def __init__(self, period: float, roles):
+        super().__init__(daemon=True, name="soak-sampler")
+        self.period, self.roles = period, roles       # roles() -> {role: pid or None}
+        self.halt = threading.Event()
+        self.t0 = time.monotonic()
+        self.samples: list[tuple[float, str, int, int, int, int]] = []   # t, role, pid, rss KiB, fds, threads
+
+    def run(self) -> None:
+        while not self.halt.wait(self.period):
+            t = round(time.monotonic() - self.t0, 1)
+            for role, pid in self.roles().items():
+                if not pid:
+                    continue
+                rss = procs.rss_kib(pid, gone=0)
+                if rss:
+                    self.samples.append((t, role, pid, rss, _count(f"/proc/{pid}/fd"), _count(f"/proc/{pid}/task")))
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(10)
+
+
+def _count(path: str) -> int:
+    try:
+        return len(os.listdir(path))
+    except OSError:
+        return 0
+
+
+def soak(args, log) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="syswatch-soak-"))
+    os.chmod(work, 0o755)                                       # the nobody subscriber reads a file here
+    endpoint = f"tcp://127.0.0.1:{procs.free_port()}"
+    hostile_endpoint = f"tcp://127.0.0.1:{procs.free_port()}"
+    readme = work / "readme"
+    readme.write_bytes(os.urandom(4096))
+    os.chmod(readme, 0o644)
+    result: dict = {"args": {k: v for k, v in vars(args).items() if k not in ("json", "docs", "figure")},
+                    "errors": [], "epochs": [], "restarts": {"collector": 0, "api": 0}}
+    coll = Collector(endpoint, work, caps=not args.full_root)
+    api = ApiProcess(work / "ips.sqlite3", "--collector", hostile_endpoint, collector=endpoint)
+    api_down = threading.Event()
+    coll_down = threading.Event()
+    hostile = HostilePublisher(hostile_endpoint, period=1.0 / args.hostile_rate)
+    watcher = Watcher(endpoint)
+    reader: nobody.Nobody | None = None
+    workers = []
+    sampler = None
+    own_threads = threading.active_count()
+    try:
+        hostile.start()
+        coll.start()
+        api.start()
+        watcher.start()
+        reader = nobody.Nobody(endpoint, "self")
+        watcher.fresh_status(time.time_ns())
+        workers = [Traffic(api.port, 1.0 / args.api_rps, api_down.is_set),
+                   BadBodies(api.port, 0.5, api_down.is_set),
+                   SlowClients(api.port, 5.0, api_down.is_set),
+                   SseChurn(api.port, 2.0, api_down.is_set),
+                   HostilePeers(endpoint, 1.0, coll_down.is_set)]
+        for w in workers:
+            w.start()
+        roles = lambda: {"collector": coll.pid, "bpftrace": coll.bpftrace_pid,  # noqa: E731
+                         "api": api.proc.pid if api.proc else None, "subscriber (nobody)": reader.pid}
+        sampler = Sampler(args.sample_every, roles)
+        sampler.start()
+        t0 = time.monotonic()
+        next_api = t0 + args.api_every
+        epoch = 0
+        restarts: list[tuple[float, str]] = []
+        while True:
+            now = time.monotonic()
+            left = args.duration - (now - t0)
+            if left < DRAIN_S + 5:
+                break
+            length = min(args.collector_every, left)
+            if args.duration - (now - t0 + length) < DRAIN_S + 10:
+                length = left                    # too little left for another epoch: take it all
+            next_api = run_epoch(epoch, length, args, coll, api, api_down, watcher, reader, readme, work, result,
+                                 log, next_api, restarts, t0)
+            epoch += 1
+            if args.duration - (time.monotonic() - t0) >= DRAIN_S + 10:
+                coll_down.set()
+                code = coll.stop()
+                if code != 0:
+                    result["errors"].append(f"the collector exited with status {code} on SIGTERM")
+                coll.start()
+                coll_down.clear()
+                result["restarts"]["collector"] += 1
+                restarts.append((time.monotonic() - sampler.t0, "collector restart"))
+                log(f"collector restarted (pid {coll.pid})")
+        result["restart_marks"] = restarts
+    except Exception as exc:                     # noqa: BLE001 - the run fails with the reason
+        result["errors"].append(f"{type(exc).__name__}: {exc}")
+        log(f"soak failed: {exc}\n{coll.tail()}")
+    finally:
+        for w in workers:
+            w.stop()
+        if sampler:
+            sampler.stop()
+        if reader:
+            reader.close()
+        watcher.stop()
+        api_code = api.stop()
+        coll_code = coll.stop()
+        hostile.stop()
+    result["exit_status"] = {"collector": coll_code, "api": api_code}
+    judge(result, workers, watcher, sampler, coll, args, own_threads, [reader.pid] if reader else [])
+    result["collector_log_tail"] = coll.tail(15)
+    subprocess.run(["rm", "-rf", str(work)], check=False)
     return result
 
 
-def _n(x) -> str:
-    """A count for the report; "unknown" where a status was missing."""
-    return "unknown" if x is None else f"{x:,}"
+def run_epoch(epoch, length, args, coll, api, api_down, watcher, reader, readme, work, result, log,
+              next_api, restarts, t0) -> float:
+    """One collector's life: load for ``length - DRAIN_S`` s, then the accounting of what it made."""
+    start = time.monotonic()
+    st0 = watcher.fresh_status(coll.started_ns, timeout=30)
+    st0 = watcher.fresh_status(time.time_ns())
+    seconds = max(1.0, length - DRAIN_S - (time.monotonic() - start))
+    out = work / f"writer-{epoch}"
+    bout = work / f"burster-{epoch}"
+    writer = procs.Gated(workloads.writer_argv(args.rate, seconds, out), cwd=ROOT)
+    burster = procs.Gated([sys.executable, "-c", BURSTER, str(args.burst_every), str(args.burst), str(seconds),
+                           str(bout), str(BURST_COUNT)], cwd=ROOT)
+    watcher.watching({writer.pid: "writer", burster.pid: "burster", reader.pid: "reader"})
+    base = READ_BASE + epoch * 10_000
+    n_reads = max(1, int(seconds) - 1)
+    answer: list[str] = []
+    reading = threading.Thread(target=lambda: answer.extend(reader.command(f"read {readme} {n_reads} {base} 1.0")),
+                               daemon=True)
+    try:
+        writer.release()
+        burster.release()
+        reading.start()
+        log(f"epoch {epoch}: {seconds:.0f} s of load ({args.rate}/s steady, {args.burst} every "
+            f"{args.burst_every:g} s), {n_reads} reads by the nobody subscriber (pid {reader.pid})")
+        while not (writer.poll() and burster.poll()):
+            if time.monotonic() >= next_api:
+                api_down.set()
+                api.stop()
+                api.start()
+                procs.wait_for(lambda: _answers(api), 30, 0.1, "the restarted API to answer")
+                api_down.clear()
+                result["restarts"]["api"] += 1
+                restarts.append((time.monotonic() - t0, "api restart"))
+                next_api += args.api_every
+                log(f"API restarted (pid {api.proc.pid})")
+            time.sleep(0.2)
+        writer.wait()
+        burster.wait()
+        reading.join(seconds + 30)
+    finally:
+        for gated in (writer, burster):       # an epoch that failed leaves no load running
+            if not gated.poll():
+                gated.proc.kill()
+                gated.proc.wait()
+    made = {"writer": len(workloads.read_send_times(out)), "burster": int(bout.read_text())}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:           # until the stream is drained (or quiet)
+        seen = sum(watcher.counts.values())
+        time.sleep(1.0)
+        if sum(watcher.counts.values()) == seen:
+            break
+    st1 = settled(watcher, st0, sum(made.values()))
+    lost = st1["lost_total"] - st0["lost_total"]
+    dropped = st1["dropped_total"] - st0["dropped_total"]
+    seen = {"writer": watcher.counts.get(writer.pid, 0), "burster": watcher.counts.get(burster.pid, 0)}
+    want_reads = {base + i for i in range(n_reads)}
+    missing_reads = len(want_reads - watcher.reads)
+    ep = {"epoch": epoch, "seconds": round(seconds, 1), "made": made, "seen": seen, "lost": lost, "dropped": dropped,
+          "reads": n_reads, "reads_missing": missing_reads, "reads_answered": bool(answer)}
+    result["epochs"].append(ep)
+    log(f"epoch {epoch}: made {made}, seen {seen}, lost {lost}, dropped {dropped}, reads missing {missing_reads}")
+    return next_api
 
 
-def render(r: dict, m: dict) -> str:
-    rows = [[role, f"{v['start_kib'] / 1024:.1f}", f"{v.get('end_kib', 0) / 1024:.1f}", f"{v['peak_kib'] / 1024:.1f}",
-             f"{(v.get('end_kib', 0) - v['start_kib']) / 1024:+.1f}"] for role, v in r["rss"].items()]
+def _answers(api: ApiProcess) -> bool:
+    try:
+        return api.get("/healthz", timeout=2).status_code == 200
+    except OSError:
+        return False
+
+
+def settled(watcher: Watcher, st0: dict, made: int, timeout: float = 15) -> dict:
+    """The status once the counters account for the epoch (losses are reported up to ~2 s late)."""
+    st = watcher.fresh_status(time.time_ns())
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        counted = sum(watcher.counts.values()) + st["lost_total"] - st0["lost_total"] \
+            + st["dropped_total"] - st0["dropped_total"]
+        if counted >= made:
+            return st
+        st = watcher.fresh_status(st["ts_ns"])
+    return st
+
+
+def judge(result: dict, workers, watcher: Watcher, sampler: Sampler | None, coll: Collector, args,
+          own_threads: int, pids: list[int]) -> None:
+    errors = result["errors"]
+    totals = {"made": 0, "seen": 0, "lost": 0, "dropped": 0, "reads": 0, "reads_missing": 0}
+    for ep in result["epochs"]:
+        made, seen = sum(ep["made"].values()), sum(ep["seen"].values())
+        for k in ("made", "seen"):
+            totals[k] += sum(ep[k].values())
+        for k in ("lost", "dropped", "reads", "reads_missing"):
+            totals[k] += ep[k]
+        if seen > made:
+            errors.append(f"epoch {ep['epoch']}: {seen - made} events seen twice")
+        if seen + ep["lost"] + ep["dropped"] < made:
+            errors.append(f"epoch {ep['epoch']}: {made - seen} of {made} events neither delivered nor counted lost")
+        if ep["reads_missing"]:
+            errors.append(f"epoch {ep['epoch']}: {ep['reads_missing']} of {ep['reads']} reads of the announced "
+                          "subscriber did not arrive")
+    result["totals"] = totals
+    if not result["epochs"]:
+        errors.append("no epoch completed")
+    if watcher.reader_signalling:
+        errors.append(f"{watcher.reader_signalling} ZeroMQ signalling calls of the verified subscriber were published")
+    if watcher.malformed:
+        errors.append(f"the soak's subscriber received {watcher.malformed} malformed messages from the collector")
+    http = {w.name: {"done": w.done, "errors": w.error_count, "first_errors": w.errors[:5],
+                     "invalid_json": getattr(w, "invalid_json", 0)} for w in workers}
+    result["http"] = http
+    for name, h in http.items():
+        if h["errors"]:
+            errors.append(f"{name}: {h['errors']} errors, e.g. {h['first_errors'][:2]}")
+    sse = next((w for w in workers if isinstance(w, SseChurn)), None)
+    result["sse"] = {"streams": sse.streams, "lines": sse.lines} if sse else {}
+    if coll.orphans:
+        errors.append(f"bpftrace outlived its collector: {coll.orphans}")
+    # memory, fds and threads per process instance, after its warm-up
+    inst: dict[tuple[str, int], list] = {}
+    for t, role, pid, rss, fds, threads in (sampler.samples if sampler else []):
+        inst.setdefault((role, pid), []).append((t, rss, fds, threads))
+    rows = []
+    for (role, pid), s in inst.items():
+        life = s[-1][0] - s[0][0]
+        warm = s[0][0] + max(args.warmup, 0.2 * life)
+        after = [x for x in s if x[0] >= warm] or s[-1:]
+        rss = [x[1] for x in after]
+        fds = [x[2] for x in after]
+        thr = [x[3] for x in after]
+        row = {"role": role, "pid": pid, "life_s": round(life), "samples": len(s),
+               "rss_start_mib": round(s[0][1] / 1024, 1), "rss_min_mib": round(min(rss) / 1024, 1),
+               "rss_max_mib": round(max(rss) / 1024, 1), "rss_end_mib": round(s[-1][1] / 1024, 1),
+               "fds": [min(fds), max(fds)], "threads": [min(thr), max(thr)]}
+        rows.append(row)
+        if len(after) >= 3 and (max(rss) - min(rss)) / 1024 > args.rss_flat_mib:
+            errors.append(f"{role} {pid}: RSS moved {(max(rss) - min(rss)) / 1024:.1f} MiB after warm-up "
+                          f"({min(rss) / 1024:.1f}..{max(rss) / 1024:.1f})")
+        if len(after) >= 3 and (fds[-1] - fds[0] > 32 or thr[-1] - thr[0] > 8):
+            errors.append(f"{role} {pid}: fds {fds[0]} -> {fds[-1]}, threads {thr[0]} -> {thr[-1]} after warm-up")
+    result["processes"] = rows
+    result["samples"] = sampler.samples if sampler else []
+    # nothing outlives the soak
+    time.sleep(1.0)
+    left = [p for p in [*pids, *[r["pid"] for r in rows]] if procs.comm_of(p)]
+    if left:
+        errors.append(f"processes still running after the soak: {left}")
+    deadline = time.monotonic() + 10
+    while threading.active_count() > own_threads and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if threading.active_count() > own_threads:
+        errors.append(f"threads left in the soak process: {[t.name for t in threading.enumerate()]}")
+    result["ok"] = not errors
+
+
+def render(r: dict, m: dict, figure: str | None) -> str:
+    a, t = r["args"], r.get("totals", {})
+    rows = [[p["role"], str(p["pid"]), str(p["life_s"]), f"{p['rss_start_mib']:.1f}", f"{p['rss_min_mib']:.1f}",
+             f"{p['rss_max_mib']:.1f}", f"{p['rss_max_mib'] - p['rss_min_mib']:.1f}", f"{p['fds'][0]}-{p['fds'][1]}",
+             f"{p['threads'][0]}-{p['threads'][1]}"] for p in r.get("processes", [])]
+    http = r.get("http", {})
     lines = [
         "## Soak", "",
-        f"{m['date']}, {m['nproc']} CPUs ({m['cpu']}), kernel {m['kernel']}: collector (events mode) + API "
-        f"for **{r['duration_s']:.0f} s**, one process writing {r['rate']:,}/s, ~{r['api_rps']:.0f} API "
-        f"requests/s (add_ips, stats, events, print_all_ips, healthz).", "",
-        f"- events made {r['made']:,}; seen by a subscriber {r['seen']:,}; counted lost {_n(r['lost'])}, "
-        f"dropped {_n(r['dropped'])}; malformed lines {_n(r['collector_malformed'])}",
-        f"- all processes: the collector handled {_n(r['collector_published'])} events, the subscriber "
-        f"received {r['subscriber_received']:,}",
-        f"- API: {r['api_requests']:,} requests, {r['http_error_count']} failed; its subscriber received "
-        f"{_n(r['api_events_received'])} events (all processes; the load process's calls: "
-        f"{'not in its top 10' if r['api_writer_calls'] is None else format(r['api_writer_calls'], ',')}), "
-        f"estimated not received {_n(r['api_events_not_received'])}, malformed {_n(r['api_malformed'])}",
-        f"- result: **{'OK' if r['ok'] else 'FAILED: ' + '; '.join(r['errors'])}**", "",
-    ] + report._table(["process", "RSS start MiB", "RSS end MiB", "RSS peak MiB", "change MiB"], rows)
+        f"{m['date']}, {m['nproc']} CPUs ({m['cpu']}), kernel {m['kernel']}: collector (events mode, "
+        f"{'full root' if a['full_root'] else 'the unit capability set'}) and API for **{a['duration']:.0f} s**; "
+        f"collector restarted every {a['collector_every']:.0f} s ({r['restarts']['collector']} times), API every "
+        f"{a['api_every']:.0f} s ({r['restarts']['api']} times). Load: {a['rate']:,} writes/s steady plus "
+        f"{a['burst']:,} writes as fast as possible every {a['burst_every']:g} s; a uid-nobody subscriber "
+        f"announcing itself and reading a file every second; a hostile publisher feeding the API "
+        f"{a['hostile_rate']:g} malformed messages/s; hostile peers of the collector (junk and oversized "
+        f"subscriptions, announce floods); HTTP traffic, bad bodies, slow clients, SSE streams opened and closed.",
+        "",
+        f"- workload events made {t.get('made', 0):,}: delivered {t.get('seen', 0):,}, counted lost "
+        f"{t.get('lost', 0):,}, dropped {t.get('dropped', 0):,} (host-wide counters)",
+        f"- the announced subscriber's reads: {t.get('reads', 0):,} made, {t.get('reads_missing', 0)} missing",
+        "- HTTP: " + ", ".join(f"{k.removeprefix('soak-')} {v['done']:,} ({v['errors']} errors, "
+                                f"{v['invalid_json']} invalid JSON)" for k, v in http.items()),
+        f"- SSE streams opened and closed: {r.get('sse', {}).get('streams', 0):,}, data lines parsed "
+        f"{r.get('sse', {}).get('lines', 0):,}",
+        f"- result: **{'OK' if r['ok'] else 'FAILED: ' + '; '.join(r['errors'])[:2000]}**", "",
+    ]
+    if figure:
+        lines += [f"![RSS of each process over the soak]({figure})", ""]
+    lines += report._table(["process", "pid", "lived s", "RSS start MiB", "min after warm-up", "max after warm-up",
+                            "spread MiB", "fds", "threads"], rows)
     return "\n".join(lines)
 
 
+def figure(r: dict) -> str:
+    series: dict[str, list] = {}
+    last: dict[str, int] = {}
+    for t, role, pid, rss, _, _ in r.get("samples", []):
+        s = series.setdefault(role, [])
+        if last.get(role) not in (None, pid):
+            s.append((t, None))                  # a restart: the line breaks
+        last[role] = pid
+        s.append((t, round(rss / 1024, 1)))
+    return line_chart(series, "RSS of each process over the soak (dashed: restarts)", "seconds", "MiB",
+                      marks=[tuple(x) for x in r.get("restart_marks", [])])
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python3 -m bench.soak", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=textwrap.dedent("""\
+    ap = argparse.ArgumentParser(prog="python3 -m bench.soak", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=textwrap.dedent("""\
         examples:
-          sudo python3 -m bench.soak --duration 30                      # CI size
-          sudo python3 -m bench.soak --duration 600 --docs docs/BENCHMARKS.md
-          sudo python3 -m bench.soak --rate 10000 --api-rps 50 --json /tmp/soak.json
+          sudo python3 -m bench.soak --duration 120 --collector-every 45 --api-every 70   # CI size
+          sudo python3 -m bench.soak --duration 3600 --docs docs/BENCHMARKS.md           # the hour
         """))
-    ap.add_argument("--duration", type=float, default=60, help="seconds of load (default: 60)")
-    ap.add_argument("--rate", type=int, default=2000, help="writes/s of the load process (default: 2000)")
-    ap.add_argument("--api-rps", type=float, default=20, help="API requests/s (default: 20)")
+    ap.add_argument("--duration", type=float, default=3600, help="seconds (default: 3600)")
+    ap.add_argument("--rate", type=int, default=5000, help="steady writes/s (default: 5000)")
+    ap.add_argument("--burst", type=int, default=20000, help="writes per burst (default: 20000)")
+    ap.add_argument("--burst-every", type=float, default=15, help="seconds between bursts (default: 15)")
+    ap.add_argument("--api-rps", type=float, default=20, help="normal API requests/s (default: 20)")
+    ap.add_argument("--hostile-rate", type=float, default=5, help="malformed messages/s to the API (default: 5)")
+    ap.add_argument("--collector-every", type=float, default=600, help="collector restart period (default: 600)")
+    ap.add_argument("--api-every", type=float, default=900, help="API restart period (default: 900)")
+    ap.add_argument("--sample-every", type=float, default=5, help="seconds between RSS samples (default: 5)")
+    ap.add_argument("--warmup", type=float, default=60, help="seconds of each process's life not judged "
+                    "for flat memory (default: 60, at least a fifth of its life)")
+    ap.add_argument("--rss-flat-mib", type=float, default=10, help="allowed RSS spread after warm-up (default: 10)")
+    ap.add_argument("--full-root", action="store_true", help="run the collector with every capability "
+                    "(default: the systemd unit's CAP_SYS_ADMIN and CAP_IPC_LOCK only)")
     ap.add_argument("--json", type=Path, help="also write the result as JSON to this file")
     ap.add_argument("--docs", type=Path, help="replace the soak section of this markdown file")
+    ap.add_argument("--figure", type=Path, help="write the RSS curve as SVG here (with --docs: docs/img/soak-rss.svg)")
     args = ap.parse_args(argv)
-    if args.duration <= 0 or args.rate <= 0 or args.api_rps <= 0:
-        ap.error("--duration, --rate and --api-rps must be positive")
+    if min(args.duration, args.rate, args.api_rps, args.collector_every, args.api_every, args.sample_every) <= 0:
+        ap.error("durations, periods and rates must be positive")
     machine.check_prerequisites()
+    missing = nobody.available()
+    if missing:
+        print(f"error: {missing}", file=sys.stderr)
+        return 2
 
     def log(msg):
         print(f"[soak {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
-    result = soak(args.duration, args.rate, args.api_rps, log)
-    text = render(result, machine.describe())
+    result = soak(args, log)
+    fig = args.figure or (args.docs.parent / "img" / "soak-rss.svg" if args.docs else None)
+    if fig:
+        fig.parent.mkdir(parents=True, exist_ok=True)
+        fig.write_text(figure(result))
+    rel = os.path.relpath(fig, args.docs.parent) if fig and args.docs else (str(fig) if fig else None)
+    text = render(result, machine.describe(), rel)
     print(text)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

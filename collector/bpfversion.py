@@ -220,10 +220,11 @@ def _run_probe(path: str, timeout: float) -> Features:
     lines: list[bytes] = []
     buf = b""
     deadline = time.monotonic() + timeout
+    eof = False
     try:
         while not any(b'"syswatch-probe' in ln for ln in lines):
             left = deadline - time.monotonic()
-            if left <= 0 or proc.poll() is not None and not select.select([out], [], [], 0)[0]:
+            if left <= 0 or eof or proc.poll() is not None and not select.select([out], [], [], 0)[0]:
                 err = err_pipe.read() if proc.poll() is not None else b""
                 raise BpftraceVersionError(
                     f"{path}'s feature probe " + (f"exited with status {proc.returncode}" if proc.poll() is not None
@@ -231,11 +232,15 @@ def _run_probe(path: str, timeout: float) -> Features:
                     + f": {(err.decode(errors='replace').strip() or '(no message)')[-400:]}")
             if select.select([out], [], [], min(left, 0.5))[0]:
                 chunk = os.read(out.fileno(), 65536)
+                if not chunk:           # EOF: stdout closed without the probe's line; its exit says why
+                    eof = True
+                    try:
+                        proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                    except subprocess.TimeoutExpired:
+                        pass
                 buf += chunk
                 *done, buf = buf.split(b"\n")
                 lines += done
-                if not chunk and proc.poll() is None:
-                    time.sleep(0.05)
         map_types = _map_types(proc.pid)
     finally:
         _stop(proc)

@@ -13,6 +13,7 @@ from typing import Callable
 from syswatch import __version__
 from syswatch.collector import program
 from syswatch.shared.config import add_option
+from syswatch.shared.metricsserver import listen_text
 from syswatch.shared.protocol import DEFAULT_ENDPOINT, DEFAULT_SYSCALLS, SYSCALLS
 
 EPILOG = """\
@@ -36,6 +37,8 @@ examples:
   sudo SYSWATCH_CURVE_SERVER_KEY=keys/server.key_secret SYSWATCH_CURVE_CLIENTS=keys/clients \\
        syswatch-collector --bind tcp://0.0.0.0:5556
         publish beyond this host, encrypted, to authorised subscribers only
+  sudo syswatch-collector --metrics 0.0.0.0:9101
+        also serve Prometheus metrics (events, lost, dropped, per syscall, process) on port 9101
   syswatch-tail                      # watch the stream;  syswatch-top: busiest processes
 
 Installed in a virtual environment, give sudo the script's path (sudo's PATH does not hold
@@ -75,6 +78,7 @@ class Config:
     latency: bool = False                  # an entry probe per call measures lat_ns
     paths: bool = True                     # --no-paths: False
     path_prefixes: tuple[str, ...] = ()    # --path: only events on files under these
+    metrics: str | None = None             # --metrics HOST:PORT: the collector's own Prometheus endpoint
 
 
 def seconds(text: str) -> float:
@@ -170,6 +174,9 @@ def parser() -> argparse.ArgumentParser:
                     "devices stay)")
     add_option(p, "--log-level", env="SYSWATCH_LOG_LEVEL", default="info",
                type=one_of("debug", "info", "warning", "error"), help="log level of stderr messages")
+    add_option(p, "--metrics", env="SYSWATCH_METRICS", default=None, type=listen_text, metavar="HOST:PORT",
+               help="serve the collector's own Prometheus metrics on http://HOST:PORT/metrics (a bare PORT: "
+                    "127.0.0.1); counters, per-syscall calls, what it runs, process metrics")
     p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
@@ -182,4 +189,4 @@ def parse_args(argv: list[str] | None = None) -> Config:
                   filters=Filters(pids=tuple(ns.pid), comms=tuple(ns.comm), containers=tuple(ns.container)),
                   duration=ns.duration, bpftrace=ns.bpftrace, on_overload=ns.on_overload,
                   hostname=ns.hostname, log_level=ns.log_level, latency=ns.latency, paths=not ns.no_paths,
-                  path_prefixes=tuple(ns.path))
+                  path_prefixes=tuple(ns.path), metrics=ns.metrics)

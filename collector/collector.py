@@ -91,7 +91,23 @@ def main(argv: list[str] | None = None) -> int:
             auth.stop()
         ctx.term()
         return 2
-    coll = Collector(config, prepared, sock)
+    watch = curve.RefusalWatch(sock) if server_keys else None
+    coll = Collector(config, prepared, sock, curve_watch=watch)
+    metrics = None
+    if config.metrics:
+        try:
+            metrics = serve_metrics(config.metrics, coll)
+        except (OSError, SystemExit) as exc:
+            if isinstance(exc, OSError):
+                print(f"error: {exc}", file=sys.stderr)
+            coll.close()
+            if watch:
+                watch.stop()
+            sock.close(linger=0)
+            if auth:
+                auth.stop()
+            ctx.term()
+            return 2
     signal.signal(signal.SIGINT, lambda *_: None)      # the wake-up fd tells the loop
     signal.signal(signal.SIGTERM, lambda *_: None)
     print("Loading eBPF program", flush=True)
@@ -113,11 +129,35 @@ def main(argv: list[str] | None = None) -> int:
         coll.close()
         if code == 0:
             coll.publish_status()                      # final counters for subscribers
+        if metrics is not None:
+            metrics.close()
+        if watch:
+            watch.stop()
+        close_names = getattr(prepared.containers, "close", None)
+        if close_names:
+            close_names()
         sock.close(linger=0)
         if auth:
             auth.stop()
         ctx.term()
     return code
+
+
+def serve_metrics(listen: str, coll: Collector):
+    """--metrics: the collector's registry on its own HTTP thread (it reads the loop's last snapshot only)."""
+    from syswatch.collector import metrics
+    from syswatch.shared.metricsserver import MetricsServer, check_listen, is_loopback
+    require("syswatch-collector --metrics", "prometheus_client")   # one line, exit 2
+    try:
+        server = MetricsServer(listen, metrics.registry(lambda: coll.metrics_snapshot,
+                                                        lambda: coll.bt.pid if coll.bt else None))
+    except OSError as exc:
+        raise OSError(f"cannot serve --metrics on {listen}: {exc.strerror or exc}; pick another port") from None
+    if not is_loopback(check_listen(listen)[0]):
+        log.warning("--metrics %s is not a loopback address: anyone who reaches it sees the collector's "
+                    "counters and what it runs", listen)
+    log.info("metrics on http://%s/metrics", server.address)
+    return server
 
 
 def bind_error(endpoint: str, exc: Exception) -> str:

@@ -18,6 +18,10 @@ name comes from the Docker Engine API on its Unix socket (Podman serves the same
 /run/podman/podman.sock); Kubernetes pod names are not looked up (the id is what `crictl ps`
 shows). Lookups are cached per cgroup id, so the event path costs one dict lookup; an unknown
 id triggers a new walk at most once per RESCAN_S.
+
+Names are asked off the event loop (``Names``: one worker thread, a bounded queue): a hung or
+slow engine never stalls the collector. Until the engine answers, a new container's events
+carry its id and an empty ``container_name``; a failed lookup is remembered for MISS_RETRY_S.
 """
 from __future__ import annotations
 
@@ -25,9 +29,12 @@ import http.client
 import json
 import logging
 import os
+import queue
 import re
 import socket
+import threading
 import time
+from collections import deque
 from pathlib import Path
 
 log = logging.getLogger("syswatch.collector")
@@ -40,6 +47,8 @@ ENGINE_SOCKETS = ("/var/run/docker.sock", "/run/podman/podman.sock")
 ROOT_CGROUP_ID = 1                   # the v2 root directory's inode (kernfs root)
 RESCAN_S = 1.0
 CACHE_MAX = 65_536
+NAME_QUEUE_MAX = 256                 # container ids waiting for the engine; more are asked later
+MISS_RETRY_S = 30.0                  # a container the engine did not name is asked again after this
 _CONTAINER = re.compile(r"(?:(?:docker|cri-containerd|crio|libpod)-)?([0-9a-f]{64})(?:\.scope)?")
 HOST = ("", "")
 
@@ -109,6 +118,86 @@ class Engine:
         return name.lstrip("/")[:255] if isinstance(name, str) else ""
 
 
+class Names:
+    """Container names asked of the engine by one worker thread, never by the caller.
+
+    ``get(full_id)`` answers from what is known at once: the name, "" for a container the engine
+    did not name (asked again after MISS_RETRY_S), or None while the question is pending (it is
+    queued; at most NAME_QUEUE_MAX wait, the rest are asked on a later ``get``). ``take_answered()``
+    hands the ids answered since the last call, so a cache of "" can be refreshed."""
+
+    def __init__(self, engine: Engine, clock=time.monotonic):
+        self.engine = engine
+        self._clock = clock
+        self._known: dict[str, tuple[str, float]] = {}   # id -> (name, when answered); worker writes
+        self._asked: set[str] = set()                     # queued or being asked; caller's thread only
+        self._queue: queue.Queue[str | None] = queue.Queue(NAME_QUEUE_MAX)
+        self._answered: deque[str] = deque()              # appended by the worker, taken by the caller
+        self._thread: threading.Thread | None = None
+        self.deferred = 0                                 # questions not queued (queue full)
+
+    def get(self, full_id: str) -> str | None:
+        if not self.engine.sockets:
+            return ""                          # no engine on this host: nothing to ask
+        known = self._known.get(full_id)
+        if known is not None and (known[0] or self._clock() - known[1] < MISS_RETRY_S):
+            return known[0]
+        if full_id not in self._asked:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="syswatch-names", daemon=True)
+                self._thread.start()
+            try:
+                self._queue.put_nowait(full_id)
+                self._asked.add(full_id)
+            except queue.Full:
+                self.deferred += 1
+        return None if known is None else known[0]
+
+    def due(self, full_id: str) -> bool:
+        """Whether a container without a name should be asked (again): the engine did not name it
+        MISS_RETRY_S ago, or it was never queued (the queue was full)."""
+        if not self.engine.sockets:
+            return False
+        known = self._known.get(full_id)
+        if known is None:
+            return full_id not in self._asked
+        return not known[0] and self._clock() - known[1] >= MISS_RETRY_S
+
+    def take_answered(self) -> list[str]:
+        """Ids whose answer arrived since the last call (cheap when none did)."""
+        out = []
+        while self._answered:
+            full_id = self._answered.popleft()
+            self._asked.discard(full_id)
+            out.append(full_id)
+        return out
+
+    def _work(self) -> None:
+        while True:
+            full_id = self._queue.get()
+            if full_id is None:
+                return
+            try:
+                name = self.engine.name(full_id)
+            except Exception:                  # noqa: BLE001 - a worker must not die; a miss is retried
+                log.exception("container name lookup failed")
+                name = ""
+            if len(self._known) >= CACHE_MAX:
+                self._known.clear()
+            self._known[full_id] = (name, self._clock())
+            self._answered.append(full_id)
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Stops the worker (it may be inside a lookup: it is a daemon thread, and exits after it)."""
+        if self._thread is not None:
+            try:
+                self._queue.put_nowait(None)
+            except queue.Full:
+                pass
+            self._thread.join(timeout)
+            self._thread = None
+
+
 class Containers:
     """cgroup id -> (container id, name), cached; also resolves --container references."""
 
@@ -119,7 +208,8 @@ class Containers:
         self._paths: dict[int, str] = {}       # inode -> path below the root
         self._fields: dict[int, tuple[str, str]] = {ROOT_CGROUP_ID: HOST}
         self._json: dict[int, bytes] = {}
-        self._names: dict[str, str] = {}
+        self.names = Names(self.engine, clock)
+        self._unnamed: dict[str, list[int]] = {}   # container id -> cgroups cached without a name yet
         self._last_scan = -RESCAN_S
         if self.root is None:
             log.warning("no cgroup v2 hierarchy found (%s): container_id will be empty; mount the host's "
@@ -148,6 +238,8 @@ class Containers:
 
     def fields(self, cgroup_id: int) -> tuple[str, str]:
         """(container id as `docker ps` shows it, name or "") of a cgroup; ("", "") for the host."""
+        if self.names._answered:
+            self._forget_unnamed()
         got = self._fields.get(cgroup_id)
         if got is not None:
             return got
@@ -158,15 +250,38 @@ class Containers:
         if path is None:
             return HOST                        # not cached: a later event may find it after a rescan
         full = container_of_path(path)
-        got = (full[:12], self._name(full)) if full else HOST
+        name = self.names.get(full) if full else ""
+        got = (full[:12], name or "") if full else HOST
         if len(self._fields) >= CACHE_MAX:
             self._fields.clear()
             self._json.clear()
+            self._unnamed.clear()
         self._fields[cgroup_id] = got
+        if full and not name:                      # pending, or a miss: refreshed when an answer comes
+            cgroups = self._unnamed.setdefault(full, [])
+            if len(cgroups) < 64:
+                cgroups.append(cgroup_id)
         return got
+
+    def retry_misses(self) -> None:
+        """Once in a while (the collector: every status): containers the engine did not name are
+        asked again on their next event."""
+        for full in [f for f in self._unnamed if self.names.due(f)]:
+            for cgroup_id in self._unnamed.pop(full, ()):
+                self._fields.pop(cgroup_id, None)
+                self._json.pop(cgroup_id, None)
+
+    def _forget_unnamed(self) -> None:
+        """Drop the cached "" name of containers the engine has answered for since."""
+        for full in self.names.take_answered():
+            for cgroup_id in self._unnamed.pop(full, ()):
+                self._fields.pop(cgroup_id, None)
+                self._json.pop(cgroup_id, None)
 
     def fields_json(self, cgroup_id: int) -> bytes:
         """``"container_id":"...","container_name":"..."`` for the event JSON (cached)."""
+        if self.names._answered:
+            self._forget_unnamed()
         got = self._json.get(cgroup_id)
         if got is None:
             cid, name = self.fields(cgroup_id)
@@ -175,11 +290,8 @@ class Containers:
                 self._json[cgroup_id] = got
         return got
 
-    def _name(self, full_id: str) -> str:
-        name = self._names.get(full_id)
-        if name is None:
-            name = self._names[full_id] = self.engine.name(full_id)
-        return name
+    def close(self) -> None:
+        self.names.close()
 
     def cgroups_of(self, ref: str) -> tuple[str, list[int]]:
         """(full container id, its cgroup ids) for a container id prefix or name; ValueError if none."""

@@ -8,6 +8,7 @@ number of events on the console. See docs/COLLECTOR.md and docs/PROTOCOL.md.
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
@@ -58,13 +59,18 @@ class BpftraceFailed(RuntimeError):
 class Collector:
     """Owns the bpftrace child, the publisher socket, the parser and the poll loop."""
 
-    def __init__(self, config: Config, prepared: Prepared, sock: zmq.Socket):
+    def __init__(self, config: Config, prepared: Prepared, sock: zmq.Socket, curve_watch=None):
         self.config = config
+        self.curve_watch = curve_watch         # shared.curve.RefusalWatch when CurveZMQ is on
         self.prepared = prepared
         self.sock = sock
         self.host_json = json_string(prepared.hostname)
         self.started = time.monotonic()
         self.dropped = 0
+        # per syscall: [calls, bytes, errors] (bytes and errors from counts rows only: events stay JSON)
+        self.per_syscall: dict[str, list[int]] = {sc: [0, 0, 0] for sc in config.syscalls}
+        # what --metrics serves: a new dict every status, read by the HTTP thread (collector/metrics.py)
+        self.metrics_snapshot: dict | None = None
         self.rejected_subscriptions = 0
         self.echo = Echo(config.echo_rate if config.mode == "events" else 0)
         self.ready = False
@@ -74,7 +80,7 @@ class Collector:
                              keys_escaped_twice=version.map_key_strings_escaped_twice,
                              kick_cpus=() if version.ringbuf_output else online_cpus(),
                              latency=config.latency, files=self.files, path_prefixes=config.path_prefixes)
-        self.exclusions = Exclusions([os.getpid()], endpoint_port(sock))
+        self.exclusions = Exclusions([os.getpid()], endpoint_port(sock), ipc_path=endpoint_ipc_path(sock))
         self.bt: Bpftrace | None = None
         self.poller: zmq.Poller | None = None
         self.probe = ""
@@ -110,9 +116,13 @@ class Collector:
             self._set_ready()
         self._log_malformed(parsed.malformed)
 
-    def _exclude(self, pids: frozenset[int]) -> None:
-        """The PIDs the stream leaves out (subscribers, peer collectors): a new set for the parser."""
-        self.parser.excluded_pids = pids
+    def _exclude(self) -> None:
+        """What the stream leaves out (collector/streamio.py): a new value for the parser when it changed."""
+        rules = self.exclusions.rules
+        old = self.parser.rules
+        if rules is not old:
+            self.parser.rules = rules
+            self.parser.stream_io.forget(old.subscribers - rules.subscribers)
 
     # -- start-up ------------------------------------------------------------------------
     def _set_ready(self) -> None:
@@ -171,7 +181,8 @@ class Collector:
         """Until SIGINT/SIGTERM or --duration (returns 0) or bpftrace's death (returns 1)."""
         end = time.monotonic() + self.config.duration if self.config.duration else float("inf")
         next_status = time.monotonic()
-        self._exclude(self.exclusions.refresh(force=True))
+        self.exclusions.refresh(force=True)
+        self._exclude()
         while not self.stop_requested:
             now = time.monotonic()
             if now >= end:
@@ -182,7 +193,8 @@ class Collector:
                 next_status = now + STATUS_EVERY_S
                 if self.arguments_unreadable():
                     return 1
-            self._exclude(self.exclusions.refresh())
+            self.exclusions.refresh()
+            self._exclude()
             if not self._poll(max(0.0, min(next_status, end) - time.monotonic())):
                 if self.stop_requested:
                     break
@@ -226,19 +238,21 @@ class Collector:
         return True
 
     def _subscriptions(self) -> None:
-        """Apply what subscribers asked for: only prefixes of our topics; announces exclude the PID."""
+        """Apply what subscribers asked for: only prefixes of our topics; announces are queued for
+        verification (collector/exclusions.py) with the address they came from."""
         while True:
             try:
-                msg = self.sock.recv(zmq.NOBLOCK)
+                frame = self.sock.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            msg = frame.bytes
             if not msg or msg[0] not in (0, 1):
                 continue
             subscribe, topic = msg[0] == 1, msg[1:]
             announce = parse_announce(topic)
             if announce:
                 if subscribe:
-                    self._exclude(self.exclusions.announce(*announce))
+                    self.exclusions.announce(*announce, peer_ip=_peer_ip(frame))
             elif valid_subscription(topic):
                 self.sock.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, topic)
             else:
@@ -272,10 +286,16 @@ class Collector:
         for syscall, events in parsed.events.items():
             self._send(encode_event_batch(topic_for(syscall), self.host_json, events), len(events))
             self.echo.events(syscall, events)
+            self.per_syscall.setdefault(syscall, [0, 0, 0])[0] += len(events)
         for interval in parsed.intervals:
+            rows = interval.rows
+            for r in rows:
+                totals = self.per_syscall.setdefault(r["syscall"], [0, 0, 0])
+                totals[0] += r["calls"]
+                totals[1] += r["bytes"]
+                totals[2] += r["errors"]
             # one interval may take several messages: each stays far below subscribers' size limits;
             # the first carries the interval's files
-            rows = interval.rows
             for at in range(0, max(len(rows), 1), ROWS_PER_MESSAGE):
                 chunk = rows[at:at + ROWS_PER_MESSAGE]
                 payload = {"host": self.prepared.hostname, "ts_ns": time.time_ns(),
@@ -303,9 +323,15 @@ class Collector:
                 "dropped_total": self.dropped, "malformed_total": self.parser.malformed,
                 "uptime_s": round(time.monotonic() - self.started, 3),
                 "stale_cpus": self.parser.stale_cpus(), "latency": self.config.latency,
-                "paths": self.config.paths, "unreadable_total": self.parser.unreadable}
+                "paths": self.config.paths, "unreadable_total": self.parser.unreadable,
+                "excluded": self.exclusions.entries(self.parser.stream_io.learned),
+                "announces_refused_total": self.exclusions.refused,
+                **({"curve_refused_total": self.curve_watch.refused} if self.curve_watch else {})}
 
     def publish_status(self) -> None:
+        retry = getattr(self.prepared.containers, "retry_misses", None)
+        if retry:
+            retry()                            # containers the engine did not name: ask again, off the loop
         st = self.status()
         if st["stale_cpus"] != self._last_stale:
             if st["stale_cpus"]:
@@ -316,6 +342,11 @@ class Collector:
                 log.warning("every CPU's loss count is current again")
             self._last_stale = st["stale_cpus"]
         self._send(encode(TOPIC_STATUS, st), 0)
+        counts = self.config.mode == "counts"
+        self.metrics_snapshot = {
+            **st, "excluded_events": self.parser.excluded,
+            "per_syscall": {sc: {"calls": c, "bytes": b if counts else None, "errors": e if counts else None}
+                            for sc, (c, b, e) in self.per_syscall.items()}}
         bad = (st["lost_total"], st["dropped_total"], st["malformed_total"])
         now = time.monotonic()
         if bad != self._last_logged or now >= self._next_status_log:
@@ -341,6 +372,23 @@ class Collector:
             code = self.bt.stop()
             if running:
                 log.info("bpftrace stopped (exit status %s): probes detached", code)
+
+
+def _peer_ip(frame: zmq.Frame) -> str | None:
+    """The address a subscription came from (ZeroMQ's Peer-Address), as the kernel's tables spell it."""
+    try:
+        ip = ipaddress.ip_address(frame.get("Peer-Address"))
+    except (zmq.ZMQError, ValueError, TypeError):
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+def endpoint_ipc_path(sock: zmq.Socket) -> str | None:
+    """The path of the ipc:// endpoint the socket is bound to (None for tcp:// and others)."""
+    last = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    return last[len("ipc://"):] if last.startswith("ipc://") else None
 
 
 def endpoint_port(sock: zmq.Socket) -> int | None:

@@ -36,6 +36,7 @@ from typing import Callable, Iterable
 from syswatch.collector.files import Files
 from syswatch.collector.kernel import Kernel
 from syswatch.collector.program import FLUSH, INTERVAL, KICK, NAME, NAME_MORE, OPEN, OPENED, READY
+from syswatch.collector.streamio import ZMQ_THREADS, Rules, StreamIO
 from syswatch.shared import record
 from syswatch.shared.protocol import json_string
 
@@ -138,11 +139,11 @@ def _event_template(latency: bool) -> bytes:
 class Parser:
     """Parses complete lines of bpftrace output for ``syscalls`` (in program order).
 
-    Counters, read by the collector's status: ``events`` (published), ``excluded`` (events of
-    excluded subscriber/peer PIDs, not published), ``lost`` (see ``lost_total``), ``malformed``,
+    Counters, read by the collector's status: ``events`` (published), ``excluded`` (the stream's own
+    I/O, not published: collector/streamio.py), ``lost`` (see ``lost_total``), ``malformed``,
     ``unreadable`` (calls whose arguments failed the kernel's check: never published), ``filtered``
-    (events whose path is outside --path). ``excluded_pids``: a set the owner replaces (the parser
-    never changes it). ``clock``: monotonic seconds, for the kicks' ages. ``files``: names and
+    (events whose path is outside --path). ``rules``: what to leave out (streamio.Rules), a value
+    the owner replaces. ``clock``: monotonic seconds, for the kicks' ages. ``files``: names and
     types of the events' files (collector/files.py). ``path_prefixes``: --path.
     """
 
@@ -161,7 +162,7 @@ class Parser:
         self.files = files or Files(Kernel())
         self.path_prefixes = tuple(path_prefixes)
         self.top_files = top_files
-        self.excluded_pids: frozenset[int] = frozenset()
+        self.stream_io = StreamIO()        # which events are the stream's own I/O
         self.events = 0
         self.excluded = 0
         self.malformed = 0
@@ -178,6 +179,7 @@ class Parser:
         self._clock = clock
         self._malformed_lines: list[bytes] = []   # kept for the next Parsed
         self._comm_cache: dict[tuple[bytes, bytes], bytes] = {}
+        self._zmq_comms: dict[tuple[bytes, bytes], bytes] = {}   # names of ZeroMQ's threads: raw bytes
         self._names = {str(i).encode(): name.encode() for i, name in enumerate(self.syscalls)}
         self._line = record.line_pattern(latency).fullmatch
         self._template = _event_template(latency)
@@ -278,6 +280,14 @@ class Parser:
         lines, self._malformed_lines = self._malformed_lines, []
         return lines
 
+    @property
+    def rules(self) -> Rules:
+        return self.stream_io.rules
+
+    @rules.setter
+    def rules(self, rules: Rules) -> None:
+        self.stream_io.rules = rules
+
     # --- events mode -------------------------------------------------------------------------
     def _events(self, data: bytes, out: Parsed) -> None:
         match, arrived = self._line, self._arrived
@@ -298,7 +308,11 @@ class Parser:
 
     def _build(self, matches: list, out: Parsed) -> None:
         batches: dict[bytes, list[bytes]] = {}
-        names, cache, excluded = self._names, self._comm_cache, self.excluded_pids
+        names, cache = self._names, self._comm_cache
+        rules = self.stream_io.rules
+        watched = frozenset(b"%d" % p for p in rules.pids | rules.subscribers)   # compared as printed
+        excluded, zmq_comms = self.stream_io.excluded, self._zmq_comms
+        file_type, anon_dev = record.file_type, self.files.kernel.anon_dev
         containers = self.containers.fields_json
         template, latency, prefixes = self._template, self.latency, self.path_prefixes
         file_cache, file_json = self._file_cache, self._file_json
@@ -318,12 +332,15 @@ class Parser:
             if flags != b"1" and flags != b"3":
                 n_unreadable += 1              # the registers were not this call's: never published
                 continue
-            if excluded and int(pid) in excluded:
-                n_excluded += 1
-                continue
             comm = cache.get((c0, c1))
             if comm is None:
                 comm = self._comm_json(c0, c1)
+            if pid in watched or (c0, c1) in zmq_comms:       # ZeroMQ's threads: learned (streamio)
+                kdev = int(dev)
+                if excluded(int(pid), zmq_comms.get((c0, c1), b""), int(fd), int(count), int(ret), int(ino),
+                            file_type(int(mode), anon=kdev != 0 and kdev == anon_dev) if kdev else "unknown"):
+                    n_excluded += 1
+                    continue
             fkey = (pid, fd)
             sig = m.string[m.start(sig_from):m.end(sig_to)]        # ino dev mode flags namekey
             hit = file_cache.get(fkey)
@@ -373,6 +390,9 @@ class Parser:
         raw = int(c0).to_bytes(8, "little") + int(c1).to_bytes(8, "little")
         if len(self._comm_cache) >= COMM_CACHE_MAX:
             self._comm_cache.clear()
+            self._zmq_comms.clear()
+        if raw.startswith(ZMQ_THREADS):
+            self._zmq_comms[(c0, c1)] = raw.rstrip(b"\0")
         tail = self._comm_cache[(c0, c1)] = b'"comm":' + json_string(decode_comm(raw))
         return tail
     @property
@@ -461,7 +481,7 @@ class Parser:
         rest equal the rows. Calls of excluded PIDs (subscribers, other collectors) are counted in
         ``excluded``, not published; calls a full kernel map kept out of the keyed rows (the
         interval's @total says how many) go to the rest and to ``unattributed``."""
-        excluded = self.excluded_pids
+        excluded = self.stream_io.rules.pids     # other collectors: counted, not published
         sums = ("calls", "bytes", "errors") + (("lat_ns_sum",) if self.latency else ())
         procs: dict[tuple, dict] = {}
         files: dict[tuple, dict] = {}

@@ -9,6 +9,8 @@
   identifiable, and it records ``time.time_ns()`` just before each write (for latency).
 * ``Child``: a process whose worker thread renames itself and makes a known list of writes and
   reads, each with its own byte count (the collector tests compare it call for call).
+* ``build_rounds(dir)``: harness/rounds.c, a static binary that makes a known round of reads and
+  writes per SIGUSR1 and nothing else, not even at start (a container's only process).
 """
 from __future__ import annotations
 
@@ -22,8 +24,29 @@ import time
 from array import array
 from pathlib import Path
 
+from harness.procs import die_with_parent
+
 # Byte counts of the writer's writes start here: nothing else on a host asks for exactly these.
 BASE_COUNT = 700_000
+
+
+ROUNDS_C = Path(__file__).resolve().parent / "rounds.c"
+
+
+def rounds_missing() -> str | None:
+    """What building harness/rounds.c needs, as what to do about it; None when nothing is missing."""
+    import shutil
+    if shutil.which("gcc") is None or not any(Path(d, "libc.a").exists() for d in
+                                              ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib")):
+        return "install gcc and libc6-dev (a static libc): apt-get install -y gcc libc6-dev (scripts/setup-host.sh)"
+    return None
+
+
+def build_rounds(directory: Path) -> Path:
+    """harness/rounds.c built statically into ``directory``/rounds (it runs in any container)."""
+    out = directory / "rounds"
+    subprocess.run(["gcc", "-static", "-O2", "-Wall", "-Werror", "-o", str(out), str(ROUNDS_C)], check=True)
+    return out
 
 
 def dd_argv(n: int) -> list[str]:
@@ -222,3 +245,37 @@ class Script:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+# Writes COUNT bytes to /dev/null N times per round; one round each time a line arrives on stdin.
+ROUND_WRITER = r"""
+import ctypes, os, sys
+ctypes.CDLL(None).prctl(15, sys.argv[1].encode(), 0, 0, 0)
+fd = os.open("/dev/null", os.O_WRONLY)
+print(os.getpid(), flush=True)
+for line in sys.stdin:
+    for _ in range(int(sys.argv[2])):
+        os.write(fd, b"w" * int(sys.argv[3]))
+    print("round", flush=True)
+"""
+
+
+class Writer:
+    """A process named ``name`` writing ``per_round`` times ``size`` bytes to /dev/null per ``round()``."""
+
+    def __init__(self, name: str, per_round: int, size: int):
+        self.proc = subprocess.Popen([sys.executable, "-c", ROUND_WRITER, name, str(per_round), str(size)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     preexec_fn=die_with_parent)
+        assert self.proc.stdin is not None and self.proc.stdout is not None     # PIPE
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
+        self.pid = int(self.stdout.readline())
+        self.rounds = 0
+
+    def round(self) -> None:
+        self.stdin.write("go\n")
+        self.stdin.flush()
+        assert self.stdout.readline().strip() == "round"
+        self.rounds += 1
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()

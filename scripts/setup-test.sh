@@ -16,6 +16,9 @@
 #   qemu-system-x86 e2fsprogs                   the kprobe VM (scripts/kernel-vm.sh)
 #   python3-venv          tests/test_package.py installs the wheel into a fresh venv
 #   sqlite3               the history store's and IP list's tests read the files with the CLI
+#   python3-zmq           Debian's python3 with pyzmq, which any user may run: the uid-nobody
+#                         subscribers of tests/test_exclusion*.py and bench/soak.py (harness/nobody.py)
+#   gcc libc6-dev         tests/test_history_e2e.py builds harness/rounds.c statically for its containers
 #   prometheus nats-server  their programs only (tests start their own servers): their services are
 #                         kept from starting and disabled, nothing listens on :9090 or :4222
 # Python: python3 -m pip install -r requirements-dev.txt (pytest, hypothesis, schemathesis, ...).
@@ -31,7 +34,7 @@ die() { echo "setup-test: error: $*" >&2; exit 1; }
 trap drop_policy EXIT
 
 APT_PACKAGES=(bpftrace bpftool strace wrk systemd chromium chromium-driver python3-selenium qemu-system-x86
-              e2fsprogs python3-venv sqlite3)
+              e2fsprogs python3-venv sqlite3 python3-zmq gcc libc6-dev)
 NO_SERVICE_PACKAGES=(prometheus nats-server)
 QUIET_UNITS=(prometheus prometheus-node-exporter nats-server)
 

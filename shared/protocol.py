@@ -50,6 +50,9 @@ MAX_HOST = 255                        # characters of a host name (DNS limit)
 MAX_COMM = record.MAX_COMM
 MAX_CONTAINER_NAME = record.MAX_CONTAINER_NAME
 MAX_EXCLUDED_PIDS = 1024
+MAX_EXCLUDED_WHAT = 64                # status "excluded": descriptions per PID...
+MAX_WHAT = 64                         # ...of at most this many characters each
+EXCLUSION_KINDS = ("self", "subscriber", "peer")
 
 # EVENT: declared in shared/record.py (FIELDS); the required ones first, then those a collector
 # sends when it knows them (lat_ns with --latency, the file fields).
@@ -265,6 +268,13 @@ OVERLOAD_POLICIES = ("drop", "buffer")     # the collector's --on-overload
 MAX_CPUS = 8192                            # stale_cpus: the kernel's NR_CPUS limit
 
 
+def _seconds(p: dict, what: str) -> float:
+    up: Any = p.get("uptime_s")
+    if type(up) not in (int, float) or not math.isfinite(up) or not 0 <= up <= 1e10:
+        raise ProtocolError(f"{what} field 'uptime_s' must be a finite number of seconds, got {_short(up)}")
+    return up
+
+
 def clean_status(p: dict) -> dict:
     what = "status payload"
     out: dict[str, Any] = {key: _int(p, key, bounds, what) for key, bounds in STATUS_INTS.items()}
@@ -286,10 +296,7 @@ def clean_status(p: dict) -> dict:
         raise ProtocolError(f"{what} field 'excluded_pids' must be a list of at most {MAX_EXCLUDED_PIDS} "
                             f"PIDs, got {_short(pids)}")
     out["excluded_pids"] = list(pids)
-    up: Any = p.get("uptime_s")
-    if type(up) not in (int, float) or not math.isfinite(up) or not 0 <= up <= 1e10:
-        raise ProtocolError(f"{what} field 'uptime_s' must be a finite number of seconds, got {_short(up)}")
-    out["uptime_s"] = up
+    out["uptime_s"] = _seconds(p, what)
     # optional: which bpftrace runs, its output path and the overload policy (a collector of this
     # version sends them; an unknown value is left out, not an error, so older/newer peers mix)
     if type(p.get("bpftrace")) is str and len(p["bpftrace"]) <= 32:
@@ -311,6 +318,55 @@ def clean_status(p: dict) -> dict:
             out[key] = p[key]
     if "unreadable_total" in p:
         out["unreadable_total"] = _int(p, "unreadable_total", (0, U64), what)
+    # optional counters of refusals: announces the collector did not verify, CurveZMQ handshakes
+    for key in ("announces_refused_total", "curve_refused_total"):
+        val = p.get(key)
+        if type(val) is int and 0 <= val <= U64:
+            out[key] = val
+    # optional: what of each excluded PID is left out (collector/exclusions.py); dropped whole if malformed
+    excluded = p.get("excluded")
+    if type(excluded) is list and len(excluded) <= MAX_EXCLUDED_PIDS:
+        clean = [_exclusion(e) for e in excluded]
+        if None not in clean:
+            out["excluded"] = clean
+    return out
+
+
+def _exclusion(e: object) -> dict | None:
+    """One entry of status "excluded", checked, or None."""
+    if type(e) is not dict:
+        return None
+    pid, kind, comm, what = e.get("pid"), e.get("kind"), e.get("comm"), e.get("what")
+    if type(pid) is not int or not 0 <= pid <= U32 or kind not in EXCLUSION_KINDS \
+            or type(comm) is not str or len(comm) > MAX_COMM or type(what) is not list \
+            or len(what) > MAX_EXCLUDED_WHAT or any(type(w) is not str or len(w) > MAX_WHAT for w in what):
+        return None
+    return {"pid": pid, "kind": kind, "comm": comm, "what": list(what)}
+
+
+# The NATS bridge's own status (topic "bridge", subject syswatch.<host>.bridge; NATS only, never on
+# ZeroMQ): what it published to JetStream and what it could not, by reason, in events and messages.
+TOPIC_BRIDGE = "bridge"
+BRIDGE_LOSS_REASONS = ("queue_full", "stream_full", "rejected", "ack_timeout", "too_large")
+BRIDGE_INTS = ("ts_ns", "published_messages", "published_events", "unpublished_messages", "unpublished_events",
+               "queued_messages", "queued_bytes", "reconnects", "malformed_total", "received_events",
+               "events_not_received")
+
+
+def clean_bridge(p: dict) -> dict:
+    what = "bridge payload"
+    out: dict[str, Any] = {key: _int(p, key, (0, U64), what) for key in BRIDGE_INTS}
+    out["host"] = _host(p, what)
+    if type(p.get("nats_connected")) is not bool:
+        raise ProtocolError(f"{what} field 'nats_connected' must be true or false, "
+                            f"got {_short(p.get('nats_connected'))}")
+    out["nats_connected"] = p["nats_connected"]
+    out["uptime_s"] = _seconds(p, what)
+    reasons = p.get("unpublished_by_reason")
+    if type(reasons) is not dict or set(reasons) - set(BRIDGE_LOSS_REASONS):
+        raise ProtocolError(f"{what} field 'unpublished_by_reason' must map {', '.join(BRIDGE_LOSS_REASONS)} "
+                            f"to event counts, got {_short(reasons)}")
+    out["unpublished_by_reason"] = {r: _int(reasons, r, (0, U64), what) for r in BRIDGE_LOSS_REASONS if r in reasons}
     return out
 
 
@@ -386,6 +442,8 @@ def decode(frames: Sequence[bytes]) -> Message:
         return Message(topic, out)
     if topic == TOPIC_STATUS:
         return Message(topic, {"v": VERSION, **clean_status(payload)})
+    if topic == TOPIC_BRIDGE:
+        return Message(topic, {"v": VERSION, **clean_bridge(payload)})
     return Message(topic, payload)
 
 

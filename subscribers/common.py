@@ -16,12 +16,26 @@ import zmq
 from syswatch import __version__
 from syswatch.shared import curve
 from syswatch.shared.config import add_option
+from syswatch.shared.escaping import visible
 from syswatch.shared.protocol import DEFAULT_ENDPOINT, Message, ProtocolError, decode
+from syswatch.shared.selection import Selection
+from syswatch.shared.units import parse_duration
 from syswatch.shared.zmqsock import EndpointError, check_endpoint, make_subscriber
 
 
-def add_common_flags(p: argparse.ArgumentParser) -> None:
-    """--endpoint (repeatable: one view over several collectors), -p/-n/-c filters, -d, -V."""
+def _uid(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 2**32 - 1:
+        raise ValueError(f"{text!r}: a uid is a number 0..4294967295 (id -u NAME gives it)")
+    return value
+
+
+def add_common_flags(p: argparse.ArgumentParser, duration_letter: bool = True) -> None:
+    """--endpoint (repeatable: one view over several collectors), the event filters, -d/--duration, -V.
+
+    The filter letters are BCC's (opensnoop: -p PID, -t TID, -u UID, -n NAME, -x failed only, -d
+    DURATION) and Inspektor Gadget's -c container; docs/COLLECTOR.md compares them with bpftrace,
+    strace and top. syswatch-top takes ``duration_letter=False``: its -d is top's delay."""
     add_option(p, "-e", "--endpoint", env="SYSWATCH_COLLECTOR", default=[DEFAULT_ENDPOINT], repeatable=True,
                type=check_endpoint, metavar="ENDPOINT", dest="endpoint",
                help="a collector's ZeroMQ endpoint; repeat for several collectors (CurveZMQ keys from "
@@ -33,28 +47,32 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
     add_option(p, "-c", "--container", env="SYSWATCH_CONTAINER", default=[], repeatable=True, dest="container",
                metavar="ID|NAME", help="only this container (id prefix or name as the collector reports it); "
                                        "repeatable")
+    add_option(p, "-u", "--uid", env="SYSWATCH_UID", default=[], type=_uid, repeatable=True, dest="uid",
+               metavar="UID", help="only calls made by this user id (a number); repeatable")
+    add_option(p, "-t", "--tid", env="SYSWATCH_TID", default=[], type=int, repeatable=True, dest="tid",
+               metavar="TID", help="only calls made by this thread id; repeatable")
+    add_option(p, "-x", "--failed", env="SYSWATCH_FAILED", flag=True,
+               help="only calls that failed (ret < 0, shown by errno name)")
+    add_option(p, "--min-latency", env="SYSWATCH_MIN_LATENCY", default=0, type=parse_duration, metavar="DURATION",
+               help="only calls that took at least this long: a number and a unit, 500us, 20ms, 1s "
+                    "(default: none)")
     add_option(p, "--path", env="SYSWATCH_PATH", default=[], repeatable=True, dest="path", metavar="PREFIX",
-               help="only events (and counts file rows) whose file path starts with PREFIX; repeatable")
-    add_option(p, "-d", "--duration", env="SYSWATCH_DURATION", default=0.0, type=float, metavar="SECONDS",
-               dest="duration", help="stop after this many seconds; 0 = never")
+               help="only calls on this path or below it (whole components: /var/log, not /var/logs); "
+                    "repeatable")
+    if duration_letter:
+        add_option(p, "-d", "--duration", env="SYSWATCH_DURATION", default=0.0, type=float, metavar="SECONDS",
+                   dest="duration", help="stop after this many seconds; 0 = never")
+    else:
+        add_option(p, "--duration", env="SYSWATCH_DURATION", default=0.0, type=float, metavar="SECONDS",
+                   dest="duration", help="stop after this many seconds; 0 = never")
     p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
 
 
-def wanted(item: dict, args: argparse.Namespace) -> bool:
-    """Whether an event or counts row passes the -p/-n/-c/--path filters (--path: an event without a
-    path fails, a counts row of a process, which has none, passes)."""
-    if args.path and ("path" in item or "ts_ns" in item) \
-            and not any(item.get("path", "").startswith(p) for p in args.path):
-        return False
-    if args.pid and item.get("pid") not in args.pid:
-        return False
-    if args.comm and item.get("comm") not in args.comm:
-        return False
-    if args.container:
-        cid, name = item.get("container_id", ""), item.get("container_name", "")
-        return any(cid and (cid.startswith(c) or c.startswith(cid)) or (name and name == c)
-                   for c in args.container)
-    return True
+def selection(args: argparse.Namespace) -> Selection:
+    """The filters given on the command line (shared/selection.py: the API's /events filter too)."""
+    return Selection(pids=tuple(args.pid), tids=tuple(args.tid), uids=tuple(args.uid), comms=tuple(args.comm),
+                     containers=tuple(args.container), paths=tuple(args.path), failed=args.failed,
+                     min_latency_ns=args.min_latency)
 
 
 class Subscription:
@@ -89,6 +107,12 @@ class Subscription:
 
     def messages(self, deadline: float | None = None, tick: float | None = None) -> Iterator[Message | None]:
         """Decoded messages until ``deadline`` (time.monotonic()); yields None every ``tick`` s idle."""
+        for item in self.received(deadline, tick):
+            yield None if item is None else item[1]
+
+    def received(self, deadline: float | None = None,
+                 tick: float | None = None) -> Iterator[tuple[list[bytes], Message] | None]:
+        """Like ``messages``, each with the frames as received (the NATS bridge forwards them unchanged)."""
         while True:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -102,10 +126,10 @@ class Subscription:
             for sock in ready:
                 frames = sock.recv_multipart()
                 try:
-                    yield decode(frames)
+                    yield frames, decode(frames)
                 except ProtocolError as exc:
                     self.malformed += 1
-                    print(f"warning: skipped a malformed message: {exc}", file=sys.stderr)
+                    print(f"warning: skipped a malformed message: {visible(str(exc), 300)}", file=sys.stderr)
 
     def close(self) -> None:
         for sock in self.socks:

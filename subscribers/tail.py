@@ -1,12 +1,11 @@
 #!/usr/bin/env python3
-"""Print the syswatch event stream: seed-style lines, or one JSON object per line.
+"""Print the syswatch event stream: one strace-like line per call, or one JSON object per line.
 
     python subscribers/tail.py --help
 """
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import sys
@@ -22,11 +21,16 @@ require("syswatch-tail", "zmq")              # a missing package: one line, exit
 
 from syswatch.shared.config import add_option  # noqa: E402
 from syswatch.shared.protocol import EVENT_PREFIX, TOPIC_COUNTS, TOPIC_STATUS  # noqa: E402
-from syswatch.subscribers.common import Subscription, add_common_flags, wanted  # noqa: E402
+from syswatch.subscribers import lines  # noqa: E402
+from syswatch.subscribers.common import Subscription, add_common_flags, selection  # noqa: E402
 
 EPILOG = """\
 examples:
-  syswatch-tail                                         every read/write event, one strace-like line each
+  syswatch-tail                                         every read/write call, one strace-like line each
+  syswatch-tail -x                                      only failed calls (shown by errno name)
+  syswatch-tail --min-latency 20ms                      only calls that took 20 ms or more
+  syswatch-tail -u 1000 -t 4242                         one user's calls, one thread's calls
+  syswatch-tail --path /var/lib/postgresql              calls on files below that directory
   syswatch-tail --json --count 100                      100 events as JSON lines, then exit
   syswatch-tail --topic syscall.write -n nginx
   syswatch-tail -p 1234 -d 10                           PID 1234 only, stop after 10 s
@@ -34,13 +38,18 @@ examples:
   syswatch-tail -e tcp://node1:5556 -e tcp://node2:5556  several collectors
   syswatch-tail --topic status --json                   the collector's counters every second
   syswatch-tail --topic counts                          counts mode totals
-  syswatch-tail --path /var/lib/postgresql              only calls on files under that path
 
-Each event line reads like strace -y: when the call started (or returned, without --latency on
-the collector), the process name and PID, the call with its fd and the file it points to, the
-bytes asked for, what it returned (bytes moved, or -1 and the error) and the time in the call:
-  12:01:02.123456 postgres[812] pread64(7</var/lib/pg/base/1/1259>, 8192) = 8192 <0.000041>
-A container's events end with [container NAME]; with several collectors, [host NAME].
+Each line, in strace's shape (-tt -T -y):
+  12:01:02.123456 postgres[812] pread64(7</var/lib/postgresql/base/1/1259>, 8192) = 8192 <0.000041> host=db1
+the call's start (local time), process name[pid] ([pid/tid] for another thread), the syscall with
+its descriptor (and the file, when the collector sends paths) and the bytes asked for, what it
+returned (bytes moved, or -1 and the errno name), the seconds in the call, then container= (for a
+process in a container) and host=. Names are shown with control characters escaped (\\x1b).
+Filters combine (all must match); -x, --min-latency, -u and -t need per-call fields, so counts-mode
+rows are not printed when one of them is given.
+Output is written at most 5 times a second on a terminal, once a second otherwise: each write
+is a syscall the collector traces, and a tail that wrote per event would feed the stream (and
+every other tail) with its own output. Its own writes to standard output are not printed.
 Exit status: 0 on Ctrl-C, at the end of -d, or when --count items were printed; 1 when -d
 expired before --count was reached; 2 for a usage error.
 """
@@ -63,46 +72,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {0x0A: "\\n", 0x09: "\\t", 0x0D: "\\r"}
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters escaped, so a name cannot break the line or move the cursor."""
-    return text.translate(_CONTROL)
-
-
-def strace_line(item: dict, host: str = "") -> str:
-    """One event as strace -y prints a call: time, name[pid], the call, what it returned, <lat>."""
-    ts = item["ts_ns"]
-    when = time.strftime("%H:%M:%S", time.localtime(ts // 1_000_000_000)) + f".{ts // 1000 % 1_000_000:06d}"
-    target = item.get("sock") or item.get("path")
-    fd = f"{item['fd']}<{printable(target)}>" if target else str(item["fd"])
-    ret = item["ret"]
-    if ret < 0:
-        err = -ret
-        result = f"-1 {errno.errorcode.get(err, str(err))} ({os.strerror(err)})"
-    else:
-        result = str(ret)
-    line = f"{when} {printable(item['comm'])}[{item['pid']}] {item['syscall']}({fd}, {item['count']}) = {result}"
-    if "lat_ns" in item:
-        line += f" <{item['lat_ns'] / 1e9:.6f}>"
-    if item.get("container_id"):
-        line += f" [container {printable(item['container_name'] or item['container_id'])}]"
-    if host:
-        line += f" [host {printable(host)}]"
-    return line
-
-
 def text_line(topic: str, item: dict, host: str) -> str:
-    """An event (strace-like), a counts row or a status, as one line of text."""
     if topic.startswith(EVENT_PREFIX):
-        return strace_line(item, host)
+        return lines.event_line(item, host)
     if topic == TOPIC_COUNTS:
-        where = f" container={item['container_name'] or item['container_id']}" if item["container_id"] else ""
-        lat = f" lat_ns_sum={item['lat_ns_sum']}" if "lat_ns_sum" in item else ""
-        return (f"counts: pid={item['pid']} comm={json.dumps(item['comm'])}{where} {item['syscall']} "
-                f"calls={item['calls']} bytes={item['bytes']} errors={item['errors']}{lat} host={host}")
-    return f"{topic}: " + " ".join(f"{k}={v}" for k, v in item.items() if k != "v")
+        return lines.counts_line(item, host)
+    return lines.status_line(topic, item)
 
 
 def items(msg):
@@ -114,35 +89,88 @@ def items(msg):
     return [msg.payload]
 
 
+FLUSH_TTY_S = 0.2                # how often output is written, on a terminal...
+FLUSH_S = 1.0                    # ...and to a pipe or file
+FLUSH_BYTES = 1 << 16            # or as soon as this much waits
+
+
+class Output:
+    """Lines for standard output, written in one write() at most every ``period`` seconds."""
+
+    def __init__(self, stream, period: float):
+        self.stream, self.period = stream, period
+        self.lines: list[str] = []
+        self.size = 0
+        self.last = time.monotonic()
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+        self.size += len(line)
+        if self.size >= FLUSH_BYTES or time.monotonic() - self.last >= self.period:
+            self.flush()
+
+    def tick(self) -> None:
+        if self.lines and time.monotonic() - self.last >= self.period:
+            self.flush()
+
+    def flush(self) -> None:
+        self.last = time.monotonic()
+        if self.lines:
+            text, self.lines, self.size = "".join(self.lines), [], 0
+            self.stream.write(text)
+        self.stream.flush()
+
+
+def own_output(item: dict, me: int) -> bool:
+    """An event of this process writing its output (to fd 1): printing it would print more."""
+    return item.get("pid") == me and item.get("fd") == 1 and item.get("syscall", "").startswith(("write", "pwrite"))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     topics = args.topic or [EVENT_PREFIX]
     deadline = time.monotonic() + args.duration if args.duration > 0 else None
     printed = 0
-    out = sys.stdout
-    many_hosts = len(args.endpoint) > 1
+    out = Output(sys.stdout, FLUSH_TTY_S if sys.stdout.isatty() else FLUSH_S)
+    me = os.getpid()
+    flt = selection(args)
+    per_call = flt.per_call_only()
+    warned = False
     try:
         sub = Subscription(args.endpoint, topics)
     except KeyboardInterrupt:                    # Ctrl-C while connecting: it closed itself
         return 0
     try:
-        for msg in sub.messages(deadline):
-            if msg is None:                       # only with a tick, which tail does not ask for
+        for msg in sub.messages(deadline, tick=out.period):
+            if msg is None:                       # idle for a period: write what waits
+                out.tick()
                 continue
             host = msg.payload.get("host", "")
+            topic = msg.topic
+            if topic == TOPIC_COUNTS and per_call:
+                if not warned:
+                    print(f"syswatch-tail: counts rows have no per-call fields: not printed with "
+                          f"{', '.join(per_call)} (use events mode)", file=sys.stderr)
+                    warned = True
+                continue
             for item in items(msg):
-                if msg.topic != TOPIC_STATUS and not wanted(item, args):
+                if topic.startswith(EVENT_PREFIX):
+                    if (not flt.empty and not flt.matches(item)) or own_output(item, me):
+                        continue
+                elif topic == TOPIC_COUNTS and not flt.matches_row(item):
                     continue
                 if args.json:          # an EVENT or counts row (with the collector's host), or a status
-                    out.write(json.dumps(item if msg.topic == TOPIC_STATUS else {**item, "host": host}) + "\n")
+                    out.add(json.dumps(item if topic == TOPIC_STATUS else {**item, "host": host}) + "\n")
                 else:
-                    out.write(text_line(msg.topic, item, host if many_hosts else "") + "\n")
+                    out.add(text_line(topic, item, host) + "\n")
                 printed += 1
                 if args.count and printed >= args.count:
                     out.flush()
                     return 0
-            out.flush()
+            out.tick()
+        out.flush()
     except KeyboardInterrupt:
+        out.flush()
         return 0
     except BrokenPipeError:                      # e.g. | head
         sys.stderr.close()

@@ -104,6 +104,11 @@ def require_compose_stack() -> None:
     require(why is None, why or "")
 
 
+def require_nats_server() -> None:
+    require(have("nats-server"), "install Debian's nats-server: apt-get install -y nats-server "
+                                 "(scripts/setup-test.sh does it)")
+
+
 def uncaptured_printer(config):
     """print() that shows even while pytest captures output (for timings printed by fixtures)."""
     capture = config.pluginmanager.get_plugin("capturemanager")

@@ -83,3 +83,64 @@ def test_bad_token_file_is_refused_at_start(tmp_path, content, message):
     srv = ApiProcess(tmp_path / "ips.sqlite3", "--token-file", str(token_file)).start(wait=False)
     assert srv.wait_exit() != 0
     assert message in srv.output and "Traceback" not in srv.output
+
+
+# --- the read token (issue 23): the endpoints that show the stream ----------------------------------------
+READ = "read-Token.for~tests-7"
+READ_PATHS = ("/stats", "/events", "/events/stream", "/metrics")
+
+
+@pytest.fixture(params=["env", "file"])
+def reader_server(request, tmp_path):
+    if request.param == "env":
+        return ApiInProcess.from_args(tmp_path / "ips.sqlite3", env={"SYSWATCH_READ_TOKEN": READ,
+                                                                      "SYSWATCH_TOKEN": TOKEN})
+    token_file = tmp_path / "read-token"
+    token_file.write_text(READ + "\n")
+    return ApiInProcess.from_args(tmp_path / "ips.sqlite3", "--read-token-file", str(token_file),
+                                  env={"SYSWATCH_READ_TOKEN": "other", "SYSWATCH_TOKEN": TOKEN})
+
+
+@pytest.mark.parametrize("headers", [
+    {}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {READ}x"}, {"Authorization": READ},
+    {"Authorization": f"Basic {READ}"}, {"Authorization": "Bearer "}, {"Authorization": "Bearer \u00e9t\u00e9"},
+], ids=["none", "wrong", "longer", "no-scheme", "basic", "empty", "latin1"])
+@pytest.mark.unit
+def test_reading_the_stream_without_the_read_token_is_401(reader_server, headers):
+    for path in READ_PATHS:
+        r = reader_server.get(path, headers=headers)
+        assert r.status_code == 401, (path, r.status_code, r.text[:200])
+        assert "read the stream" in r.json()["error"] and r.headers["WWW-Authenticate"].startswith("Bearer")
+        assert READ not in r.text and TOKEN not in r.text
+
+
+@pytest.mark.unit
+def test_the_read_token_or_the_post_token_reads_and_the_rest_stays_open(reader_server):
+    for token in (READ, TOKEN):
+        for path in ("/stats", "/events", "/metrics"):
+            r = reader_server.get(path, headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 200, (path, r.text[:200])
+        head = reader_server.head("/events/stream", headers={"Authorization": f"Bearer {token}"})
+        assert head.status_code == 200 and head.headers["Content-Type"].startswith("text/event-stream")
+    for path in ("/", "/apis", "/healthz", "/openapi.json", "/static/dashboard.js"):
+        assert reader_server.get(path).status_code == 200, path
+    # the read token is not the POST token
+    r = reader_server.post("/add_ips", {"add_ips": [1]}, headers={"Authorization": f"Bearer {READ}"})
+    assert r.status_code == 401
+    reader_server.get("/stats", headers={"Authorization": f"Bearer {READ}"})
+    assert READ not in reader_server.output
+
+
+def test_the_served_api_streams_only_with_the_read_token(tmp_path):
+    """A real server: /events/stream is refused without the token and streams with it."""
+    token_file = tmp_path / "read-token"
+    token_file.write_text(READ + "\n")
+    with ApiProcess(tmp_path / "ips.sqlite3", "--read-token-file", str(token_file)) as srv:
+        assert "read token: required" in srv.output
+        r = requests.get(srv.url("/events/stream"), timeout=10)
+        assert r.status_code == 401 and r.json()["error"].startswith("missing bearer token")
+        with requests.get(srv.url("/events/stream"), headers={"Authorization": f"Bearer {READ}"}, stream=True,
+                          timeout=10) as r:
+            assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/event-stream")
+            assert next(r.iter_lines()).startswith(b":")     # the stream's opening comment
+        assert READ not in srv.output

@@ -15,6 +15,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.api import ApiInProcess, ApiProcess, Feed, Publisher, connect, event, metric
+from harness.hostile import MALFORMED
 from harness.procs import rss_kib, wait_for
 from syswatch.shared import protocol
 
@@ -117,6 +118,12 @@ def test_collector_status_counters_reach_metrics(fed):
     text = srv.get("/metrics").text
     assert metric(text, "syswatch_collector_lost_total", host="testhost") == 11
     assert metric(text, "syswatch_collector_malformed_total", host="testhost") == 3
+    assert metric(text, "syswatch_collector_curve_refused_total", host="testhost") is None   # not sent: no sample
+    pub.status(curve_refused_total=4, announces_refused_total=2)
+    wait_for(lambda: stats(srv)["collector_status"].get("curve_refused_total") == 4, what="status")
+    text = srv.get("/metrics").text
+    assert metric(text, "syswatch_collector_curve_refused_total", host="testhost") == 4
+    assert metric(text, "syswatch_collector_announces_refused_total", host="testhost") == 2
     pub.status()
 
 
@@ -281,52 +288,6 @@ def test_a_stream_client_that_stops_reading_does_not_grow_memory(live):
     sock.close()
 
 
-def _status(**over) -> dict:
-    base = {"v": 2, "host": "h", "ts_ns": 1, "mode": "events", "probe": "tracepoint", "syscalls": ["read"],
-            "excluded_pids": [], "events_total": 0, "lost_total": 0, "dropped_total": 0, "malformed_total": 0,
-            "uptime_s": 1.0}
-    return {**base, **over}
-
-
-def _batch(topic: bytes, *events, raw: bytes | None = None) -> list:
-    body = raw if raw is not None else json.dumps({"v": 2, "host": "h", "events": list(events)}).encode()
-    return [topic, body]
-
-
-MALFORMED = [
-    [b"garbage"],                                                        # one frame
-    [b"syscall.write", b"{}", b"third"],                                 # three frames
-    [b"syscall.write", b"\x00\xff not json"],                            # not UTF-8
-    [b"syscall.write", b"[1, 2, 3]"],                                    # not an object
-    [b"syscall.write", b'{"v": 1, "host": "h", "events": []}'],          # another version
-    [b"syscall.write", b'{"v": true, "host": "h", "events": []}'],       # v is not the integer 2
-    [b"syscall.write", b'{"v": 2, "host": "h"}'],                        # no events
-    _batch(b"syscall.write", {"pid": "1"}),
-    _batch(b"syscall.read", event(syscall="write")),                     # the topic and the event disagree
-    _batch(b"syscall.read", dict(event(syscall="read"), count=1.5)),
-    _batch(b"syscall.open", event()),                                    # not a syscall of the protocol
-    [b"status", b'{"v": 2, "host": "h"}'],
-    [b"counts", b'{"v": 2, "host": "h", "ts_ns": 1, "interval_ns": 1, "rows": [{"pid": 1}]}'],
-    [b"\xff\xfe", b'{"v": 2}'],                                          # topic not ASCII
-    [b"syscall.write", b"[" * 100_000 + b"]" * 100_000],                 # deep nesting
-    [b"syscall.write", b'{"v":2,"host":"h","events":["' + b"A" * 8_000_000 + b'"]}'],  # 8 MB frame
-    # issue 12: numbers out of the protocol's ranges, NaN/Infinity, oversized strings and lists
-    _batch(b"syscall.write", raw=b'{"v":2,"host":"h","events":[' + json.dumps(event()).encode()[:-1]
-           + b',"count":' + b"9" * 4299 + b"}]}"),                      # past Python's int-string limit
-    _batch(b"syscall.write", dict(event(), count=2**64)),                # more than u64
-    _batch(b"syscall.write", dict(event(), lat_ns=-1)),                  # negative where it cannot be
-    _batch(b"syscall.write",
-           raw=json.dumps({"v": 2, "host": "h", "events": [dict(event(), ret=float("nan"))]}).encode()),
-    [b"status", json.dumps(_status(uptime_s=float("inf"))).encode()],   # Infinity
-    [b"status", json.dumps(_status(uptime_s=float("nan"))).encode()],   # NaN
-    [b"status", json.dumps(_status(excluded_pids=list(range(3_000)))).encode()],  # list over its bound
-    [b"status", json.dumps(_status(events_total=-5)).encode()],
-    _batch(b"syscall.write", dict(event(), comm="x" * 1000)),            # string over its bound
-    _batch(b"syscall.write", dict(event(), container_id="../../etc")),
-    [b"syscall.write", json.dumps({"v": 2, "host": "h" * 300, "events": [event()]}).encode()],
-]
-
-
 @pytest.mark.unit
 def test_malformed_messages_are_counted_and_skipped(fed):
     srv, pub = fed
@@ -351,7 +312,7 @@ def test_api_starts_without_collector_then_picks_it_up_and_survives_its_restart(
         assert s["connected"] is False and s["collector_status"] is None
         assert s["collectors"] == [{"endpoint": srv.collector, "host": None, "connected": False,
                                     "last_message_age_s": None, "events_received": 0,
-                                    "events_not_received": 0, "status": None}]
+                                    "events_not_received": 0, "status": None, "bridge": None}]
         assert srv.post("/add_ips", {"add_ips": [1, 2]}).json()["total_ips"] == 2
         pub = Publisher(srv.collector)  # the collector appears: no restart of the API
         connect(srv, pub)

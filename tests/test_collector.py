@@ -73,15 +73,20 @@ def test_host_wide_stream_excludes_the_collector(events_collector, subscriber):
     status = subscriber.statuses[-1]
     assert status["mode"] == "events" and status["probe"] in ("kprobe", "tracepoint")
     excluded = set(status["excluded_pids"])
-    # the collector and bpftrace, and this test process: a subscriber, whose own I/O stays out
-    mine = set(events_collector.excluded_pids()) | {os.getpid()}
-    assert mine <= excluded
+    kinds = {e["pid"]: e for e in status["excluded"]}
+    # the collector and bpftrace (everything), and this test process: a subscriber (its ZeroMQ signalling)
+    own = set(events_collector.excluded_pids())
+    assert own | {os.getpid()} <= excluded and {kinds[p]["kind"] for p in own} == {"self"}
+    assert kinds[os.getpid()]["kind"] == "subscriber" and kinds[os.getpid()]["what"], kinds[os.getpid()]
     # anything more may only be another syswatch collector on this host (a concurrent run's bpftrace
-    # and its parent, left out so that the two do not feed each other), or one gone since
-    from syswatch.collector.exclusions import peer_collectors
-    others = excluded - mine
-    assert not {p for p in others if os.path.exists(f"/proc/{p}")} - peer_collectors(mine), (excluded, mine)
-    assert not [e for e in seen if e["pid"] in excluded], "the collector traced itself or its subscriber"
+    # and its parent, left out so that the two do not feed each other)
+    assert {kinds[p]["kind"] for p in excluded - own - {os.getpid()}} <= {"peer"}, kinds
+    whole = {p for p, e in kinds.items() if e["what"] == ["all"]}
+    assert not [e for e in seen if e["pid"] in whole], "the collector traced itself or a peer collector"
+    zmq_fds = {int(w.split(":")[1]) for w in kinds[os.getpid()]["what"] if w.startswith("eventfd:")}
+    signalling = [e for e in seen if e["pid"] == os.getpid() and e["fd"] in zmq_fds and e["count"] == 8
+                  and e["ts_ns"] > child.started_ns]
+    assert not signalling, f"this subscriber's ZeroMQ signalling was published: {signalling[:3]}"
 
 
 @pytest.fixture(scope="module")
@@ -323,10 +328,23 @@ def test_bpftrace_missing_or_failing(tmp_path, root_and_bpftrace):
     (fake / "bpftrace").write_text("#!/bin/sh\n[ \"$1\" = --version ] && { echo 'bpftrace v0.17.0'; exit 0; }\n"
                                    "echo 'ERROR: Error attaching probe: fake' >&2\nexit 1\n")
     (fake / "bpftrace").chmod(0o755)
+    run_fake = dict(cwd=ROOT, capture_output=True, text=True, timeout=30,
+                    env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}",
+                         "SYSWATCH_FEATURES_CACHE": str(tmp_path / "features")})
+    # its feature probe (a BEGIN-only run) fails the same way: a set-up error naming bpftrace's words
     res = subprocess.run([sys.executable, "-m", "collector.collector", "--bind", f"tcp://127.0.0.1:{free_port()}"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=30,
-                         env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"})
-    assert res.returncode == 1
+                         **run_fake)
+    assert res.returncode == 2, res.stderr
+    assert "feature probe exited with status 1: ERROR: Error attaching probe: fake" in res.stderr
+    # features known (cached from an earlier run): it fails when the collector starts tracing
+    from syswatch.collector import bpfversion
+    key = bpfversion._cache_key(str(fake / "bpftrace"), bpfversion.parse("bpftrace v0.17.0\n"))
+    cache = tmp_path / "features" / f"bpftrace-{key}.json"
+    cache.parent.mkdir(parents=True)
+    cache.write_text(json.dumps({"ringbuf_output": False, "map_key_strings_escaped_twice": False}))
+    res = subprocess.run([sys.executable, "-m", "collector.collector", "--bind", f"tcp://127.0.0.1:{free_port()}"],
+                         **run_fake)
+    assert res.returncode == 1, res.stderr
     assert "bpftrace exited with status 1; bpftrace said: ERROR: Error attaching probe: fake" in res.stderr
     # one that cannot even say which version it is: a set-up error, before anything is bound
     (fake / "bpftrace").write_text("#!/bin/sh\necho 'broken' >&2\nexit 3\n")

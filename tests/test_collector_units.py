@@ -1,5 +1,5 @@
 """The collector's parts in process (pytest -m unit): its command line read into one frozen Config,
-and the excluded PIDs handed to the parser as new sets. The parser itself: tests/test_parser.py."""
+and what is excluded handed to the parser as new values. The parser itself: tests/test_parser.py."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,9 +7,11 @@ import os
 
 import pytest
 
+from syswatch.collector import exclusions as exmod
 from syswatch.collector.cli import Config, Filters, parse_args
 from syswatch.collector.exclusions import Exclusions
 from syswatch.collector.parser import Parser
+from syswatch.collector.streamio import Rules
 
 pytestmark = pytest.mark.unit
 
@@ -28,14 +30,17 @@ def test_flags_and_environment_make_one_frozen_config(monkeypatch):
         config.filters.pids = ()  # type: ignore[misc]
 
 
-def test_exclusions_hand_out_a_new_set_and_never_change_one_handed_out():
+def test_exclusions_hand_out_a_value_and_never_change_one_handed_out():
+    """The parser holds the Rules it was given; Exclusions replaces its own, never mutates one."""
     ex = Exclusions([os.getpid()], port=None)
     parser = Parser("events", ["read", "write"])
-    before = ex.refresh(force=True)                       # other collectors running on this host, if any
-    parser.excluded_pids = before
-    after = ex.announce(os.getppid(), os.stat("/proc/self/ns/pid").st_ino)   # a subscriber: our parent
-    parser.excluded_pids = after
-    assert os.getppid() in after and os.getppid() in ex.pids()
-    assert os.getppid() not in before and after == before | {os.getppid()}   # the set handed out is unchanged
-    assert ex.announce(os.getppid(), os.stat("/proc/self/ns/pid").st_ino) is after   # no change: the same set
-    assert ex.announce(os.getpid(), os.stat("/proc/self/ns/pid").st_ino) is after    # own PIDs: never a subscriber
+    parser.rules = handed = ex.rules
+    ex.subscribers[12345] = exmod.Subscriber(12345, (12345, 1), 0, 1, "x", frozenset({1}), frozenset({2}))
+    ex._apply()
+    assert ex.rules is not handed and ex.rules.subscribers == {12345} and ex.rules.sockets == {2}
+    assert handed == Rules() and parser.rules is handed          # what was handed out is unchanged
+    with pytest.raises(AttributeError):
+        handed.pids = frozenset({1})  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        handed.subscribers.add(1)  # type: ignore[attr-defined]
+    assert 12345 in ex.pids() and os.getpid() in ex.pids()

@@ -77,7 +77,10 @@ def test_api_is_unprivileged(config):
     mounts = [(v["source"], v["target"]) if isinstance(v, dict) else tuple(v.split(":")[:2]) for v in a["volumes"]]
     assert [src for src, dst in mounts if dst == db_dir and src in config["volumes"]], (mounts, "not a named volume")
     assert published(a) == [("127.0.0.1", "8080", "8080")]
-    assert "/healthz" in " ".join(a["healthcheck"]["test"])
+    # no Docker healthcheck, in compose or in the image: its exec of an interpreter every 5 s was most
+    # of an idle host's stream
+    assert "healthcheck" not in a
+    assert "HEALTHCHECK" not in [line.split(" ", 1)[0] for line in (ROOT / "Dockerfile.api").read_text().splitlines()]
     assert a["restart"] == "unless-stopped" and a["logging"]["options"]["max-size"]
 
 
@@ -96,15 +99,17 @@ def test_privileged_override_only_makes_the_collector_privileged():
 
 def test_dockerfiles_copy_only_what_each_image_runs():
     # the collector runs trixie's bpftrace 0.23 (issue 16); the API stays on bookworm
-    for name, package, base in (("Dockerfile.collector", "collector", "debian:trixie-slim"),
-                                ("Dockerfile.api", "api", "debian:bookworm-slim")):
+    # the collector image also holds subscribers/: the NATS bridge runs beside it as a sidecar (issue 27)
+    for name, packages, base in (("Dockerfile.collector", ("collector", "subscribers"), "debian:trixie-slim"),
+                                 ("Dockerfile.api", ("api",), "debian:bookworm-slim")):
+        package = packages[0]
         text = (ROOT / name).read_text()
         lines = [line.split() for line in text.splitlines() if line and not line.startswith("#")]
         assert lines[0] == ["FROM", base], name
         copies = {tuple(words[1:]) for words in lines if words[0] == "COPY"}
-        # syswatch/__init__.py, and links to the two folders the image holds (syswatch.shared...)
+        # syswatch/__init__.py, and links to the folders the image holds (syswatch.shared...)
         assert copies == {("syswatch/__init__.py", "syswatch/"), ("shared/", "shared/"),
-                          (f"{package}/", f"{package}/")}, (name, copies)
+                          *((f"{pkg}/", f"{pkg}/") for pkg in packages)}, (name, copies)
         assert f"ln -s ../shared syswatch/shared && ln -s ../{package} syswatch/{package}" in text, name
         assert "pip" not in text.replace("python3-", ""), f"{name}: Debian packages only (no PyPI in the build)"
     assert "USER syswatch" in (ROOT / "Dockerfile.api").read_text()
@@ -114,7 +119,8 @@ def test_dockerignore_admits_only_the_packages():
     lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
     assert lines[0] == "*"
-    assert {line for line in lines if line.startswith("!")} == {"!syswatch/", "!collector/", "!api/", "!shared/"}
+    assert {line for line in lines if line.startswith("!")} == {"!syswatch/", "!collector/", "!api/", "!shared/",
+                                                               "!subscribers/"}
 
 
 def test_curve_override_gives_each_service_only_its_own_keys():

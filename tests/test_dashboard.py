@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import pytest
 import requests
@@ -33,25 +34,38 @@ TAG = f"{os.getpid() % 10000:04d}"
 ALPHA = f"swdash-a{TAG}"   # comm names: at most 15 bytes
 BETA = f"swdash-b{TAG}"
 
-# A process that renames itself (the kernel's comm) and then reads and writes steadily until killed.
+# A process that renames itself (the kernel's comm) and then writes and reads one block every
+# ``pause`` seconds until killed. Steady single calls, not bursts: the tail shows the newest 50
+# events, and the collector publishes what one read of bpftrace's output holds as one batch per
+# syscall, so a looper's 80-call burst arrived as 40 writes + 40 reads and filled every 50-row window
+# alone. Which looper a poll showed then depended on the phase between the two loopers' bursts and
+# the page's 1 s poll, whose beat can last longer than any wait (issue 32: 30 s of one looper). At
+# one call each way per 10 ms, a window spans ~12 calls of each looper, whatever the phase.
+# With a 4th argument N, each call pair is followed by N reads of a closed descriptor (EBADF).
 LOOPER = r"""
 import ctypes, os, sys, time
 ctypes.CDLL(None).prctl(15, ctypes.c_char_p(sys.argv[1].encode()), 0, 0, 0)
 w, r, size = os.open("/dev/null", os.O_WRONLY), os.open("/dev/zero", os.O_RDONLY), int(sys.argv[2])
-pause = float(sys.argv[3])
+pause, failing = float(sys.argv[3]), int(sys.argv[4])
+closed = os.dup(w)
+os.close(closed)
 print("ready", flush=True)
 while True:
-    for _ in range(40):
-        os.write(w, b"x" * size)
-        os.read(r, size)
+    os.write(w, b"x" * size)
+    os.read(r, size)
+    for _ in range(failing):
+        try:
+            os.read(closed, 1)
+        except OSError:
+            pass
     time.sleep(pause)
 """
 
 
 class Looper:
-    def __init__(self, name: str, size: int, pause: float = 0.05):
+    def __init__(self, name: str, size: int, pause: float = 0.01, failing: int = 0):
         self.name = name
-        self.proc = subprocess.Popen([sys.executable, "-c", LOOPER, name, str(size), str(pause)],
+        self.proc = subprocess.Popen([sys.executable, "-c", LOOPER, name, str(size), str(pause), str(failing)],
                                      stdout=subprocess.PIPE,
                                      text=True)
         assert self.proc.stdout.readline().strip() == "ready"
@@ -91,12 +105,11 @@ def stack(tmp_path_factory):
 
 
 def ensure_loopers(loopers: dict) -> None:
-    """Both loopers running (a test run alone does not have the earlier tests' ones). Their bursts
-    (80 events, more than the tail's 50) repeat at different periods: with the same period one
-    looper's burst could always follow the other's, and the tail would show only that one (CI once)."""
-    for key, name, size, pause in (("alpha", ALPHA, 512, 0.05), ("beta", BETA, 300, 0.077)):
+    """Both loopers running (a test run alone does not have the earlier tests' ones); beta also
+    fails one read per call pair (EBADF), for the errno views."""
+    for key, name, size, failing in (("alpha", ALPHA, 512, 0), ("beta", BETA, 300, 1)):
         if key not in loopers:
-            loopers[key] = Looper(name, size, pause)
+            loopers[key] = Looper(name, size, failing=failing)
 
 
 def leave(driver) -> list[str]:
@@ -161,15 +174,21 @@ def test_charts_have_data(stack):
     assert any("read" in s for s in legend) and any("write" in s for s in legend), legend
 
 
-def tail_shows_all(driver, comms: set):
-    """A wait_for predicate: every name in ``comms`` was in the tail at some poll (the newest 50
-    events are often one looper's burst)."""
-    seen: set = set()
+def wait_tail_shows_all(driver, comms: set, timeout: float = 15) -> None:
+    """Until one poll of the page shows every name in ``comms`` in its tail, with no filter named in
+    the tail's status. The loopers' calls interleave far finer than the tail's 50 rows, so every
+    poll shows both; a timeout lists the last tails seen (status, rows per name)."""
+    seen: list = []
 
     def check() -> bool:
-        seen.update(r[4] for r in rows(driver, "tail"))
-        return seen >= comms
-    return check
+        status, counts = text(driver, "tail-status"), Counter(r[4] for r in rows(driver, "tail"))
+        if not seen or seen[-1] != (status, counts):
+            seen.append((status, counts))
+        return "(" not in status and set(counts) >= comms
+    try:
+        wait_for(check, timeout, 0.3, f"{sorted(comms)} in one unfiltered tail")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; the last tails seen: {[(s, dict(c)) for s, c in seen[-8:]]}") from None
 
 
 def test_tail_filter_and_pause(stack):
@@ -177,7 +196,7 @@ def test_tail_filter_and_pause(stack):
     ensure_loopers(loopers)
     if not driver.current_url.startswith(api.base):
         driver.get(api.url("/"))
-    wait_for(tail_shows_all(driver, {ALPHA, BETA}), 15, 0.3, "both loopers in the tail")
+    wait_tail_shows_all(driver, {ALPHA, BETA})
 
     driver.find_element("id", "f-comm").send_keys(BETA)
     driver.find_element("id", "f-syscall").send_keys("write")
@@ -199,7 +218,44 @@ def test_tail_filter_and_pause(stack):
     wait_for(lambda: rows(driver, "tail") != frozen, 20, 0.2, "the tail to move again after resume")
 
     driver.find_element("id", "f-clear").click()
-    wait_for(tail_shows_all(driver, {ALPHA, BETA}), 30, 0.3, "the unfiltered tail")
+    wait_tail_shows_all(driver, {ALPHA, BETA})
+
+
+def test_latency_distribution_and_errno_names_are_shown(stack):
+    """Issue 25's view: per-syscall percentiles (a table and the p50/p99 chart), failed calls by errno
+    name in the top processes and the tail, and the tail's failed-only filter."""
+    _, api, driver, loopers = stack
+    ensure_loopers(loopers)
+    if not driver.current_url.startswith(api.base):
+        driver.get(api.url("/"))
+
+    def latency_rows():
+        table = {r[0]: r for r in rows(driver, "latency")}
+        return "read" in table and table["read"][4] != "–" and table
+    table = wait_for(latency_rows, 15, 0.3, "the latency table with percentiles")
+    p50, p99 = table["read"][2], table["read"][4]
+    assert p50.endswith(("ns", "µs", "ms", " s")) and p99.endswith(("ns", "µs", "ms", " s"))
+    assert "EBADF" in table["read"][7]
+    chart = wait_for(lambda: (int(js(driver, "return document.getElementById('chart-latency').dataset.samples")) >= 3
+                              and float(js(driver, "return document.getElementById('chart-latency').dataset.max")) > 0),
+                     15, 0.3, "the latency chart's samples")
+    assert chart
+    legend = js(driver, "return Array.from(document.querySelectorAll('#chart-latency .u-legend .u-series'))"
+                        ".map(e => e.textContent)")
+    assert any("p99 read" in s for s in legend) and any("p50 write" in s for s in legend), legend
+    wait_for(lambda: any(r[2] == BETA and "EBADF" in r[8] for r in rows(driver, "top-procs")), 15, 0.3,
+             f"{BETA}'s errors by errno in the top processes")
+
+    driver.find_element("id", "f-failed").click()
+    driver.find_element("id", "f-apply").click()
+    tail = wait_for(lambda: (t := rows(driver, "tail")) and all(r[8] == "EBADF" for r in t) and t, 20, 0.2,
+                    "the tail to show only failed calls")
+    assert {r[4] for r in tail} == {BETA} and "failed=1" in text(driver, "tail-status")
+    title = js(driver, "return document.querySelector('#tail tbody tr td:nth-child(9)').title")
+    assert title == "Bad file descriptor (ret -9)"
+    driver.find_element("id", "f-clear").click()
+    assert not driver.find_element("id", "f-failed").is_selected()
+    assert driver.find_element("id", "no-files").is_displayed()   # no paths from this collector yet
 
 
 def test_collector_health_is_shown(stack):
@@ -255,6 +311,32 @@ def test_the_page_asks_for_the_token_when_the_api_wants_one(stack, tmp_path):
         wait_for(lambda: api.ips(headers=headers) == ["198.51.100.9"], 10, 0.2, "the address added with the token")
         errors = leave(driver)
         assert all("401 (Unauthorized)" in m for m in errors), errors  # only the answer that asked for the token
+
+
+def test_with_a_read_token_the_page_asks_for_it_and_then_shows_the_stream(stack, tmp_path):
+    """An API whose read endpoints need a token (issue 23): the page shows nothing of the stream
+    until the token is typed in, then its tables and tail fill as usual."""
+    collector, _, driver, loopers = stack
+    token_file = tmp_path / "read-token"
+    token_file.write_text("read-s3cret\n")
+    ensure_loopers(loopers)
+    with ApiProcess(tmp_path / "ips.sqlite3", "--read-token-file", str(token_file),
+                    collector=collector.endpoint) as api:
+        assert api.get("/stats").status_code == 401
+        driver.get(api.url("/"))
+        wait_for(lambda: driver.find_element("id", "read-token-input").is_displayed(), 10, 0.2,
+                 "the read token prompt")
+        assert rows(driver, "top-procs") == [] and "API unreachable" in text(driver, "conn")
+        driver.find_element("id", "read-token-input").send_keys("read-s3cret")
+        driver.find_element("id", "read-token-save").click()
+        wait_for(lambda: not driver.find_element("id", "read-token-form").is_displayed(), 10, 0.2,
+                 "the prompt to go")
+        wait_for(lambda: text(driver, "conn") == "collector connected", 15, 0.2, "the page to read /stats")
+        wait_for(lambda: any(r[2] == ALPHA for r in rows(driver, "top-procs")), 15, 0.2,
+                 f"{ALPHA} in the top processes table")
+        wait_for(lambda: any(ALPHA in " ".join(r) for r in rows(driver, "tail")), 15, 0.2, f"{ALPHA} in the tail")
+        errors = leave(driver)
+        assert all("401 (Unauthorized)" in m for m in errors), errors  # only the answers that asked for it
 
 
 def test_a_visible_warning_when_the_collector_loses_events(stack, tmp_path):

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import base64
 import functools
-import importlib.util
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,8 @@ import yaml
 
 from harness import ROOT
 from harness.procs import free_port
+from harness.unit import collector_capabilities_from_unit, parse_unit, unit_env
+from harness.unit import setpriv as unit_setpriv
 from tests.conftest import have, is_root, require
 
 K8S = ROOT / "deploy" / "kubernetes"
@@ -38,7 +39,8 @@ SYSTEMD = ROOT / "deploy" / "systemd"
 OLDEST_K8S = "1.30.0"
 COLLECTOR = {"app.kubernetes.io/name": "syswatch", "app.kubernetes.io/component": "collector"}
 API = {"app.kubernetes.io/name": "syswatch", "app.kubernetes.io/component": "api"}
-COLLECTOR_PORT = 5556
+NATS = {"app.kubernetes.io/name": "syswatch", "app.kubernetes.io/component": "nats"}
+METRICS_PORTS = (9101, 9102)      # the collector's and the bridge's /metrics
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -96,18 +98,13 @@ def validate_all(docs: list[tuple[str, dict]]) -> list[str]:
     return errors
 
 
-def keygen(directory: Path, name: str) -> None:
-    res = subprocess.run([sys.executable, "-m", "shared.curve", str(directory), name],
-                         cwd=ROOT, capture_output=True, text=True, timeout=30)
-    assert res.returncode == 0, res.stderr
-
-
 def build(tmp: Path, components: tuple[str, ...] = ()) -> list[dict]:
-    """kubectl kustomize of a copy of deploy/kubernetes with freshly made Curve keys (as the guide says)."""
+    """kubectl kustomize of a copy of deploy/kubernetes with freshly made NATS passwords (as the guide says)."""
     tree = tmp / "kubernetes"
     shutil.copytree(K8S, tree, ignore=shutil.ignore_patterns("keys"))
-    keygen(tree / "keys", "server")
-    keygen(tree / "keys" / "clients", "api")
+    (tree / "keys").mkdir()
+    for user in ("bridge", "api"):
+        (tree / "keys" / f"nats-{user}.password").write_text(secrets.token_hex(24) + "\n")
     if components:
         kfile = tree / "kustomization.yaml"
         spec = yaml.safe_load(kfile.read_text())
@@ -163,11 +160,10 @@ def secret_file(docs: list[dict], spec: dict, container: dict, path: str) -> byt
     raise AssertionError(f"{path} is not in a Secret mounted in container {container['name']}")
 
 
-def curve_public(cert: bytes) -> str:
-    """The public-key line of a ZeroMQ certificate (public or secret file)."""
-    m = re.search(rb'public-key\s*=\s*"([^"]+)"', cert)
-    assert m, "not a ZeroMQ certificate"
-    return m.group(1).decode()
+def secret_value(docs: list[dict], ref: dict) -> str:
+    """The value an env entry's secretKeyRef names."""
+    key = ref["valueFrom"]["secretKeyRef"]
+    return base64.b64decode(one(docs, "Secret", key["name"])["data"][key["key"]]).decode()
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +204,7 @@ def test_every_manifest_is_valid_against_the_kubernetes_schemas():
 
 def test_kustomize_build_is_valid_against_the_kubernetes_schemas(built):
     kinds = sorted(d["kind"] for d in built)
-    for kind in ("Namespace", "DaemonSet", "Deployment", "Service", "NetworkPolicy",
+    for kind in ("Namespace", "DaemonSet", "Deployment", "StatefulSet", "Service", "NetworkPolicy",
                  "PersistentVolumeClaim", "Secret", "ConfigMap", "ServiceAccount"):
         assert kind in kinds, f"the build has no {kind}: {kinds}"
     assert all(d["metadata"].get("namespace") == "syswatch" for d in built if d["kind"] != "Namespace")
@@ -223,14 +219,15 @@ def test_docker_socket_component_builds_and_mounts_the_socket_read_only(tmp_path
     spec = one(docs, "DaemonSet")["spec"]["template"]["spec"]
     volume = next(v for v in spec["volumes"] if v["name"] == "docker-socket")
     assert volume["hostPath"] == {"path": "/var/run/docker.sock", "type": "Socket"}
-    mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "docker-socket")
+    collector = next(c for c in spec["containers"] if c["name"] == "collector")
+    mount = next(m for m in collector["volumeMounts"] if m["name"] == "docker-socket")
     assert mount["readOnly"] is True
 
 
 # -- Kubernetes: the security fields that matter ---------------------------------------------
 def test_host_namespaces_and_privileged(built):
     specs = pod_specs(built)
-    assert len(specs) == 2
+    assert len(specs) == 3
     for origin, spec in specs:
         is_collector = origin == "DaemonSet/syswatch-collector"
         assert spec.get("hostPID", False) is is_collector, f"{origin}: hostPID only on the collector"
@@ -275,7 +272,7 @@ def test_collector_privileges_are_the_documented_least_set(built):
     ds = one(built, "DaemonSet", "syswatch-collector")
     spec = ds["spec"]["template"]["spec"]
     assert ds["spec"]["template"]["metadata"]["labels"] == COLLECTOR and matches(ds["spec"]["selector"], COLLECTOR)
-    (c,) = spec["containers"]
+    c = next(c for c in spec["containers"] if c["name"] == "collector")
     sc = c["securityContext"]
     assert sc["capabilities"]["drop"] == ["ALL"]
     assert sorted(sc["capabilities"]["add"]) == sorted(collector_capabilities_from_unit()), \
@@ -290,152 +287,121 @@ def test_collector_privileges_are_the_documented_least_set(built):
     assert all(m.get("recursiveReadOnly") in ("IfPossible", "Enabled") for m in host_mounts.values())
     env = env_of(c)
     assert env["SYSWATCH_HOSTNAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
-    assert env["SYSWATCH_BIND"]["value"] == f"tcp://0.0.0.0:{COLLECTOR_PORT}"
-    assert {"name": "zmq", "containerPort": COLLECTOR_PORT, "protocol": "TCP"} in c["ports"]
+    assert env["SYSWATCH_BIND"]["value"] == "tcp://127.0.0.1:5556", "the stream stays on the pod's loopback"
+    assert env["SYSWATCH_METRICS"]["value"] == "0.0.0.0:9101"
+    assert c["ports"] == [{"name": "metrics", "containerPort": 9101, "protocol": "TCP"}]
+    annotations = ds["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": "9101",
+                           "prometheus.io/path": "/metrics"}
 
 
-def test_network_policy_admits_only_the_api_to_the_collectors_port(built):
-    (np,) = [d for d in built if d["kind"] == "NetworkPolicy"]
-    spec = np["spec"]
-    assert matches(spec["podSelector"], COLLECTOR) and not matches(spec["podSelector"], API)
-    assert spec["policyTypes"] == ["Ingress"]
-    for rule in spec["ingress"]:
-        assert rule["ports"] == [{"protocol": "TCP", "port": COLLECTOR_PORT}]
-        assert rule["from"], "an empty 'from' would admit everyone"
-        for peer in rule["from"]:
-            assert set(peer) == {"podSelector"}, f"only pods of this namespace, no {set(peer) - {'podSelector'}}"
-            assert matches(peer["podSelector"], API) and not matches(peer["podSelector"], COLLECTOR)
-            assert peer["podSelector"]["matchLabels"], "an empty selector would admit every pod"
+def test_the_bridge_beside_the_collector_has_no_privilege(built):
+    spec = one(built, "DaemonSet", "syswatch-collector")["spec"]["template"]["spec"]
+    assert [c["name"] for c in spec["containers"]] == ["collector", "nats-bridge"]
+    bridge = spec["containers"][1]
+    assert bridge["command"] == ["python3", "-m", "subscribers.nats_bridge"]
+    sc = bridge["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] > 0 and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]} and sc["readOnlyRootFilesystem"] is True
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, "not the pod's Unconfined"
+    assert "volumeMounts" not in bridge, "no host directory, no writable place"
+    env = env_of(bridge)
+    collector_env = env_of(spec["containers"][0])
+    assert env["SYSWATCH_COLLECTOR"]["value"] == collector_env["SYSWATCH_BIND"]["value"]
+    assert env["SYSWATCH_BRIDGE_METRICS"]["value"] == "0.0.0.0:9102"
+    assert {"name": "bridge-metrics", "containerPort": 9102, "protocol": "TCP"} in bridge["ports"]
 
 
-def test_headless_service_selects_the_collectors(built):
-    svc = one(built, "Service", "syswatch-collector")
-    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["selector"] == COLLECTOR
-    assert [p["port"] for p in svc["spec"]["ports"]] == [COLLECTOR_PORT]
-    api_config = one(built, "ConfigMap", next(
-        e["configMapRef"]["name"] for e in one(built, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-        ["envFrom"]))
-    assert api_config["data"]["SYSWATCH_COLLECTOR_SERVICE"] == "syswatch-collector"
-    assert api_config["data"]["SYSWATCH_COLLECTOR_PORT"] == str(COLLECTOR_PORT)
+def test_bridges_and_api_reach_nats_as_their_own_users(built):
+    ds = one(built, "DaemonSet", "syswatch-collector")["spec"]["template"]["spec"]["containers"][1]
+    api = one(built, "Deployment", "syswatch-api")["spec"]["template"]["spec"]["containers"][0]
+    nats = one(built, "StatefulSet", "syswatch-nats")
+    nats_env = env_of(nats["spec"]["template"]["spec"]["containers"][0])
+    svc = one(built, "Service", "syswatch-nats")
+    assert svc["spec"]["selector"] == NATS == nats["spec"]["template"]["metadata"]["labels"]
+    assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(4222, "client")]
+    for container, user, password_var in ((ds, "bridge", "BRIDGE_PASSWORD"), (api, "api", "API_PASSWORD")):
+        config = {}
+        for ref in container.get("envFrom", []):
+            config.update(one(built, "ConfigMap", ref["configMapRef"]["name"])["data"])
+        assert config["SYSWATCH_NATS"] == "nats://syswatch-nats:4222", container["name"]
+        env = env_of(container)
+        assert env["SYSWATCH_NATS_USER"]["value"] == user
+        password = secret_value(built, env["SYSWATCH_NATS_PASSWORD"])
+        assert len(password) >= 32 and password == secret_value(built, nats_env[password_var])
+    assert "SYSWATCH_COLLECTOR" not in env_of(api), "the API reads NATS only"
+    assert "livenessProbe" not in api, "no restart to find collectors: NATS brings every node"
+    # the stream can never outgrow the volume JetStream writes to
+    stream = one(built, "ConfigMap", next(r["configMapRef"]["name"] for r in ds["envFrom"]))["data"]
+    volume = nats["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+    assert stream["SYSWATCH_NATS_MAX_BYTES"] == "8GiB" and volume == "10Gi"
+    assert "max_file_store: 9GB" in nats_conf(built)
 
 
-def test_curve_keys_come_from_secrets_and_match(built):
-    """The files the Curve env vars name are in mounted Secrets, and the key pairs fit together."""
-    ds_spec = one(built, "DaemonSet")["spec"]["template"]["spec"]
-    api_spec = one(built, "Deployment")["spec"]["template"]["spec"]
-    coll, api = ds_spec["containers"][0], api_spec["containers"][0]
-    cenv, aenv = env_of(coll), env_of(api)
-    server_secret = secret_file(built, ds_spec, coll, cenv["SYSWATCH_CURVE_SERVER_KEY"]["value"])
-    assert b"secret-key" in server_secret
-    clients_dir = cenv["SYSWATCH_CURVE_CLIENTS"]["value"].rstrip("/")
-    api_public_as_listed = secret_file(built, ds_spec, coll, clients_dir + "/api.key")
-    assert b"secret-key" not in api_public_as_listed, "the collector holds the API's public key only"
-    server_public_for_api = secret_file(built, api_spec, api, aenv["SYSWATCH_CURVE_SERVER_KEY"]["value"])
-    api_pair = secret_file(built, api_spec, api, aenv["SYSWATCH_CURVE_CLIENT_KEY"]["value"])
-    assert b"secret-key" not in server_public_for_api and b"secret-key" in api_pair
-    assert curve_public(server_public_for_api) == curve_public(server_secret)
-    assert curve_public(api_pair) == curve_public(api_public_as_listed)
+def nats_conf(built: list[dict]) -> str:
+    return one(built, "ConfigMap", next(v["configMap"]["name"] for v in one(built, "StatefulSet")["spec"]["template"]
+                                        ["spec"]["volumes"] if v["name"] == "config"))["data"]["nats.conf"]
 
 
-# -- Kubernetes: the API's start-up wrapper, for real -------------------------------------------
-def resolver_module():
-    spec = importlib.util.spec_from_file_location("resolve_collectors", K8S / "api-resolve-collectors.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def test_network_policies_admit_only_scrapes_to_the_collectors_and_clients_to_nats(built):
+    policies = {d["metadata"]["name"]: d["spec"] for d in built if d["kind"] == "NetworkPolicy"}
+    assert set(policies) == {"syswatch-collector", "syswatch-nats"}
+    coll = policies["syswatch-collector"]
+    assert matches(coll["podSelector"], COLLECTOR) and coll["policyTypes"] == ["Ingress"]
+    (rule,) = coll["ingress"]
+    assert sorted(p["port"] for p in rule["ports"]) == list(METRICS_PORTS), "metrics only: no ZeroMQ port"
+    prometheus = {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
+    assert rule["from"] == [{"namespaceSelector": {}, "podSelector": prometheus}]
+    nats = policies["syswatch-nats"]
+    assert matches(nats["podSelector"], NATS) and nats["policyTypes"] == ["Ingress"]
+    (rule,) = nats["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 4222}]
+    assert [p["podSelector"]["matchLabels"] for p in rule["from"]] == [COLLECTOR, API]
 
 
-def test_resolver_turns_every_address_into_an_endpoint():
-    mod = resolver_module()
-    # localhost has an IPv4 and often an IPv6 address: one endpoint per collector, IPv4 first
-    assert mod.resolve("localhost", 5556) == ["tcp://127.0.0.1:5556"]
-    assert mod.resolve("::1", 5556) == ["tcp://[::1]:5556"]
-    assert mod.resolve("no-such-host.invalid", 5556) == []
-
-
-def test_resolver_starts_the_api_and_its_liveness_check_notices_a_new_collector_set(tmp_path):
-    port, collector_port = free_port(), free_port()
-    record = tmp_path / "collectors"
-    env = {**os.environ, "SYSWATCH_COLLECTOR_SERVICE": "127.0.0.1", "SYSWATCH_COLLECTOR_PORT": str(collector_port),
-           "SYSWATCH_COLLECTORS_FILE": str(record), "SYSWATCH_HOST": "127.0.0.1", "SYSWATCH_PORT": str(port),
-           "SYSWATCH_DB": str(tmp_path / "ips.sqlite3"), "SYSWATCH_COLLECTOR": "tcp://wrong:1"}
-    wrapper = [sys.executable, str(K8S / "api-resolve-collectors.py")]
-    def check(e=env):
-        return subprocess.run(wrapper + ["--check"], env=e, capture_output=True, text=True, timeout=30)
-    proc = subprocess.Popen(wrapper + ["--", sys.executable, "-m", "api.server"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-                    health = json.loads(r.read())
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "the API did not start"
-                time.sleep(0.1)
-        assert health["status"] == "ok"
-        assert record.read_text().strip() == f"tcp://127.0.0.1:{collector_port}"
-        # the wrapper replaced itself (same pid) with the API, whose environment has the resolved list
-        environ = dict(item.split("=", 1) for item in
-                       Path(f"/proc/{proc.pid}/environ").read_text().split("\0") if "=" in item)
-        assert environ["SYSWATCH_COLLECTOR"] == f"tcp://127.0.0.1:{collector_port}"
-        assert Path(f"/proc/{proc.pid}/cmdline").read_text().split("\0")[1:3] == ["-m", "api.server"]
-        assert check().returncode == 0
-        record.write_text("tcp://10.9.9.9:5556\n")           # as if a collector pod had been replaced
-        res = check()
-        assert res.returncode == 1 and "restart" in res.stderr
-        assert check({**env, "SYSWATCH_COLLECTOR_SERVICE": ""}).returncode == 0   # a static list
-    finally:
-        proc.send_signal(signal.SIGTERM)
+def test_the_manifests_nats_config_gives_each_user_only_its_job(built, tmp_path):
+    """nats.conf from the build, run by Debian's nats-server: the bridge user creates the stream and
+    publishes; the API user creates its consumer, pulls and acks, and can publish no event."""
+    from harness.nats import NatsServer
+    from syswatch.shared import jetstream, natsclient
+    from tests.conftest import require_nats_server
+    require_nats_server()
+    passwords = {u: secrets.token_hex(8) for u in ("BRIDGE_PASSWORD", "API_PASSWORD")}
+    srv = NatsServer(tmp_path)
+    conf = nats_conf(built).replace("listen: 0.0.0.0:4222", f"listen: 127.0.0.1:{srv.port}")
+    conf = re.sub(r"(?m)^http: .*$", "", conf).replace("/data/jetstream", str(srv.store))
+    for var, value in passwords.items():
+        conf = conf.replace(f"${var}", json.dumps(value))
+    srv.config.write_text(conf)
+    with srv:
+        def conn(user, var):
+            return natsclient.Connection(natsclient.Options(servers=(srv.url,), user=user,
+                                                            password=passwords[var])).connect()
+        bridge, api = conn("bridge", "BRIDGE_PASSWORD"), conn("api", "API_PASSWORD")
         try:
-            out = proc.communicate(timeout=15)[0]
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out = proc.communicate()[0]
-    assert "1 collector(s)" in out, out
-    assert check().returncode == 1, "the API is gone: /healthz must fail the check"
+            assert jetstream.ensure_stream(bridge, "SYSWATCH", jetstream.StreamLimits()) == "created"
+            ack = bridge.request("syswatch.node-1.status", b'{"v":2}', 5, {jetstream.MSG_ID_HEADER: "a"})
+            assert jetstream.pub_ack(ack)[0] == 1
+            jetstream.ensure_consumer(api, "SYSWATCH", "syswatch-api")
+            puller = jetstream.PullConsumer(api, "SYSWATCH", "syswatch-api")
+            (msg,) = puller.fetch(10, 2)
+            puller.ack(msg)
+            api.flush(5)
+            assert jetstream.api(api, "CONSUMER.INFO.SYSWATCH.syswatch-api")["ack_floor"]["stream_seq"] == 1
+            with pytest.raises(natsclient.Timeout):          # denied: the server drops it, no ack comes
+                api.request("syswatch.node-1.status", b'{"v":2}', 2)
+            assert "Permissions Violation" in (api.error or "")
+            with pytest.raises(natsclient.Timeout):
+                jetstream.api(bridge, "CONSUMER.INFO.SYSWATCH.syswatch-api", timeout=2)
+            assert jetstream.stream_info(bridge, "SYSWATCH")["state"]["messages"] == 1
+        finally:
+            bridge.close()
+            api.close()
 
 
 # -- systemd -----------------------------------------------------------------------------------
 def unit_files() -> list[Path]:
     return sorted(SYSTEMD.glob("*.service"))
-
-
-def parse_unit(path: Path, dropins: bool = False) -> dict[str, list[str]]:
-    """Section.Key -> values, in order (an empty assignment resets the list, as systemd does)."""
-    files = [path] + (sorted((path.parent / (path.name + ".d")).glob("*.conf")) if dropins else [])
-    out: dict[str, list[str]] = {}
-    for f in files:
-        section = ""
-        for raw in f.read_text().splitlines():
-            line = raw.strip()
-            if not line or line[0] in "#;":
-                continue
-            if line.startswith("["):
-                section = line.strip("[]")
-                continue
-            key, _, value = line.partition("=")
-            values = out.setdefault(f"{section}.{key.strip()}", [])
-            if value.strip():
-                values.append(value.strip())
-            else:
-                values.clear()
-    return out
-
-
-def unit_env(path: Path) -> dict[str, str]:
-    env = {}
-    for assignments in parse_unit(path).get("Service.Environment", []):
-        for item in assignments.split():
-            key, _, value = item.partition("=")
-            env[key] = value
-    return env
-
-
-def collector_capabilities_from_unit() -> list[str]:
-    caps = parse_unit(SYSTEMD / "syswatch-collector.service")["Service.CapabilityBoundingSet"][0].split()
-    return [c.removeprefix("CAP_") for c in caps]
 
 
 def systemd_analyze() -> str:
@@ -532,8 +498,7 @@ def install_copy(tmp: Path, unit: Path) -> Path:
 
 def setpriv(caps: list[str]) -> list[str]:
     require(have("setpriv"), "apt-get install util-linux (setpriv)")
-    bounding = ",".join(["-all"] + [f"+{c.lower()}" for c in caps])
-    return ["setpriv", "--no-new-privs", f"--bounding-set={bounding}", "--inh-caps=-all"]
+    return unit_setpriv(caps)
 
 
 def test_collector_runs_with_exactly_the_granted_capabilities(tmp_path, root_and_bpftrace):

@@ -124,10 +124,14 @@ def test_a_container_s_events_carry_its_id_and_name_and_the_api_is_left_out(stac
                 status = msg.payload
             theirs += [e for e in msg.events if e["count"] == len("swe2e-ctr\n") and e["comm"] == "sh"
                        and e["container_id"] == cid[:12]]
-            if len(theirs) >= 20 and status:
+            if len([e for e in theirs if e["container_name"]]) >= 20 and status:
                 break
-        assert len(theirs) >= 20, f"{len(theirs)} events of container {name}"
-        assert {(e["container_id"], e["container_name"], e["ret"]) for e in theirs} == {(cid[:12], name, 10)}
+        named = [e for e in theirs if e["container_name"]]
+        assert len(named) >= 20, f"{len(theirs)} events of container {name}, {len(named)} named"
+        # the name is asked off the collector's loop: the first events may carry only the id
+        assert {(e["container_id"], e["container_name"], e["ret"]) for e in theirs} <= {(cid[:12], name, 10),
+                                                                                       (cid[:12], "", 10)}
+        assert theirs[-1]["container_name"] == name
         api_pid = stack.inspect("api")["State"]["Pid"]
         assert api_pid in status["excluded_pids"], (api_pid, status["excluded_pids"])
         deadline = time.monotonic() + 20
@@ -154,7 +158,7 @@ def test_ip_list_survives_api_restart_and_recreate(stack):
     assert code == 200, added
 
     stack.compose("restart", "api", timeout=120)
-    stack.wait_api_healthy()
+    stack.wait_api_answers()
     code, listed = stack.http("POST", "/print_all_ips", {"print_all_ips": True})
     assert (code, listed["ips"], listed["total_ips"]) == (200, ips, 3), listed
 
@@ -162,7 +166,7 @@ def test_ip_list_survives_api_restart_and_recreate(stack):
     old = stack.container_id("api")
     stack.compose("up", "-d", "--force-recreate", "--no-deps", "api", timeout=120)
     assert stack.container_id("api") != old
-    stack.wait_api_healthy()
+    stack.wait_api_answers()
     code, listed = stack.http("POST", "/print_all_ips", {"print_all_ips": True})
     assert (code, listed["ips"]) == (200, ips), listed
     stack.http("POST", "/clear_ip_list", {"clear_ip_list": True})
@@ -266,16 +270,17 @@ def test_api_stays_healthy_while_the_collector_is_away(stack):
     finally:
         stack.compose("start", "collector", timeout=60)
     wait_connected(stack, True)
-    assert stack.inspect("api")["State"]["Health"]["Status"] == "healthy"
+    assert stack.inspect("api")["State"]["Running"] and "Health" not in stack.inspect("api")["State"]
 
 
-@pytest.mark.parametrize("service, package", [("collector", "collector"), ("api", "api")])
-def test_images_hold_only_what_they_run(stack, service, package):
+# The collector image also runs the unprivileged NATS bridge (subscribers/nats_bridge.py) as a sidecar.
+@pytest.mark.parametrize("service, packages", [("collector", ["collector", "subscribers"]), ("api", ["api"])])
+def test_images_hold_only_what_they_run(stack, service, packages):
     image = stack.inspect(service)["Config"]["Image"]
     listing = docker("run", "--rm", "--entrypoint", "sh", image, "-c",
                      "ls -A /opt/syswatch; for t in gcc cc make pip pip3 git curl; do command -v $t; done; "
                      "python3 -c 'import pytest' 2>/dev/null && echo pytest; true").stdout.split()
-    assert listing == sorted([package, "shared", "syswatch"]), listing   # syswatch/: the package's __init__ only
+    assert listing == sorted([*packages, "shared", "syswatch"]), listing   # syswatch/: the package's __init__ only
     size_mb = int(docker("image", "inspect", "-f", "{{.Size}}", image).stdout) / 1e6
     stack.timings[f"{service} image MB"] = size_mb
 

@@ -314,23 +314,35 @@ def _rate(sub: StreamReader, seconds: float) -> tuple[float, list[dict]]:
     return (last["events_total"] - first["events_total"]) / max(last["uptime_s"] - first["uptime_s"], 0.1), seen
 
 
-def test_consumers_never_receive_their_own_io(tmp_path, prereqs):
-    """A host-wide collector with the API and a tail.py subscribed: none of the stream's events are theirs."""
+def test_consumers_share_of_an_idle_stream_is_small(tmp_path, prereqs):
+    """A host-wide collector with the API, a tail.py and this test's reader attached: their ZeroMQ
+    signalling is left out (none of it is published), and what of them stays in the stream (tail's
+    output, at most one write a second) is at most 5% of it."""
     coll = CollectorProcess(tmp_path, "--echo-rate", "0")
     with ApiProcess(tmp_path / "ips.sqlite3", collector=coll.endpoint) as api:
         tail = subprocess.Popen([sys.executable, str(ROOT / "subscribers" / "tail.py"), "-e", coll.endpoint],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         sub = StreamReader(coll.endpoint)
+        consumers = {api.proc.pid, tail.pid, os.getpid()}
         try:
-            time.sleep(2.5)                    # the announces are verified and applied
-            rate, seen = _rate(sub, 5)
-            consumers = {api.proc.pid, tail.pid, os.getpid()}
-            own = [e for e in seen if e["pid"] in consumers]
-            assert seen and not own, (f"{len(own)} of {len(seen)} events are the consumers own", consumers,
-                                      Counter((e["pid"], e["comm"]) for e in own), coll.stderr())
-            st = sub.statuses[-1]
-            assert consumers <= set(st["excluded_pids"])
-            assert "its own I/O is left out of the stream" in coll.stderr()
+            deadline = time.monotonic() + 20
+            while True:                        # the announces are verified (and their eventfds learned)
+                st = sub.wait_status()
+                verified = {e["pid"]: e for e in st["excluded"] if e["kind"] == "subscriber"}
+                if consumers <= set(verified) and all(verified[p]["what"] for p in consumers):
+                    break
+                assert time.monotonic() < deadline, (consumers, st["excluded"])
+            time.sleep(2)
+            rate, seen = _rate(sub, 10)
+            theirs = [e for e in seen if e["pid"] in consumers]
+            zmq_fds = {(p, int(w.split(":")[1])) for p, e in verified.items() for w in e["what"]
+                       if w.startswith("eventfd:")}
+            signalling = [e for e in theirs if (e["pid"], e["fd"]) in zmq_fds]
+            assert seen and not signalling, f"consumers' ZeroMQ signalling was published: {signalling[:3]}"
+            share = len(theirs) / len(seen)
+            assert share <= 0.05, (f"consumers made {len(theirs)} of {len(seen)} events ({share:.1%})",
+                                   Counter((e["pid"], e["comm"], e["syscall"], e["fd"]) for e in theirs))
+            assert "verified: its ZeroMQ eventfd signalling" in coll.stderr()
         finally:
             sub.close()
             tail.terminate()
@@ -348,6 +360,8 @@ def test_two_collectors_do_not_feed_each_other(tmp_path, prereqs):
         try:
             b_pids = set(b.excluded_pids())
             time.sleep(2.5)                    # A's /proc scan finds B (every 2 s)
+            kinds = {e["pid"]: e for e in sub.wait_status()["excluded"]}
+            assert {kinds[p]["kind"] for p in b_pids} == {"peer"} and all(kinds[p]["what"] == ["all"] for p in b_pids)
             together, seen = _rate(sub, 4)
             leaked = Counter((e["pid"], e["comm"]) for e in seen if e["pid"] in b_pids)
             assert not leaked, ("A published B's own I/O", leaked, b_pids, a.stderr()[-2000:])

@@ -11,39 +11,10 @@ import time
 from harness import ROOT
 from harness.api import ApiProcess, metric
 from harness.collector import CollectorProcess
-from harness.procs import die_with_parent, wait_for
+from harness.procs import wait_for
+from harness.workloads import Writer
 from tests.conftest import have, is_root, require
-
-# Writes COUNT bytes to /dev/null N times per round; one round each time a line arrives on stdin.
-WRITER = r"""
-import ctypes, os, sys
-ctypes.CDLL(None).prctl(15, sys.argv[1].encode(), 0, 0, 0)
-fd = os.open("/dev/null", os.O_WRONLY)
-print(os.getpid(), flush=True)
-for line in sys.stdin:
-    for _ in range(int(sys.argv[2])):
-        os.write(fd, b"w" * int(sys.argv[3]))
-    print("round", flush=True)
-"""
-
-
-class Writer:
-    def __init__(self, name: str, per_round: int, size: int):
-        self.proc = subprocess.Popen([sys.executable, "-c", WRITER, name, str(per_round), str(size)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     preexec_fn=die_with_parent)
-        self.pid = int(self.proc.stdout.readline())
-        self.rounds = 0
-
-    def round(self) -> None:
-        self.proc.stdin.write("go\n")
-        self.proc.stdin.flush()
-        assert self.proc.stdout.readline().strip() == "round"
-        self.rounds += 1
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
+from tests.test_subscribers import wait_connected
 
 
 def host_stats(api: ApiProcess, host: str) -> dict:
@@ -131,7 +102,9 @@ def test_scripts_take_several_endpoints(tmp_path):
                              "-e", cb.endpoint, "--json", "-n", "sw-alpha", "-n", "sw-beta", "--count", "40",
                              "-d", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(2.0)
+        # connected to both and subscribed (a fixed sleep was too short for a loaded machine's start-up)
+        wait_connected(ca, tail)
+        wait_connected(cb, tail)
         alpha.round()
         beta.round()
         out, err = tail.communicate(timeout=40)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 
@@ -14,15 +13,15 @@ import pytest
 import requests
 
 import syswatch
-from harness import ROOT
+from harness import ROOT, prometheus
 from harness.api import ApiProcess, Publisher, connect, event
 from harness.collector import CollectorProcess
-from harness.procs import die_with_parent, free_port, wait_for
+from harness.procs import die_with_parent, wait_for
+from harness.prometheus import JOB, Prometheus, promtool
 from tests.conftest import have, is_root, require
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "syswatch.json"
 HOST = "promtest"          # the collector's --hostname: the dashboard's $host
-JOB = "syswatch"           # the scrape job: the dashboard's $job
 RATE_INTERVAL = "10s"      # Grafana's $__rate_interval for a 1 s scrape interval is 4 s at least; 10 s is safe
 SCRAPES = 12               # scrapes to wait for before querying (more than one rate interval)
 
@@ -44,13 +43,7 @@ while True:
 
 
 def require_prometheus() -> None:
-    require(have("prometheus") and have("promtool"),
-            "install Debian's prometheus (prometheus and promtool): apt-get install -y prometheus "
-            "(scripts/setup-host.sh does it)")
-
-
-def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([shutil.which("promtool"), *args], input=stdin, capture_output=True, text=True, timeout=60)
+    require(prometheus.missing() is None, prometheus.missing() or "")
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
@@ -70,7 +63,7 @@ def substitute(expr: str, host: str = HOST, job: str = JOB) -> str:
 def test_promtool_lints_a_real_scrape(tmp_path):
     """Every family the API exposes, with samples in each (two hosts, errors, requests, a 404)."""
     require_prometheus()
-    with ApiProcess(tmp_path / "ips.sqlite3") as srv:
+    with ApiProcess(tmp_path / "ips.sqlite3", "--hosts-per-collector", "2") as srv:
         pub = Publisher(srv.collector, host="lint-a")
         try:
             connect(srv, pub)
@@ -102,41 +95,6 @@ def test_promtool_parses_every_dashboard_expression(tmp_path):
     assert check.returncode == 0 and f"SUCCESS: {len(rules)} rules found" in check.stdout, check.stdout + check.stderr
 
 
-class Prometheus:
-    """`prometheus` scraping one target every second, on a free port, storage in ``tmp``."""
-
-    def __init__(self, tmp, target: str):
-        self.url = f"http://127.0.0.1:{free_port()}"
-        config = tmp / "prometheus.yml"
-        config.write_text(json.dumps({
-            "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [target]}]}]}))
-        self.log = tmp / "prometheus.log"
-        self.proc = subprocess.Popen(
-            [shutil.which("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-             f"--web.listen-address={self.url[len('http://'):]}", "--log.level=warn"],
-            cwd=tmp, stdout=open(self.log, "w"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
-
-    def query(self, expr: str) -> dict:
-        return requests.get(self.url + "/api/v1/query", params={"query": expr}, timeout=10).json()
-
-    def ready(self) -> bool:
-        assert self.proc.poll() is None, f"prometheus exited {self.proc.returncode}: {self.log.read_text()[-2000:]}"
-        try:
-            return requests.get(self.url + "/-/ready", timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 @pytest.fixture(scope="module")
 def scraped(tmp_path_factory):
     """(prometheus, api): a real collector tracing the workload, the API subscribed to it and a
@@ -162,10 +120,7 @@ def scraped(tmp_path_factory):
         stop.append(prom.stop)
         wait_for(prom.ready, 60, 0.2, "prometheus to be ready")
 
-        def scraped_enough():
-            r = prom.query(f'count_over_time(up{{job="{JOB}"}}[1m])')["data"]["result"]
-            return r and int(r[0]["value"][1]) >= SCRAPES
-        wait_for(scraped_enough, 90, 0.5, f"{SCRAPES} scrapes of the API")
+        wait_for(lambda: prom.scrapes() >= SCRAPES, 90, 0.5, f"{SCRAPES} scrapes of the API")
         yield prom, api
     finally:
         for fn in reversed(stop):

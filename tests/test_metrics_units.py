@@ -78,8 +78,16 @@ def test_every_syswatch_metric_is_derived_from_the_stats_model(tmp_path):
 
     assert p.value("syswatch_events_total", host="h1", syscall="read") == 3
     assert p.value("syswatch_moved_bytes_total", host="h1", syscall="read") == 120
-    assert p.value("syswatch_errors_total", host="h1", syscall="read") == 1
-    assert p.value("syswatch_call_latency_seconds_total", host="h1", syscall="read") == pytest.approx(4e-6)
+    assert p.value("syswatch_errors_total", host="h1", syscall="read", errno="EBADF") == 1
+    # the latency histogram: 2000 ns < 2048 ns, 1000 ns twice < 1024 ns; sum and count of the measured calls
+    lat = {"host": "h1", "syscall": "read"}
+    assert p.value("syswatch_call_latency_seconds_sum", **lat) == pytest.approx(4e-6)
+    assert p.value("syswatch_call_latency_seconds_count", **lat) == 3
+    assert p.value("syswatch_call_latency_seconds_bucket", **lat, le="1.024e-06") == 2
+    assert p.value("syswatch_call_latency_seconds_bucket", **lat, le="2.048e-06") == 3
+    assert p.value("syswatch_call_latency_seconds_bucket", **lat, le="+Inf") == 3
+    assert p.value("syswatch_call_latency_unmeasured_total", **lat) == 0
+    assert p.value("syswatch_call_latency_seconds_bucket", host="h2", syscall="pwrite64", le="0.000524288") == 1
     # every syscall a collector traces has its series before the first call (rate() of 0, not no data)
     assert p.value("syswatch_events_total", host="h1", syscall="write") == 0
     assert p.value("syswatch_moved_bytes_total", host="h2", syscall="pwrite64") == 8
@@ -169,26 +177,34 @@ def test_request_durations_fall_in_inclusive_buckets():
 
 
 def test_host_labels_are_bounded_by_max_hosts(tmp_path):
-    """Three times MAX_HOSTS collectors (255-character names) send status and every syscall through
-    the real decode path: /metrics holds MAX_HOSTS hosts, the rest is counted as malformed."""
-    p = Parts(tmp_path)
-    sub = StreamSubscriber([ENDPOINT], p.stream, p.hub, ctx=zmq.Context.instance())
+    """Three times MAX_HOSTS collectors (255-character names, each on an endpoint of its own) send status
+    and every syscall, failing with every errno, through the real decode path: /metrics holds MAX_HOSTS
+    hosts, the rest is refused; each (host, syscall) has the documented number of series."""
+    endpoints = [f"tcp://10.0.{i // 250}.{i % 250}:5556" for i in range(3 * MAX_HOSTS)]
+    p = Parts(tmp_path, endpoints)
+    sub = StreamSubscriber(endpoints, p.stream, p.hub, ctx=zmq.Context.instance())
     hosts = [f"{i:04d}-" + "h" * 250 for i in range(3 * MAX_HOSTS)]
-    for host in hosts:
-        sub.handle(protocol.encode(protocol.TOPIC_STATUS, _status(host, syscalls=list(protocol.SYSCALLS))), ENDPOINT)
+    every_errno = [_event(ret=-n) for n in range(1, 200)]
+    for host, endpoint in zip(hosts, endpoints):
+        sub.handle(protocol.encode(protocol.TOPIC_STATUS, _status(host, syscalls=list(protocol.SYSCALLS))), endpoint)
         for syscall in protocol.SYSCALLS:
-            sub.handle(protocol.encode(protocol.topic_for(syscall),
-                                       {"host": host, "events": [_event(syscall=syscall, ret=-1)]}), ENDPOINT)
+            batch = [{**e, "syscall": syscall, "lat_ns": 2 ** (i % 64)} for i, e in enumerate(every_errno)]
+            sub.handle(protocol.encode(protocol.topic_for(syscall), {"host": host, "events": batch}), endpoint)
     text = p.scrape()
     samples = [s for f in text_string_to_metric_families(text) for s in f.samples if s.name.startswith("syswatch_")]
-    seen_hosts = {s.labels["host"] for s in samples if "host" in s.labels}
+    seen_hosts = {s.labels["host"] for s in samples if s.labels.get("host")}
     assert len(seen_hosts) == MAX_HOSTS and seen_hosts == set(hosts[:MAX_HOSTS])
-    per_host = [s for s in samples if "host" in s.labels]
-    # 4 traffic counters per (host, syscall); connected and 4 status counters per host
-    assert len(per_host) == MAX_HOSTS * (4 * len(protocol.SYSCALLS) + 1 + 4)
-    rejected = (3 * MAX_HOSTS - MAX_HOSTS) * (1 + len(protocol.SYSCALLS))
-    assert p.value("syswatch_api_malformed_messages_total") == rejected
-    assert len(text.encode()) < 1_000_000  # even at the bound with the longest names, one scrape stays small
+    per_host = [s for s in samples if s.labels.get("host")]       # host="": an endpoint not heard from
+    # per (host, syscall): 3 counters, 27 histogram series, 8 errno names + "other"; per host: connected
+    # and 4 status counters (api/metrics.py's docstring)
+    assert len(per_host) == MAX_HOSTS * ((3 + 27 + 9) * len(protocol.SYSCALLS) + 1 + 4)
+    errnos_seen = {s.labels["errno"] for s in samples if s.name == "syswatch_errors_total"}
+    assert "other" in errnos_seen and len(errnos_seen) == 9
+    refused = (3 * MAX_HOSTS - MAX_HOSTS) * (1 + len(protocol.SYSCALLS))
+    assert p.value("syswatch_api_messages_refused_total") == refused
+    assert p.value("syswatch_api_malformed_messages_total") == 0
+    # at the bound, with the longest names: 15,296 series of ~330 bytes (a 255-character host label each)
+    assert len(text.encode()) < 5_500_000
 
 
 def test_every_metric_the_dashboard_uses_is_exposed(tmp_path):
@@ -206,14 +222,16 @@ def test_every_metric_the_dashboard_uses_is_exposed(tmp_path):
         assert all(t["datasource"] == p["datasource"] and t["expr"] for t in p["targets"])
     for needed in ("rate(syswatch_events_total", "rate(syswatch_moved_bytes_total", "rate(syswatch_errors_total",
                    "rate(syswatch_collector_lost_total", "rate(syswatch_collector_dropped_total",
-                   "syswatch_collector_connected", "rate(syswatch_call_latency_seconds_total",
+                   "syswatch_collector_connected", "rate(syswatch_call_latency_seconds_sum",
+                   "rate(syswatch_call_latency_seconds_bucket", "increase(syswatch_call_latency_seconds_bucket",
+                   "sum by (syscall, errno)",
                    "histogram_quantile(0.5,", "histogram_quantile(0.99,", "process_resident_memory_bytes",
                    "rate(process_cpu_seconds_total"):
         assert any(needed in e for e in exprs), needed
     assert all('host=~"$host"' in e for e in exprs if "syswatch_events_total" in e)
 
     p = Parts(tmp_path)
-    p.stream.add_events("h1", [_event()])
+    p.stream.add_events("h1", [_event(), _event(ret=-11)])
     p.stream.set_status(_status("h1"), "tcp://127.0.0.1:1")
     p.request("GET", "/metrics")
     exposed = {s.name for f in text_string_to_metric_families(p.scrape()) for s in f.samples}

@@ -26,7 +26,7 @@ from harness.procs import die_with_parent, free_port
 from syswatch import __version__
 from tests.conftest import have, is_root, require
 
-SCRIPTS = ("syswatch-collector", "syswatch-api", "syswatch-tail", "syswatch-top")
+SCRIPTS = ("syswatch-collector", "syswatch-api", "syswatch-tail", "syswatch-top", "syswatch-nats-bridge")
 
 
 @pytest.fixture(scope="module")
@@ -257,6 +257,12 @@ def test_installed_scripts_exit_2_on_a_bad_flag_or_environment(venv, tmp_path):
         ("syswatch-tail", ["-d", "1"], {"SYSWATCH_CURVE_SERVER_KEY": str(tmp_path / "none.key")}),
         ("syswatch-top", ["--once"], {"SYSWATCH_COLLECTOR": "garbage"}),
         ("syswatch-top", ["--once"], {"SYSWATCH_CURVE_SERVER_KEY": str(tmp_path / "none.key")}),
+        ("syswatch-api", ["--nats", "nats://127.0.0.1:1", "--nats-ca", str(tmp_path / "missing")], {}),
+        ("syswatch-api", [], {"SYSWATCH_NATS": "http://nats:4222"}),
+        ("syswatch-nats-bridge", [], {}),                                  # no --nats
+        ("syswatch-nats-bridge", [], {"SYSWATCH_NATS": "http://nats:4222"}),
+        ("syswatch-nats-bridge", ["--nats", "nats://127.0.0.1:1", "--nats-ca", str(tmp_path / "missing")], {}),
+        ("syswatch-nats-bridge", ["--nats", "nats://127.0.0.1:1"], {"SYSWATCH_NATS_MAX_BYTES": "lots"}),
     ]
     wrong = []
     for script, args, env in cases:

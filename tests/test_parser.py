@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from syswatch.collector.files import Files
 from syswatch.collector.parser import KICK_STALE_S, MALFORMED_KEPT, Parser, decode_comm
 from syswatch.collector.program import REFERENCE_KERNEL
+from syswatch.collector.streamio import Rules
 from syswatch.shared import record
 
 
@@ -42,6 +43,7 @@ def envelope(text: bytes) -> bytes:
 SYSCALLS = ["read", "write", "pread64", "pwrite64", "readv", "writev"]
 K = REFERENCE_KERNEL
 DEVNULL = dict(ino=4, dev=6, mode=0o20666)          # a character device (/dev/null's numbers)
+EVENTFD = dict(ino=17, dev=K.anon_dev, mode=0o600)   # anon_inode:[eventfd] (no type bits in i_mode)
 
 
 def line(name: bytes, syscall: str = "write", pid: int = 42, tid: int = 43, uid: int = 1000,
@@ -132,9 +134,9 @@ def test_every_syscall_gets_its_own_batch_and_containers_their_fields():
 
 
 @pytest.mark.unit
-def test_excluded_pids_are_counted_not_published():
+def test_excluded_processes_are_counted_not_published():
     p = parser()
-    p.excluded_pids = frozenset({42})
+    p.rules = Rules(pids=frozenset({42}))
     out = p.parse(line(b"x") + b"\n" + line(b"y", pid=43))
     assert [json.loads(e)["pid"] for e in out.events["write"]] == [43]
     assert (p.events, p.excluded) == (1, 1)
@@ -147,6 +149,25 @@ def test_calls_whose_registers_fail_the_check_are_counted_never_published():
     p = parser()
     out = p.parse(b"\n".join([line(b"x", flags=0), line(b"x", flags=2), line(b"x", flags=3), line(b"x")]))
     assert len(out.events["write"]) == 2 and (p.unreadable, p.events, p.malformed) == (2, 2, 0)
+def test_a_subscriber_s_zeromq_signalling_is_left_out_and_nothing_else():
+    """A verified subscriber (pid 42): the eventfds its ZeroMQ thread touched are left out, its
+    reads of a file stay (also 8 bytes through a descriptor number a mailbox had: the event says
+    it is a regular file, issue 22); another process's identical calls stay."""
+    p = parser()
+    p.parse(line(b"ZMQbg/IO/0", fd=9, count=8, ret=8, **EVENTFD))   # learned before verification, published
+    assert p.events == 1
+    p.rules = Rules(subscribers=frozenset({42}))
+    out = p.parse(b"\n".join([
+        line(b"ZMQbg/IO/0", fd=9, count=8, ret=8, **EVENTFD),       # I/O thread writes the socket's mailbox
+        line(b"python3", syscall="read", fd=9, count=8, ret=8, **EVENTFD),    # the application reads it
+        line(b"python3", syscall="read", fd=9, count=8, ret=-11, **EVENTFD),  # nothing there: EAGAIN
+        line(b"python3", syscall="read", fd=3, count=4096, ret=13),  # a file: stays
+        line(b"python3", syscall="read", fd=9, count=8, ret=8, ino=99, dev=2049, mode=0o100644),  # a file
+        line(b"python3", syscall="read", fd=9, count=8, ret=8, pid=43, **EVENTFD),  # another process: stays
+    ]))
+    got = [(e["pid"], e["fd"], e["count"], e["file_type"]) for e in map(json.loads, out.events["read"])]
+    assert got == [(42, 3, 4096, "chr"), (42, 9, 8, "reg"), (43, 9, 8, "anon")] and "write" not in out.events
+    assert (p.events, p.excluded) == (4, 3)
 
 
 @pytest.mark.unit
@@ -191,7 +212,7 @@ def test_kicks_show_losses_bpftrace_has_not_reported():
     assert p.lost == 10
     p.parse(b"\n".join([line(b"b", cpu=1)] * 2 + [kick(1, 9), kick(0, 25)]))   # CPU 1: 9 printed, 6 arrived
     assert p.lost == 13
-    p.excluded_pids = frozenset({42})
+    p.rules = Rules(pids=frozenset({42}))
     p.parse(b"\n".join([line(b"a", cpu=0)] + [kick(0, 26)]))      # excluded, but it arrived
     assert p.lost == 13 and p.excluded == 1
     p.parse(b"\n".join([line(b"a", cpu=0, flags=0)] + [kick(0, 27)]))   # unreadable, but it arrived

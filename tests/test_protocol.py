@@ -142,3 +142,23 @@ def test_stale_cpus_is_optional_and_bounded():
     for bad in ([-1], ["0"], [1.5], list(range(MAX_CPUS + 1)), "0", {"0": 1}):
         with pytest.raises(ProtocolError, match="stale_cpus"):
             clean_status(dict(STATUS, stale_cpus=bad))
+
+
+@pytest.mark.unit
+def test_exclusions_and_refusal_counters_are_optional_and_bounded():
+    """status' ``excluded`` (pid, kind, what of it is left out), ``announces_refused_total`` and
+    ``curve_refused_total``: kept when well formed, left out (not an error) otherwise."""
+    from syswatch.shared.protocol import MAX_EXCLUDED_PIDS, clean_status
+    entry = {"pid": 7, "kind": "subscriber", "comm": "python3", "what": ["eventfd:5", "socket:[123]"]}
+    got = clean_status(dict(STATUS, excluded=[entry, dict(entry, kind="peer", what=["all"], x=1)],
+                            announces_refused_total=3, curve_refused_total=0))
+    assert got["excluded"] == [entry, {"pid": 7, "kind": "peer", "comm": "python3", "what": ["all"]}]
+    assert got["announces_refused_total"] == 3 and got["curve_refused_total"] == 0
+    plain = clean_status(dict(STATUS))
+    assert not {"excluded", "announces_refused_total", "curve_refused_total"} & set(plain)
+    for bad in ([dict(entry, pid=-1)], [dict(entry, kind="friend")], [dict(entry, what="all")],
+                [dict(entry, what=["x" * 65])], [dict(entry, what=["a"] * 65)], [dict(entry, comm=None)],
+                [entry] * (MAX_EXCLUDED_PIDS + 1), "all", [1]):
+        assert "excluded" not in clean_status(dict(STATUS, excluded=bad)), bad
+    for bad in (-1, 2**64, 1.0, "3", True):
+        assert "curve_refused_total" not in clean_status(dict(STATUS, curve_refused_total=bad))

@@ -97,9 +97,11 @@ def test_tail_json_count_and_top_once(child_and_collector):
     out, err = text.communicate(timeout=40)
     assert text.returncode == 0, err
     lines = out.splitlines()
-    # strace-like: time, name[pid], the call with its fd and file, what it returned
-    assert len(lines) == 5 and all(re.fullmatch(rf"\d\d:\d\d:\d\d\.\d{{6}} sw-tail\[{child.pid}\] "
-                                                rf"write\(\d+</dev/null>, (\d+)\) = \1", line) for line in lines), lines
+    # strace's shape: "12:01:02.123456 sw-tail[26619/26620] write(3</dev/null>, 550001) = 550001 host=vm"
+    # (the child writes from a thread of its own: [pid/tid]; no <latency> unless the collector has --latency)
+    shape = re.compile(rf"\d\d:\d\d:\d\d\.\d{{6}} sw-tail\[{child.pid}/\d+\] write\({child.info['wfd']}</dev/null>, "
+                       rf"(\d+)\) = \1 host=\S+")
+    assert len(lines) == 5 and all(shape.fullmatch(line) for line in lines), lines
 
     out, err = top.communicate(timeout=40)
     assert top.returncode == 0, err

@@ -11,11 +11,12 @@ import json
 import pytest
 
 from syswatch.api.aggregates import COUNTERS, StreamStats
-from syswatch.api.validation import BadRequest, EventFilter, event_query
+from syswatch.api.validation import BadRequest, event_query
 from syswatch.collector import program
 from syswatch.collector.echo import Echo
 from syswatch.shared import protocol
 from syswatch.shared.config import add_option
+from syswatch.shared.selection import Selection
 
 pytestmark = pytest.mark.unit
 
@@ -125,15 +126,19 @@ def test_stream_stats_per_host_bytes_moved_errors_latency_and_containers():
                   "tcp://a:1")
     st.add_events("h2", [_event(syscall="write", pid=20, ret=7)], "tcp://b:1")
     one = st.snapshot("h1")
-    assert one["totals"]["read"] == {"calls": 3, "bytes": 140, "errors": 1, "lat_ns_sum": 3000}
+    read = one["totals"]["read"]
+    assert {k: read[k] for k in ("calls", "bytes", "errors", "lat_ns_sum", "avg_ns", "errnos")} == {
+        "calls": 3, "bytes": 140, "errors": 1, "lat_ns_sum": 3000, "avg_ns": 1000, "errnos": {"EBADF": 1}}
     assert one["totals"]["write"]["calls"] == 0
-    assert one["top_containers_by_calls"] == [{"host": "h1", "container_id": "0123456789ab", "container_name": "web",
-                                               "calls": 1, "bytes": 40, "errors": 0, "lat_ns_sum": 1000}]
+    assert one["top_containers_by_calls"] == [{
+        "host": "h1", "container_id": "0123456789ab", "container_name": "web", "calls": 1, "bytes": 40, "errors": 0,
+        "lat_ns_sum": 1000, "avg_ns": 1000, "errnos": {}, "p50_ns": 1000, "p90_ns": 1000, "p99_ns": 1000,
+        "max_ns": 1000, "lat_measured": 1, "lat_unmeasured": 0}]
     every = st.snapshot()
     assert every["hosts"] == ["h1", "h2"] and every["totals"]["write"]["bytes"] == 7
     assert {c["host"] for c in every["collectors"]} == {"h1", "h2"} and every["connected"]
     assert set(every["api"]) >= set(COUNTERS)
-    assert st.recent_events(EventFilter(host="h2"), 10)[0]["pid"] == 20
+    assert st.recent_events(Selection(hosts=("h2",)), 10)[0]["pid"] == 20
 
 
 def test_stream_stats_estimate_what_did_not_arrive_per_host():
@@ -151,8 +156,15 @@ def test_event_filter_and_query():
     flt, limit = event_query({"container": ["web"], "syscall": ["pread64"], "limit": ["5"]}, ("limit",), 100, 10)
     assert limit == 5 and flt.matches(_event(syscall="pread64", container_id="0123456789ab", container_name="web"))
     assert not flt.matches(_event(syscall="pread64"))
-    assert EventFilter(container="0123").matches(_event(container_id="0123456789ab"))
-    for bad in ({"syscall": ["open"]}, {"host": [""]}, {"container": ["x" * 300]}, {"colour": ["red"]}):
+    assert Selection(containers=("0123",)).matches(_event(container_id="0123456789ab"))
+    flt, _ = event_query({"failed": ["1"], "min_latency": ["20ms"], "uid": ["0"], "tid": ["7"], "path": ["/var/log"],
+                          "file_type": ["reg"]})
+    assert flt == Selection(uids=(0,), tids=(7,), paths=("/var/log",), file_types=("reg",), failed=True,
+                            min_latency_ns=20_000_000)
+    assert event_query({"failed": ["0"]})[0].empty
+    for bad in ({"syscall": ["open"]}, {"host": [""]}, {"container": ["x" * 300]}, {"colour": ["red"]},
+                {"min_latency": ["20"]}, {"min_latency": ["2d"]}, {"failed": ["yes"]}, {"file_type": ["file"]},
+                {"path": ["/a\nb"]}, {"path": ["/" * 4097]}, {"uid": ["-1"]}, {"tid": ["x"]}):
         with pytest.raises(BadRequest):
             event_query(bad)
 
@@ -180,3 +192,22 @@ def test_option_helper_flag_beats_env_beats_default(monkeypatch):
 def test_encode_event_batch_uses_the_protocol_version():
     frames = protocol.encode_event_batch("syscall.read", protocol.json_string("h"), [json.dumps(_event()).encode()])
     assert protocol.decode(frames).payload["v"] == protocol.VERSION
+
+
+@pytest.mark.unit
+def test_a_container_named_later_gets_its_name_in_the_tables():
+    """The collector asks container names off its loop: a container's first events may carry its id
+    only; once a later one names it, the top tables show the name."""
+    st = StreamStats(["tcp://a"], 100)
+    st.add_events("h1", [_event(container_id="0123456789ab", container_name="")], endpoint="tcp://a")
+    st.add_events("h1", [_event(container_id="0123456789ab", container_name="web")], endpoint="tcp://a")
+    s = st.snapshot()
+    assert [c["container_name"] for c in s["top_containers_by_calls"]] == ["web"]
+    assert [p["container_name"] for p in s["top_processes_by_calls"]] == ["web"]
+
+
+@pytest.mark.unit
+def test_the_api_fixes_glibc_s_mmap_threshold():
+    """api/memory.py: large blocks are mmapped and given back (glibc; this machine's libc is one)."""
+    from syswatch.api.memory import return_large_blocks
+    assert return_large_blocks() is True

@@ -175,7 +175,8 @@ def test_every_flag_of_the_programs_shows_its_variable_and_default():
     missing = []
     for program in ("collector", "api", "tail", "top"):
         for flag, entry in option_help(program).items():
-            if not flag.startswith("--") or flag in ("--help", "--version", "--timeout", "--token-file"):
+            if not flag.startswith("--") or flag in ("--help", "--version", "--timeout",
+                                                            "--token-file", "--read-token-file"):
                 continue
             if "[env SYSWATCH_" not in entry or "(default: " not in entry:
                 missing.append(f"{program} {flag}: {entry[:120]}")

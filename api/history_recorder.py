@@ -297,7 +297,7 @@ class Recorder(threading.Thread):
                 row[1] += ret
             elif ret < 0:
                 row[2] += 1
-            row[3] += e["lat_ns"]
+            row[3] += e.get("lat_ns", 0)        # measured only with the collector's --latency
         c = self.counters
         c["events_recorded"] += len(events)
         c["late_events"] += late
@@ -333,7 +333,7 @@ class Recorder(threading.Thread):
             row[0] += r["calls"]
             row[1] += r["bytes"]
             row[2] += r["errors"]
-            row[3] += r["lat_ns_sum"]
+            row[3] += r.get("lat_ns_sum", 0)
             self.counters["events_recorded"] += r["calls"]
 
     def _close(self, closable: int) -> None:

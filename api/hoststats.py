@@ -192,10 +192,12 @@ class HostStats:
         only the sum): the mean stays right, and the calls go to the histogram's ``unmeasured``."""
         calls = 0
         for r in rows:
-            n, moved, err, lat = r["calls"], r["bytes"], r["errors"], r["lat_ns_sum"]
+            n, moved, err, lat = r["calls"], r["bytes"], r["errors"], r.get("lat_ns_sum")
             buckets = r.get("lat_hist")
             placed = sum(buckets) if buckets else 0
-            lat_n = placed if buckets else n
+            # no lat_ns_sum: the collector does not measure latency (--latency off), none is measured
+            lat_n = placed if buckets else (n if lat is not None else 0)
+            lat = lat or 0
             by_errno = (r.get("errnos") or {UNKNOWN: err}) if err else {}
             total, hist, total_errnos = self._syscall(r["syscall"])
             self._add(total, n, moved, err, lat, lat_n, None)

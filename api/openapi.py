@@ -10,6 +10,7 @@ from syswatch.api import history_query
 from syswatch.api.aggregates import COUNTERS
 from syswatch.api.history_recorder import COUNTERS as HISTORY_COUNTERS
 from syswatch.api.validation import FILE_TYPES, MAX_PATH
+from syswatch.shared import record
 from syswatch.shared.protocol import SYSCALLS
 
 ERROR = {"$ref": "#/components/schemas/Error"}
@@ -67,6 +68,22 @@ HOST_PARAM = {"name": "host", "in": "query", "required": False, "description": "
               "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]+$"}}
 
 
+def event_schema() -> dict:
+    """The Event schema, from the one declaration of the event record (shared/record.py)."""
+    props: dict = {}
+    for f in record.FIELDS:
+        if f.kind == "int":
+            lo, hi = f.bounds  # type: ignore[misc]
+            schema: dict = {"type": "integer", "minimum": lo, "maximum": hi}
+        elif f.name == "syscall":
+            schema = {"type": "string", "enum": list(SYSCALLS)}
+        elif f.enum:
+            schema = {"type": "string", "enum": list(f.enum)}
+        else:
+            schema = {"type": "string", "maxLength": f.bounds}
+        props[f.name] = {**schema, "description": f.doc}
+    props["host"] = {"type": "string", "description": "the collector's host"}
+    return {"type": "object", "required": [*record.REQUIRED, "host"], "properties": props}
 def history_path() -> dict:
     """GET /history: its parameters (api/history_query.py checks them) and its answer."""
     q = history_query
@@ -244,12 +261,7 @@ def document(max_items: int, max_events_limit: int, default_events_limit: int) -
                             "anyOf": [{"type": "integer", "minimum": 0, "maximum": 4294967295},
                                       {"type": "string", "format": "ipv4"},
                                       {"type": "string", "format": "ipv6"}]},
-                "Event": _obj(["ts_ns", "pid", "tid", "uid", "comm", "syscall", "fd", "count", "ret", "lat_ns",
-                               "cgroup_id", "container_id", "container_name", "host"],
-                              ts_ns=INT, pid=INT, tid=INT, uid=INT, comm=STR,
-                              syscall={"type": "string", "enum": list(SYSCALLS)},
-                              fd={"type": "integer"}, count=INT, ret={"type": "integer"}, lat_ns=INT,
-                              cgroup_id=INT, container_id=STR, container_name=STR, host=STR),
+                "Event": event_schema(),
                 "Stats": _obj(
                     ["connected", "events_per_s", "events_received", "totals", "top_processes_by_calls",
                      "top_processes_by_bytes", "top_containers_by_calls", "top_containers_by_bytes",

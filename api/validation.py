@@ -10,6 +10,7 @@ import json
 from typing import Any, NamedTuple
 
 from syswatch.shared.protocol import MAX_COMM, MAX_CONTAINER_NAME, MAX_HOST, SYSCALLS
+from syswatch.shared.record import FILE_TYPES
 from syswatch.shared.selection import Selection
 from syswatch.shared.units import parse_duration
 
@@ -182,9 +183,7 @@ def _int_param(query: dict, name: str, low: int, high: int, default: int | None)
 # What /events and /events/stream filter on (shared/selection.py does the matching); each given once.
 EVENT_FILTERS = ("pid", "tid", "uid", "comm", "syscall", "container", "host", "path", "file_type", "failed",
                  "min_latency")
-# file_type values, as the event record spells them (docs/PROTOCOL.md)
-FILE_TYPES = ("reg", "dir", "fifo", "sock", "chr", "blk", "lnk", "anon", "unknown")
-MAX_PATH = 4096
+MAX_PATH = 4096                    # a path prefix in a query: PATH_MAX
 
 
 def _text_param(flat: dict, name: str, limit: int, what: str) -> str | None:

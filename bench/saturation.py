@@ -145,8 +145,9 @@ def multi_process_run(make_tracer: Callable[[str], tracers.Tracer], writers: int
 
 # -- the ceiling, stage by stage ------------------------------------------------------------------
 def _collector_program() -> str:
-    from syswatch.collector import program
-    return program.render("events", kicks=False)
+    from syswatch.collector import kernel, program
+    from syswatch.collector.bpfversion import parse
+    return program.render("events", kicks=False, kernel=kernel.detect(), version=parse("bpftrace v0.23.2"))
 
 
 # The rate is taken over dd's run from WINDOW_OPENS_S after its start (bpftrace's buffer is full by
@@ -338,7 +339,7 @@ def ceiling(plan: Plan, log: Callable[[str], None]) -> dict:
     shm = "/dev/shm" if Path("/dev/shm").is_dir() else None
     tmp = Path(tempfile.mkdtemp(prefix="syswatch-bench-ceiling-", dir=shm))
     try:
-        capture = tmp / "bpftrace.json"
+        capture = tmp / "bpftrace.txt"
         to_file = bpftrace_alone(binary, plan.dd_n, capture)
         log(f"ceiling: bpftrace 0.23 alone into a file: {rate_text(to_file, ' lines/s')} "
             f"({to_file['printed']:,} printed, {to_file['lost']:,} lost)")

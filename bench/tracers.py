@@ -10,10 +10,16 @@
                     the same programs under bpftrace 0.23 from a Debian trixie root, run
                     through scripts/trixie-bpftrace.sh's wrapper (ring-buffer output; issue 16)
     bpf23-inflight / bpf23-record / bpf23-events
-                    the collector's 0.23 events program taken apart (issue 16): only its per-call
-                    state (the @inflight entry saved at entry, read and deleted at exit); only its
-                    record (the same 12 fields printed at exit, no map); and the whole program as
-                    the collector renders it, in bpftrace's JSON output, to /dev/null
+                    protocol v2's events program before issue 24 (bench/legacy.py) taken apart
+                    (issue 16): only its per-call state (the @inflight entry saved at entry, read
+                    and deleted at exit); only its record (the same 12 fields printed at exit, no
+                    map); and the whole program, in bpftrace's JSON output, to /dev/null
+    bpf23-exit / bpf23-files / bpf23-files-lat / bpf23-rawtp
+                    issue 24's programs: the exit-only record (fd and count from the saved
+                    registers, checked; no file); the collector's events program as it renders it
+                    now (exit-only, the file of every event, the open probe that names files,
+                    text output, -B full); the same with --latency (an entry probe per call); and
+                    the same record from one raw tracepoint on every syscall's exit (tried)
     strace          strace -f -e trace=read,write -o /dev/null (wraps the workload)
     collector-events / collector-counts
                     python3 -m collector.collector in that mode, with a subscriber attached (the
@@ -34,10 +40,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import legacy
 from bench.subscriber import BenchSubscriber
 from harness import procs
 from harness.collector import CollectorProcess
 from syswatch.collector import program
+from syswatch.shared import record
 
 PROBES = "tracepoint:syscalls:sys_enter_read,tracepoint:syscalls:sys_enter_write"
 PRED = "/pid != $1/"
@@ -50,20 +58,76 @@ RAW_PROGRAMS = {
     "bpf-printf": (f"{PROBES} {PRED} {{ printf(\"%llu %d %d %d %d %llu %s\\n\", "
                    f"nsecs, pid, tid, uid, args->fd, args->count, comm); }}"),
 }
-# The collector's events program (bpftrace 0.23: no kicks) and its two parts, each alone.
-_EVENTS = program.render("events", "tracepoint", ["read", "write"], [], [], (), kicks=False)
-_EVENTS = _EVENTS[_EVENTS.index("\nBEGIN"):]              # after the shebang and the header
-_EVENTS = _EVENTS.replace("$3", "$1").replace("$2", "0")   # bpftrace excluded as $1; monotonic ts
+
+
+def _runnable(text: str) -> str:
+    """A collector program for a raw run: after the header, bpftrace excluded as $1, monotonic ts."""
+    return text[text.index("\nBEGIN"):].replace("$3", "$1").replace("$2", "0")
+
+
+def _rendered(**kw) -> str:
+    """The collector's events program for bpftrace 0.23 (no kicks) on this machine's kernel."""
+    from syswatch.collector.bpfversion import parse
+    from syswatch.collector.kernel import detect
+    return _runnable(program.render("events", "tracepoint", ["read", "write"], kicks=False, kernel=detect(),
+                                    version=parse("bpftrace v0.23.2"), **kw))
+
+
+def _exit_record() -> str:
+    """The exit-only record of issue 24 without the file: fd and count from the saved registers
+    (checked), the file's columns printed as 0."""
+    return _record_probes(file=False)
+
+
+def _record_probes(file: bool, raw: bool = False) -> str:
+    """Exit probes printing the events line for read and write, from the collector's own pieces."""
+    from syswatch.collector.kernel import detect
+    kernel = detect()
+    cols = record.columns(False)
+    out = []
+    for idx, name in enumerate(["read", "write"]):
+        pr = program.probes(name, "tracepoint")
+        fill = {"idx": "$nr" if raw else str(idx), "ts": "nsecs", "fd": "$fd", "count": "$cnt", "ret": "$ret",
+                "lat": "0", "comm": str(kernel.comm_offset)}
+        exprs = [("0" if not file and c.name in ("ino", "dev", "mode", "namekey") else c.expr.format(**fill))
+                 for c in cols]
+        fmt = program.record_format(False)
+        if raw:                          # one probe for every syscall's exit: its registers are its argument
+            body = ("$ret = 0;\n$ret = arg1;\n$fd = (int32)$r->di;\n$cnt = $r->dx;\n$fl = 1;\n"
+                    + (program._file_walk(kernel) + "\n" if file else "") + f"printf({fmt}, {', '.join(exprs)});")
+            return ("rawtracepoint:sys_exit\n/pid != $1/\n{\n\t$r = (struct pt_regs *)arg0;\n\t$nr = $r->orig_ax;\n"
+                    "\tif ($nr <= 1) {\n" + "\n".join("\t\t" + ln for ln in body.splitlines()) + "\n\t}\n}\n")
+        body = program._arguments(pr, False, kernel) + "\n" + (program._file_walk(kernel) + "\n" if file else "") \
+            + f"printf({fmt}, {', '.join(exprs)});"
+        out.append(f"{pr.leave}\n{PRED}\n{{\n" + "\n".join("\t" + ln for ln in body.splitlines()) + "\n}\n")
+    return "\n".join(out)
+
+
+def rawtp_program() -> str:
+    """The events program's record (with the file) from rawtracepoint:sys_exit, its pt_regs argument:
+    every syscall's exit runs it and returns early unless it is read or write. Tried for issue 24."""
+    return _record_probes(file=True, raw=True)
+
+
 RAW_PROGRAMS.update({
     "bpf-inflight": f"{PROBES} {PRED} {{ @inflight[tid] = (nsecs, args->fd, args->count); }} "
                     f"{EXITS} {{ $e = @inflight[tid]; if ($e.0) {{ delete(@inflight[tid]); }} }} "
                     f"END {{ clear(@inflight); }}",
-    # the events program's record (fd, count, lat_ns: constants), printed at exit with no map
-    "bpf-record": f"{EXITS} {PRED} {{ printf({program.record_format(1, 'write')}, "
-                  f"cpu, nsecs, pid, tid, uid, 1, 2, args->ret, 3, cgroup, comm); }}",
-    "bpf-events": _EVENTS,
+    # v2's record (fd, count, lat_ns: constants), printed at exit with no map
+    "bpf-record": EXITS + " " + PRED + " { printf(" + legacy.V2_RECORD + ", cpu, nsecs, pid, tid, uid, 1, 2, "
+                  "args->ret, 3, cgroup, comm); }",
+    "bpf-events": _runnable(legacy.V2_EVENTS),
 })
-RAW_FORMAT = {"bpf-events": "json"}      # as the collector runs it
+RAW_FORMAT = {"bpf-events": "json", "bpf-record": "json"}      # as v2's collector ran them
+# issue 24's programs: rendered lazily (they read the running kernel's layout), text, -B full
+LAZY_PROGRAMS = {
+    "bpf-exit": _exit_record,
+    "bpf-files": lambda: _rendered(),
+    "bpf-files-lat": lambda: _rendered(latency=True),
+    "bpf-rawtp": rawtp_program,
+}
+RAW_PROGRAMS.update({k: "" for k in LAZY_PROGRAMS})
+RAW_FLAGS = {k: ["-B", "full"] for k in LAZY_PROGRAMS}
 # bpftrace 0.23 (trixie) runs the same programs: bpf23-X is RAW_PROGRAMS["bpf-X"]
 RAW23 = {f"bpf23-{k[len('bpf-'):]}": k for k in RAW_PROGRAMS}
 
@@ -117,12 +181,12 @@ class RawBpftrace(Tracer):
         ready = Path(tempfile.mkstemp(prefix="syswatch-bench-ready.")[1])
         ready.unlink()
         touch = f'system("touch {ready}");'
-        prog = RAW_PROGRAMS[self.program]
+        prog = LAZY_PROGRAMS[self.program]() if self.program in LAZY_PROGRAMS else RAW_PROGRAMS[self.program]
         # bpftrace 0.23 takes one BEGIN probe: the touch joins the program's own
         prog = prog.replace("BEGIN\n{", "BEGIN\n{\n\t" + touch, 1) if "BEGIN\n{" in prog \
             else f"BEGIN {{ {touch} }} {prog}"
         # Gated: the pid is known before bpftrace starts, so it is passed as $1 and excluded.
-        fmt = ["-f", RAW_FORMAT[self.program]] if self.program in RAW_FORMAT else []
+        fmt = ["-f", RAW_FORMAT[self.program]] if self.program in RAW_FORMAT else RAW_FLAGS.get(self.program, [])
         self.proc = procs.Gated([self.binary, "--unsafe", *fmt, "-o", "/dev/null", "-e", prog, "@PID@"],
                                 stderr=subprocess.PIPE)
         self.proc.release()

@@ -30,6 +30,10 @@ examples:
         only the processes of container "web" (name or id prefix), for 60 seconds
   sudo syswatch-collector --probe tracepoint --echo-rate 0
         syscall tracepoints, no console echo
+  sudo syswatch-collector --path /var/lib/postgresql --latency
+        only calls on files under that path (as each process sees it), with the time in each call
+  sudo syswatch-collector --no-paths
+        leave file paths and socket ends out of every event (types, inodes and devices stay)
   sudo SYSWATCH_CURVE_SERVER_KEY=keys/server.key_secret SYSWATCH_CURVE_CLIENTS=keys/clients \\
        syswatch-collector --bind tcp://0.0.0.0:5556
         publish beyond this host, encrypted, to authorised subscribers only
@@ -71,6 +75,9 @@ class Config:
     on_overload: str = "drop"
     hostname: str | None = None            # None: the host's name (preflight)
     log_level: str = "info"
+    latency: bool = False                  # an entry probe per call measures lat_ns
+    paths: bool = True                     # --no-paths: False
+    path_prefixes: tuple[str, ...] = ()    # --path: only events on files under these
     metrics: str | None = None             # --metrics HOST:PORT: the collector's own Prometheus endpoint
 
 
@@ -112,6 +119,12 @@ def syscall_list(text: str) -> list[str]:
         raise ValueError(str(exc)) from None
 
 
+def path_prefix(text: str) -> str:
+    if not text or len(text) > 4096 or "\n" in text or "\0" in text:
+        raise ValueError(f"{text!r}: a path prefix is 1 to 4096 characters without newlines")
+    return text
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="syswatch-collector",
@@ -150,6 +163,15 @@ def parser() -> argparse.ArgumentParser:
                     "buffer, fewer drops in bursts, seconds of latency while it drains")
     add_option(p, "--hostname", env="SYSWATCH_HOSTNAME", default=None,
                help="the host field of every message (default: the host's name, also in a container)")
+    add_option(p, "--latency", env="SYSWATCH_LATENCY", flag=True, default=False,
+               help="measure the time in every call (lat_ns): an entry probe per call, about twice the "
+                    "in-kernel cost of the exit-only record (docs/BENCHMARKS.md)")
+    add_option(p, "--path", env="SYSWATCH_PATH", default=[], repeatable=True, type=path_prefix, metavar="PREFIX",
+               dest="path", help="only events whose file path starts with PREFIX (the path as the process "
+                                 "sees it, e.g. /var/lib/postgresql, or pipe:, socket:); repeatable")
+    add_option(p, "--no-paths", env="SYSWATCH_NO_PATHS", flag=True, default=False, dest="no_paths",
+               help="leave file paths and socket ends out of events (privacy; file types, inodes and "
+                    "devices stay)")
     add_option(p, "--log-level", env="SYSWATCH_LOG_LEVEL", default="info",
                type=one_of("debug", "info", "warning", "error"), help="log level of stderr messages")
     add_option(p, "--metrics", env="SYSWATCH_METRICS", default=None, type=listen_text, metavar="HOST:PORT",
@@ -166,4 +188,5 @@ def parse_args(argv: list[str] | None = None) -> Config:
                   interval=ns.interval, echo_rate=ns.echo_rate,
                   filters=Filters(pids=tuple(ns.pid), comms=tuple(ns.comm), containers=tuple(ns.container)),
                   duration=ns.duration, bpftrace=ns.bpftrace, on_overload=ns.on_overload,
-                  hostname=ns.hostname, log_level=ns.log_level, metrics=ns.metrics)
+                  hostname=ns.hostname, log_level=ns.log_level, latency=ns.latency, paths=not ns.no_paths,
+                  path_prefixes=tuple(ns.path), metrics=ns.metrics)

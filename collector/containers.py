@@ -279,13 +279,13 @@ class Containers:
                 self._json.pop(cgroup_id, None)
 
     def fields_json(self, cgroup_id: int) -> bytes:
-        """``"container_id":"...","container_name":"...",`` for the event JSON (cached)."""
+        """``"container_id":"...","container_name":"..."`` for the event JSON (cached)."""
         if self.names._answered:
             self._forget_unnamed()
         got = self._json.get(cgroup_id)
         if got is None:
             cid, name = self.fields(cgroup_id)
-            got = b'"container_id":"%s","container_name":%s,' % (cid.encode(), json.dumps(name).encode())
+            got = b'"container_id":"%s","container_name":%s' % (cid.encode(), json.dumps(name).encode())
             if cgroup_id in self._fields:
                 self._json[cgroup_id] = got
         return got

@@ -22,6 +22,7 @@ from syswatch.collector.bpf import Bpftrace
 from syswatch.collector.cli import Config
 from syswatch.collector.echo import Echo
 from syswatch.collector.exclusions import Exclusions
+from syswatch.collector.files import Files
 from syswatch.collector.hostinfo import online_cpus
 from syswatch.collector.parser import KICK_STALE_S, Parsed, Parser
 from syswatch.collector.preflight import Prepared
@@ -48,6 +49,7 @@ MAX_LINE = 1 << 20
 # (measured on 2 vCPUs under load, dd bs=1: collector CPU per event fell from ~10 us to
 # ~4.5 us, about 0.2x bpftrace's own CPU per event).
 COALESCE_S = 0.002
+UNREADABLE_STOP = 1000               # calls failing the register check (with none passing) before stopping
 
 
 class BpftraceFailed(RuntimeError):
@@ -73,9 +75,11 @@ class Collector:
         self.echo = Echo(config.echo_rate if config.mode == "events" else 0)
         self.ready = False
         version = prepared.version
+        self.files = Files(prepared.kernel, paths=config.paths, pids=tuple(config.filters.pids))
         self.parser = Parser(config.mode, list(config.syscalls), prepared.containers,
                              keys_escaped_twice=version.map_key_strings_escaped_twice,
-                             kick_cpus=() if version.ringbuf_output else online_cpus())
+                             kick_cpus=() if version.ringbuf_output else online_cpus(),
+                             latency=config.latency, files=self.files, path_prefixes=config.path_prefixes)
         self.exclusions = Exclusions([os.getpid()], endpoint_port(sock), ipc_path=endpoint_ipc_path(sock))
         self.bt: Bpftrace | None = None
         self.poller: zmq.Poller | None = None
@@ -151,7 +155,8 @@ class Collector:
     def _start(self, probe: str) -> None:
         config, prepared = self.config, self.prepared
         text = program.render(config.mode, probe, config.syscalls, config.filters.pids, config.filters.comms,
-                              prepared.cgroups, kicks=not prepared.version.ringbuf_output)
+                              prepared.cgroups, kicks=not prepared.version.ringbuf_output, latency=config.latency,
+                              paths=config.paths, kernel=prepared.kernel, version=prepared.version)
         interval_ms = max(1, round(config.interval * 1000))
         self.bt = Bpftrace(program.command(prepared.bpftrace, config.mode, text, interval_ms),
                            prepared.version, config.on_overload)
@@ -186,6 +191,8 @@ class Collector:
             if now >= next_status:
                 self.publish_status()
                 next_status = now + STATUS_EVERY_S
+                if self.arguments_unreadable():
+                    return 1
             self.exclusions.refresh()
             self._exclude()
             if not self._poll(max(0.0, min(next_status, end) - time.monotonic())):
@@ -195,6 +202,19 @@ class Collector:
                 return 1
             self.echo.tick()
         return 0
+
+    def arguments_unreadable(self) -> bool:
+        """Fail safe: when the exit-only probe cannot read calls' arguments on this kernel (its
+        layout is not the one collector/kernel.py found), every call fails the check and nothing is
+        published. Say so and stop, instead of running on and showing an empty stream."""
+        p = self.parser
+        if self.config.latency or p.unreadable < UNREADABLE_STOP or p.unreadable < 10 * (p.events + p.excluded + 1):
+            return False
+        log.error("%d calls failed the check of their saved registers and %d passed: this kernel's stack "
+                  "layout is not the one assumed (%s). Run the collector with --latency (SYSWATCH_LATENCY=1), "
+                  "which takes the arguments at the entry of each call", p.unreadable, p.events,
+                  self.prepared.kernel.layout_from)
+        return True
 
     def _poll(self, timeout_s: float) -> bool:
         """One poll round; False when bpftrace's stdout hit EOF (it exited)."""
@@ -267,17 +287,21 @@ class Collector:
             self._send(encode_event_batch(topic_for(syscall), self.host_json, events), len(events))
             self.echo.events(syscall, events)
             self.per_syscall.setdefault(syscall, [0, 0, 0])[0] += len(events)
-        for rows in parsed.intervals:
+        for interval in parsed.intervals:
+            rows = interval.rows
             for r in rows:
                 totals = self.per_syscall.setdefault(r["syscall"], [0, 0, 0])
                 totals[0] += r["calls"]
                 totals[1] += r["bytes"]
                 totals[2] += r["errors"]
-            # one interval may take several messages: each stays far below subscribers' size limits
+            # one interval may take several messages: each stays far below subscribers' size limits;
+            # the first carries the interval's files
             for at in range(0, max(len(rows), 1), ROWS_PER_MESSAGE):
                 chunk = rows[at:at + ROWS_PER_MESSAGE]
                 payload = {"host": self.prepared.hostname, "ts_ns": time.time_ns(),
                            "interval_ns": round(self.config.interval * 1e9), "rows": chunk}
+                if at == 0:
+                    payload["files"], payload["files_rest"] = interval.files, interval.files_rest
                 self._send(encode(TOPIC_COUNTS, payload), sum(r["calls"] for r in chunk))
         return True
 
@@ -298,7 +322,8 @@ class Collector:
                 "events_total": self.parser.events, "lost_total": self.parser.lost,
                 "dropped_total": self.dropped, "malformed_total": self.parser.malformed,
                 "uptime_s": round(time.monotonic() - self.started, 3),
-                "stale_cpus": self.parser.stale_cpus(),
+                "stale_cpus": self.parser.stale_cpus(), "latency": self.config.latency,
+                "paths": self.config.paths, "unreadable_total": self.parser.unreadable,
                 "excluded": self.exclusions.entries(self.parser.stream_io.learned),
                 "announces_refused_total": self.exclusions.refused,
                 **({"curve_refused_total": self.curve_watch.refused} if self.curve_watch else {})}

@@ -1,26 +1,29 @@
 """Turn bpftrace's stdout into wire-protocol JSON, counting every line it cannot use.
 
 One interface for both modes: ``Parser.parse(lines)`` takes complete lines and returns a
-``Parsed`` (event batches per syscall, the rows of every counts interval that ended, whether
-bpftrace said it is ready, a few of the lines it could not parse, for the log); the parser alone
-keeps the counters the collector publishes in ``status``. It calls nothing back.
+``Parsed`` (event batches per syscall, every counts interval that ended, whether bpftrace said it
+is ready, a few of the lines it could not parse, for the log); the parser alone keeps the counters
+the collector publishes in ``status``. It calls nothing back.
 
-bpftrace runs with ``-f json``. Events mode (collector/syscalls.bt) prints one line per call::
+Events mode (collector/syscalls.bt, bpftrace's text output) prints one line of numbers per call,
+laid out by shared/record.py::
 
-    {"type": "printf", "data": "1{\\"ts_ns\\":1,\\"pid\\":2,...,\\"cgroup_id\\":9,\\"comm\\":\\"bash\\"}\\n"}
+    0 1 1795548582161190450 5489 5489 0 3 4096 1234 1 2146343 266338304 33188 1 8198552 1752392034 0
 
-i.e. bpftrace's JSON envelope around the syscall's index in the program and the EVENT object
-without its container fields, the process name last. One strict regex per line checks the
-envelope and that only digits stand where bpftrace's %d/%llu go; the name (whatever it holds:
-bpftrace escaped it) is looked up in a cache mapping bpftrace's escaped form to our own JSON
-string, and the container fields come from a cache keyed by cgroup id. No JSON parsing per
-event, and no name can add, remove or change another field.
+One strict regex (record.line_pattern) checks that only digits stand where bpftrace's %d/%llu
+go and takes them; the JSON event is assembled from those digits (no int() on the hot path), the
+process name from a cache keyed by its two words, the container fields from a cache keyed by
+cgroup id, the file's fields from collector/files.py. Names are printed in hex (%rh), so no byte
+of a name can break a line, and no name can add, remove or change a field. A chunk is read in two
+passes: the other lines first (the open records that name files, kicks, flush markers), so an
+event and the open of its file that arrived in the same chunk from different CPUs are matched.
 
-Process names are bytes; they are decoded as UTF-8 with ``errors="backslashreplace"``, so a
-non-UTF-8 byte 0xff arrives as the four characters ``\\xff`` (readable, lossless for valid
-UTF-8, and never invalid JSON).
+Names are bytes; shared/record.decode_name writes a non-UTF-8 byte 0xff as the four characters
+``\\xff`` (readable, reversible, never invalid JSON).
 
-Counts mode (collector/syscalls_counts.bt) prints maps keyed ``"pid,cgroup,index,name"``.
+Counts mode (collector/syscalls_counts.bt, -f json) prints maps keyed
+``"pid,cgroup,index,fd,ino,dev,mode,name"``; each interval becomes per-process rows and the
+interval's top files plus the rest of them (``Interval``).
 """
 from __future__ import annotations
 
@@ -30,27 +33,30 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from syswatch.collector.program import INTERVAL, KICK, READY
-from syswatch.collector.streamio import Rules, StreamIO
+from syswatch.collector.files import Files
+from syswatch.collector.kernel import Kernel
+from syswatch.collector.program import FLUSH, INTERVAL, KICK, NAME, NAME_MORE, OPEN, OPENED, READY
+from syswatch.collector.streamio import ZMQ_THREADS, Rules, StreamIO
+from syswatch.shared import record
 from syswatch.shared.protocol import json_string
 
-_NUM = rb"(?:0|[1-9]\d*)"
-_INT = rb"(?:0|-?[1-9]\d*)"
-_ENVELOPE = b'{"type": "printf", "data": "'
-# Groups: 1 CPU, 2 syscall index, 3 the object up to the container fields (quotes escaped), 4 pid,
-# 5 syscall name, 6 cgroup id, 7 the name as bpftrace escaped it.
-_EVENT_LINE = re.compile(
-    re.escape(_ENVELOPE) + rb'(\d{1,4}):(\d)(\{\\"ts_ns\\":%s,\\"pid\\":(%s),\\"tid\\":%s,\\"uid\\":%s,'
-    rb'\\"syscall\\":\\"([a-z0-9]{1,16})\\",\\"fd\\":%s,\\"count\\":%s,\\"ret\\":%s,\\"lat_ns\\":%s,'
-    rb'\\"cgroup_id\\":(%s),)\\"comm\\":\\"(.*)\\"\}\\n"\}' % (_NUM, _NUM, _NUM, _NUM, _INT, _NUM, _INT, _NUM, _NUM))
-# fd, count and ret of an event already matched, read only for the few the stream may leave out
-_FD_COUNT_RET = re.compile(rb'\\"fd\\":(-?\d+),\\"count\\":(\d+),\\"ret\\":(-?\d+),')
 COMM_CACHE_MAX = 4096                  # distinct names kept; a renaming storm just refills it
+FILE_CACHE_MAX = 65_536                # (pid, fd) -> the event's file JSON
 MALFORMED_KEPT = 5                     # malformed lines kept per parse for the log (all are counted)
+TOP_FILES = 100                        # counts mode: file rows per interval (the rest: files_rest)
 _READY_DATA = READY + "\n"
 _KICK = re.compile(KICK + r" (\d{1,4}) (\d{1,20})(?: (\d{1,20}))?\n")
+_KICK_TEXT = re.compile(KICK.encode() + rb" (\d{1,4}) (\d{1,20})(?: (\d{1,20}))?")
 KICK_STALE_S = 3.0                     # no kick for this long: kicks stopped (bpftrace was stopped)
 _INTERVAL_DATA = INTERVAL + "\n"
+_HEX = rb"((?:[0-9a-f]{2}(?: [0-9a-f]{2}){0,254})?)"
+_OPEN = re.compile(OPEN.encode() + rb" (\d{1,10}) (\d{1,10}) (\d{1,10}) (\d{1,20}) (\d{1,10}) (\d{1,10}) (\d{1,20})")
+_NAME = re.compile(NAME.encode() + rb" (\d{1,10}) (\d{1,3}) " + _HEX)
+_NAME_MORE = re.compile(re.escape(NAME_MORE.encode()) + rb" (\d{1,10}) " + _HEX)
+_OPENED = re.compile(OPENED.encode() + rb" (\d{1,10}) (\d{1,3}) ([01])")
+_LOST = re.compile(rb"Lost (\d{1,20}) events")
+_FLUSH = FLUSH.encode()
+_ATTACHING = re.compile(rb"Attaching \d+ probes?\.\.\.")
 
 # bpftrace 0.17's JSON output escapes bytes >= 0x80 of a string as "\\uffffffNN" (a
 # sign-extended char), which json.loads reads as U+FFFF followed by "ffNN". Rewrite
@@ -64,8 +70,8 @@ def _fix_high_bytes(text: str) -> str:
 
 
 def decode_comm(raw: bytes) -> str:
-    """A kernel process name (bytes, NUL padded) as text; see the module docstring."""
-    return raw.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
+    """A kernel process name (bytes, NUL padded) as text (shared/record.decode_name)."""
+    return record.decode_name(raw.split(b"\0", 1)[0])
 
 
 def unescape_bpftrace(escaped: str) -> bytes:
@@ -86,7 +92,7 @@ def json_record(line: bytes) -> tuple[str, object] | None:
 class NoContainers:
     """The container lookup when none is wanted: every cgroup is the host's."""
 
-    HOST = b'"container_id":"","container_name":"",'
+    HOST = b'"container_id":"","container_name":""'
 
     def fields_json(self, cgroup_id: int) -> bytes:
         return self.HOST
@@ -96,26 +102,55 @@ class NoContainers:
 
 
 @dataclass
+class Interval:
+    """One counts interval: per-process rows, the top files, the rest of the files' calls."""
+    rows: list[dict]
+    files: list[dict] = field(default_factory=list)
+    files_rest: dict = field(default_factory=dict)
+
+
+@dataclass
 class Parsed:
     """What one chunk of output yields: event batches (JSON bytes) per syscall, finished intervals,
     whether bpftrace attached its probes (its ready line), and up to MALFORMED_KEPT malformed lines."""
     events: dict[str, list[bytes]] = field(default_factory=dict)
-    intervals: list[list[dict]] = field(default_factory=list)
+    intervals: list[Interval] = field(default_factory=list)
     ready: bool = False
     malformed: list[bytes] = field(default_factory=list)
+
+
+def _event_template(latency: bool) -> bytes:
+    """The EVENT's JSON as a %-template, in shared/record.py's field order: a column's digits are
+    copied (%s), the computed groups are filled as one piece each (the container's two fields, comm,
+    the file's fields)."""
+    pieces = []
+    for f in record.FIELDS:
+        if f.name == "lat_ns" and not latency:
+            continue
+        if f.name == "syscall":
+            pieces.append(b'"syscall":"%s"')
+        elif f.name in ("container_id", "comm", "file_type"):
+            pieces.append(b"%s")                 # containers.fields_json, the comm, files.event_json
+        elif f.column and f.name != "ino":
+            pieces.append(b'"%s":%%s' % f.name.encode())
+    return b"{" + b",".join(pieces) + b"}"
 
 
 class Parser:
     """Parses complete lines of bpftrace output for ``syscalls`` (in program order).
 
     Counters, read by the collector's status: ``events`` (published), ``excluded`` (the stream's own
-    I/O, not published: collector/streamio.py), ``lost`` (see ``lost_total``), ``malformed``.
-    ``rules``: what to leave out (streamio.Rules), a value the owner replaces. ``clock``: monotonic
-    seconds, for the kicks' ages.
+    I/O, not published: collector/streamio.py), ``lost`` (see ``lost_total``), ``malformed``,
+    ``unreadable`` (calls whose arguments failed the kernel's check: never published), ``filtered``
+    (events whose path is outside --path). ``rules``: what to leave out (streamio.Rules), a value
+    the owner replaces. ``clock``: monotonic seconds, for the kicks' ages. ``files``: names and
+    types of the events' files (collector/files.py). ``path_prefixes``: --path.
     """
 
     def __init__(self, mode: str, syscalls: list[str], containers=None, keys_escaped_twice: bool = False,
-                 kick_cpus: Iterable[int] = (), clock: Callable[[], float] = time.monotonic):
+                 kick_cpus: Iterable[int] = (), clock: Callable[[], float] = time.monotonic,
+                 latency: bool = False, files: Files | None = None, path_prefixes: Iterable[str] = (),
+                 top_files: int = TOP_FILES):
         self.mode = mode
         # events mode with kicks (0.17): every online CPU kicks about once a second from ready on,
         # so one that never kicks (bpftrace stopped before its first kick) shows as stale too
@@ -123,10 +158,17 @@ class Parser:
         self.keys_escaped_twice = keys_escaped_twice   # bpftrace 0.22+ escapes map-key strings once more
         self.syscalls = list(syscalls)
         self.containers = containers or NoContainers()
+        self.latency = latency
+        self.files = files or Files(Kernel())
+        self.path_prefixes = tuple(path_prefixes)
+        self.top_files = top_files
         self.stream_io = StreamIO()        # which events are the stream's own I/O
         self.events = 0
         self.excluded = 0
         self.malformed = 0
+        self.unreadable = 0
+        self.filtered = 0
+        self.unattributed = 0              # counts mode: calls a full map kept out of the keyed rows
         self.reported_lost = 0             # bpftrace's lost_events records (counts mode: the loss count)
         self._lost_shown = 0               # what status said last: ``lost`` never steps back
         self._kicks: dict[int, int] = {}       # CPU -> kick lines that arrived
@@ -136,9 +178,17 @@ class Parser:
         self._lost_by_cpu: dict[int, int] = {}
         self._clock = clock
         self._malformed_lines: list[bytes] = []   # kept for the next Parsed
-        self._comm_cache: dict[bytes, bytes] = {}
+        self._comm_cache: dict[tuple[bytes, bytes], bytes] = {}
+        self._zmq_comms: dict[tuple[bytes, bytes], bytes] = {}   # names of ZeroMQ's threads: raw bytes
         self._names = {str(i).encode(): name.encode() for i, name in enumerate(self.syscalls)}
+        self._line = record.line_pattern(latency).fullmatch
+        self._template = _event_template(latency)
+        cols = [c.name for c in record.columns(latency)]
+        self._sig = (cols.index("ino") + 1, cols.index("namekey") + 1)   # the file's facts: groups
+        self._file_cache: dict[tuple[bytes, bytes], tuple[bytes, bytes, bool]] = {}
         self._pending: dict[tuple, dict] = {}     # counts mode: rows of the interval being printed
+        self._pending_files: dict[tuple, dict] = {}
+        self._kernel_total = [0, 0]               # counts mode: @total of the interval (calls, bytes)
 
     # --- both modes ------------------------------------------------------------------------
     def parse(self, data: bytes) -> Parsed:
@@ -154,27 +204,72 @@ class Parser:
         return out
 
     def _record(self, line: bytes, out: Parsed) -> None:
-        """A line that is not an event: ready, lost, maps, the interval marker."""
-        record = json_record(line)
-        kind, data = record if record else (None, None)
+        """A JSON line (counts mode): ready, lost, maps, the interval marker, an open's lines."""
+        record_ = json_record(line)
+        kind, data = record_ if record_ else (None, None)
         if kind == "printf" and data == _READY_DATA:
-            now = self._clock()
-            for cpu in self.kick_cpus:
-                self._kick_at.setdefault(cpu, now)
+            self.files.prime()                 # fds opened before the probes attached
             out.ready = True
         elif kind == "lost_events" and isinstance(data, dict) and type(data.get("events")) is int \
                 and data["events"] >= 0:
             self.reported_lost += data["events"]
         elif kind == "attached_probes":
             pass                           # bpftrace's own start-up record
-        elif self.mode == "events" and kind == "printf" and isinstance(data, str) and (kick := _KICK.fullmatch(data)):
-            self._kick(*(int(g) for g in kick.groups() if g is not None))
-        elif self.mode == "counts" and kind in ("stats", "map") and isinstance(data, dict) and len(data) == 1:
+        elif kind in ("stats", "map") and isinstance(data, dict) and len(data) == 1:
             self._map(line, data)
-        elif self.mode == "counts" and kind == "printf" and data == _INTERVAL_DATA:
+        elif kind == "printf" and data == _INTERVAL_DATA:
             out.intervals.append(self._finish_interval())
+        elif kind == "printf" and isinstance(data, str) and data.endswith("\n") \
+                and self._open_line(data[:-1].encode("latin-1", "replace")):
+            pass
         else:
             self.bad_line(line)
+
+    def _text(self, line: bytes, out: Parsed) -> None:
+        """A text line (events mode) that is not an event."""
+        if line == _FLUSH or self._open_line(line):
+            return
+        if line.startswith(b"syswatch-kick "):
+            kick = _KICK_TEXT.fullmatch(line)
+            if kick:
+                return self._kick(*(int(g) for g in kick.groups() if g is not None))
+        elif line == _READY_DATA[:-1].encode():
+            self.files.prime()                 # fds opened before the probes attached
+            now = self._clock()
+            for cpu in self.kick_cpus:
+                self._kick_at.setdefault(cpu, now)
+            out.ready = True
+            return
+        elif line.startswith(b"Lost "):
+            lost = _LOST.fullmatch(line)
+            if lost:
+                self.reported_lost += int(lost.group(1))
+                return
+        elif _ATTACHING.fullmatch(line):
+            return                         # bpftrace's own start-up line
+        self.bad_line(line)
+
+    def _open_line(self, line: bytes) -> bool:
+        """An open's lines (both modes): the file, its path's components, the end."""
+        if not line.startswith(b"syswatch-"):
+            return False
+        m = _NAME.fullmatch(line)
+        if m:
+            self.files.open_name(int(m.group(1)), int(m.group(2)), bytes.fromhex(m.group(3).decode()))
+            return True
+        m = _NAME_MORE.fullmatch(line)
+        if m:
+            self.files.open_more(int(m.group(1)), bytes.fromhex(m.group(2).decode()))
+            return True
+        m = _OPEN.fullmatch(line)
+        if m:
+            self.files.open_start(*(int(g) for g in m.groups()))
+            return True
+        m = _OPENED.fullmatch(line)
+        if m:
+            self.files.open_end(int(m.group(1)), int(m.group(2)), m.group(3) == b"1")
+            return True
+        return False
 
     def bad_line(self, line: bytes) -> None:
         """Count a line that is not bpftrace output of this program (and keep a few for the log)."""
@@ -197,40 +292,71 @@ class Parser:
 
     # --- events mode -------------------------------------------------------------------------
     def _events(self, data: bytes, out: Parsed) -> None:
-        batches: dict[bytes, list[bytes]] = {}
-        names, cache = self._names, self._comm_cache
-        rules = self.stream_io.rules
-        watched = frozenset(b"%d" % p for p in rules.pids | rules.subscribers)   # compared as bpftrace prints them
-        excluded = self.stream_io.excluded
-        fields = _FD_COUNT_RET.search
-        containers = self.containers.fields_json
-        match = _EVENT_LINE.fullmatch
-        arrived = self._arrived
-        n_excluded = 0
+        match, arrived = self._line, self._arrived
+        matches = []
+        # pass 1, in order: every event's arrival on its CPU (before that CPU's next kick), and
+        # every other line: opens name files before the events of this chunk are built
         for line in data.split(b"\n"):
             m = match(line)
             if m is None:
                 if line:
-                    self._record(line, out)
+                    self._text(line, out)
                 continue
-            cpu, idx, body, pid, syscall, cgroup, escaped = m.groups()
-            cpu = int(cpu)
-            arrived[cpu] = arrived.get(cpu, 0) + 1     # before any check: it arrived, kept or not
-            if names.get(idx) != syscall:
-                self.bad_line(line)            # the index picks the topic: it must agree with the name
+            cpu = int(m.group(1))
+            arrived[cpu] = arrived.get(cpu, 0) + 1     # it arrived, kept or not
+            matches.append(m)
+        if matches:
+            self._build(matches, out)
+
+    def _build(self, matches: list, out: Parsed) -> None:
+        batches: dict[bytes, list[bytes]] = {}
+        names, cache = self._names, self._comm_cache
+        rules = self.stream_io.rules
+        watched = frozenset(b"%d" % p for p in rules.pids | rules.subscribers)   # compared as printed
+        excluded, zmq_comms = self.stream_io.excluded, self._zmq_comms
+        file_type, anon_dev = record.file_type, self.files.kernel.anon_dev
+        containers = self.containers.fields_json
+        template, latency, prefixes = self._template, self.latency, self.path_prefixes
+        file_cache, file_json = self._file_cache, self._file_json
+        sig_from, sig_to = self._sig
+        n_excluded = n_unreadable = n_filtered = 0
+        for m in matches:
+            if latency:
+                (_cpu, idx, ts, pid, tid, uid, fd, count, ret, lat, cgroup, ino, dev, mode, flags, namekey,
+                 c0, c1, nlen, nhex) = m.groups()
+            else:
+                (_cpu, idx, ts, pid, tid, uid, fd, count, ret, cgroup, ino, dev, mode, flags, namekey,
+                 c0, c1, nlen, nhex) = m.groups()
+            syscall = names.get(idx)
+            if syscall is None:
+                self.bad_line(m.string)
                 continue
-            if pid in watched or escaped[:5] == b"ZMQbg":     # ZeroMQ's threads: learned (streamio)
-                fd, count, ret = fields(body).groups()   # type: ignore[union-attr]  # matched above
-                if excluded(int(pid), escaped, int(fd), int(count), int(ret)):
+            if flags != b"1" and flags != b"3":
+                n_unreadable += 1              # the registers were not this call's: never published
+                continue
+            comm = cache.get((c0, c1))
+            if comm is None:
+                comm = self._comm_json(c0, c1)
+            if pid in watched or (c0, c1) in zmq_comms:       # ZeroMQ's threads: learned (streamio)
+                kdev = int(dev)
+                if excluded(int(pid), zmq_comms.get((c0, c1), b""), int(fd), int(count), int(ret), int(ino),
+                            file_type(int(mode), anon=kdev != 0 and kdev == anon_dev) if kdev else "unknown"):
                     n_excluded += 1
                     continue
-            tail = cache.get(escaped)
-            if tail is None:
-                tail = self._comm_json(escaped)
-                if tail is None:
-                    self.bad_line(line)
-                    continue
-            event = body.replace(b'\\"', b'"') + containers(int(cgroup)) + tail
+            fkey = (pid, fd)
+            sig = m.string[m.start(sig_from):m.end(sig_to)]        # ino dev mode flags namekey
+            hit = file_cache.get(fkey)
+            if hit is None or hit[0] != sig or nhex is not None:
+                hit = file_json(fkey, sig, ino, dev, mode, flags, namekey, nlen, nhex)
+            if prefixes and not hit[2]:
+                n_filtered += 1
+                continue
+            if latency:
+                event = template % (ts, pid, tid, uid, syscall, fd, count, ret, lat, cgroup,
+                                    containers(int(cgroup)), comm, hit[1])
+            else:
+                event = template % (ts, pid, tid, uid, syscall, fd, count, ret, cgroup,
+                                    containers(int(cgroup)), comm, hit[1])
             batch = batches.get(syscall)
             if batch is None:
                 batches[syscall] = [event]
@@ -240,18 +366,37 @@ class Parser:
             out.events[syscall.decode()] = batch
             self.events += len(batch)
         self.excluded += n_excluded
+        self.unreadable += n_unreadable
+        self.filtered += n_filtered
 
-    def _comm_json(self, escaped: bytes) -> bytes | None:
-        """Our JSON for a name as bpftrace escaped it, as ``"comm":"..."}``."""
-        try:
-            raw = unescape_bpftrace(escaped.decode("ascii"))
-        except ValueError:                 # includes UnicodeError: not what bpftrace prints
-            return None
+    def _file_json(self, fkey: tuple[bytes, bytes], sig: bytes, ino: bytes, dev: bytes, mode: bytes,
+                   flags: bytes, namekey: bytes, nlen: bytes | None, nhex: bytes | None) -> tuple:
+        """(signature, the event's file fields as JSON, whether --path keeps it), cached per (pid, fd)."""
+        kname = None
+        if nhex is not None:
+            kname = bytes.fromhex(nhex.decode())
+            if len(kname) != int(nlen or 0):
+                kname = None                   # longer than one chunk: from /proc instead
+        js, path = self.files.event_json(int(fkey[0]), int(fkey[1]), int(ino), int(dev), int(mode),
+                                         int(namekey), flags == b"3", kname)
+        keep = not self.path_prefixes or any(path.startswith(p) for p in self.path_prefixes)
+        hit = (sig, js, keep)
+        if nhex is None:                       # a name only the kernel gives is not cached by (pid, fd)
+            if len(self._file_cache) >= FILE_CACHE_MAX:
+                self._file_cache.clear()
+            self._file_cache[fkey] = hit
+        return hit
+
+    def _comm_json(self, c0: bytes, c1: bytes) -> bytes:
+        """Our JSON for a name given as its two little-endian words, as ``"comm":"..."``."""
+        raw = int(c0).to_bytes(8, "little") + int(c1).to_bytes(8, "little")
         if len(self._comm_cache) >= COMM_CACHE_MAX:
             self._comm_cache.clear()
-        tail = self._comm_cache[escaped] = b'"comm":' + json_string(decode_comm(raw)) + b"}"
+            self._zmq_comms.clear()
+        if raw.startswith(ZMQ_THREADS):
+            self._zmq_comms[(c0, c1)] = raw.rstrip(b"\0")
+        tail = self._comm_cache[(c0, c1)] = b'"comm":' + json_string(decode_comm(raw))
         return tail
-
     @property
     def lost(self) -> int:
         """Events lost, for status. Ring-buffer bpftrace (no kicks) and counts mode: bpftrace's own
@@ -292,42 +437,98 @@ class Parser:
     # --- counts mode -------------------------------------------------------------------------
     def _map(self, line: bytes, data: dict) -> None:
         ((name, entries),) = data.items()
+        if name == "@unreadable":
+            if type(entries) is int and entries >= 0:
+                self.unreadable += entries
+            elif entries != {}:
+                self.bad_line(line)
+            return
         kind, _, gen = name[1:].rpartition("_")
-        if kind not in ("calls", "bytes", "errors") or gen not in ("a", "b") or not isinstance(entries, dict):
+        if kind == "total" and gen in ("a", "b"):
+            if entries == {}:                  # bpftrace prints an unset scalar as an empty object
+                return
+            calls, total = (entries.get("count"), entries.get("total")) if isinstance(entries, dict) else (0, 0)
+            if type(calls) is not int or type(total) is not int or calls < 0 or total < 0:
+                return self.bad_line(line)
+            self._kernel_total[0] += calls
+            self._kernel_total[1] += total
+            return
+        if kind not in ("calls", "errors", "lat") or gen not in ("a", "b") or not isinstance(entries, dict):
             return self.bad_line(line)
         for key, val in entries.items():
             try:
-                pid, cgroup, idx, comm = key.split(",", 3)
+                pid, cgroup, idx, fd, ino, dev, mode, comm = key.split(",", 7)
                 syscall = self.syscalls[int(idx)]
                 raw = unescape_bpftrace(comm) if self.keys_escaped_twice else comm.encode("latin-1")
-                row = self._row(int(pid), int(cgroup), syscall, decode_comm(raw))
+                rkey = (int(pid), int(cgroup), syscall, decode_comm(raw), int(fd), int(ino), int(dev), int(mode))
+                row = self._pending.get(rkey)
+                if row is None:
+                    row = self._pending[rkey] = {"calls": 0, "bytes": 0, "errors": 0, "lat_ns_sum": 0}
                 if kind == "calls":
-                    calls, lat_sum = val["count"], val["total"]
-                    if type(calls) is not int or type(lat_sum) is not int or calls < 0 or lat_sum < 0:
+                    calls, total = val["count"], val["total"]
+                    if type(calls) is not int or type(total) is not int or calls < 0 or total < 0:
                         raise ValueError("negative or non-integer stats")
                     row["calls"] += calls
-                    row["lat_ns_sum"] += lat_sum
+                    row["bytes"] += total
                 else:
                     if type(val) is not int or val < 0:
                         raise ValueError("negative or non-integer count")
-                    row[kind] += val
+                    row["errors" if kind == "errors" else "lat_ns_sum"] += val
             except (ValueError, KeyError, TypeError, IndexError, UnicodeError):
                 self.bad_line(line)
 
-    def _row(self, pid: int, cgroup: int, syscall: str, comm: str) -> dict:
-        key = (pid, cgroup, syscall, comm)
-        rows = self._pending
-        row = rows.get(key)
-        if row is None:
-            cid, cname = self.containers.fields(cgroup)
-            row = rows[key] = {"pid": pid, "comm": comm, "container_id": cid, "container_name": cname,
-                               "syscall": syscall, "calls": 0, "bytes": 0, "errors": 0, "lat_ns_sum": 0}
-        return row
-
-    def _finish_interval(self) -> list[dict]:
-        excluded = self.stream_io.rules.pids     # other collectors: counted, not published (rows carry no fd)
-        rows = [r for r in self._pending.values() if r["calls"] and r["pid"] not in excluded]
-        self.excluded += sum(r["calls"] for r in self._pending.values() if r["pid"] in excluded)
+    def _finish_interval(self) -> Interval:
+        """The interval's rows per process (pid, cgroup, syscall, name) and per file (dev, ino,
+        syscall): the top ``top_files`` by bytes, then calls, and the rest summed, so that files +
+        rest equal the rows. Calls of excluded PIDs (subscribers, other collectors) are counted in
+        ``excluded``, not published; calls a full kernel map kept out of the keyed rows (the
+        interval's @total says how many) go to the rest and to ``unattributed``."""
+        excluded = self.stream_io.rules.pids     # other collectors: counted, not published
+        sums = ("calls", "bytes", "errors") + (("lat_ns_sum",) if self.latency else ())
+        procs: dict[tuple, dict] = {}
+        files: dict[tuple, dict] = {}
+        seen = [0, 0]
+        for (pid, cgroup, syscall, comm, fd, ino, dev, mode), r in self._pending.items():
+            seen[0] += r["calls"]
+            seen[1] += r["bytes"]
+            if pid in excluded:
+                self.excluded += r["calls"]
+                continue
+            row = procs.get((pid, cgroup, syscall, comm))
+            if row is None:
+                cid, cname = self.containers.fields(cgroup)
+                row = procs[(pid, cgroup, syscall, comm)] = {
+                    "pid": pid, "comm": comm, "container_id": cid, "container_name": cname, "syscall": syscall,
+                    **{k: 0 for k in sums}}
+            frow = files.get((dev, ino, syscall))
+            if frow is None:
+                frow = files[(dev, ino, syscall)] = {"syscall": syscall, "_who": (pid, fd, mode),
+                                                     **{k: 0 for k in sums}}
+            for k in sums:
+                row[k] += r[k]
+                frow[k] += r[k]
         self._pending.clear()
+        rows = [r for r in procs.values() if r["calls"]]
         self.events += sum(r["calls"] for r in rows)
-        return rows
+        ranked = sorted(files.items(), key=lambda kv: (kv[1]["bytes"], kv[1]["calls"]), reverse=True)
+        top = []
+        for (dev, ino, _syscall), frow in ranked[:self.top_files]:
+            pid, fd, mode = frow.pop("_who")
+            js_path = self.files.name(pid, fd, ino, dev, None, False)
+            ftype = js_path[0] or record.file_type(mode)
+            path = js_path[1] if self.files.paths else ""
+            top.append({"syscall": frow["syscall"], "file_type": ftype, "path": path, "ino": ino,
+                        "dev": record.user_dev(dev) if dev else 0,
+                        **({"sock": js_path[2]} if js_path[2] is not None else {}),
+                        **{k: frow[k] for k in sums}})
+        rest = {"files": max(0, len(ranked) - self.top_files), **{k: 0 for k in sums}}
+        for _key, frow in ranked[self.top_files:]:
+            for k in sums:
+                rest[k] += frow[k]
+        missing_calls = self._kernel_total[0] - seen[0]
+        if missing_calls > 0:                  # a full map: counted by @total, in no keyed row
+            self.unattributed += missing_calls
+            rest["calls"] += missing_calls
+            rest["bytes"] += max(0, self._kernel_total[1] - seen[1])
+        self._kernel_total = [0, 0]
+        return Interval(rows, top, rest)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from syswatch.collector import bpf, bpfversion, program
+from syswatch.collector import bpf, bpfversion, btf, program
 from syswatch.collector.bpf import SetupError
 from syswatch.collector.cli import Config
 from syswatch.collector.containers import Containers
 from syswatch.collector.hostinfo import host_name
+from syswatch.collector.kernel import Kernel
+from syswatch.collector.kernel import detect as detect_kernel
 from syswatch.collector.parser import NoContainers
 
 log = logging.getLogger("syswatch.collector")
@@ -27,6 +29,7 @@ class Prepared:
     hostname: str                            # the host field of every message
     containers: Containers | NoContainers    # cgroup id -> container id and name
     cgroups: tuple[int, ...]                 # --container's cgroup ids, filtered in the kernel
+    kernel: Kernel                           # the running kernel's layout (collector/kernel.py)
 
 
 def preflight(config: Config) -> Prepared:
@@ -39,6 +42,14 @@ def preflight(config: Config) -> Prepared:
     bpf.check_host_pid_namespace()
     bpf.ensure_tracefs()
     program.predicate(config.filters.pids, config.filters.comms)          # validates the filters
+    if config.path_prefixes and not config.paths:
+        raise SetupError("--path filters by file path, which --no-paths leaves out: use one or the other")
+    try:
+        layout = detect_kernel()
+    except btf.BtfError as exc:
+        raise SetupError(str(exc)) from None
+    log.info("kernel layout: syscall registers at task stack + %d (%s); task_struct.comm at %d",
+             layout.stack_top, layout.layout_from, layout.comm_offset)
     containers = Containers()
     cgroups: list[int] = []
     for ref in config.filters.containers:
@@ -53,4 +64,4 @@ def preflight(config: Config) -> Prepared:
     return Prepared(bpftrace=path, version=version,
                     hostname=config.hostname if config.hostname is not None else host_name(),
                     containers=containers if containers.root is not None else NoContainers(),
-                    cgroups=tuple(cgroups))
+                    cgroups=tuple(cgroups), kernel=layout)

@@ -1,15 +1,30 @@
 """Build the bpftrace program and command line for a mode, probe kind, syscall set and filters.
 
 One template per mode lives here; collector/syscalls.bt and collector/syscalls_counts.bt are
-that template rendered for the defaults (read and write, tracepoints, no filter), runnable by
-hand, and a unit test keeps them equal to ``render()`` (regenerate: ``python -m collector.program``).
+that template rendered for the defaults (read and write, tracepoints, no filter, this project's
+reference kernel layout), runnable by hand, and a unit test keeps them equal to ``render()``
+(regenerate: ``python -m collector.program``; the collector renders for the running kernel).
 
-Each traced call is seen twice: at entry (start time, fd and count kept per thread in
-``@inflight``, a hash map bounded by BPFTRACE_MAP_KEYS_MAX) and at exit, where the event is
-printed with ``ret`` and ``lat_ns``. A thread that dies inside a call never reaches the exit
-probe: sched_process_exit deletes its entry, so nothing leaks. Filters (--pid, --comm,
---container, the collector's own PIDs) are predicates on the entry probe, so the kernel drops
-what is not wanted before anything is kept or printed.
+One probe per call (issue 24): the exit. The call's fd and count are still in the caller's saved
+registers (the ``struct pt_regs`` at the top of its kernel stack, collector/kernel.py), the file
+the fd points to is reachable from ``curtask``, so nothing has to be kept from the entry. Every
+call's registers are checked (the syscall number and the return value must be the call's own);
+a call that fails the check is printed with flag bit 0 clear and never published. Latency needs
+the entry's time: with ``latency=True`` (--latency) the entry probe keeps (start, fd, count) per
+thread in ``@start`` (a hash map; sched_process_exit drops the entry of a thread that dies inside
+a call), as before. Filters (--pid, --comm, --container, the collector's own PIDs) are predicates
+on the first probe of each call, so the kernel drops what is not wanted before anything is kept.
+
+Events mode prints text (not -f json: 2x faster in bpftrace per line, measured) with full
+buffering (-B full): one write per 8 KiB instead of per line. Only numbers are printed, except
+names, which go as hex (%rh), so no byte of a name can break a line or forge a field. A probe
+prints a flush marker every few milliseconds (bpftrace flushes its output at a print()), which
+bounds how long an event waits in bpftrace's buffer. shared/record.py declares the line.
+
+Files: an exit probe on the open family walks the new file's dentries and mounts up to the
+process's root, once per open, and prints the path's components (collector/parser.py joins them,
+collector/files.py keeps them per (pid, fd)); every event carries the inode, device, mode, a
+deleted flag and a name key that changes on rename.
 """
 from __future__ import annotations
 
@@ -18,7 +33,10 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
+from syswatch.collector.kernel import Kernel
+from syswatch.shared import record
 from syswatch.shared.protocol import DEFAULT_SYSCALLS, SYSCALLS
 
 HERE = Path(__file__).resolve().parent
@@ -40,23 +58,48 @@ def env(version=None, overload: str = "drop") -> dict[str, str]:
     (and counts): ``drop`` (default) 4 MiB per CPU / 16 MiB, events late by well under a second;
     ``buffer`` 4x (0.17) or 8x (0.23) that, absorbing bursts of seconds at the cost of memory and
     of seconds of latency while the backlog drains. Map size: room for many keys (threads inside
-    a call, (pid, cgroup, syscall, name) rows); the variable was renamed in 0.20.
+    a call, (pid, cgroup, syscall, name) rows); the variable was renamed in 0.20. Strings: room for
+    a file name's chunk (name_chunk).
     """
     if overload not in OVERLOAD:
         raise ValueError(f"overload must be one of {OVERLOAD}, not {overload!r}")
     ringbuf = version is not None and version.ringbuf_output
     renamed = version is not None and version.at_least(0, 20)
     return {"BPFTRACE_PERF_RB_PAGES": str(_PAGES["ringbuf" if ringbuf else "perf", overload]),
-            "BPFTRACE_MAX_MAP_KEYS" if renamed else "BPFTRACE_MAP_KEYS_MAX": "65536"}
+            "BPFTRACE_MAX_MAP_KEYS" if renamed else "BPFTRACE_MAP_KEYS_MAX": "65536", **strlen_env(version)}
+
+
+def name_chunk(version=None) -> int:
+    """Bytes of a name one printf carries: bpftrace 0.23 strings hold 1024 bytes (a whole name,
+    NAME_MAX is 255); older ones 64 by default, raised to 128 by ``env`` (0.17 keeps strings on
+    the 512-byte BPF stack), of which 120 are used: a name of 255 bytes takes three lines."""
+    return 255 if version is not None and version.at_least(0, 23) else 120
+
+
+def strlen_env(version=None) -> dict[str, str]:
+    return {} if version is not None and version.at_least(0, 23) else {"BPFTRACE_STRLEN": "128"}
 
 
 READY = "syswatch-ready"
 INTERVAL = "syswatch-interval"
 KICK = "syswatch-kick"               # events mode: per-CPU count of events printed, for the loss check
+FLUSH = "syswatch-flush"             # events mode: printed with print(), which flushes bpftrace's output
+FLUSH_EVERY_NS = 5_000_000           # an event waits in bpftrace's buffer at most this long (plus a poll)
+# Open records (both modes): the opened fd's file, its path's components leaf first, the end
+OPEN = "syswatch-open"               # OPEN pid tid fd ino dev mode namekey
+NAME = "syswatch-name"               # NAME tid len hex   (one component; len is its whole length)
+NAME_MORE = "syswatch-name+"         # NAME_MORE tid hex  (the component's next chunk)
+OPENED = "syswatch-opened"           # OPENED tid components complete(1|0)
+PATH_DEPTH = 32                      # components walked per open (a deeper path is resolved from /proc)
+OPEN_SYSCALLS = ("open", "openat", "openat2", "creat")
 # The count argument: bytes asked for, except readv/writev: the number of iovecs (the sum of
 # their lengths would mean reading user memory in a loop; ret has the bytes moved).
 COUNT_ARG = {"read": "count", "write": "count", "pread64": "count", "pwrite64": "count",
              "readv": "vlen", "writev": "vlen"}
+# x86-64 syscall numbers: the exit-only probe checks that the registers it reads are the call's
+NR = {"read": 0, "write": 1, "pread64": 17, "pwrite64": 18, "readv": 19, "writev": 20}
+USER_CS = 0x33                       # a 64-bit process's code segment in its saved registers
+EBADF = 9
 # kprobe: the x86-64 syscall wrappers get the user's registers as a struct pt_regs *;
 # fd is the first argument (rdi), count/vlen the third (rdx).
 _REGS = "((struct pt_regs *)arg0)"
@@ -90,7 +133,7 @@ def check_syscalls(names: list[str]) -> list[str]:
 
 
 def predicate(pids=(), comms=(), cgroups=()) -> str:
-    """The entry probes' predicate: never the collector ($1) nor bpftrace ($3), then the filters."""
+    """The first probe's predicate: never the collector ($1) nor bpftrace ($3), then the filters."""
     conds = ["pid != $1", "pid != $3"]
     if pids:
         for pid in pids:
@@ -104,14 +147,26 @@ def predicate(pids=(), comms=(), cgroups=()) -> str:
     return "/" + " && ".join(conds) + "/"
 
 
-def _probes(name: str, probe: str) -> tuple[str, str, str, str, str]:
-    """(entry probe, exit probe, fd, count, ret) expressions for ``name`` and ``probe``."""
+class Probes(NamedTuple):
+    enter: str                       # the entry probe (only with latency)
+    leave: str                       # the exit probe
+    fd: str                          # fd and count at entry
+    cnt: str
+    ret: str                         # the return value at exit
+    check: str                       # at exit, with $r the saved registers: they are this call's
+
+
+def probes(name: str, probe: str) -> Probes:
+    """The probe points and expressions for ``name`` and ``probe`` (kprobe|tracepoint)."""
     if probe == "tracepoint":
-        return (f"tracepoint:syscalls:sys_enter_{name}", f"tracepoint:syscalls:sys_exit_{name}",
-                "args->fd", f"args->{COUNT_ARG[name]}", "args->ret")
+        return Probes(f"tracepoint:syscalls:sys_enter_{name}", f"tracepoint:syscalls:sys_exit_{name}",
+                      "args->fd", f"args->{COUNT_ARG[name]}", "args->ret",
+                      f"$r->orig_ax == {NR[name]} && $r->ax == (uint64)$ret")
     if probe == "kprobe":
-        return (f"kprobe:__x64_sys_{name}", f"kretprobe:__x64_sys_{name}",
-                f"{_REGS}->di", f"{_REGS}->dx", "retval")
+        # at a kretprobe the caller has not yet stored the return value in its registers
+        return Probes(f"kprobe:__x64_sys_{name}", f"kretprobe:__x64_sys_{name}",
+                      f"{_REGS}->di", f"{_REGS}->dx", "(int64)retval",
+                      f"$r->orig_ax == {NR[name]} && ($r->cs & 0xffff) == {USER_CS}")
     raise ValueError(f"probe must be kprobe or tracepoint, not {probe!r}")
 
 
@@ -120,59 +175,67 @@ HEADERS = {
 #!/usr/bin/env bpftrace
 /*
  * syscalls.bt  Trace every read(2) and write(2) on the host, one line per call when it
- *              returns, except the calls of the PIDs given as $1 and $3 (the collector and
- *              bpftrace itself: tracing them would feed back on itself).
+ *              returns, with the file its fd points to, except the calls of the PIDs given as
+ *              $1 and $3 (the collector and bpftrace itself: tracing them would feed back).
  *
- * USAGE: BPFTRACE_MAP_KEYS_MAX=65536 bpftrace -f json syscalls.bt COLLECTOR_PID CLOCK_OFFSET_NS BPFTRACE_PID
- *        e.g.  bpftrace -f json collector/syscalls.bt 0 0 0   (nothing excluded, monotonic ts)
+ * USAGE: BPFTRACE_MAP_KEYS_MAX=65536 BPFTRACE_STRLEN=128 bpftrace -B full syscalls.bt COLLECTOR_PID CLOCK_OFFSET_NS BPFTRACE_PID
+ *        e.g.  bpftrace -B full collector/syscalls.bt 0 0 0   (nothing excluded, monotonic ts)
  *
  * Generated by collector/program.py (python -m collector.program events > collector/syscalls.bt),
- * which also renders it for other syscalls (pread64, pwrite64, readv, writev), kprobes and
- * filters. The entry probe keeps (start, fd, count) per thread in @inflight; the exit probe
- * prints the event with ret (bytes moved or -errno) and lat_ns (time in the call), so a call
- * blocked for minutes is printed when it returns, as strace does. sched_process_exit drops
- * the entry of a thread that dies inside a call.
+ * which also renders it for other syscalls (pread64, pwrite64, readv, writev), kprobes, filters,
+ * latency (--latency: an entry probe keeps the start time) and the running kernel's layout: this
+ * file assumes task_struct.comm at byte 1752, a 16 KiB kernel stack without FRED padding, and the
+ * internal filesystems' devices of the kernel it was rendered on (anonymous inodes: 16, memfd: 1).
+ *
+ * One probe per call: at the exit, fd and count come from the caller's saved registers at the top
+ * of its kernel stack, checked against the syscall number and the return value (flags bit 0; a
+ * call that fails the check is never published), and the file from curtask's fd table: inode,
+ * device, mode, deleted (bit 1), a key that changes with the file's name. An exit probe on the
+ * open family prints each opened file's path, leaf first, walked up to the process's root.
  *
  * Losses: each event line starts with the CPU that printed it, and @sent[cpu] counts the events
- * each CPU printed. Once a second every CPU prints its count (the "kick") into its own buffer,
- * behind the events it printed before: profile:hz:1 kicks a busy CPU and power:cpu_idle an idle
- * one (a profile probe does not fire on an idle CPU). The collector's loss count for that CPU is
- * then the count minus the events of that CPU that arrived. Exact, and known within a second even
- * on a quiet target, where bpftrace would report a full buffer only when a later event reaches
- * that CPU. A kick lost in a full buffer costs nothing but that second's update; kicks are
- * numbered per CPU, so the collector knows how many of bpftrace's lost events were kicks.
- * (bpftrace 0.18+ with its ring buffer reports losses exactly and at once: the collector then
- * renders this program without @sent and the kick.)
+ * each CPU printed. About once a second every CPU prints its count (the "kick") into its own
+ * buffer, behind the events it printed before: profile:hz kicks a busy CPU and power:cpu_idle an
+ * idle one. The collector's loss count for that CPU is the count minus the events of that CPU that
+ * arrived: exact, and known within a second. Kicks are numbered per CPU, so the collector knows how
+ * many of bpftrace's lost events were kicks. (bpftrace 0.18+ with its ring buffer reports losses
+ * exactly and at once: the collector then renders this program without @sent and the kick.)
  *
- * Output (bpftrace -f json): one JSON line per call whose "data" is the CPU, ":", the syscall's
- * index in the program and the EVENT object without the container fields, the process name last. bpftrace's
- * JSON output escapes the whole printf text, so a name holding quotes, backslashes or newlines
- * stays inside its string; the collector checks the numeric fields against a fixed pattern and
- * re-encodes the name itself, so no name can add or change a field. nsecs is CLOCK_MONOTONIC:
+ * Output (text, -B full): numbers only, names in hex, so no name can break a line; the same probe
+ * prints a flush marker every 5 ms (print() flushes bpftrace's output). nsecs is CLOCK_MONOTONIC:
  * $2 is the offset to the wall clock (time.time_ns() - time.monotonic_ns(), taken at start-up).
+ * An event line (shared/record.py): cpu idx ts pid tid uid fd count ret cgroup ino dev mode flags
+ * namekey comm0 comm1 [namelen namehex]; an open: syswatch-open pid tid fd ino dev mode namekey, one
+ * syswatch-name tid len hex per component (syswatch-name+ tid hex: more of it), syswatch-opened.
  *
  * Example output:
- *   {"type": "printf", "data": "syswatch-ready\\n"}
- *   {"type": "printf", "data": "0:1{\\"ts_ns\\":1795548582161190450,\\"pid\\":5489,\\"tid\\":5489,\\"uid\\":0,\\"syscall\\":\\"write\\",\\"fd\\":1,\\"count\\":5,\\"ret\\":5,\\"lat_ns\\":3120,\\"cgroup_id\\":1,\\"comm\\":\\"bash\\"}\\n"}
- *   {"type": "printf", "data": "syswatch-kick 0 1 1\\n"}
+ *   syswatch-ready
+ *   syswatch-flush
+ *   syswatch-open 5489 5489 3 2146343 266338304 33188 81985529216486895
+ *   syswatch-name 5489 6 70 61 73 73 77 64
+ *   syswatch-name 5489 3 65 74 63
+ *   syswatch-opened 5489 2 1
+ *   0 0 1795548582161190450 5489 5489 0 3 4096 1234 1 2146343 266338304 33188 1 81985529216486895 1752392034 0
+ *   syswatch-kick 0 1 1
  */
 """,
     "counts": """\
 #!/usr/bin/env bpftrace
 /*
- * syscalls_counts.bt  Count read(2)/write(2) calls per (pid, cgroup, syscall, name) in the
- *                     kernel: calls and summed latency (stats), bytes moved (sum of positive
- *                     ret) and errors (ret < 0), printed every $2 milliseconds (the collector's
- *                     low-overhead "counts" mode). The PIDs $1 and $3 (the collector and
- *                     bpftrace) are not counted.
+ * syscalls_counts.bt  Count read(2)/write(2) calls per (pid, cgroup, syscall, fd, file, name) in
+ *                     the kernel: calls and bytes moved (stats of the positive ret), errors (ret <
+ *                     0), printed every $2 milliseconds (the collector's low-overhead "counts"
+ *                     mode). The PIDs $1 and $3 (the collector and bpftrace) are not counted.
  *
- * USAGE: BPFTRACE_MAP_KEYS_MAX=65536 bpftrace -f json syscalls_counts.bt COLLECTOR_PID INTERVAL_MS BPFTRACE_PID
+ * USAGE: BPFTRACE_MAP_KEYS_MAX=65536 BPFTRACE_STRLEN=128 bpftrace -f json syscalls_counts.bt COLLECTOR_PID INTERVAL_MS BPFTRACE_PID
  *        e.g.  bpftrace -f json collector/syscalls_counts.bt 0 1000 0
  *
  * Generated by collector/program.py (python -m collector.program counts > collector/syscalls_counts.bt).
- * Run with -f json: text output would print process names raw, and a name may hold newlines
- * and quotes. Map keys are "pid,cgroup,syscall index,name": the name last, so a comma in it
- * stays in it.
+ * One probe per call, as in events mode (fd from the saved registers, checked; the file from the fd
+ * table); with --latency an entry probe adds @lat (summed time in the call). Run with -f json: text
+ * output would print process names raw. Map keys are "pid,cgroup,syscall index,fd,ino,dev,mode,name":
+ * the name last, so a comma in it stays in it. @total counts every call, so the collector knows when
+ * a full map (BPFTRACE_MAP_KEYS_MAX) kept calls out of the keyed maps.
  *
  * Exactness: clear() right after print() would lose the increments made in between. So the
  * maps are double-buffered: the probes write to the "a" maps while @gen == 0 and to the "b"
@@ -180,128 +243,259 @@ HEADERS = {
  * writes to any more (print/clear run later, in bpftrace's user space, in order).
  *
  * Example output (one interval):
- *   {"type": "stats", "data": {"@calls_a": {"812,1,1,bash": {"count": 2, "average": 1500, "total": 3000}}}}
- *   {"type": "map", "data": {"@bytes_a": {"812,1,1,bash": 52}}}
+ *   {"type": "stats", "data": {"@calls_a": {"812,1,1,3,2146343,266338304,33188,bash": {"count": 2, "average": 26, "total": 52}}}}
  *   {"type": "map", "data": {"@errors_a": {}}}
+ *   {"type": "stats", "data": {"@total_a": {"count": 2, "average": 26, "total": 52}}}
+ *   {"type": "map", "data": {"@unreadable": 0}}
  *   {"type": "printf", "data": "syswatch-interval\\n"}
  */
 """,
 }
 
 
-def record_format(idx: int, name: str) -> str:
-    """The printf format of one event line (a bpftrace string literal): the CPU, the syscall's index
-    and the EVENT object without its container fields. Its values, in order: cpu, ts_ns, pid, tid,
-    uid, fd, count, ret, lat_ns, cgroup_id, comm (collector/parser.py's _EVENT_LINE reads it)."""
-    return (f'"%d:{idx}{{\\"ts_ns\\":%llu,\\"pid\\":%d,\\"tid\\":%d,\\"uid\\":%d,\\"syscall\\":\\"{name}\\",'
-            f'\\"fd\\":%d,\\"count\\":%llu,\\"ret\\":%lld,\\"lat_ns\\":%llu,\\"cgroup_id\\":%llu,\\"comm\\":\\"%s\\"}}\\n"')
+def record_format(latency: bool = False, name_tail: bool = False) -> str:
+    """The printf format of one event line, as a bpftrace string literal (shared/record.py)."""
+    return '"' + record.printf_format(latency, name_tail) + '"'
 
 
-def _events(syscalls: list[str], probe: str, pred: str, kicks: bool = True) -> str:
-    """``kicks``: per-CPU @sent counts and the profile:hz:1 kick line (0.17's perf buffers report
-    a loss only when a later event reaches that CPU). bpftrace 0.18+ reads its ring buffer's one
-    loss counter at every poll and reports it exactly and at once, so its program leaves both
-    out: a map read and update less per event, in the traced process."""
-    out = [HEADERS["events"], "BEGIN\n{\n\t/* every probe is attached once BEGIN runs: the collector waits "
-           f"for this line */\n\tprintf(\"{READY}\\n\");\n}}\n"]
-    for idx, name in enumerate(syscalls):
-        enter, leave, fd, count, ret = _probes(name, probe)
-        fmt = record_format(idx, name)
-        values = f"cpu, $e.0 + $2, pid, tid, uid, $e.1, $e.2, {ret}, nsecs - $e.0, cgroup, comm"
-        if kicks:
-            body = f"""/@inflight[tid].0/
-{{
-	$e = @inflight[tid];
-	delete(@inflight[tid]);
-	@sent[cpu] = @sent[cpu] + 1;
-	printf({fmt},
-	    {values});
-}}"""
-        else:   # one lookup (a missing key reads as zeros), no per-CPU count
-            body = f"""{{
-	$e = @inflight[tid];
-	if ($e.0) {{
-		delete(@inflight[tid]);
-		printf({fmt},
-		    {values});
-	}}
-}}"""
-        out.append(f"""
-{enter}
+def _exprs(idx: int, latency: bool, kernel: Kernel, ret: str) -> str:
+    """The event line's printf arguments for the syscall at ``idx``."""
+    fill = {"idx": str(idx), "ts": "$e.0 + $2" if latency else "nsecs + $2", "fd": "$fd", "count": "$cnt",
+            "ret": "$ret", "lat": "nsecs - $e.0", "comm": str(kernel.comm_offset)}
+    return ", ".join(c.expr.format(**fill) for c in record.columns(latency))
+
+
+def _file_walk(kernel: Kernel) -> str:
+    """Statements that set $i (inode), $d (dentry), $dev, $fl's bit 1 and $nk from $fd (with $ret)."""
+    return f"""$i = (struct inode *)0;
+$d = (struct dentry *)0;
+if ($ret != -{EBADF}) {{
+	$f = (struct file *)*(curtask->files->fdt->fd + $fd);
+	$i = $f->f_inode;
+	$d = $f->f_path.dentry;
+}}
+$dev = $i->i_sb->s_dev;
+$fl = $fl | ($d->d_hash.pprev == 0 ? {record.FLAG_DELETED} : 0);
+$nk = $d->d_name.hash_len ^ (uint64)$d->d_parent;"""
+
+
+def _regs(kernel: Kernel) -> str:
+    return f"$r = (struct pt_regs *)((uint64)curtask->stack + {kernel.stack_top}) - 1;"
+
+
+def _block(text: str, depth: int) -> str:
+    """``text``'s lines indented by ``depth`` tabs (bpftrace statements inside a probe or an if)."""
+    return "\n".join("\t" * depth + line if line else line for line in text.splitlines())
+
+
+def _probe(point: str, pred: str, body: str, latency: bool, enter: Probes, entry_value: str) -> str:
+    """The probes of one traced call: exit only, or (latency) an entry that keeps ``entry_value``
+    in @start and an exit that takes it; ``body`` runs at the exit."""
+    if not latency:
+        return f"\n{point}\n{pred}\n{{\n{_block(body, 1)}\n}}\n"
+    return f"""
+{enter.enter}
 {pred}
 {{
-	@inflight[tid] = (nsecs, {fd}, {count});
+	@start[tid] = {entry_value};
 }}
 
-{leave}
-{body}
-""")
-    out.append("""
-tracepoint:sched:sched_process_exit
-/@inflight[tid].0/
-{
-	/* a thread that dies inside a call never reaches the exit probe */
-	delete(@inflight[tid]);
-}
-""")
-    if kicks:
-        out.append(f"""
-profile:hz:1,
-tracepoint:power:cpu_idle
-/nsecs >= @kick_at[cpu]/
+{point}
 {{
-	/* on every CPU, about once a second: the events it printed so far, behind them in its
-	   buffer, and the kick's number (a gap: kick lines lost, which bpftrace's own loss count
-	   includes). cpu_idle kicks an idle CPU, where the profile probe does not fire: without it
-	   a burst's loss on a CPU that then idles would never be counted. */
-	@kick_at[cpu] = nsecs + 900000000;
-	@kicks[cpu] = @kicks[cpu] + 1;
-	printf("{KICK} %d %d %d\\n", cpu, @sent[cpu], @kicks[cpu]);
+	$e = @start[tid];
+	if ($e.0) {{
+		delete(@start[tid]);
+{_block(body, 2)}
+	}}
 }}
-""")
-    out.append("\nEND\n{\n\tclear(@inflight);\n" + ("\tclear(@sent);\n\tclear(@kicks);\n\tclear(@kick_at);\n" if kicks else "") + "}\n")
+"""
+
+
+def _arguments(pr: Probes, latency: bool, kernel: Kernel, count: bool = True) -> str:
+    """Statements that set $ret, $fd, ($cnt) and $fl's bit 0 (the arguments are the call's)."""
+    # $ret is declared before it takes the return value: bpftrace 0.17 would otherwise give it the
+    # tracepoint's address space and warn when it is compared with the registers
+    ret = f"$ret = 0;\n$ret = {pr.ret};\n"
+    if latency:                          # from the entry's arguments, kept in @start
+        return ret + "$fd = (int32)$e.1;\n" + ("$cnt = $e.2;\n" if count else "") + "$fl = 1;"
+    return (f"{_regs(kernel)}\n{ret}$fd = (int32)$r->di;\n" + ("$cnt = $r->dx;\n" if count else "")
+            + f"$fl = ({pr.check}) ? 1 : 0;")
+
+
+def _event_probe(idx: int, name: str, pr: Probes, pred: str, latency: bool, kicks: bool, kernel: Kernel,
+                 chunk: int) -> str:
+    args = _exprs(idx, latency, kernel, pr.ret)
+    body = f"""{_arguments(pr, latency, kernel)}
+{_file_walk(kernel)}
+if ($dev == {kernel.anon_dev} || $dev == {kernel.memfd_dev}) {{
+	/* a file only the kernel can name (eventfd, memfd, ...): the dentry's name too */
+	$np = $d->d_name.name;
+	$nl = $d->d_name.len;
+	printf({record_format(latency, True)},
+	    {args}, $nl, buf($np, $nl < {chunk} ? $nl : {chunk}));
+}} else {{
+	printf({record_format(latency)},
+	    {args});
+}}""" + ("\n@sent[cpu] = @sent[cpu] + 1;" if kicks else "")
+    return _probe(pr.leave, pred, body, latency, pr, f"(nsecs, {pr.fd}, {pr.cnt})")
+
+
+def _open_probes(pred: str, kernel: Kernel, chunk: int, probe: str = "tracepoint") -> str:
+    """The probes that name files: an exit probe for the open family (the new fd's file and its path,
+    leaf first), and one at every exec for the fds a program is started with (0, 1, 2: a shell's
+    redirections, subprocess's /dev/null), which were opened by another program, often filtered out."""
+    if probe == "kprobe":                # a kernel without syscall tracepoints: the wrappers' returns
+        points = ",\n".join(f"kretprobe:__x64_sys_{n}" for n in OPEN_SYSCALLS)
+        ret = "(int64)retval"
+    else:
+        points = ",\n".join(f"tracepoint:syscalls:sys_exit_{n}" for n in OPEN_SYSCALLS)
+        ret = "args->ret"
+    more = "".join(f"""
+			if ($l > {k * chunk}) {{
+				printf("{NAME_MORE} %d %rh\\n", tid, buf($p + {k * chunk}, $l - {k * chunk} < {chunk} ? $l - {k * chunk} : {chunk}));
+			}}""" for k in range(1, -(-255 // chunk)))
+    walk = f"""$d = $f->f_path.dentry;
+$mnt = (uint64)$f->f_path.mnt;
+$m = (struct mount *)($mnt - {kernel.mount_mnt_offset});
+$rootd = (uint64)curtask->fs->root.dentry;
+$rootm = (uint64)curtask->fs->root.mnt;
+printf("{OPEN} %d %d %d %llu %u %u %llu\\n", pid, tid, $fd, $f->f_inode->i_ino, $f->f_inode->i_sb->s_dev,
+    $f->f_inode->i_mode, $d->d_name.hash_len ^ (uint64)$d->d_parent);
+$n = 0;
+$k = 0;
+$done = 0;
+while ($n < {PATH_DEPTH}) {{
+	if ((uint64)$d == $rootd && $mnt == $rootm) {{
+		$done = 1;
+		break;
+	}}
+	if ((uint64)$d == (uint64)((struct vfsmount *)$mnt)->mnt_root) {{
+		if ((uint64)$m == (uint64)$m->mnt_parent) {{
+			$done = 1;
+			break;
+		}}
+		$d = $m->mnt_mountpoint;
+		$m = $m->mnt_parent;
+		$mnt = (uint64)$m + {kernel.mount_mnt_offset};
+	}} else {{
+		$p = $d->d_name.name;
+		$l = $d->d_name.len;
+		printf("{NAME} %d %d %rh\\n", tid, $l, buf($p, $l < {chunk} ? $l : {chunk}));{more}
+		$d = $d->d_parent;
+		$k++;
+	}}
+	$n++;
+}}
+printf("{OPENED} %d %d %d\\n", tid, $k, $done);"""
+    return f"""
+{points}
+{pred}
+{{
+	/* the path as the process sees it: dentries up to its root, crossing mounts to their mount
+	   points (struct mount holds its struct vfsmount at byte {kernel.mount_mnt_offset}) */
+	$fd = 0;
+	$fd = {ret};
+	if ($fd >= 0) {{
+		$f = (struct file *)*(curtask->files->fdt->fd + $fd);
+{_block(walk, 2)}
+	}}
+}}
+
+tracepoint:sched:sched_process_exec
+{pred}
+{{
+	$fd = 0;
+	while ($fd < 3) {{
+		$f = (struct file *)*(curtask->files->fdt->fd + $fd);
+		if ($f != 0) {{
+{_block(walk, 3)}
+		}}
+		$fd++;
+	}}
+}}
+"""
+
+
+def _flush_and_kick(kicks: bool) -> str:
+    kick = """
+	if (nsecs >= @kick_at[cpu]) {
+		/* on every CPU, about once a second: the events it printed so far, behind them in its
+		   buffer, and the kick's number (a gap: kick lines lost, which bpftrace's own loss count
+		   includes). cpu_idle kicks an idle CPU, where the profile probe does not fire: without it
+		   a burst's loss on a CPU that then idles would never be counted. */
+		@kick_at[cpu] = nsecs + 900000000;
+		@kicks[cpu] = @kicks[cpu] + 1;
+		printf("%s %%d %%d %%d\\n", cpu, @sent[cpu], @kicks[cpu]);
+	}""" % KICK if kicks else ""
+    return f"""
+profile:hz:99,
+tracepoint:power:cpu_idle
+{{
+	if (nsecs >= @flush_at) {{
+		/* bpftrace buffers its output (-B full) and flushes it at a print(): an event waits at
+		   most {FLUSH_EVERY_NS // 1_000_000} ms for the next one, or for 8 KiB of lines */
+		@flush_at = nsecs + {FLUSH_EVERY_NS};
+		print("{FLUSH}");
+	}}{kick}
+}}
+"""
+
+
+def _events(syscalls: list[str], probe: str, pred: str, kicks: bool, latency: bool, paths: bool,
+            kernel: Kernel, chunk: int) -> str:
+    """``kicks``: per-CPU @sent counts and the kick line (0.17's perf buffers report a loss only
+    when a later event reaches that CPU). bpftrace 0.18+ reads its ring buffer's one loss counter
+    at every poll and reports it exactly and at once, so its program leaves both out."""
+    out = [HEADERS["events"], "BEGIN\n{\n\t/* every probe is attached once BEGIN runs: the collector waits "
+           f"for this line */\n\tprintf(\"{READY}\\n\");\n\tprint(\"{FLUSH}\");\n}}\n"]
+    for idx, name in enumerate(syscalls):
+        out.append(_event_probe(idx, name, probes(name, probe), pred, latency, kicks, kernel, chunk))
+    if paths:
+        out.append(_open_probes(pred, kernel, chunk, probe))
+    if latency:
+        out.append(_EXIT_CLEANUP)
+    out.append(_flush_and_kick(kicks))
+    clears = ["@flush_at"] + (["@start"] if latency else []) + (["@sent", "@kicks", "@kick_at"] if kicks else [])
+    out.append("\nEND\n{\n" + "".join(f"\tclear({m});\n" for m in clears) + "}\n")
     return "".join(out)
 
 
-def _counts(syscalls: list[str], probe: str, pred: str, kicks: bool = True) -> str:
+COUNTS_KEY = "[pid, cgroup, {idx}, $fd, $i->i_ino, $dev, $i->i_mode, comm]"
+COUNTS_MAPS = ("calls", "errors", "lat", "total")
+
+
+def _counts(syscalls: list[str], probe: str, pred: str, latency: bool, paths: bool, kernel: Kernel,
+            chunk: int) -> str:
     out = [HEADERS["counts"], f"BEGIN\n{{\n\t@gen = 0;\n\tprintf(\"{READY}\\n\");\n}}\n"]
     for idx, name in enumerate(syscalls):
-        enter, leave, _fd, _count, ret = _probes(name, probe)
-        updates = {}
+        pr = probes(name, probe)
+        key = COUNTS_KEY.format(idx=idx)
+        upd = {}
         for gen in "ab":
-            key = f"[pid, cgroup, {idx}, comm]"
-            updates[gen] = (f"@calls_{gen}{key} = stats($lat); @bytes_{gen}{key} = sum($ret > 0 ? $ret : 0);\n"
-                            f"\t\tif ($ret < 0) {{ @errors_{gen}{key} = count(); }}")
-        out.append(f"""
-{enter}
-{pred}
-{{
-	@inflight[tid] = nsecs;
-}}
-
-{leave}
-/@inflight[tid]/
-{{
-	$lat = nsecs - @inflight[tid];
-	$ret = {ret};
-	delete(@inflight[tid]);
+            upd[gen] = (f"@calls_{gen}{key} = stats($b);\n@total_{gen} = stats($b);\n"
+                        f"if ($ret < 0) {{ @errors_{gen}{key} = count(); }}"
+                        + (f"\n@lat_{gen}{key} = sum(nsecs - $e.0);" if latency else ""))
+        body = f"""{_arguments(pr, latency, kernel, count=False)}
+{_file_walk(kernel)}
+if ($fl & 1) {{
+	$b = $ret > 0 ? $ret : 0;
 	if (@gen == 0) {{
-		{updates["a"]}
+{_block(upd["a"], 2)}
 	}} else {{
-		{updates["b"]}
+{_block(upd["b"], 2)}
 	}}
-}}
-""")
-    prints = {g: " ".join(f"print(@{m}_{g});" for m in ("calls", "bytes", "errors")) for g in "ab"}
-    clears = {g: " ".join(f"clear(@{m}_{g});" for m in ("calls", "bytes", "errors")) for g in "ab"}
+}} else {{
+	@unreadable = count();
+}}"""
+        out.append(_probe(pr.leave, pred, body, latency, pr, f"(nsecs, {pr.fd})"))
+    if paths:
+        out.append(_open_probes(pred, kernel, chunk, probe))
+    maps = [m for m in COUNTS_MAPS if latency or m != "lat"]
+    prints = {g: " ".join(f"print(@{m}_{g});" for m in maps) for g in "ab"}
+    clears = {g: " ".join(f"clear(@{m}_{g});" for m in maps) for g in "ab"}
+    if latency:
+        out.append(_EXIT_CLEANUP)
     out.append(f"""
-tracepoint:sched:sched_process_exit
-/@inflight[tid]/
-{{
-	/* a thread that dies inside a call never reaches the exit probe */
-	delete(@inflight[tid]);
-}}
-
 interval:ms:$2
 {{
 	if (@gen == 0) {{
@@ -313,27 +507,53 @@ interval:ms:$2
 		{prints["b"]}
 		{clears["b"]}
 	}}
+	print(@unreadable);
 	printf("{INTERVAL}\\n");
 }}
 
 END
 {{
 	/* the collector publishes only complete intervals: print nothing at exit */
-	{clears["a"]} {clears["b"]} clear(@inflight); delete(@gen);
+	{clears["a"]} {clears["b"]} clear(@unreadable); delete(@gen);{" clear(@start);" if latency else ""}
 }}
 """)
     return "".join(out)
 
 
+_EXIT_CLEANUP = """
+tracepoint:sched:sched_process_exit
+/@start[tid].0/
+{
+	/* a thread that dies inside a call never reaches the exit probe */
+	delete(@start[tid]);
+}
+"""
+
+
 def render(mode: str, probe: str = "tracepoint", syscalls=DEFAULT_SYSCALLS, pids=(), comms=(),
-           cgroups=(), kicks: bool = True) -> str:
+           cgroups=(), kicks: bool = True, latency: bool = False, paths: bool = True,
+           kernel: Kernel | None = None, version=None) -> str:
     """The program text for ``mode`` (events|counts), ``probe`` (kprobe|tracepoint) and filters.
 
     ``kicks``: events mode's own loss count (bpftrace 0.17); False for bpftrace with ring-buffer
-    output, whose loss reports are exact and prompt (the shipped .bt files are the 0.17 form)."""
+    output, whose loss reports are exact and prompt (the shipped .bt files are the 0.17 form).
+    ``latency``: an entry probe keeps the start time (lat_ns). ``paths``: the open probe that names
+    files (off with --no-paths). ``kernel``: the running kernel's layout (collector/kernel.py; the
+    default is the reference layout of the shipped files). ``version``: the bpftrace that runs it."""
     pred = predicate(list(pids), list(comms), list(cgroups))
-    build = {"events": _events, "counts": _counts}[mode]
-    return build(check_syscalls(list(syscalls)), probe, pred, kicks)
+    kernel = kernel or REFERENCE_KERNEL
+    chunk = name_chunk(version)
+    names = check_syscalls(list(syscalls))
+    if mode == "events":
+        return _events(names, probe, pred, kicks, latency, paths, kernel, chunk)
+    if mode == "counts":
+        return _counts(names, probe, pred, latency, paths, kernel, chunk)
+    raise ValueError(f"mode must be events or counts, not {mode!r}")
+
+
+# The layout the shipped .bt files are rendered for (this project's CI machine, kernel 6.18).
+REFERENCE_KERNEL = Kernel(comm_offset=1752, mount_mnt_offset=32, stack_top=16384, pipe_dev=15, sock_dev=9,
+                          anon_dev=16, memfd_dev=1, layout_from="reference")
 
 
 def clock_offset_ns() -> int:
@@ -348,8 +568,10 @@ def command(bpftrace: str, mode: str, program: str, interval_ms: int) -> list[st
     (``$$``) and then execs bpftrace, which keeps that PID.
     """
     second = str(clock_offset_ns()) if mode == "events" else str(interval_ms)
-    # JSON output in both modes: bpftrace then escapes process names itself
-    return ["/bin/sh", "-c", 'exec "$@" "$$"', "sh", bpftrace, "-f", "json", "-e", program,
+    # events: text, fully buffered (numbers and hex names only); counts: JSON, whose map keys hold
+    # process names that bpftrace then escapes itself
+    output = ["-B", "full"] if mode == "events" else ["-f", "json"]
+    return ["/bin/sh", "-c", 'exec "$@" "$$"', "sh", bpftrace, *output, "-e", program,
             str(os.getpid()), second]
 
 

@@ -14,10 +14,9 @@ thread does the other half. Those calls, published, would feed the stream foreve
   reading the stream is the stream), when the event says which inode it touched.
 
 Everything else the process does stays in the stream, and so do its eventfds until a ZeroMQ
-thread has touched them. Peer collectors (``Rules.pids``) are left out whole. The events carry
-no file type yet: a descriptor number is remembered with the byte count of an eventfd call, so a
-file read 8 bytes at a time through a descriptor number that a closed ZeroMQ mailbox had is the
-one thing a verified subscriber could still hide (docs/SECURITY.md); see ``file_known``.
+thread has touched them. Peer collectors (``Rules.pids``) are left out whole. Events carry the
+file's type and inode (issue 22): only an ``anon`` file (an eventfd) can be a mailbox, so a file
+read 8 bytes at a time through a descriptor number a closed mailbox had stays in the stream.
 """
 from __future__ import annotations
 

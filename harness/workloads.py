@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from array import array
 from pathlib import Path
@@ -213,6 +214,37 @@ class Child:
         return set(range(self.base, self.base + n))
 
 
+# A child that sets up, prints {"pid": ...} (plus what `prepare` adds), waits for "go", then runs `body`.
+PRELUDE = """
+import ctypes, json, os, sys, threading, time
+libc = ctypes.CDLL(None, use_errno=True)
+info = {"pid": os.getpid()}
+"""
+
+
+class Script:
+    """A Python child that runs ``prepare``, prints ``info`` (with its pid) as JSON, waits for "go"
+    (``run``), then runs ``body``: its pid is known before it makes the calls a test traces."""
+
+    def __init__(self, prepare: str, body: str, tmp: Path):
+        code = PRELUDE + textwrap.dedent(prepare) + "\nprint(json.dumps(info), flush=True)\nsys.stdin.readline()\n" \
+            + textwrap.dedent(body)
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, cwd=tmp)
+        assert self.proc.stdin is not None and self.proc.stdout is not None     # PIPE
+        self.stdin = self.proc.stdin
+        self.info = json.loads(self.proc.stdout.readline())
+        self.pid = self.info["pid"]
+
+    def run(self, timeout: float = 30) -> None:
+        self.stdin.write("go\n")
+        self.stdin.flush()
+        assert self.proc.wait(timeout) == 0
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 # Writes COUNT bytes to /dev/null N times per round; one round each time a line arrives on stdin.
 ROUND_WRITER = r"""
 import ctypes, os, sys

@@ -22,6 +22,8 @@ import math
 import re
 from typing import Any, Iterable, NamedTuple, Sequence
 
+from syswatch.shared import record
+
 VERSION = 2
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
 
@@ -41,29 +43,32 @@ PROBES = ("kprobe", "tracepoint")
 ANNOUNCE_PREFIX = "~subscriber:"
 
 # --- bounds of every value the protocol carries -------------------------------------------------
-U64 = 2**64 - 1
-I64_MIN, I64_MAX = -2**63, 2**63 - 1
-U32 = 2**32 - 1
+U64, U32, I64_MIN, I64_MAX = record.U64, record.U32, record.I64_MIN, record.I64_MAX
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024  # decode refuses more; subscribers set ZMQ_MAXMSGSIZE to it
 MAX_BATCH = 65_536                    # events in one syscall.* message / rows in one counts message
 MAX_HOST = 255                        # characters of a host name (DNS limit)
-MAX_COMM = 64                         # 15 bytes of kernel name, 4 characters per escaped byte
-MAX_CONTAINER_NAME = 255
+MAX_COMM = record.MAX_COMM
+MAX_CONTAINER_NAME = record.MAX_CONTAINER_NAME
 MAX_EXCLUDED_PIDS = 1024
 MAX_EXCLUDED_WHAT = 64                # status "excluded": descriptions per PID...
 MAX_WHAT = 64                         # ...of at most this many characters each
 EXCLUSION_KINDS = ("self", "subscriber", "peer")
 
-# EVENT: field -> (low, high) for integers; strings are checked one by one in _clean_event.
-EVENT_INTS = {"ts_ns": (0, U64), "pid": (0, U32), "tid": (0, U32), "uid": (0, U32),
-              "fd": (-2**31, 2**31 - 1), "count": (0, U64), "ret": (I64_MIN, I64_MAX),
-              "lat_ns": (0, U64), "cgroup_id": (0, U64)}
+# EVENT: declared in shared/record.py (FIELDS); the required ones first, then those a collector
+# sends when it knows them (lat_ns with --latency, the file fields).
+EVENT_INTS = {name: bounds for name, bounds in record.EVENT_INTS.items() if record.FIELD[name].required}
+EVENT_OPTIONAL_INTS = {name: bounds for name, bounds in record.EVENT_INTS.items()
+                       if not record.FIELD[name].required}
 EVENT_STRS = ("comm", "syscall", "container_id", "container_name")
-EVENT_FIELDS = (*EVENT_INTS, *EVENT_STRS)
-ROW_INTS = {"pid": (0, U32), "calls": (0, U64), "bytes": (0, U64), "errors": (0, U64),
-            "lat_ns_sum": (0, U64)}
+EVENT_OPTIONAL_STRS = {name: bounds for name, bounds in record.EVENT_STRS.items()
+                       if not record.FIELD[name].required}
+EVENT_FIELDS = tuple(f.name for f in record.FIELDS)
+ROW_INTS = {"pid": (0, U32), "calls": (0, U64), "bytes": (0, U64), "errors": (0, U64)}
 ROW_FIELDS = ("pid", "comm", "container_id", "container_name", "syscall", "calls", "bytes", "errors",
-              "lat_ns_sum")
+              "lat_ns_sum")           # lat_ns_sum: only when the collector measures latency
+# counts mode, per file: the interval's top files and the rest (files + rest = the interval's rows)
+FILE_ROW_INTS = {"ino": (0, U64), "dev": (0, U64), "calls": (0, U64), "bytes": (0, U64), "errors": (0, U64)}
+FILES_REST_INTS = {"files": (0, U64), "calls": (0, U64), "bytes": (0, U64), "errors": (0, U64)}
 STATUS_INTS = {"ts_ns": (0, U64), "events_total": (0, U64), "lost_total": (0, U64),
                "dropped_total": (0, U64), "malformed_total": (0, U64)}
 STATUS_FIELDS = ("host", "ts_ns", "mode", "probe", "syscalls", "excluded_pids", "events_total",
@@ -165,11 +170,13 @@ def _container_id(obj: dict, what: str) -> str:
 def clean_event(e: object, syscall: str) -> dict:
     """A new EVENT dict holding only the protocol's fields, each checked; ProtocolError otherwise.
 
-    The API's hot path: plain type and range checks, no regex unless a container is named.
+    The API's hot path: plain type and range checks, no regex unless a container is named. The
+    optional fields (shared/record.py) are kept when present and valid, and refused when present
+    and out of range; an event without them is complete.
     """
     if type(e) is not dict:
         raise ProtocolError(f"an event must be a JSON object, got {_short(e)}")
-    out = {}
+    out: dict[str, Any] = {}
     for key, (lo, hi) in EVENT_INTS.items():
         val = e.get(key)
         if type(val) is not int or not lo <= val <= hi:
@@ -187,6 +194,23 @@ def clean_event(e: object, syscall: str) -> dict:
     if type(name) is not str or len(name) > MAX_CONTAINER_NAME:
         _str(e, "container_name", MAX_CONTAINER_NAME, f"syscall.{syscall} event")
     out["comm"], out["syscall"], out["container_id"], out["container_name"] = comm, syscall, cid, name
+    if len(e) > len(out):                     # optional fields: only when the publisher sent some
+        for key, (lo, hi) in EVENT_OPTIONAL_INTS.items():
+            if key in e:
+                val = e[key]
+                if type(val) is not int or not lo <= val <= hi:
+                    _int(e, key, (lo, hi), f"syscall.{syscall} event")
+                out[key] = val
+        for key, limit in EVENT_OPTIONAL_STRS.items():
+            if key in e:
+                val = e[key]
+                if type(val) is not str or len(val) > limit:
+                    _str(e, key, limit, f"syscall.{syscall} event")
+                out[key] = val
+        for key in ("file_type", "file_type_out"):
+            if key in out and out[key] not in record.FILE_TYPES:
+                raise ProtocolError(f"syscall.{syscall} event field {key!r} must be one of "
+                                    f"{', '.join(record.FILE_TYPES)}, got {_short(out[key])}")
     return out
 
 
@@ -195,13 +219,48 @@ def clean_row(r: object) -> dict:
     if type(r) is not dict:
         raise ProtocolError(f"a counts row must be a JSON object, got {_short(r)}")
     out: dict[str, Any] = {key: _int(r, key, bounds, "counts row") for key, bounds in ROW_INTS.items()}
+    if "lat_ns_sum" in r:
+        out["lat_ns_sum"] = _int(r, "lat_ns_sum", (0, U64), "counts row")
     out["comm"] = _str(r, "comm", MAX_COMM, "counts row")
     out["container_id"] = _container_id(r, "counts row")
     out["container_name"] = _str(r, "container_name", MAX_CONTAINER_NAME, "counts row", default="")
+    out["syscall"] = _syscall(r, "counts row")
+    return out
+
+
+def _syscall(r: dict, what: str) -> str:
     if r.get("syscall") not in EVENT_TOPICS:
-        raise ProtocolError(f"counts row has unknown syscall {_short(r.get('syscall'))}; "
+        raise ProtocolError(f"{what} has unknown syscall {_short(r.get('syscall'))}; "
                             f"known: {', '.join(SYSCALLS)}")
-    out["syscall"] = r["syscall"]
+    return r["syscall"]
+
+
+def clean_file_row(r: object) -> dict:
+    """One of a counts message's ``files`` rows (a file's calls in the interval), checked."""
+    what = "counts file row"
+    if type(r) is not dict:
+        raise ProtocolError(f"a {what} must be a JSON object, got {_short(r)}")
+    out: dict[str, Any] = {key: _int(r, key, bounds, what) for key, bounds in FILE_ROW_INTS.items()}
+    if "lat_ns_sum" in r:
+        out["lat_ns_sum"] = _int(r, "lat_ns_sum", (0, U64), what)
+    out["syscall"] = _syscall(r, what)
+    out["path"] = _str(r, "path", record.MAX_PATH, what)
+    out["file_type"] = _str(r, "file_type", 7, what)
+    if out["file_type"] not in record.FILE_TYPES:
+        raise ProtocolError(f"{what} field 'file_type' must be one of {', '.join(record.FILE_TYPES)}")
+    if "sock" in r:
+        out["sock"] = _str(r, "sock", record.MAX_SOCK, what)
+    return out
+
+
+def clean_files_rest(r: object) -> dict:
+    """A counts message's ``files_rest``: the interval's calls on files not in its ``files`` rows."""
+    what = "counts files_rest"
+    if type(r) is not dict:
+        raise ProtocolError(f"{what} must be a JSON object, got {_short(r)}")
+    out = {key: _int(r, key, bounds, what) for key, bounds in FILES_REST_INTS.items()}
+    if "lat_ns_sum" in r:
+        out["lat_ns_sum"] = _int(r, "lat_ns_sum", (0, U64), what)
     return out
 
 
@@ -253,6 +312,12 @@ def clean_status(p: dict) -> dict:
             raise ProtocolError(f"{what} field 'stale_cpus' must be a list of at most {MAX_CPUS} CPU numbers, "
                                 f"got {_short(cpus)}")
         out["stale_cpus"] = list(cpus)
+    # optional: whether latency is measured and paths are sent, calls whose arguments could not be read
+    for key in ("latency", "paths"):
+        if type(p.get(key)) is bool:
+            out[key] = p[key]
+    if "unreadable_total" in p:
+        out["unreadable_total"] = _int(p, "unreadable_total", (0, U64), what)
     # optional counters of refusals: announces the collector did not verify, CurveZMQ handshakes
     for key in ("announces_refused_total", "curve_refused_total"):
         val = p.get(key)
@@ -370,6 +435,10 @@ def decode(frames: Sequence[bytes]) -> Message:
                "ts_ns": _int(payload, "ts_ns", (0, U64), what),
                "interval_ns": _int(payload, "interval_ns", (1, U64), what),
                "rows": [clean_row(r) for r in _batch(payload, "rows", what)]}
+        if "files" in payload:
+            out["files"] = [clean_file_row(r) for r in _batch(payload, "files", what)]
+        if "files_rest" in payload:
+            out["files_rest"] = clean_files_rest(payload["files_rest"])
         return Message(topic, out)
     if topic == TOPIC_STATUS:
         return Message(topic, {"v": VERSION, **clean_status(payload)})

@@ -34,11 +34,12 @@ def clock(ts_ns: int) -> str:
 
 
 def fd_part(event: dict, out: bool = False) -> str:
-    """One descriptor argument: ``7``, or with what it pointed to, ``7</etc/passwd>`` (strace -y).
+    """One descriptor argument: ``7``, or with what it pointed to, ``7</etc/passwd>`` (strace -y);
+    a socket whose ends are known as ``7<tcp 10.0.0.1:40000->10.0.0.2:5432>`` (strace -yy's detail).
 
     ``out``: the destination descriptor of a two-descriptor call (``fd_out``/``path_out``)."""
     fd = event.get("fd_out") if out else event.get("fd")
-    path = event.get("path_out" if out else "path") or ""
+    path = (None if out else event.get("sock")) or event.get("path_out" if out else "path") or ""
     if out and fd is None:
         return "?"
     return f"{fd}<{visible(path)}>" if path else str(fd)
@@ -72,10 +73,10 @@ def counts_line(row: dict, host: str) -> str:
     where = row.get("container_name") or row.get("container_id")
     line = (f"counts: {visible(row['comm'])}[{row['pid']}] {row['syscall']} calls={row['calls']} "
             f"bytes={row['bytes']} errors={row['errors']}")
-    if row["calls"]:
+    if row["calls"] and "lat_ns_sum" in row:       # only when the collector measures latency
         line += f" avg={units.shown(row['lat_ns_sum'] // row['calls'])}"
     buckets = row.get("lat_hist")
-    if buckets:
+    if buckets and "lat_ns_sum" in row:
         h = latency.Histogram()
         h.add_buckets(buckets, row["lat_ns_sum"], row.get("lat_ns_max"))
         line += f" p99={units.shown(h.quantile(0.99))}"

@@ -28,6 +28,7 @@ from syswatch.shared.config import add_option  # noqa: E402
 from syswatch.shared.escaping import visible  # noqa: E402
 from syswatch.shared.latency import Histogram  # noqa: E402
 from syswatch.shared.protocol import EVENT_PREFIX, TOPIC_COUNTS, TOPIC_STATUS  # noqa: E402
+from syswatch.shared.selection import Selection  # noqa: E402
 from syswatch.subscribers.common import Subscription, add_common_flags, selection  # noqa: E402
 
 EPILOG = """\
@@ -157,11 +158,12 @@ class Sample:
                 row.errnos[name] = row.errnos.get(name, 0) + n
             buckets = r.get("lat_hist")
             placed = sum(buckets) if buckets else 0
+            lat = r.get("lat_ns_sum")                 # only when the collector measures latency
             if buckets:
-                row.hist.add_buckets(buckets, r["lat_ns_sum"], r.get("lat_ns_max"))
+                row.hist.add_buckets(buckets, lat or 0, r.get("lat_ns_max"))
             row.hist.unmeasured += r["calls"] - placed
-            row.lat_ns_sum += r["lat_ns_sum"]
-            row.lat_n += placed if buckets else r["calls"]
+            row.lat_ns_sum += lat or 0
+            row.lat_n += placed if buckets else (r["calls"] if lat is not None else 0)
 
     def table(self, sort: str) -> list[dict]:
         seconds = self.counts_seconds or max(time.monotonic() - self.started, 1e-3)
@@ -257,6 +259,7 @@ def main(argv=None) -> int:
     sample = Sample(args.group)
     last_counts: dict[str, tuple] = {}
     flt = selection(args)
+    file_flt = Selection(paths=flt.paths, syscalls=flt.syscalls)   # a file row has no process fields
     per_call = flt.per_call_only()
     warned = False
     try:
@@ -280,7 +283,10 @@ def main(argv=None) -> int:
                         print(f"syswatch-top: counts rows have no per-call fields: {', '.join(per_call)} "
                               f"cannot be applied to them (use events mode)", file=sys.stderr)
                         warned = True
-                    rows = [] if per_call else [r for r in msg.payload["rows"] if flt.matches_row(r)]
+                    if args.group == "file" and "files" in msg.payload:   # the collector's top files
+                        rows = [] if per_call else [r for r in msg.payload["files"] if file_flt.matches_row(r)]
+                    else:
+                        rows = [] if per_call else [r for r in msg.payload["rows"] if flt.matches_row(r)]
                     sample.add_counts(msg.payload, rows)
                     last_counts[host] = (msg.payload, rows)
                 elif msg.topic == TOPIC_STATUS:

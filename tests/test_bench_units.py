@@ -231,10 +231,11 @@ def test_ceiling_window_too_short_is_measured_longer_or_reported_not_measured():
 
 def test_parser_and_zmq_stages_on_captured_output(tmp_path):
     """The ceiling's user-space stages on a small synthetic capture in the collector's format."""
-    line = (b'{"type": "printf", "data": "0:1{\\"ts_ns\\":1,\\"pid\\":5,\\"tid\\":5,\\"uid\\":0,'
-            b'\\"syscall\\":\\"write\\",\\"fd\\":1,\\"count\\":1,\\"ret\\":1,\\"lat_ns\\":9,'
-            b'\\"cgroup_id\\":1,\\"comm\\":\\"dd\\"}\\n"}\n')
-    cap = tmp_path / "cap.json"
+    from syswatch.shared import record
+    c0, c1 = record.comm_words(b"dd")
+    line = record.render_line(dict(cpu=0, idx=1, ts=1, pid=5, tid=5, uid=0, fd=1, count=1, ret=1, cgroup=1,
+                                   ino=4, dev=6, mode=0o20666, flags=1, namekey=9, comm0=c0, comm1=c1), False) + b"\n"
+    cap = tmp_path / "cap.txt"
     cap.write_bytes(line * 5000)
     parsed = saturation.parser_alone(cap)
     assert parsed["events"] == 5000 and parsed["rate"] > 0 and parsed["batches"]

@@ -117,9 +117,11 @@ def test_events_arrive_once_with_every_field(traced_child):
         assert ev["uid"] == child.info["uid"]
         # wall clock: between the child's start and end, give or take a second
         assert child.started_ns - 1e9 < ev["ts_ns"] < child.finished_ns + 1e9, (ev["ts_ns"], child.started_ns)
-        assert set(ev) == {"ts_ns", "pid", "tid", "uid", "comm", "syscall", "fd", "count", "ret", "lat_ns",
-                           "cgroup_id", "container_id", "container_name"}
-        assert ev["ret"] == ev["count"] and ev["lat_ns"] > 0 and ev["container_id"] == ""
+        # no lat_ns without --latency (never an invented 0); the file the fd points to
+        assert set(ev) == {"ts_ns", "pid", "tid", "uid", "comm", "syscall", "fd", "count", "ret",
+                           "cgroup_id", "container_id", "container_name", "file_type", "path", "ino", "dev"}
+        assert ev["ret"] == ev["count"] and ev["container_id"] == "" and ev["file_type"] == "chr"
+        assert ev["path"] == ("/dev/null" if ev["syscall"] == "write" else "/dev/zero")
     assert {e["pid"] for e in seen} == {child.pid}
 
 
@@ -205,7 +207,8 @@ def test_counts_mode_sums_are_exact(counts_collector):
 
 def test_filters_restrict_in_the_kernel(tmp_path, root_and_bpftrace):
     text = program.render("events", "tracepoint", pids=[4242, 4343], comms=["nginx"])
-    assert text.count('/pid != $1 && pid != $3 && (pid == 4242 || pid == 4343) && (comm == "nginx")/') == 2
+    # read, write, the open family (names files) and exec (names the fds a program starts with)
+    assert text.count('/pid != $1 && pid != $3 && (pid == 4242 || pid == 4343) && (comm == "nginx")/') == 4
     child = Child([b"syswatch-flt"], base=660_001, writes=5, reads=5)
     other = Child([b"syswatch-flt"], base=660_001, writes=5, reads=5)
     coll = CollectorProcess(tmp_path, "--pid", str(child.pid), "--comm", "syswatch-flt", "--echo-rate", "0")
@@ -234,9 +237,12 @@ def test_bad_filter_is_a_clear_error(flags, message, root_and_bpftrace):
 
 
 def test_kprobe_program_compiles(tmp_path, root_and_bpftrace):
-    for mode in ("events", "counts"):
-        text = program.render(mode, "kprobe", protocol.SYSCALLS, [1], ["bash"])
-        assert "kprobe:__x64_sys_read" in text and "kretprobe:__x64_sys_writev" in text
+    for mode, latency in (("events", False), ("events", True), ("counts", False), ("counts", True)):
+        text = program.render(mode, "kprobe", protocol.SYSCALLS, [1], ["bash"], latency=latency)
+        # one probe per call (the return) unless latency is measured (issue 24)
+        assert "kretprobe:__x64_sys_read" in text and "kretprobe:__x64_sys_writev" in text
+        assert "kretprobe:__x64_sys_openat" in text
+        assert ("kprobe:__x64_sys_read" in text) == latency
         assert "tracepoint:syscalls" not in text
         src = tmp_path / f"{mode}.bt"
         src.write_text(text)

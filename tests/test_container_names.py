@@ -99,14 +99,14 @@ def test_a_hung_engine_never_blocks_the_lookup(tmp_path):
         c.scan()
         for ino, full in ids:
             assert c.fields(ino) == (full[:12], "")
-            got = json.loads(b"{" + c.fields_json(ino)[:-1] + b"}")
+            got = json.loads(b"{" + c.fields_json(ino) + b"}")
             assert got == {"container_id": full[:12], "container_name": ""}
         wait_for(lambda: len(eng.requests) >= 1, what="the worker's first request")
         assert len(eng.requests) == 1, "one worker, one question at a time, the rest queued"
         eng.released.set()
         wait_for(lambda: all(c.fields(ino)[1] for ino, _ in ids), what="the names after the engine answered")
         assert [c.fields(ino) for ino, _ in ids] == [(full[:12], f"name-{full[:6]}") for _, full in ids]
-        assert json.loads(b"{" + c.fields_json(ids[0][0])[:-1] + b"}")["container_name"] == f"name-{ids[0][1][:6]}"
+        assert json.loads(b"{" + c.fields_json(ids[0][0]) + b"}")["container_name"] == f"name-{ids[0][1][:6]}"
         assert sorted(eng.requests) == sorted(f"/containers/{full}/json" for _, full in ids), "each asked once"
     finally:
         eng.close()

@@ -4,6 +4,7 @@ No root, no child process, no network: seconds."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 
@@ -25,16 +26,36 @@ def test_the_shipped_programs_are_the_renderer_s_defaults():
     assert program.FILES["counts"].read_text() == program.render("counts")
 
 
-def test_render_places_filters_in_the_entry_predicate_and_every_syscall_gets_entry_and_exit():
-    text = program.render("events", "tracepoint", protocol.SYSCALLS, pids=[7, 8], comms=["nginx"], cgroups=[99])
+def test_render_places_filters_in_the_first_probe_of_each_call():
+    """Exit-only (issue 24): each syscall has one probe, its exit, with the filters; with latency the
+    entry probe carries them and the exit takes what the entry kept."""
     pred = '/pid != $1 && pid != $3 && (pid == 7 || pid == 8) && (comm == "nginx") && (cgroup == 99)/'
-    assert text.count(pred) == len(protocol.SYSCALLS)
-    for i, name in enumerate(protocol.SYSCALLS):
-        assert f"tracepoint:syscalls:sys_enter_{name}\n" in text and f"tracepoint:syscalls:sys_exit_{name}\n" in text
-        assert f'"%d:{i}{{\\"ts_ns' in text
+    text = program.render("events", "tracepoint", protocol.SYSCALLS, pids=[7, 8], comms=["nginx"], cgroups=[99])
+    assert text.count(pred) == len(protocol.SYSCALLS) + 2                 # + the open and exec probes
+    for name in protocol.SYSCALLS:
+        assert f"tracepoint:syscalls:sys_enter_{name}\n" not in text
+        assert f"tracepoint:syscalls:sys_exit_{name}\n{pred}" in text
+        assert f"$r->orig_ax == {program.NR[name]} && $r->ax == (uint64)$ret" in text
+    assert "@start" not in text and "sched_process_exit" not in text
+    lat = program.render("events", "tracepoint", protocol.SYSCALLS, pids=[7, 8], comms=["nginx"], cgroups=[99],
+                         latency=True)
+    for name in protocol.SYSCALLS:
+        assert f"tracepoint:syscalls:sys_enter_{name}\n{pred}" in lat
+        assert f"tracepoint:syscalls:sys_exit_{name}\n{{\n\t$e = @start[tid];" in lat
+    assert "sched_process_exit" in lat and "$r->orig_ax" not in lat
     kp = program.render("counts", "kprobe", ["readv"])
-    assert "kprobe:__x64_sys_readv" in kp and "kretprobe:__x64_sys_readv" in kp and "retval" in kp
-    assert "args->" not in kp
+    assert "kretprobe:__x64_sys_readv" in kp and "retval" in kp and "kprobe:__x64_sys_readv" not in kp
+    assert "($r->cs & 0xffff) == 51" in kp and "$ret = args->ret" not in kp    # opens: tracepoints anyway
+    kpl = program.render("counts", "kprobe", ["readv"], latency=True)
+    assert "kprobe:__x64_sys_readv" in kpl and "((struct pt_regs *)arg0)->di" in kpl
+
+
+def test_render_names_files_unless_no_paths():
+    with_paths, without = (program.render("events", paths=p).split("*/", 1)[1] for p in (True, False))
+    assert "sys_exit_openat" in with_paths and program.OPEN in with_paths
+    assert "sys_exit_openat" not in without and program.OPEN not in without
+    assert program.render("events", kernel=dataclasses.replace(program.REFERENCE_KERNEL, stack_top=32752)).count(
+        "curtask->stack + 32752") == 2
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -49,7 +70,7 @@ def test_render_refuses_what_cannot_be_a_predicate(bad, message):
 def test_env_names_follow_the_bpftrace_version():
     from syswatch.collector.bpfversion import parse
     assert program.env(parse("bpftrace v0.17.0")) == {"BPFTRACE_PERF_RB_PAGES": "1024",
-                                                      "BPFTRACE_MAP_KEYS_MAX": "65536"}
+                                                      "BPFTRACE_MAP_KEYS_MAX": "65536", "BPFTRACE_STRLEN": "128"}
     assert program.env(parse("bpftrace v0.23.2")) == {"BPFTRACE_PERF_RB_PAGES": "4096",
                                                       "BPFTRACE_MAX_MAP_KEYS": "65536"}
     # --on-overload buffer: 4x per CPU (0.17), 8x in total (0.23)
@@ -60,14 +81,13 @@ def test_env_names_follow_the_bpftrace_version():
 
 
 def test_ring_buffer_programs_leave_out_the_kick():
-    """0.18+ reports its ring buffer's losses exactly at every poll: no per-CPU count, no kick line,
-    one @inflight lookup per exit; the event line (and so the parser) stays the same."""
+    """0.18+ reports its ring buffer's losses exactly at every poll: no per-CPU count, no kick line;
+    the event line (and so the parser) and the flush marker stay the same."""
     perf, ring = (text.split("*/", 1)[1] for text in (program.render("events"), program.render("events", kicks=False)))
-    assert "@sent" in perf and program.KICK in perf and "profile:hz:1" in perf
-    assert "@sent" not in ring and program.KICK not in ring and "profile:hz:1" not in ring
-    assert ring.count("$e = @inflight[tid];") == 2 and ring.count("if ($e.0) {") == 2
-    fmt = [ln.strip() for ln in perf.splitlines() if ln.strip().startswith('printf("%d:')]
-    assert fmt and fmt == [ln.strip() for ln in ring.splitlines() if ln.strip().startswith('printf("%d:')]
+    assert "@sent" in perf and program.KICK in perf and "tracepoint:power:cpu_idle" in perf
+    assert "@sent" not in ring and program.KICK not in ring and program.FLUSH in ring
+    fmt = [ln.strip() for ln in perf.splitlines() if ln.strip().startswith('printf("%d %d')]
+    assert len(fmt) == 4 and fmt == [ln.strip() for ln in ring.splitlines() if ln.strip().startswith('printf("%d %d')]
     assert program.render("counts", kicks=False) == program.render("counts")
 
 

@@ -164,19 +164,33 @@ def check_syscalls(names: list[str]) -> list[str]:
     return [s for s in SYSCALLS if s in names]
 
 
-def predicate(pids=(), comms=(), cgroups=()) -> str:
+def predicate(pids=(), comms=(), cgroups=(), uids=(), tids=()) -> str:
     """The first probe's predicate: never the collector ($1) nor bpftrace ($3), then the filters."""
     conds = ["pid != $1", "pid != $3"]
-    if pids:
-        for pid in pids:
-            if pid <= 0 or pid > 2**22:
-                raise FilterError(f"--pid {pid}: a PID is between 1 and {2**22}")
-        conds.append("(" + " || ".join(f"pid == {p}" for p in pids) + ")")
+    for flag, key, values, top in (("--pid", "pid", pids, 2**22), ("--tid", "tid", tids, 2**22),
+                                   ("--uid", "uid", uids, 2**32 - 1)):
+        for v in values:
+            if not (0 if key == "uid" else 1) <= v <= top:
+                raise FilterError(f"{flag} {v}: a {key.upper()} is between {0 if key == 'uid' else 1} and {top}")
+        if values:
+            conds.append("(" + " || ".join(f"{key} == {int(v)}" for v in values) + ")")
     if comms:
         conds.append("(" + " || ".join(f"comm == {comm_literal(c)}" for c in comms) + ")")
     if cgroups:
         conds.append("(" + " || ".join(f"cgroup == {int(c)}" for c in cgroups) + ")")
     return "/" + " && ".join(conds) + "/"
+
+
+class ExitFilter(NamedTuple):
+    """Filters known only when a call returns (-x/--failed, --min-latency): a condition at the exit
+    around everything the call prints or counts. --min-latency needs the entry's time (latency)."""
+    failed: bool = False
+    min_latency_ns: int = 0
+
+    def condition(self, ret: str, latency: bool) -> str:
+        conds = ([f"{ret} < 0"] if self.failed else []) + (
+            [f"nsecs - $e.0 >= {int(self.min_latency_ns)}"] if self.min_latency_ns and latency else [])
+        return " && ".join(conds)
 
 
 class Probes(NamedTuple):
@@ -341,9 +355,13 @@ def _block(text: str, depth: int) -> str:
     return "\n".join("\t" * depth + line if line else line for line in text.splitlines())
 
 
-def _probe(point: str, pred: str, body: str, latency: bool, enter: Probes, entry_value: str) -> str:
+def _probe(point: str, pred: str, body: str, latency: bool, enter: Probes, entry_value: str,
+           when: ExitFilter = ExitFilter()) -> str:
     """The probes of one traced call: exit only, or (latency) an entry that keeps ``entry_value``
-    in @start and an exit that takes it; ``body`` runs at the exit."""
+    in @start and an exit that takes it; ``body`` runs at the exit (if ``when`` holds)."""
+    cond = when.condition(enter.ret, latency)
+    if cond:
+        body = f"if ({cond}) {{\n{_block(body, 1)}\n}}"
     if not latency:
         return f"\n{point}\n{pred}\n{{\n{_block(body, 1)}\n}}\n"
     return f"""
@@ -384,7 +402,7 @@ def _arguments(pr: Probes, latency: bool, kernel: Kernel, count: bool = True, ou
 
 
 def _event_probe(idx: int, name: str, pr: Probes, pred: str, latency: bool, kicks: bool, kernel: Kernel,
-                 chunk: int) -> str:
+                 chunk: int, when: ExitFilter = ExitFilter()) -> str:
     args = _exprs(idx, latency, kernel, pr.ret, bool(pr.args.fd_out))
     if pr.args.fd_out:
         # two files' facts fill bpftrace 0.17's 512-byte stack: no kernel-only name (an eventfd or
@@ -397,7 +415,7 @@ printf({record_format(latency, False, True)},
         if kicks:
             body += "\n@sent[cpu] = @sent[cpu] + 1;"
         # (uint64): these tracepoints declare their fds int, read's unsigned int; @start has one type
-        return _probe(pr.leave, pred, body, latency, pr, f"(nsecs, (uint64){pr.fd}, {pr.cnt})")
+        return _probe(pr.leave, pred, body, latency, pr, f"(nsecs, (uint64){pr.fd}, {pr.cnt})", when)
     body = f"""{_arguments(pr, latency, kernel)}
 {_file_walk(kernel)}
 if ($dev == {kernel.anon_dev} || $dev == {kernel.memfd_dev}) {{
@@ -410,7 +428,7 @@ if ($dev == {kernel.anon_dev} || $dev == {kernel.memfd_dev}) {{
 	printf({record_format(latency)},
 	    {args});
 }}""" + ("\n@sent[cpu] = @sent[cpu] + 1;" if kicks else "")
-    return _probe(pr.leave, pred, body, latency, pr, f"(nsecs, {pr.fd}, {pr.cnt})")
+    return _probe(pr.leave, pred, body, latency, pr, f"(nsecs, {pr.fd}, {pr.cnt})", when)
 
 
 def _open_probes(pred: str, kernel: Kernel, chunk: int, probe: str = "tracepoint") -> str:
@@ -515,14 +533,14 @@ tracepoint:power:cpu_idle
 
 
 def _events(syscalls: list[str], probe: str, pred: str, kicks: bool, latency: bool, paths: bool,
-            kernel: Kernel, chunk: int) -> str:
+            kernel: Kernel, chunk: int, when: ExitFilter) -> str:
     """``kicks``: per-CPU @sent counts and the kick line (0.17's perf buffers report a loss only
     when a later event reaches that CPU). bpftrace 0.18+ reads its ring buffer's one loss counter
     at every poll and reports it exactly and at once, so its program leaves both out."""
     out = [HEADERS["events"], "BEGIN\n{\n\t/* every probe is attached once BEGIN runs: the collector waits "
            f"for this line */\n\tprintf(\"{READY}\\n\");\n\tprint(\"{FLUSH}\");\n}}\n"]
     for idx, name in enumerate(syscalls):
-        out.append(_event_probe(idx, name, probes(name, probe), pred, latency, kicks, kernel, chunk))
+        out.append(_event_probe(idx, name, probes(name, probe), pred, latency, kicks, kernel, chunk, when))
     if paths:
         out.append(_open_probes(pred, kernel, chunk, probe))
     if latency:
@@ -538,7 +556,7 @@ COUNTS_MAPS = ("calls", "errors", "lat", "total")
 
 
 def _counts(syscalls: list[str], probe: str, pred: str, latency: bool, paths: bool, kernel: Kernel,
-            chunk: int) -> str:
+            chunk: int, when: ExitFilter) -> str:
     out = [HEADERS["counts"], f"BEGIN\n{{\n\t@gen = 0;\n\tprintf(\"{READY}\\n\");\n}}\n"]
     for idx, name in enumerate(syscalls):
         pr = probes(name, probe)
@@ -561,7 +579,7 @@ if ($fl & 1) {{
 	@unreadable = count();
 }}"""
         fd = f"(uint64){pr.fd}" if pr.args.fd_out else pr.fd     # one @start type (events mode says why)
-        out.append(_probe(pr.leave, pred, body, latency, pr, f"(nsecs, {fd})"))
+        out.append(_probe(pr.leave, pred, body, latency, pr, f"(nsecs, {fd})", when))
     if paths:
         out.append(_open_probes(pred, kernel, chunk, probe))
     maps = [m for m in COUNTS_MAPS if latency or m != "lat"]
@@ -606,22 +624,28 @@ tracepoint:sched:sched_process_exit
 
 def render(mode: str, probe: str = "tracepoint", syscalls=DEFAULT_SYSCALLS, pids=(), comms=(),
            cgroups=(), kicks: bool = True, latency: bool = False, paths: bool = True,
-           kernel: Kernel | None = None, version=None) -> str:
+           kernel: Kernel | None = None, version=None, uids=(), tids=(), failed: bool = False,
+           min_latency_ns: int = 0) -> str:
     """The program text for ``mode`` (events|counts), ``probe`` (kprobe|tracepoint) and filters.
 
     ``kicks``: events mode's own loss count (bpftrace 0.17); False for bpftrace with ring-buffer
     output, whose loss reports are exact and prompt (the shipped .bt files are the 0.17 form).
     ``latency``: an entry probe keeps the start time (lat_ns). ``paths``: the open probe that names
     files (off with --no-paths). ``kernel``: the running kernel's layout (collector/kernel.py; the
-    default is the reference layout of the shipped files). ``version``: the bpftrace that runs it."""
-    pred = predicate(list(pids), list(comms), list(cgroups))
+    default is the reference layout of the shipped files). ``version``: the bpftrace that runs it.
+    ``uids``, ``tids``: more first-probe filters; ``failed``, ``min_latency_ns``: filters at the exit
+    (issue 25: -x, --min-latency, which needs ``latency``)."""
+    if min_latency_ns and not latency:
+        raise FilterError("--min-latency needs the time in each call: it turns --latency on")
+    pred = predicate(list(pids), list(comms), list(cgroups), list(uids), list(tids))
+    when = ExitFilter(failed, min_latency_ns)
     kernel = kernel or REFERENCE_KERNEL
     chunk = name_chunk(version)
     names = check_syscalls(list(syscalls))
     if mode == "events":
-        return _events(names, probe, pred, kicks, latency, paths, kernel, chunk)
+        return _events(names, probe, pred, kicks, latency, paths, kernel, chunk, when)
     if mode == "counts":
-        return _counts(names, probe, pred, latency, paths, kernel, chunk)
+        return _counts(names, probe, pred, latency, paths, kernel, chunk, when)
     raise ValueError(f"mode must be events or counts, not {mode!r}")
 
 

@@ -330,15 +330,16 @@ def main(argv=None) -> int:
     stdout_line(f"IP list: {os.path.abspath(config.db)} ({iplist.count()} addresses); "
                 f"{'; '.join(sources)}; POST token: {'required' if config.token else 'not required'}; "
                 f"read token: {'required' if config.read_token else 'not required'}")
+    if iplist.respelled:  # a list written by another Python version (iplist.IPList._respell)
+        stdout_line(f"IP list: respelled {iplist.respelled} stored IPv4-mapped IPv6 address(es) as ::ffff:a.b.c.d "
+                    f"and dropped {iplist.merged} duplicate(s) of an address added earlier")
+    # "History: " is the last start-up line, always printed (harness/api.py waits for it)
     if app.history is not None:
         store = app.history.store
         stdout_line(f"History: {os.path.abspath(store.path)} ({store.disk_bytes() / 2**20:.1f} MiB of "
                     f"{config.history_max_mb} MiB; GET /history)")
     else:
         stdout_line("History: off (--history-max-mb 0)")
-    if iplist.respelled:  # a list written by another Python version (iplist.IPList._respell)
-        stdout_line(f"IP list: respelled {iplist.respelled} stored IPv4-mapped IPv6 address(es) as ::ffff:a.b.c.d "
-                    f"and dropped {iplist.merged} duplicate(s) of an address added earlier")
     try:
         server.run()
     except KeyboardInterrupt:

@@ -30,6 +30,11 @@ from syswatch.shared import protocol, zmqsock
 PYTHON = os.environ.get("SYSWATCH_TEST_PYTHON", sys.executable)
 
 
+# api/server.py prints this line last at start-up, after "API Server starting on" (its port),
+# "IP list: ..." (the tokens) and any respelling of the IP list
+STARTED_LINE = "History: "
+
+
 class ApiProcess:
     """`python -m api.server` on 127.0.0.1:<free port>; stdout and stderr are collected in ``lines``."""
 
@@ -57,10 +62,12 @@ class ApiProcess:
         self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
         self._reader.start()
         if wait:
+            # The last start-up line (after "API Server starting on"): once it is here, every
+            # start-up line a test may look for is in ``lines``.
             deadline = time.monotonic() + timeout
-            while not any(line.startswith("API Server starting on") for line in self.lines):
+            while not any(line.startswith(STARTED_LINE) for line in self.lines):
                 if self.proc.poll() is not None:
-                    time.sleep(0.2)
+                    self._reader.join(5)       # its last lines, to say why it exited
                     raise RuntimeError(f"API exited with {self.proc.returncode}:\n{self.output}")
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"API did not start within {timeout}s:\n{self.output}")

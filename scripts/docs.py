@@ -31,6 +31,10 @@ Options:
                    block is rewritten to that command
   with=COMMAND     run COMMAND in the background while the block's commands run (a workload)
   wait=SECONDS     wait before running the block's commands (let events accumulate)
+  until=REGEX      run the block's commands again (every second, for at most UNTIL_S) until what
+                   they print matches: for an answer that shows what the section is about only once
+                   it happened (events of a container that calls once a second, in a buffer that a
+                   busy host turns over in well under a second)
   head=N, tail=N   keep the first / last N lines of each output (tail: a "..." line first)
   grep=REGEX       keep the lines that match
   dedupe=N         keep at most N lines of each kind (the same text once numbers are masked)
@@ -74,6 +78,7 @@ MARK = re.compile(r"^<!-- docs\.py: (?P<spec>.*?) -->\s*$")
 FACT = re.compile(r"<!-- docs\.py fact: (?P<spec>.*?) -->(?P<value>.*?)<!-- /fact -->")
 FENCE = re.compile(r"^(```+)(\S*)\s*$")
 CMD_TIMEOUT = 180
+UNTIL_S = 120
 
 
 @dataclass
@@ -234,6 +239,18 @@ class Runner:
             raise RuntimeError(f"`{cmd}` ran over {timeout:.0f} s; it printed:\n{out.decode(errors='replace')[-2000:]}")
         return out.decode(errors="replace")
 
+    def run_block(self, block: "Block", until: str | None) -> list[tuple[str, str]]:
+        """The block's commands and what each printed; with ``until``, run again until that matches."""
+        deadline = time.monotonic() + UNTIL_S
+        while True:
+            raw = [(cmd, self.run(cmd)) for cmd, _ in split_commands(block.body) if cmd]
+            if until is None or re.search(until, "\n".join(out for _, out in raw), re.M):
+                return raw
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"until={until}: not printed in {UNTIL_S} s of runs; the last printed:\n"
+                                   + "\n".join(out for _, out in raw)[-1500:])
+            time.sleep(1)
+
     def start(self, name: str, cmd: str, ready: str | None) -> None:
         self.log(f"  $ {cmd} &   ({name})")
         out, err = self.tmp / f"{name}.out", self.tmp / f"{name}.err"
@@ -369,6 +386,10 @@ def mask(text: str, extra: str | None = None) -> str:
 
 
 _LOG = re.compile(r"^(?:\S+\s+\|\s+)?\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (\S+ \w+ .*)$")
+# a list of numbers, each maybe with a note ("7 (bpftrace: ...), 8 (python3: ...)"), numbers masked: its
+# items are kept once each, as how many there are (e.g. other collectors on the host) is not the line's kind
+_LIST_ITEM = r"N(?: \([^()]*\))?"
+_LIST = re.compile(rf"{_LIST_ITEM}(?:, {_LIST_ITEM})+")
 _HEADER_TOKEN = re.compile(r"^[A-Z][A-Z0-9_]*(?:/s)?$")
 
 
@@ -385,7 +406,8 @@ def signature(lines: list[str]) -> dict[str, set[str]]:
             sig["headers"].add(" ".join(toks))
         m = _LOG.match(ln)
         if m:
-            sig["log lines"].add(re.sub(r"\d+(?:\.\d+)?", "N", mask(m.group(1))))
+            line = re.sub(r"\d+(?:\.\d+)?", "N", mask(m.group(1)))
+            sig["log lines"].add(_LIST.sub(lambda run: ", ".join(dict.fromkeys(run.group(0).split(", "))), line))
     return sig
 
 
@@ -483,7 +505,7 @@ def run_session(name: str, blocks: list[Block], cwd: Path, log) -> list[str]:
                 if "with" in b.opts:
                     runner.start(f"with-{b.line}", b.opts["with"], None)
                     helper = f"with-{b.line}"
-                raw = [(cmd, runner.run(cmd)) for cmd, _ in split_commands(b.body) if cmd]
+                raw = runner.run_block(b, b.opts.get("until"))
                 b.raw_new = "\n".join(out for _, out in raw)
                 parts = [(cmd, shape_output(out, b.opts)) for cmd, out in raw]
                 if helper:

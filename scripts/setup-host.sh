@@ -135,8 +135,16 @@ else
         systemctl enable --now docker || die "systemctl enable --now docker failed: journalctl -u docker says why"
     elif ! pgrep -x dockerd >/dev/null; then
         say "starting dockerd in the background (log: $DOCKERD_LOG)"
-        # setsid: dockerd outlives this script and the terminal that ran it.
-        setsid nohup dockerd >>"$DOCKERD_LOG" 2>&1 </dev/null &
+        # setsid: dockerd outlives this script and the terminal that ran it. It must not inherit
+        # the caller's other descriptors either: a lock (flock) or a pipe of whoever ran this
+        # script would stay open for dockerd's whole life, holding the lock and the pipe's reader.
+        (
+            for fd in /proc/$BASHPID/fd/*; do
+                fd=${fd##*/}
+                ((fd > 2)) && eval "exec $fd>&-" 2>/dev/null
+            done
+            exec setsid nohup dockerd >>"$DOCKERD_LOG" 2>&1 </dev/null
+        ) &
     else
         say "dockerd is running but not answering yet; waiting"
     fi

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import runpy
 import shlex
 import subprocess
 import sys
@@ -175,7 +176,10 @@ def test_every_flag_of_the_programs_shows_its_variable_and_default():
     missing = []
     for program in ("collector", "api", "tail", "top"):
         for flag, entry in option_help(program).items():
-            if not flag.startswith("--") or flag in ("--help", "--version", "--timeout", "--token-file"):
+            # the token files' variables are the tokens themselves (SYSWATCH_TOKEN, SYSWATCH_READ_TOKEN),
+            # named in their help
+            if not flag.startswith("--") or flag in ("--help", "--version", "--timeout", "--token-file",
+                                                     "--read-token-file"):
                 continue
             if "[env SYSWATCH_" not in entry or "(default: " not in entry:
                 missing.append(f"{program} {flag}: {entry[:120]}")
@@ -203,3 +207,28 @@ def test_check_reports_drift(tmp_path):
     text = doc.read_text()
     assert "not-this-version" not in text and re.search(r"syswatch-collector \d+\.\d+", text)
     assert "999.9x" not in text
+
+
+def test_until_runs_a_section_again_until_it_shows_what_it_is_about(tmp_path):
+    counter = tmp_path / "runs"
+    doc = tmp_path / "until.md"
+    doc.write_text(f"# x\n\n<!-- docs.py: cli until='^run 3$' -->\n```console\n"
+                   f"$ n=$(( $(cat {counter} 2>/dev/null || echo 0) + 1 )); echo $n > {counter}; echo run $n\n"
+                   "run 1\n```\n")
+    res = subprocess.run([sys.executable, DOCS_PY, "-q", "--session", "cli", "--file", str(doc)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert counter.read_text() == "3\n" and "\nrun 3\n```" in doc.read_text(), doc.read_text()
+
+
+def test_a_log_line_s_shape_is_the_same_whatever_the_length_of_a_list():
+    signature = runpy.run_path(DOCS_PY, run_name="docs_py")["signature"]
+    line = ("2026-12-06 15:59:45,067 syswatch-collector INFO other syswatch collector processes on this host, "
+            "left out: {}")
+    one = "1 (python3: parent of bpftrace 2), 2 (bpftrace: running)"
+    two = "3 (python3: parent of bpftrace 4), 4 (bpftrace: running)"
+    shapes = [signature([line.format(pids)])["log lines"] for pids in (one, f"{one}, {two}", "7, 8", "7, 8, 9")]
+    assert shapes[0] == shapes[1] == {"syswatch-collector INFO other syswatch collector processes on this host, "
+                                      "left out: N (pythonN: parent of bpftrace N), N (bpftrace: running)"}
+    assert shapes[2] == shapes[3] != shapes[0]
+    assert signature([line.format("7, ids")])["log lines"] != shapes[2]

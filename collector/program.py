@@ -182,14 +182,17 @@ def predicate(pids=(), comms=(), cgroups=(), uids=(), tids=()) -> str:
 
 
 class ExitFilter(NamedTuple):
-    """Filters known only when a call returns (-x/--failed, --min-latency): a condition at the exit
-    around everything the call prints or counts. --min-latency needs the entry's time (latency)."""
+    """Filters known only when a call returns (-x/--failed, --min-latency): the exit probe's
+    predicate, so the kernel drops the other calls before anything is printed or counted (a
+    condition inside the body would not fit 0.17's 512-byte stack with --latency). --min-latency
+    needs the entry's time (latency); with latency a second exit probe, with the opposite
+    predicate, drops the entry of a call the filter refused."""
     failed: bool = False
     min_latency_ns: int = 0
 
     def condition(self, ret: str, latency: bool) -> str:
         conds = ([f"{ret} < 0"] if self.failed else []) + (
-            [f"nsecs - $e.0 >= {int(self.min_latency_ns)}"] if self.min_latency_ns and latency else [])
+            [f"nsecs - @start[tid].0 >= {int(self.min_latency_ns)}"] if self.min_latency_ns and latency else [])
         return " && ".join(conds)
 
 
@@ -360,18 +363,25 @@ def _probe(point: str, pred: str, body: str, latency: bool, enter: Probes, entry
     """The probes of one traced call: exit only, or (latency) an entry that keeps ``entry_value``
     in @start and an exit that takes it; ``body`` runs at the exit (if ``when`` holds)."""
     cond = when.condition(enter.ret, latency)
-    if cond:
-        body = f"if ({cond}) {{\n{_block(body, 1)}\n}}"
     if not latency:
+        if cond:
+            pred = f"{pred[:-1]} && {cond}/"
         return f"\n{point}\n{pred}\n{{\n{_block(body, 1)}\n}}\n"
+    refused = f"""
+{point}
+/@start[tid].0 && !({cond})/
+{{
+	delete(@start[tid]);
+}}
+""" if cond else ""
     return f"""
 {enter.enter}
 {pred}
 {{
 	@start[tid] = {entry_value};
 }}
-
-{point}
+{refused}
+{point}{f"{chr(10)}/{cond}/" if cond else ""}
 {{
 	$e = @start[tid];
 	if ($e.0) {{

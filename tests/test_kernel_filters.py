@@ -28,9 +28,11 @@ BOUND_NS = 20_000_000
 def test_filters_become_predicates_and_exit_conditions():
     text = program.render("events", uids=[1000], tids=[7], failed=True, min_latency_ns=BOUND_NS, latency=True)
     assert "/pid != $1 && pid != $3 && (tid == 7) && (uid == 1000)/" in text
-    assert f"if (args->ret < 0 && nsecs - $e.0 >= {BOUND_NS}) {{" in text
+    cond = f"args->ret < 0 && nsecs - @start[tid].0 >= {BOUND_NS}"
+    assert f"sys_exit_read\n/{cond}/\n{{" in text                          # the exit's predicate
+    assert f"sys_exit_read\n/@start[tid].0 && !({cond})/\n{{\n\tdelete(@start[tid]);" in text
     counts = program.render("counts", failed=True)
-    assert counts.count("if (args->ret < 0) {") == 2                  # read and write, counted only if failed
+    assert counts.count("pid != $3 && args->ret < 0/") == 2            # read and write: counted only if failed
     with pytest.raises(program.FilterError, match="turns --latency on"):
         program.render("events", min_latency_ns=1)
     with pytest.raises(program.FilterError, match="--uid 4294967296"):

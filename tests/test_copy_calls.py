@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.api import ApiInProcess, Feed, event, metric
 from harness.collector import CollectorProcess, StreamReader
 from syswatch.collector import cli
 from syswatch.collector.files import Files
@@ -96,6 +97,32 @@ def test_syscalls_option_takes_all_and_names_the_valid_ones():
     assert protocol.DEFAULT_SYSCALLS == ("read", "write")
     assert set(protocol.TWO_FD_SYSCALLS) <= set(protocol.SYSCALLS)
     assert max(len(s) for s in protocol.SYSCALLS) <= record.FIELD["syscall"].bounds
+
+
+@pytest.mark.unit
+def test_the_api_shows_copies_in_stats_events_and_metrics(tmp_path):
+    """A host tracing --syscalls all sends a cp: /stats totals it under copy_file_range (bytes once),
+    /events?syscall=copy_file_range gives both ends, /metrics labels it; a counts row of sendfile
+    passes the protocol and adds up too."""
+    api = ApiInProcess(tmp_path / "ips.sqlite3", recent_events=100)
+    feed = Feed(api)
+    feed.status(syscalls=list(protocol.SYSCALLS))
+    cp = {**event(comm="cp", syscall="copy_file_range", fd=3, count=2**63 - 2**30, ret=6_000_000),
+          "path": "/src/a", "file_type": "reg", "fd_out": 4, "path_out": "/dst/a", "file_type_out": "reg"}
+    feed.events([cp, {**cp, "ret": 0}])
+    totals = api.get("/stats").json()["totals"]
+    assert (totals["copy_file_range"]["calls"], totals["copy_file_range"]["bytes"]) == (2, 6_000_000)
+    assert totals["read"]["calls"] == totals["write"]["calls"] == 0
+    got = api.get("/events", params={"syscall": "copy_file_range"}).json()["events"]
+    assert sorted((e["fd"], e["path"], e["fd_out"], e["path_out"], e["ret"]) for e in got) == [
+        (3, "/src/a", 4, "/dst/a", 0), (3, "/src/a", 4, "/dst/a", 6_000_000)]
+    assert api.get("/events", params={"syscall": "sendfile64"}).status_code == 400
+    text = api.get("/metrics").text
+    assert metric(text, "syswatch_moved_bytes_total", host="testhost", syscall="copy_file_range") == 6_000_000
+    assert metric(text, "syswatch_events_total", host="testhost", syscall="tee") == 0     # traced, no call yet
+    row = {"pid": 7, "comm": "nginx", "container_id": "", "syscall": "sendfile", "calls": 3, "bytes": 9000,
+           "errors": 0}
+    assert protocol.clean_row(row)["syscall"] == "sendfile"
 
 
 # --- real: against strace ------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ EPILOG = textwrap.dedent(f"""\
       sudo python3 -m bench.run                      # full run (~6 min), updates {DOC.relative_to(ROOT)}
       sudo python3 -m bench.run --quick              # CI size (< 2 min), report in a temp dir
       sudo python3 -m bench.run --only overhead,api  # some sections
+      sudo python3 -m bench.run --only overhead --tracers bpf23-empty,bpf23-events,bpf23-exit --no-docs
       sudo python3 -m bench.run --quick --out /tmp/b --docs /tmp/b/BENCHMARKS.md
 
     The machine should be otherwise idle: other work on it shows up as noise in every ratio.
@@ -62,12 +63,20 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help=f"markdown file whose results section is replaced (default: {DOC.relative_to(ROOT)} "
                          "for a full run of every section, none for --quick)")
     ap.add_argument("--no-docs", action="store_true", help="do not update any markdown file")
+    ap.add_argument("--tracers", default="", metavar="NAMES",
+                    help="overhead: only these set-ups, comma-separated (default: all of them: "
+                         f"{','.join(overhead.TRACERS)}); no tracing is always measured")
     args = ap.parse_args(argv)
+    args.tracer_names = [t.strip() for t in args.tracers.split(",") if t.strip()]
+    unknown = [t for t in args.tracer_names if t not in overhead.TRACERS]
+    if unknown:
+        ap.error(f"--tracers: unknown set-up(s) {', '.join(unknown)}; known: {', '.join(overhead.TRACERS)}")
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = [s for s in args.sections if s not in SECTIONS]
     if bad or not args.sections:
         ap.error(f"--only: unknown section(s) {', '.join(bad) or '(none given)'}; known: {', '.join(SECTIONS)}")
-    if args.docs is None and not args.quick and not args.no_docs and args.sections == list(SECTIONS):
+    if (args.docs is None and not args.quick and not args.no_docs and args.sections == list(SECTIONS)
+            and not args.tracer_names):
         args.docs = DOC
     if args.no_docs:
         args.docs = None
@@ -87,7 +96,8 @@ def main(argv=None) -> int:
     t0 = time.monotonic()
     results: dict = {"machine": machine.describe(), "plan": plan.as_dict(), "errors": {}}
     log(f"{plan.name} run of {', '.join(args.sections)}; results in {out}")
-    runners = {"overhead": lambda: overhead.run(plan, log), "latency": lambda: latency.run(plan, log),
+    runners = {"overhead": lambda: overhead.run(plan, log, args.tracer_names or None),
+               "latency": lambda: latency.run(plan, log),
                "saturation": lambda: saturation.run(plan, log),
                "api": lambda: api_load.run(plan, log)}
     for section in args.sections:

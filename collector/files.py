@@ -22,18 +22,20 @@ the ends, collector/sockets.py), deleted files get " (deleted)", memfd "/memfd:N
 from __future__ import annotations
 
 import os
+import time
 from typing import Callable
 
 from syswatch.collector.cache import Bounded
 from syswatch.collector.kernel import Kernel
 from syswatch.collector.sockets import Sockets
 from syswatch.shared.protocol import json_string
-from syswatch.shared.record import MAX_PATH, decode_name, file_type, user_dev
+from syswatch.shared.record import MAX_PATH, decode_name, file_type, kernel_dev, user_dev
 
 MAX_FDS = 65_536                 # (pid, fd) names kept
 MAX_INODES = 65_536              # names of opened files by (dev, ino), for other fds of the same file
 MAX_NAME_CHARS = 32 << 20        # characters of names kept in each cache (hostile 4 KiB paths)
 MAX_PENDING_OPENS = 4096         # opens whose path lines are still arriving (one per thread)
+PRIME_S = 1.0                    # at most this long reading /proc's fds once the probes are attached
 DELETED = " (deleted)"
 
 
@@ -60,8 +62,9 @@ class Files:
 
     def __init__(self, kernel: Kernel, paths: bool = True, proc: str = "/proc",
                  sockets: Sockets | None = None, readlink: Callable[[str], str] = os.readlink,
-                 stat: Callable[[str], os.stat_result] = os.stat):
+                 stat: Callable[[str], os.stat_result] = os.stat, pids: tuple[int, ...] = ()):
         self.kernel = kernel
+        self.pids = pids                         # --pid: the processes ``prime`` reads (none: all)
         self.paths = paths
         self.proc = proc
         self.pseudo = kernel.pseudo_devs()
@@ -73,6 +76,40 @@ class Files:
         self.by_inode: Bounded[tuple[int, int], tuple] = Bounded(MAX_INODES, MAX_NAME_CHARS, _weight)
         self.pending: dict[int, Opened] = {}     # tid -> open being read
         self.resolved = {"open": 0, "proc": 0, "inode": 0, "pseudo": 0, "unknown": 0}
+
+    def prime(self, clock: Callable[[], float] = time.monotonic) -> int:
+        """Once the probes are attached: the open fds of the processes running now, from /proc
+        (bounded by MAX_FDS and PRIME_S). A file opened before the collector started is then named
+        even when its process closes it or exits before the collector reads the call's line (every
+        later open is named by the open probe). Returns the fds read."""
+        end, n = clock() + PRIME_S, 0
+        try:
+            pids = self.pids or [int(d) for d in os.listdir(self.proc) if d.isdigit()]
+        except OSError:
+            return 0
+        for pid in pids:
+            try:
+                fds = os.listdir(f"{self.proc}/{pid}/fd")
+            except OSError:
+                continue
+            for fd in fds:
+                if n >= MAX_FDS or clock() > end:
+                    return n
+                link = f"{self.proc}/{pid}/fd/{fd}"
+                try:
+                    target, st = self._readlink(link), self._stat(link)
+                except (OSError, ValueError):
+                    continue
+                dev = kernel_dev(st.st_dev)
+                if dev in self.pseudo or not target.startswith("/"):
+                    continue                     # pipes, sockets, anon inodes: named from the event
+                path = decode_name(os.fsencode(target))
+                if path.endswith(DELETED):
+                    path = path[:-len(DELETED)]
+                if len(path) <= MAX_PATH - len(DELETED):
+                    self.by_fd.put((pid, int(fd)), (st.st_ino, dev, None, path))
+                    n += 1
+        return n
 
     # --- open lines ---------------------------------------------------------------------------
     def open_start(self, pid: int, tid: int, fd: int, ino: int, dev: int, mode: int, namekey: int) -> None:

@@ -75,7 +75,7 @@ class Collector:
         self.echo = Echo(config.echo_rate if config.mode == "events" else 0)
         self.ready = False
         version = prepared.version
-        self.files = Files(prepared.kernel, paths=config.paths)
+        self.files = Files(prepared.kernel, paths=config.paths, pids=tuple(config.filters.pids))
         self.parser = Parser(config.mode, list(config.syscalls), prepared.containers,
                              keys_escaped_twice=version.map_key_strings_escaped_twice,
                              kick_cpus=() if version.ringbuf_output else online_cpus(),

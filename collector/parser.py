@@ -208,6 +208,7 @@ class Parser:
         record_ = json_record(line)
         kind, data = record_ if record_ else (None, None)
         if kind == "printf" and data == _READY_DATA:
+            self.files.prime()                 # fds opened before the probes attached
             out.ready = True
         elif kind == "lost_events" and isinstance(data, dict) and type(data.get("events")) is int \
                 and data["events"] >= 0:
@@ -233,6 +234,7 @@ class Parser:
             if kick:
                 return self._kick(*(int(g) for g in kick.groups() if g is not None))
         elif line == _READY_DATA[:-1].encode():
+            self.files.prime()                 # fds opened before the probes attached
             now = self._clock()
             for cpu in self.kick_cpus:
                 self._kick_at.setdefault(cpu, now)

@@ -53,11 +53,15 @@ def traced(tmp_path, script: Script, *args: str, topics=("syscall.", "status")):
 
 def test_short_read_bad_fd_and_write_carry_ret(tmp_path, bpftrace_bin):
     (tmp_path / "three").write_bytes(b"abc")
+    # "three" is opened once the collector runs (its open probe names it): a file opened before the
+    # collector started and closed before its event is read has path "" (unknown, never a wrong name)
     child = Script("""
-        fd = os.open("three", os.O_RDONLY)
         wfd = os.open("/dev/null", os.O_WRONLY)
+        fd = os.open("three", os.O_RDONLY)
+        os.close(fd)                        # the number the body's open gets again
         info.update(fd=fd, wfd=wfd)
         """, """
+        assert os.open("three", os.O_RDONLY) == fd
         os.read(fd, 1 << 20)                # a short read: 3 of 1 MiB
         os.read(fd, 1 << 20)                # end of file: 0
         os.close(fd)
@@ -359,8 +363,12 @@ def test_two_collectors_do_not_feed_each_other(tmp_path, prereqs):
         b = CollectorProcess(tmp_path / "b", "--echo-rate", "0")
         try:
             b_pids = set(b.excluded_pids())
-            time.sleep(2.5)                    # A's /proc scan finds B (every 2 s)
+            # A's /proc scan finds B (every 2 s): wait for a status that lists B (loaded machine: 20 s)
+            deadline = time.monotonic() + 20
             kinds = {e["pid"]: e for e in sub.wait_status()["excluded"]}
+            while not b_pids <= set(kinds) and time.monotonic() < deadline:
+                kinds = {e["pid"]: e for e in sub.wait_status()["excluded"]}
+            assert b_pids <= set(kinds), (b_pids, kinds)
             assert {kinds[p]["kind"] for p in b_pids} == {"peer"} and all(kinds[p]["what"] == ["all"] for p in b_pids)
             together, seen = _rate(sub, 4)
             leaked = Counter((e["pid"], e["comm"]) for e in seen if e["pid"] in b_pids)

@@ -61,6 +61,20 @@ def test_history_answers_per_minute_and_container(api):
 
 
 @pytest.mark.unit
+def test_history_groups_by_the_file_the_events_name(api):
+    """Issue 22 -> 26's hand-off: the decoder keeps path and file_type, so group=file has them."""
+    feed = Feed(api)
+    for path, n in (("/var/log/syslog", 7), ("pipe:[42]", 2)):
+        feed.events([{**event(pid=7, comm="w", ts_ns=(T0 + 5 + i) * 10**9, ret=10, count=10), "path": path,
+                      "file_type": "reg" if path.startswith("/") else "fifo", "ino": 3, "dev": 2049}
+                     for i in range(n)])
+    api.app.history._round()
+    rows = api.get("/history", params={"from": T0, "to": T0 + 60, "group": "file"}).json()["rows"]
+    assert {(r["path"], r["file_type"], r["calls"]) for r in rows} == {("/var/log/syslog", "reg", 7),
+                                                                      ("pipe:[42]", "fifo", 2)}
+
+
+@pytest.mark.unit
 def test_csv_has_a_line_per_step_and_key(api):
     feed_minutes(api)
     r = api.get("/history", params={"from": T0, "to": T0 + 120, "group": "container", "step": "60",

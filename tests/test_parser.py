@@ -4,6 +4,7 @@ are built by shared/record.render_line, as bpftrace prints them."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from hypothesis import given, settings
@@ -569,3 +570,20 @@ def test_counts_parser_never_raises(data):
     p = parser(mode="counts")
     for iv in p.parse(data).intervals:
         assert isinstance(iv.rows, list)
+
+
+@pytest.mark.unit
+def test_a_file_opened_before_the_probes_keeps_its_name_after_it_is_closed(tmp_path):
+    """No open line names a file opened before bpftrace attached: /proc is read once at ready, so a
+    call on it is named even if the process closes it (or exits) before its line is read; the same
+    fd number holding another file later gets "" (unknown), never that name."""
+    f = tmp_path / "before.txt"
+    f.write_bytes(b"x")
+    fd = os.open(f, os.O_RDONLY)
+    st = os.fstat(fd)
+    files = Files(K, pids=(os.getpid(),))
+    assert files.prime() >= 1
+    os.close(fd)
+    dev = record.kernel_dev(st.st_dev)
+    assert files.name(os.getpid(), fd, st.st_ino, dev, 9, False)[1] == str(f)
+    assert files.name(os.getpid(), fd, st.st_ino + 1, dev, 9, False)[1] == ""

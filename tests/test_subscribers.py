@@ -81,7 +81,7 @@ def wait_connected(coll: CollectorProcess, *scripts: subprocess.Popen, timeout: 
 
 def test_tail_json_count_and_top_once(child_and_collector):
     child, coll = child_and_collector
-    tail = script("tail.py", "--endpoint", coll.endpoint, "--json", "--count", "50", "--timeout", "30")
+    tail = script("tail.py", "--endpoint", coll.endpoint, "--json", "--count", "51", "--timeout", "30")
     top = script("top.py", "--endpoint", coll.endpoint, "--iterations", "3", "--delay", "1.5", "--json")
     text = script("tail.py", "--endpoint", coll.endpoint, "--count", "5", "--timeout", "30",
                   "--topic", "syscall.write")
@@ -90,9 +90,12 @@ def test_tail_json_count_and_top_once(child_and_collector):
     out, err = tail.communicate(timeout=40)
     assert tail.returncode == 0, err
     events = [json.loads(line) for line in out.splitlines()]
-    assert len(events) == 50
-    assert sorted(e["count"] for e in events) == sorted(child.counts())
-    assert {(e["pid"], e["comm"]) for e in events} == {(child.pid, "sw-tail")}
+    # the 50 calls, and the child's read of "go" (fd 0): it returns after the probes attached, and
+    # the collector's one probe per call is at the return (issue 24)
+    go = [e for e in events if e["count"] not in child.counts()]
+    assert len(events) == 51 and [(e["syscall"], e["fd"]) for e in go] == [("read", 0)], go
+    assert sorted(e["count"] for e in events if e not in go) == sorted(child.counts())
+    assert {(e["pid"], e["comm"]) for e in events if e not in go} == {(child.pid, "sw-tail")}
 
     out, err = text.communicate(timeout=40)
     assert text.returncode == 0, err
@@ -112,7 +115,8 @@ def test_tail_json_count_and_top_once(child_and_collector):
     rate_total = sum(p["write_calls_s"] for p in procs)
     assert rate_total > 0
     assert any(st["excluded_pids"] for s in samples for st in s["status"].values())
-    assert all(p["write_bytes_s"] > 0 and p["errors_s"] == 0 and p["avg_lat_us"] > 0 for p in procs[:1])
+    # latency is not measured without the collector's --latency: no invented mean
+    assert all(p["write_bytes_s"] > 0 and p["errors_s"] == 0 and p["avg_lat_us"] == 0 for p in procs[:1])
 
 
 def test_top_table_once(child_and_collector):

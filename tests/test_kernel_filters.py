@@ -10,6 +10,7 @@ with its own probes).
 from __future__ import annotations
 
 import json
+import select
 import subprocess
 import sys
 import time
@@ -50,9 +51,9 @@ delays = [0.0] * 10 + [0.005] * 15 + [0.012] * 5 + [0.030] * 10
 r, w = os.pipe()
 empty_r, _empty_w = os.pipe()
 fcntl.fcntl(empty_r, fcntl.F_SETFL, fcntl.fcntl(empty_r, fcntl.F_GETFL) | os.O_NONBLOCK)
-closed = os.dup(w)
-os.close(closed)
 go_r, go_w = os.pipe()
+closed = os.dup(w)                                   # the last fd made: no later one reuses its number
+os.close(closed)
 kid = os.fork()
 if kid == 0:
     os.close(go_w)
@@ -118,6 +119,7 @@ def test_collector_filters_deliver_exactly_what_they_select(tmp_path):
             sub.wait_status()
         child.stdin.write("go\n")
         child.stdin.flush()
+        assert select.select([child.stdout], [], [], 90)[0], "the child did not finish its calls within 90 s"
         assert child.stdout.readline() == "done\n" and child.wait(30) == 0
         def n(evs, who, syscall):
             return len([e for e in evs if e["pid"] == who and e["syscall"] == syscall])

@@ -28,6 +28,7 @@ LABELS = {
     "strace": "strace -f -e trace=read,write",
     "collector-events": "collector, events mode + subscriber",
     "collector-counts": "collector, counts mode + subscriber",
+    "collector-events-all": "collector, events mode, --syscalls all + subscriber",
     "compose-events": "compose collector (0.23), events mode + subscriber",
     "compose-counts": "compose collector (0.23), counts mode + subscriber",
 }
@@ -46,6 +47,8 @@ def make(name: str) -> Tracer:
         if binary is None:
             raise RuntimeError(TRIXIE_FIX)
         return RawBpftrace(name, RAW23[name], binary)
+    if name == "collector-events-all":           # issue 30: the copy calls' probes attached, not called
+        return CollectorTracer("events", extra=("--syscalls", "all"), name=name)
     if name.startswith("collector-"):
         return CollectorTracer(name.split("-", 1)[1])
     if name.startswith("compose-"):

@@ -25,7 +25,8 @@ TRACERS = ["bpf-empty", "bpf-empty-exit", "bpf-count", "bpf-printf",
            "bpf23-empty", "bpf23-empty-exit", "bpf23-count", "bpf23-printf",
            "bpf23-inflight", "bpf23-record", "bpf23-events",
            "bpf23-exit", "bpf23-files", "bpf23-files-lat", "bpf23-rawtp",
-           "collector-events", "collector-counts", "compose-events", "compose-counts", "strace"]
+           "collector-events", "collector-events-all", "collector-counts", "compose-events", "compose-counts",
+           "strace"]
 COMPOSE = ("compose-events", "compose-counts")
 
 

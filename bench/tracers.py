@@ -225,9 +225,9 @@ class CollectorTracer(Tracer):
     """``python3 -m collector.collector --mode MODE`` on a free port (harness.collector.CollectorProcess),
     with a BenchSubscriber attached."""
 
-    def __init__(self, mode: str, interval: float = 1.0, extra: tuple[str, ...] = ()):
+    def __init__(self, mode: str, interval: float = 1.0, extra: tuple[str, ...] = (), name: str = ""):
         self.mode = mode
-        self.name = f"collector-{mode}"
+        self.name = name or f"collector-{mode}"
         self.interval = interval
         self.extra = list(extra)             # e.g. ("-c", NAME): then the bench's own writes are not traced
         self.endpoint = ""                   # the collector's, once started
@@ -247,7 +247,7 @@ class CollectorTracer(Tracer):
         self.subscriber = BenchSubscriber(self.endpoint)
         self.subscriber.start()
         try:
-            if self.extra:       # filtered: the bench's own writes do not show; a status means running
+            if "-c" in self.extra:   # filtered: the bench's own writes do not show; a status means running
                 if not self.subscriber.status_seen.wait(60):
                     raise TimeoutError("no status message within 60 s")
             else:

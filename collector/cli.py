@@ -15,6 +15,7 @@ from syswatch.collector import program
 from syswatch.shared.config import add_option
 from syswatch.shared.metricsserver import listen_text
 from syswatch.shared.protocol import DEFAULT_ENDPOINT, DEFAULT_SYSCALLS, SYSCALLS
+from syswatch.shared.units import parse_duration
 
 EPILOG = """\
 examples:
@@ -22,6 +23,8 @@ examples:
         trace every read/write on the host, publish on tcp://127.0.0.1:5556
   sudo syswatch-collector --syscalls read,write,pread64,pwrite64,readv,writev
         the whole read/write family, each syscall on its own topic (syscall.pread64, ...)
+  sudo syswatch-collector --syscalls all -n cp
+        every call that moves a file's bytes (copy_file_range, sendfile, splice, tee too), of cp only
   sudo syswatch-collector --mode counts --interval 5
         count calls, bytes moved, errors and latency per process in the kernel, every 5 s
   sudo syswatch-collector -p 1234 -p 5678 -n nginx
@@ -32,6 +35,8 @@ examples:
         syscall tracepoints, no console echo
   sudo syswatch-collector --path /var/lib/postgresql --latency
         only calls on files under that path (as each process sees it), with the time in each call
+  sudo syswatch-collector -x --min-latency 20ms -u 1000
+        only calls of uid 1000 that failed and took 20 ms or more (dropped in the kernel otherwise)
   sudo syswatch-collector --no-paths
         leave file paths and socket ends out of every event (types, inodes and devices stay)
   sudo SYSWATCH_CURVE_SERVER_KEY=keys/server.key_secret SYSWATCH_CURVE_CLIENTS=keys/clients \\
@@ -54,10 +59,15 @@ end of --duration, 1 when bpftrace fails, 2 for a usage or set-up error.
 
 @dataclass(frozen=True)
 class Filters:
-    """Which processes are traced (every one when all are empty); applied in the kernel."""
+    """Which calls are traced (every one when all are empty); applied in the kernel: the processes
+    and threads at the call's first probe, -x and --min-latency when it returns (issue 25)."""
     pids: tuple[int, ...] = ()
     comms: tuple[str, ...] = ()
     containers: tuple[str, ...] = ()       # id prefixes or names; preflight turns them into cgroup ids
+    uids: tuple[int, ...] = ()
+    tids: tuple[int, ...] = ()
+    failed: bool = False                   # -x: only calls that returned an error
+    min_latency_ns: int = 0                # only calls that took at least this long (needs latency)
 
 
 @dataclass(frozen=True)
@@ -119,6 +129,13 @@ def syscall_list(text: str) -> list[str]:
         raise ValueError(str(exc)) from None
 
 
+def uid(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 2**32 - 1:
+        raise ValueError(f"{text!r}: a uid is a number 0..4294967295 (id -u NAME gives it)")
+    return value
+
+
 def path_prefix(text: str) -> str:
     if not text or len(text) > 4096 or "\n" in text or "\0" in text:
         raise ValueError(f"{text!r}: a path prefix is 1 to 4096 characters without newlines")
@@ -140,7 +157,8 @@ def parser() -> argparse.ArgumentParser:
                metavar="{auto,kprobe,tracepoint}",
                help="auto: kprobes/kretprobes on __x64_sys_* if the kernel can, else syscall tracepoints")
     add_option(p, "--syscalls", env="SYSWATCH_SYSCALLS", default=list(DEFAULT_SYSCALLS), type=syscall_list,
-               metavar="LIST", help=f"comma-separated syscalls to trace, from: {', '.join(SYSCALLS)}")
+               metavar="LIST", help=f"comma-separated syscalls to trace, from: {', '.join(SYSCALLS)}; "
+                                               "or all")
     add_option(p, "--interval", env="SYSWATCH_INTERVAL", default=1.0, type=seconds, metavar="SECONDS",
                help="seconds between counts messages in counts mode")
     add_option(p, "--echo-rate", env="SYSWATCH_ECHO_RATE", default=50, type=non_negative_int, metavar="LINES",
@@ -152,6 +170,15 @@ def parser() -> argparse.ArgumentParser:
     add_option(p, "-c", "--container", env="SYSWATCH_CONTAINER", default=[], repeatable=True, metavar="ID|NAME",
                dest="container", help="trace only this container (id prefix or name, filtered in the kernel "
                                       "by its cgroup); repeatable")
+    add_option(p, "-u", "--uid", env="SYSWATCH_UID", default=[], type=uid, repeatable=True, metavar="UID",
+               dest="uid", help="trace only calls made by this user id (filtered in the kernel); repeatable")
+    add_option(p, "-t", "--tid", env="SYSWATCH_TID", default=[], type=int, repeatable=True, metavar="TID",
+               dest="tid", help="trace only calls made by this thread id (filtered in the kernel); repeatable")
+    add_option(p, "-x", "--failed", env="SYSWATCH_FAILED", flag=True, default=False,
+               help="only calls that failed (ret < 0), dropped in the kernel when the call returns")
+    add_option(p, "--min-latency", env="SYSWATCH_MIN_LATENCY", default=0, type=parse_duration, metavar="DURATION",
+               dest="min_latency", help="only calls that took at least this long (500us, 20ms, 1s), dropped in "
+                                        "the kernel; turns --latency on")
     add_option(p, "-d", "--duration", env="SYSWATCH_DURATION", default=None, type=duration, metavar="SECONDS",
                help="stop after this many seconds")
     add_option(p, "--bpftrace", env="SYSWATCH_BPFTRACE", default="bpftrace", metavar="PATH",
@@ -186,7 +213,10 @@ def parse_args(argv: list[str] | None = None) -> Config:
     ns = parser().parse_args(argv)
     return Config(bind=ns.bind, mode=ns.mode, probe=ns.probe, syscalls=tuple(ns.syscalls),
                   interval=ns.interval, echo_rate=ns.echo_rate,
-                  filters=Filters(pids=tuple(ns.pid), comms=tuple(ns.comm), containers=tuple(ns.container)),
+                  filters=Filters(pids=tuple(ns.pid), comms=tuple(ns.comm), containers=tuple(ns.container),
+                                  uids=tuple(ns.uid), tids=tuple(ns.tid), failed=ns.failed,
+                                  min_latency_ns=ns.min_latency),
                   duration=ns.duration, bpftrace=ns.bpftrace, on_overload=ns.on_overload,
-                  hostname=ns.hostname, log_level=ns.log_level, latency=ns.latency, paths=not ns.no_paths,
+                  hostname=ns.hostname, log_level=ns.log_level, latency=ns.latency or ns.min_latency > 0,
+                  paths=not ns.no_paths,
                   path_prefixes=tuple(ns.path), metrics=ns.metrics)

@@ -211,3 +211,17 @@ class Files:
         if sock is not None:
             out += b',"sock":' + json_string(sock)
         return out, path
+
+    def out_json(self, pid: int, fd: int, ino: int, dev: int, mode: int, namekey: int | None,
+                 deleted: bool) -> tuple[bytes, str]:
+        """A two-fd call's destination as JSON to follow ``event_json``'s (``,"fd_out":..,"path_out":..,
+        "file_type_out":..``; the kernel gives no name of its own here: /proc names anon and memfd
+        files) and its path (for --path)."""
+        if fd < 0 or (not ino and not dev):
+            ftype, path = "unknown", ""
+        else:
+            kind, path, _sock = self.name(pid, fd, ino, dev, namekey, deleted)
+            ftype = kind or file_type(mode)
+        if not self.paths:
+            path = ""
+        return b',"fd_out":%d,"path_out":%s,"file_type_out":"%s"' % (fd, json_string(path), ftype.encode()), path

@@ -156,7 +156,9 @@ class Collector:
         config, prepared = self.config, self.prepared
         text = program.render(config.mode, probe, config.syscalls, config.filters.pids, config.filters.comms,
                               prepared.cgroups, kicks=not prepared.version.ringbuf_output, latency=config.latency,
-                              paths=config.paths, kernel=prepared.kernel, version=prepared.version)
+                              paths=config.paths, kernel=prepared.kernel, version=prepared.version,
+                              uids=config.filters.uids, tids=config.filters.tids, failed=config.filters.failed,
+                              min_latency_ns=config.filters.min_latency_ns)
         interval_ms = max(1, round(config.interval * 1000))
         self.bt = Bpftrace(program.command(prepared.bpftrace, config.mode, text, interval_ms),
                            prepared.version, config.on_overload)

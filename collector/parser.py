@@ -323,10 +323,10 @@ class Parser:
         for m in matches:
             if latency:
                 (_cpu, idx, ts, pid, tid, uid, fd, count, ret, lat, cgroup, ino, dev, mode, flags, namekey,
-                 c0, c1, nlen, nhex) = m.groups()
+                 c0, c1, fdo, inoo, devo, modeo, flo, nko, nlen, nhex) = m.groups()
             else:
                 (_cpu, idx, ts, pid, tid, uid, fd, count, ret, cgroup, ino, dev, mode, flags, namekey,
-                 c0, c1, nlen, nhex) = m.groups()
+                 c0, c1, fdo, inoo, devo, modeo, flo, nko, nlen, nhex) = m.groups()
             syscall = names.get(idx)
             if syscall is None:
                 self.bad_line(m.string)
@@ -348,15 +348,21 @@ class Parser:
             hit = file_cache.get(fkey)
             if hit is None or hit[0] != sig or nhex is not None:
                 hit = file_json(fkey, sig, ino, dev, mode, flags, namekey, nlen, nhex)
-            if prefixes and not hit[2]:
+            file_fields, keep = hit[1], hit[2]
+            if fdo is not None:               # a two-fd call: the destination's fields follow
+                out_fields, out_path = self.files.out_json(int(pid), int(fdo), int(inoo), int(devo), int(modeo),
+                                                           int(nko), flo == b"2")
+                file_fields += out_fields
+                keep = keep or bool(prefixes) and any(out_path.startswith(p) for p in prefixes)
+            if prefixes and not keep:
                 n_filtered += 1
                 continue
             if latency:
                 event = template % (ts, pid, tid, uid, syscall, fd, count, ret, lat, cgroup,
-                                    containers(int(cgroup)), comm, hit[1])
+                                    containers(int(cgroup)), comm, file_fields)
             else:
                 event = template % (ts, pid, tid, uid, syscall, fd, count, ret, cgroup,
-                                    containers(int(cgroup)), comm, hit[1])
+                                    containers(int(cgroup)), comm, file_fields)
             batch = batches.get(syscall)
             if batch is None:
                 batches[syscall] = [event]

@@ -41,7 +41,8 @@ def preflight(config: Config) -> Prepared:
         raise SetupError(f"cannot tell which bpftrace {path} is: {exc}") from None
     bpf.check_host_pid_namespace()
     bpf.ensure_tracefs()
-    program.predicate(config.filters.pids, config.filters.comms)          # validates the filters
+    program.predicate(config.filters.pids, config.filters.comms, uids=config.filters.uids,
+                      tids=config.filters.tids)                            # validates the filters
     if config.path_prefixes and not config.paths:
         raise SetupError("--path filters by file path, which --no-paths leaves out: use one or the other")
     try:

@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 from syswatch.collector.kernel import Kernel
 from syswatch.shared import record
-from syswatch.shared.protocol import DEFAULT_SYSCALLS, SYSCALLS
+from syswatch.shared.protocol import ALL_SYSCALLS_WORD, DEFAULT_SYSCALLS, SYSCALLS
 
 HERE = Path(__file__).resolve().parent
 FILES = {"events": HERE / "syscalls.bt", "counts": HERE / "syscalls_counts.bt"}
@@ -92,12 +92,40 @@ NAME_MORE = "syswatch-name+"         # NAME_MORE tid hex  (the component's next 
 OPENED = "syswatch-opened"           # OPENED tid components complete(1|0)
 PATH_DEPTH = 32                      # components walked per open (a deeper path is resolved from /proc)
 OPEN_SYSCALLS = ("open", "openat", "openat2", "creat")
-# The count argument: bytes asked for, except readv/writev: the number of iovecs (the sum of
-# their lengths would mean reading user memory in a loop; ret has the bytes moved).
-COUNT_ARG = {"read": "count", "write": "count", "pread64": "count", "pwrite64": "count",
-             "readv": "vlen", "writev": "vlen"}
-# x86-64 syscall numbers: the exit-only probe checks that the registers it reads are the call's
-NR = {"read": 0, "write": 1, "pread64": 17, "pwrite64": 18, "readv": 19, "writev": 20}
+
+
+class Args(NamedTuple):
+    """Where a call's arguments are: its entry tracepoint's field names and the user's registers
+    (x86-64 syscall ABI: di si dx r10 r8 r9). ``fd`` is the source, ``fd_out`` the destination of
+    a two-descriptor call ("" for the others). The count is the bytes asked for, except for the
+    vector calls: the number of iovecs (the sum of their lengths would mean reading user memory in
+    a loop; ret has the bytes moved)."""
+    nr: int                          # x86-64 syscall number: the exit probe checks the registers are the call's
+    fd: str
+    fd_reg: str
+    cnt: str                         # the count argument (tracepoint field)
+    count_reg: str
+    fd_out: str = ""
+    out_reg: str = ""
+
+
+ARGS = {
+    "read": Args(0, "fd", "di", "count", "dx"), "write": Args(1, "fd", "di", "count", "dx"),
+    "pread64": Args(17, "fd", "di", "count", "dx"), "pwrite64": Args(18, "fd", "di", "count", "dx"),
+    "readv": Args(19, "fd", "di", "vlen", "dx"), "writev": Args(20, "fd", "di", "vlen", "dx"),
+    "preadv": Args(295, "fd", "di", "vlen", "dx"), "pwritev": Args(296, "fd", "di", "vlen", "dx"),
+    "preadv2": Args(327, "fd", "di", "vlen", "dx"), "pwritev2": Args(328, "fd", "di", "vlen", "dx"),
+    # copy_file_range(fd_in, off_in, fd_out, off_out, len, flags)
+    "copy_file_range": Args(326, "fd_in", "di", "len", "r8", "fd_out", "dx"),
+    # sendfile(out_fd, in_fd, offset, count): the destination first
+    "sendfile": Args(40, "in_fd", "si", "count", "r10", "out_fd", "di"),
+    # splice(fd_in, off_in, fd_out, off_out, len, flags)
+    "splice": Args(275, "fd_in", "di", "len", "r8", "fd_out", "dx"),
+    # tee(fdin, fdout, len, flags)
+    "tee": Args(276, "fdin", "di", "len", "dx", "fdout", "si"),
+}
+# The kernel's name where it is not strace's (tracepoint sys_enter_sendfile64, __x64_sys_sendfile64)
+KERNEL_NAME = {"sendfile": "sendfile64"}
 USER_CS = 0x33                       # a 64-bit process's code segment in its saved registers
 EBADF = 9
 # kprobe: the x86-64 syscall wrappers get the user's registers as a struct pt_regs *;
@@ -123,28 +151,49 @@ def comm_literal(name: str) -> str:
 
 
 def check_syscalls(names: list[str]) -> list[str]:
-    """The syscalls to trace, in protocol order, or FilterError naming the valid ones."""
+    """The syscalls to trace, in protocol order, or FilterError naming the valid ones.
+    ``all`` (ALL_SYSCALLS_WORD) stands for every one of them."""
+    valid = f"{', '.join(SYSCALLS)} (or {ALL_SYSCALLS_WORD}: every one)"
     if not names:
-        raise FilterError(f"name at least one of: {', '.join(SYSCALLS)}")
+        raise FilterError(f"name at least one of: {valid}")
+    if ALL_SYSCALLS_WORD in names:
+        names = list(SYSCALLS)
     unknown = [n for n in names if n not in SYSCALLS]
     if unknown:
-        raise FilterError(f"unknown {', '.join(map(repr, unknown))}; valid: {', '.join(SYSCALLS)}")
+        raise FilterError(f"unknown {', '.join(map(repr, unknown))}; valid: {valid}")
     return [s for s in SYSCALLS if s in names]
 
 
-def predicate(pids=(), comms=(), cgroups=()) -> str:
+def predicate(pids=(), comms=(), cgroups=(), uids=(), tids=()) -> str:
     """The first probe's predicate: never the collector ($1) nor bpftrace ($3), then the filters."""
     conds = ["pid != $1", "pid != $3"]
-    if pids:
-        for pid in pids:
-            if pid <= 0 or pid > 2**22:
-                raise FilterError(f"--pid {pid}: a PID is between 1 and {2**22}")
-        conds.append("(" + " || ".join(f"pid == {p}" for p in pids) + ")")
+    for flag, key, values, top in (("--pid", "pid", pids, 2**22), ("--tid", "tid", tids, 2**22),
+                                   ("--uid", "uid", uids, 2**32 - 1)):
+        for v in values:
+            if not (0 if key == "uid" else 1) <= v <= top:
+                raise FilterError(f"{flag} {v}: a {key.upper()} is between {0 if key == 'uid' else 1} and {top}")
+        if values:
+            conds.append("(" + " || ".join(f"{key} == {int(v)}" for v in values) + ")")
     if comms:
         conds.append("(" + " || ".join(f"comm == {comm_literal(c)}" for c in comms) + ")")
     if cgroups:
         conds.append("(" + " || ".join(f"cgroup == {int(c)}" for c in cgroups) + ")")
     return "/" + " && ".join(conds) + "/"
+
+
+class ExitFilter(NamedTuple):
+    """Filters known only when a call returns (-x/--failed, --min-latency): the exit probe's
+    predicate, so the kernel drops the other calls before anything is printed or counted (a
+    condition inside the body would not fit 0.17's 512-byte stack with --latency). --min-latency
+    needs the entry's time (latency); with latency a second exit probe, with the opposite
+    predicate, drops the entry of a call the filter refused."""
+    failed: bool = False
+    min_latency_ns: int = 0
+
+    def condition(self, ret: str, latency: bool) -> str:
+        conds = ([f"{ret} < 0"] if self.failed else []) + (
+            [f"nsecs - @start[tid].0 >= {int(self.min_latency_ns)}"] if self.min_latency_ns and latency else [])
+        return " && ".join(conds)
 
 
 class Probes(NamedTuple):
@@ -154,19 +203,21 @@ class Probes(NamedTuple):
     cnt: str
     ret: str                         # the return value at exit
     check: str                       # at exit, with $r the saved registers: they are this call's
+    args: Args                       # the registers the exit reads them from
 
 
 def probes(name: str, probe: str) -> Probes:
     """The probe points and expressions for ``name`` and ``probe`` (kprobe|tracepoint)."""
+    a, kname = ARGS[name], KERNEL_NAME.get(name, name)
     if probe == "tracepoint":
-        return Probes(f"tracepoint:syscalls:sys_enter_{name}", f"tracepoint:syscalls:sys_exit_{name}",
-                      "args->fd", f"args->{COUNT_ARG[name]}", "args->ret",
-                      f"$r->orig_ax == {NR[name]} && $r->ax == (uint64)$ret")
+        return Probes(f"tracepoint:syscalls:sys_enter_{kname}", f"tracepoint:syscalls:sys_exit_{kname}",
+                      f"args->{a.fd}", f"args->{a.cnt}", "args->ret",
+                      f"$r->orig_ax == {a.nr} && $r->ax == (uint64)$ret", a)
     if probe == "kprobe":
         # at a kretprobe the caller has not yet stored the return value in its registers
-        return Probes(f"kprobe:__x64_sys_{name}", f"kretprobe:__x64_sys_{name}",
-                      f"{_REGS}->di", f"{_REGS}->dx", "(int64)retval",
-                      f"$r->orig_ax == {NR[name]} && ($r->cs & 0xffff) == {USER_CS}")
+        return Probes(f"kprobe:__x64_sys_{kname}", f"kretprobe:__x64_sys_{kname}",
+                      f"{_REGS}->{a.fd_reg}", f"{_REGS}->{a.count_reg}", "(int64)retval",
+                      f"$r->orig_ax == {a.nr} && ($r->cs & 0xffff) == {USER_CS}", a)
     raise ValueError(f"probe must be kprobe or tracepoint, not {probe!r}")
 
 
@@ -253,23 +304,27 @@ HEADERS = {
 }
 
 
-def record_format(latency: bool = False, name_tail: bool = False) -> str:
+def record_format(latency: bool = False, name_tail: bool = False, out: bool = False) -> str:
     """The printf format of one event line, as a bpftrace string literal (shared/record.py)."""
-    return '"' + record.printf_format(latency, name_tail) + '"'
+    return '"' + record.printf_format(latency, name_tail, out) + '"'
 
 
-def _exprs(idx: int, latency: bool, kernel: Kernel, ret: str) -> str:
-    """The event line's printf arguments for the syscall at ``idx``."""
+def _exprs(idx: int, latency: bool, kernel: Kernel, ret: str, out: bool = False) -> str:
+    """The event line's printf arguments for the syscall at ``idx`` (``out``: a two-fd call's)."""
     fill = {"idx": str(idx), "ts": "$e.0 + $2" if latency else "nsecs + $2", "fd": "$fd", "count": "$cnt",
             "ret": "$ret", "lat": "nsecs - $e.0", "comm": str(kernel.comm_offset)}
-    return ", ".join(c.expr.format(**fill) for c in record.columns(latency))
+    cols = record.columns(latency) + (record.OUT_COLUMNS if out else ())
+    return ", ".join(c.expr.format(**fill) for c in cols)
 
 
-def _file_walk(kernel: Kernel) -> str:
-    """Statements that set $i (inode), $d (dentry), $dev, $fl's bit 1 and $nk from $fd (with $ret)."""
+def _file_walk(kernel: Kernel, two_fd: bool = False) -> str:
+    """Statements that set $i (inode), $d (dentry), $dev, $fl's bit 1 and $nk from $fd (with $ret).
+    A one-fd call that failed with EBADF had no file; a two-fd call's EBADF may be the other fd's, so
+    its source is walked when the fd is within the fd table (a closed slot gives no file)."""
+    guard = "$fd >= 0 && $fd < (int32)curtask->files->fdt->max_fds" if two_fd else f"$ret != -{EBADF}"
     return f"""$i = (struct inode *)0;
 $d = (struct dentry *)0;
-if ($ret != -{EBADF}) {{
+if ({guard}) {{
 	$f = (struct file *)*(curtask->files->fdt->fd + $fd);
 	$i = $f->f_inode;
 	$d = $f->f_path.dentry;
@@ -277,6 +332,21 @@ if ($ret != -{EBADF}) {{
 $dev = $i->i_sb->s_dev;
 $fl = $fl | ($d->d_hash.pprev == 0 ? {record.FLAG_DELETED} : 0);
 $nk = $d->d_name.hash_len ^ (uint64)$d->d_parent;"""
+
+
+def _out_walk() -> str:
+    """Statements that set a two-fd call's destination: $io (inode), $do (dentry), $devo, $flo (bit
+    1: deleted), $nko, from $fdo (checked against the fd table's size: it may be any number)."""
+    return f"""$io = (struct inode *)0;
+$do = (struct dentry *)0;
+if ($fdo >= 0 && $fdo < (int32)curtask->files->fdt->max_fds) {{
+	$fo = (struct file *)*(curtask->files->fdt->fd + $fdo);
+	$io = $fo->f_inode;
+	$do = $fo->f_path.dentry;
+}}
+$devo = $io->i_sb->s_dev;
+$flo = $do->d_hash.pprev == 0 && $do != 0 ? {record.FLAG_DELETED} : 0;
+$nko = $do->d_name.hash_len ^ (uint64)$do->d_parent;"""
 
 
 def _regs(kernel: Kernel) -> str:
@@ -288,19 +358,30 @@ def _block(text: str, depth: int) -> str:
     return "\n".join("\t" * depth + line if line else line for line in text.splitlines())
 
 
-def _probe(point: str, pred: str, body: str, latency: bool, enter: Probes, entry_value: str) -> str:
+def _probe(point: str, pred: str, body: str, latency: bool, enter: Probes, entry_value: str,
+           when: ExitFilter = ExitFilter()) -> str:
     """The probes of one traced call: exit only, or (latency) an entry that keeps ``entry_value``
-    in @start and an exit that takes it; ``body`` runs at the exit."""
+    in @start and an exit that takes it; ``body`` runs at the exit (if ``when`` holds)."""
+    cond = when.condition(enter.ret, latency)
     if not latency:
+        if cond:
+            pred = f"{pred[:-1]} && {cond}/"
         return f"\n{point}\n{pred}\n{{\n{_block(body, 1)}\n}}\n"
+    refused = f"""
+{point}
+/@start[tid].0 && !({cond})/
+{{
+	delete(@start[tid]);
+}}
+""" if cond else ""
     return f"""
 {enter.enter}
 {pred}
 {{
 	@start[tid] = {entry_value};
 }}
-
-{point}
+{refused}
+{point}{f"{chr(10)}/{cond}/" if cond else ""}
 {{
 	$e = @start[tid];
 	if ($e.0) {{
@@ -311,20 +392,40 @@ def _probe(point: str, pred: str, body: str, latency: bool, enter: Probes, entry
 """
 
 
-def _arguments(pr: Probes, latency: bool, kernel: Kernel, count: bool = True) -> str:
-    """Statements that set $ret, $fd, ($cnt) and $fl's bit 0 (the arguments are the call's)."""
+def _arguments(pr: Probes, latency: bool, kernel: Kernel, count: bool = True, out: bool = False) -> str:
+    """Statements that set $ret, $fd, ($cnt), ($fdo: ``out``) and $fl's bit 0 (the arguments are the
+    call's). The destination fd of a two-fd call comes from the saved registers also with latency
+    (@start keeps one tuple type for every call), so those calls are checked in both forms."""
     # $ret is declared before it takes the return value: bpftrace 0.17 would otherwise give it the
     # tracepoint's address space and warn when it is compared with the registers
     ret = f"$ret = 0;\n$ret = {pr.ret};\n"
+    a = pr.args
     if latency:                          # from the entry's arguments, kept in @start
-        return ret + "$fd = (int32)$e.1;\n" + ("$cnt = $e.2;\n" if count else "") + "$fl = 1;"
-    return (f"{_regs(kernel)}\n{ret}$fd = (int32)$r->di;\n" + ("$cnt = $r->dx;\n" if count else "")
+        head = ret + "$fd = (int32)$e.1;\n" + ("$cnt = $e.2;\n" if count else "")
+        if not out:
+            return head + "$fl = 1;"
+        return f"{_regs(kernel)}\n{head}$fdo = (int32)$r->{a.out_reg};\n$fl = ({pr.check}) ? 1 : 0;"
+    return (f"{_regs(kernel)}\n{ret}$fd = (int32)$r->{a.fd_reg};\n"
+            + ("$cnt = $r->{};\n".format(a.count_reg) if count else "")
+            + (f"$fdo = (int32)$r->{a.out_reg};\n" if out else "")
             + f"$fl = ({pr.check}) ? 1 : 0;")
 
 
 def _event_probe(idx: int, name: str, pr: Probes, pred: str, latency: bool, kicks: bool, kernel: Kernel,
-                 chunk: int) -> str:
-    args = _exprs(idx, latency, kernel, pr.ret)
+                 chunk: int, when: ExitFilter = ExitFilter()) -> str:
+    args = _exprs(idx, latency, kernel, pr.ret, bool(pr.args.fd_out))
+    if pr.args.fd_out:
+        # two files' facts fill bpftrace 0.17's 512-byte stack: no kernel-only name (an eventfd or
+        # memfd at either end is named from /proc/PID/fd)
+        body = f"""{_arguments(pr, latency, kernel, out=True)}
+{_file_walk(kernel, two_fd=True)}
+{_out_walk()}
+printf({record_format(latency, False, True)},
+    {args});"""
+        if kicks:
+            body += "\n@sent[cpu] = @sent[cpu] + 1;"
+        # (uint64): these tracepoints declare their fds int, read's unsigned int; @start has one type
+        return _probe(pr.leave, pred, body, latency, pr, f"(nsecs, (uint64){pr.fd}, {pr.cnt})", when)
     body = f"""{_arguments(pr, latency, kernel)}
 {_file_walk(kernel)}
 if ($dev == {kernel.anon_dev} || $dev == {kernel.memfd_dev}) {{
@@ -337,7 +438,7 @@ if ($dev == {kernel.anon_dev} || $dev == {kernel.memfd_dev}) {{
 	printf({record_format(latency)},
 	    {args});
 }}""" + ("\n@sent[cpu] = @sent[cpu] + 1;" if kicks else "")
-    return _probe(pr.leave, pred, body, latency, pr, f"(nsecs, {pr.fd}, {pr.cnt})")
+    return _probe(pr.leave, pred, body, latency, pr, f"(nsecs, {pr.fd}, {pr.cnt})", when)
 
 
 def _open_probes(pred: str, kernel: Kernel, chunk: int, probe: str = "tracepoint") -> str:
@@ -442,14 +543,14 @@ tracepoint:power:cpu_idle
 
 
 def _events(syscalls: list[str], probe: str, pred: str, kicks: bool, latency: bool, paths: bool,
-            kernel: Kernel, chunk: int) -> str:
+            kernel: Kernel, chunk: int, when: ExitFilter) -> str:
     """``kicks``: per-CPU @sent counts and the kick line (0.17's perf buffers report a loss only
     when a later event reaches that CPU). bpftrace 0.18+ reads its ring buffer's one loss counter
     at every poll and reports it exactly and at once, so its program leaves both out."""
     out = [HEADERS["events"], "BEGIN\n{\n\t/* every probe is attached once BEGIN runs: the collector waits "
            f"for this line */\n\tprintf(\"{READY}\\n\");\n\tprint(\"{FLUSH}\");\n}}\n"]
     for idx, name in enumerate(syscalls):
-        out.append(_event_probe(idx, name, probes(name, probe), pred, latency, kicks, kernel, chunk))
+        out.append(_event_probe(idx, name, probes(name, probe), pred, latency, kicks, kernel, chunk, when))
     if paths:
         out.append(_open_probes(pred, kernel, chunk, probe))
     if latency:
@@ -465,7 +566,7 @@ COUNTS_MAPS = ("calls", "errors", "lat", "total")
 
 
 def _counts(syscalls: list[str], probe: str, pred: str, latency: bool, paths: bool, kernel: Kernel,
-            chunk: int) -> str:
+            chunk: int, when: ExitFilter) -> str:
     out = [HEADERS["counts"], f"BEGIN\n{{\n\t@gen = 0;\n\tprintf(\"{READY}\\n\");\n}}\n"]
     for idx, name in enumerate(syscalls):
         pr = probes(name, probe)
@@ -476,7 +577,7 @@ def _counts(syscalls: list[str], probe: str, pred: str, latency: bool, paths: bo
                         f"if ($ret < 0) {{ @errors_{gen}{key} = count(); }}"
                         + (f"\n@lat_{gen}{key} = sum(nsecs - $e.0);" if latency else ""))
         body = f"""{_arguments(pr, latency, kernel, count=False)}
-{_file_walk(kernel)}
+{_file_walk(kernel, two_fd=bool(pr.args.fd_out))}
 if ($fl & 1) {{
 	$b = $ret > 0 ? $ret : 0;
 	if (@gen == 0) {{
@@ -487,7 +588,8 @@ if ($fl & 1) {{
 }} else {{
 	@unreadable = count();
 }}"""
-        out.append(_probe(pr.leave, pred, body, latency, pr, f"(nsecs, {pr.fd})"))
+        fd = f"(uint64){pr.fd}" if pr.args.fd_out else pr.fd     # one @start type (events mode says why)
+        out.append(_probe(pr.leave, pred, body, latency, pr, f"(nsecs, {fd})", when))
     if paths:
         out.append(_open_probes(pred, kernel, chunk, probe))
     maps = [m for m in COUNTS_MAPS if latency or m != "lat"]
@@ -532,22 +634,28 @@ tracepoint:sched:sched_process_exit
 
 def render(mode: str, probe: str = "tracepoint", syscalls=DEFAULT_SYSCALLS, pids=(), comms=(),
            cgroups=(), kicks: bool = True, latency: bool = False, paths: bool = True,
-           kernel: Kernel | None = None, version=None) -> str:
+           kernel: Kernel | None = None, version=None, uids=(), tids=(), failed: bool = False,
+           min_latency_ns: int = 0) -> str:
     """The program text for ``mode`` (events|counts), ``probe`` (kprobe|tracepoint) and filters.
 
     ``kicks``: events mode's own loss count (bpftrace 0.17); False for bpftrace with ring-buffer
     output, whose loss reports are exact and prompt (the shipped .bt files are the 0.17 form).
     ``latency``: an entry probe keeps the start time (lat_ns). ``paths``: the open probe that names
     files (off with --no-paths). ``kernel``: the running kernel's layout (collector/kernel.py; the
-    default is the reference layout of the shipped files). ``version``: the bpftrace that runs it."""
-    pred = predicate(list(pids), list(comms), list(cgroups))
+    default is the reference layout of the shipped files). ``version``: the bpftrace that runs it.
+    ``uids``, ``tids``: more first-probe filters; ``failed``, ``min_latency_ns``: filters at the exit
+    (issue 25: -x, --min-latency, which needs ``latency``)."""
+    if min_latency_ns and not latency:
+        raise FilterError("--min-latency needs the time in each call: it turns --latency on")
+    pred = predicate(list(pids), list(comms), list(cgroups), list(uids), list(tids))
+    when = ExitFilter(failed, min_latency_ns)
     kernel = kernel or REFERENCE_KERNEL
     chunk = name_chunk(version)
     names = check_syscalls(list(syscalls))
     if mode == "events":
-        return _events(names, probe, pred, kicks, latency, paths, kernel, chunk)
+        return _events(names, probe, pred, kicks, latency, paths, kernel, chunk, when)
     if mode == "counts":
-        return _counts(names, probe, pred, latency, paths, kernel, chunk)
+        return _counts(names, probe, pred, latency, paths, kernel, chunk, when)
     raise ValueError(f"mode must be events or counts, not {mode!r}")
 
 

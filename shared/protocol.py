@@ -30,9 +30,14 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
 TOPIC_COUNTS = "counts"
 TOPIC_STATUS = "status"
 EVENT_PREFIX = "syscall."
-# Every syscall the collector can trace (the read/write family); read and write by default.
-SYSCALLS = ("read", "write", "pread64", "pwrite64", "readv", "writev")
+# Every syscall the collector can trace (the calls that move a file's bytes), spelled as strace
+# spells them (the kernel's sendfile64 is "sendfile"); read and write by default (the seed's).
+# The last four take two descriptors (EVENT fd = the source, fd_out = the destination).
+SYSCALLS = ("read", "write", "pread64", "pwrite64", "readv", "writev", "preadv", "pwritev", "preadv2",
+            "pwritev2", "copy_file_range", "sendfile", "splice", "tee")
 DEFAULT_SYSCALLS = ("read", "write")
+TWO_FD_SYSCALLS = ("copy_file_range", "sendfile", "splice", "tee")
+ALL_SYSCALLS_WORD = "all"             # --syscalls all: every one of SYSCALLS
 EVENT_TOPICS = {s: EVENT_PREFIX + s for s in SYSCALLS}
 MODES = ("events", "counts")
 PROBES = ("kprobe", "tracepoint")

@@ -52,7 +52,8 @@ FIELDS: tuple[Field, ...] = (
     Field("uid", "int", (0, U32), True, "user id of the caller", "uid"),
     Field("syscall", "str", 16, True, "the syscall, as strace names it (read, pwrite64, ...)"),
     Field("fd", "int", (-2**31, 2**31 - 1), True, "the file descriptor (for two-fd calls: the source)", "fd"),
-    Field("count", "int", (0, U64), True, "bytes asked for (readv/writev: the number of iovecs)", "count"),
+    Field("count", "int", (0, U64), True,
+          "bytes asked for (readv, writev, preadv, pwritev, preadv2, pwritev2: the number of iovecs)", "count"),
     Field("ret", "int", (I64_MIN, I64_MAX), True, "what the call returned: bytes moved, or -errno", "ret"),
     Field("lat_ns", "int", (0, U64), False,
           "time in the call; present only when the collector measures latency (--latency)", "lat"),
@@ -69,8 +70,8 @@ FIELDS: tuple[Field, ...] = (
     Field("dev", "int", (0, U64), False, "the file's device as stat(2) gives st_dev (0: unknown)"),
     Field("sock", "str", MAX_SOCK, False, "sockets only: protocol and both ends, "
           "\"tcp 127.0.0.1:40000->127.0.0.1:5556\", \"unix /run/x.sock\"; \"\" when unknown"),
-    Field("fd_out", "int", (-2**31, 2**31 - 1), False, "two-fd calls (copy_file_range, sendfile, splice): "
-          "the destination fd"),
+    Field("fd_out", "int", (-2**31, 2**31 - 1), False, "two-fd calls (copy_file_range, sendfile, splice, "
+          "tee): the destination fd"),
     Field("path_out", "str", MAX_PATH, False, "two-fd calls: the destination's path"),
     Field("file_type_out", "str", 7, False, "two-fd calls: the destination's type", enum=FILE_TYPES),
 )
@@ -115,6 +116,18 @@ COLUMNS: tuple[Column, ...] = (
     Column("comm0", "*(uint64 *)((uint64)curtask + {comm})", "%llu"),
     Column("comm1", "*(uint64 *)((uint64)curtask + {comm} + 8)", "%llu"),
 )
+# Calls with two descriptors (copy_file_range, sendfile, splice, tee): after the columns, the
+# marker " o" and the destination's fd and file facts ($fdo, its inode $io, $devo, $flo: bit 1
+# deleted, $nko), in the source's order.
+OUT_COLUMNS: tuple[Column, ...] = (
+    Column("fd_out", "$fdo", "%d"),
+    Column("ino_out", "$io->i_ino", "%llu"),
+    Column("dev_out", "$devo", "%u"),
+    Column("mode_out", "$io->i_mode", "%u"),
+    Column("flags_out", "$flo", "%u"),
+    Column("namekey_out", "$nko", "%llu"),
+)
+OUT_MARK = "o"
 # After the columns, for files whose name only the kernel knows (anonymous inodes, memfd): the
 # dentry's name, as its length and its bytes in hex (bpftrace's %rh: "6d 65 6d"). Other lines end
 # after the last column.
@@ -130,21 +143,30 @@ def columns(latency: bool) -> tuple[Column, ...]:
     return tuple(c for c in COLUMNS if latency or not c.latency_only)
 
 
-def printf_format(latency: bool, name_tail: bool = False) -> str:
-    """The printf format string of one event line (without the quotes)."""
-    return " ".join(c.conv for c in columns(latency)) + (NAME_TAIL if name_tail else "") + "\\n"
+def printf_format(latency: bool, name_tail: bool = False, out: bool = False) -> str:
+    """The printf format string of one event line (without the quotes); ``out``: a two-fd call's."""
+    text = " ".join(c.conv for c in columns(latency))
+    if out:
+        text += f" {OUT_MARK} " + " ".join(c.conv for c in OUT_COLUMNS)
+    return text + (NAME_TAIL if name_tail else "") + "\\n"
 
 
 def line_pattern(latency: bool) -> re.Pattern[bytes]:
-    """A pattern matching one event line exactly: a group per column, then the name tail's two
-    groups (length, hex bytes; None when the line has none)."""
+    """A pattern matching one event line exactly: a group per column, the destination's columns
+    (None when the call has one fd), then the name tail's two groups (length, hex bytes; None when
+    the line has none)."""
     body = rb" ".join(b"(" + _CONV_PATTERN[c.conv] + b")" for c in columns(latency))
-    return re.compile(body + rb"(?: (\d{1,3}) ((?:[0-9a-f]{2}(?: [0-9a-f]{2}){0,254})?))?")
+    out = rb"(?: " + OUT_MARK.encode() + rb" " + rb" ".join(b"(" + _CONV_PATTERN[c.conv] + b")"
+                                                         for c in OUT_COLUMNS) + rb")?"
+    return re.compile(body + out + rb"(?: (\d{1,3}) ((?:[0-9a-f]{2}(?: [0-9a-f]{2}){0,254})?))?")
 
 
 def render_line(values: dict, latency: bool, name: bytes | None = None) -> bytes:
-    """The line bpftrace prints for ``values`` (column name -> int), as the tests build it."""
+    """The line bpftrace prints for ``values`` (column name -> int), as the tests build it; with
+    ``fd_out`` in ``values``, a two-fd call's (the destination's columns default to 0)."""
     text = " ".join(str(int(values[c.name])) for c in columns(latency))
+    if "fd_out" in values:
+        text += f" {OUT_MARK} " + " ".join(str(int(values.get(c.name, 0))) for c in OUT_COLUMNS)
     if name is not None:
         text += f" {len(name)} {name.hex(' ')}"
     return text.encode()

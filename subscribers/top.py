@@ -44,10 +44,11 @@ examples:
   syswatch-top -e tcp://node1:5556 -e tcp://node2:5556  several collectors (HOST column)
 
 Columns: reads and writes per second (the read family: read, pread64, readv, preadv, preadv2; the
-write family: the rest), bytes actually moved per second (the sum of positive ret), failed calls
-per second (ret < 0), the mean and the 99th percentile of the time in a call (P99: from log2
-buckets, so within a factor of 2; '-' without a measured call), and the most frequent errno of the
-failed calls (+N: N more errno names). Names are shown with control characters escaped.
+write family: the rest, the copies too: copy_file_range, sendfile, splice, tee), bytes actually
+moved per second (the sum of positive ret), failed calls per second (ret < 0), the mean and the
+99th percentile of the time in a call (P99: from log2 buckets, so within a factor of 2; '-' without
+a measured call), and the most frequent errno of the failed calls (+N: N more errno names). Names
+are shown with control characters escaped.
 -d is the delay between refreshes, as in top(1); --duration stops after that many seconds.
 Exit status: 0, or 1 when no collector answered within 3 s of a --once/--iterations run, 2 for a
 usage error.

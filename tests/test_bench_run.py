@@ -64,7 +64,8 @@ def test_overhead_rows_cover_every_tracer_and_workload(quick):
     got = {(row["tracer"], row["workload"]) for row in rows}
     tracers = {"bpf-empty", "bpf-empty-exit", "bpf-count", "bpf-printf", "bpf23-empty", "bpf23-empty-exit",
                "bpf23-count", "bpf23-printf", "bpf23-inflight", "bpf23-record", "bpf23-events",
-               "collector-events", "collector-counts", "compose-events", "compose-counts", "strace"}
+               "collector-events", "collector-events-all", "collector-counts", "compose-events", "compose-counts",
+               "strace"}
     assert quick["results"]["overhead"]["skipped"] == {}
     assert got == {(t, w) for t in tracers for w in ("dd", "copy")}
     plan = quick["results"]["plan"]

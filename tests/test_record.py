@@ -67,7 +67,8 @@ def test_the_program_prints_what_the_parser_reads():
         text = program.render("events", syscalls=SYSCALLS, latency=latency)
         calls = re.findall(r'printf\("([^"]*)",\n\s*(.*?)\);\n', text)
         formats = {fmt for fmt, _ in calls if fmt.startswith("%d %d")}
-        assert formats == {record.printf_format(latency), record.printf_format(latency, True)}
+        assert formats == {record.printf_format(latency), record.printf_format(latency, True),
+                           record.printf_format(latency, out=True)}          # two-fd calls: no name tail
         for fmt, args in calls:
             if fmt.startswith("%d %d"):
                 n_args = len([a for a in re.split(r",\s*(?![^()]*\))", args) if a.strip()])
@@ -75,6 +76,8 @@ def test_the_program_prints_what_the_parser_reads():
         values = {c.name: 1 for c in record.COLUMNS}
         assert record.line_pattern(latency).fullmatch(record.render_line(values, latency))
         assert record.line_pattern(latency).fullmatch(record.render_line(values, latency, b"[eventfd]"))
+        two = record.line_pattern(latency).fullmatch(record.render_line({**values, "fd_out": -1}, latency))
+        assert two and two.group(len(record.columns(latency)) + 1) == b"-1"
 
 
 def test_protocol_and_openapi_follow_the_declaration():

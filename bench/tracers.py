@@ -93,7 +93,7 @@ def _record_probes(file: bool, raw: bool = False) -> str:
                  for c in cols]
         fmt = program.record_format(False)
         if raw:                          # one probe for every syscall's exit: its registers are its argument
-            body = ("$ret = 0;\n$ret = arg1;\n$fd = (int32)$r->di;\n$cnt = $r->dx;\n$fl = 1;\n"
+            body = ("$ret = 0;\n$ret = (int64)arg1;\n$fd = (int32)$r->di;\n$cnt = $r->dx;\n$fl = 1;\n"
                     + (program._file_walk(kernel) + "\n" if file else "") + f"printf({fmt}, {', '.join(exprs)});")
             return ("rawtracepoint:sys_exit\n/pid != $1/\n{\n\t$r = (struct pt_regs *)arg0;\n\t$nr = $r->orig_ax;\n"
                     "\tif ($nr <= 1) {\n" + "\n".join("\t\t" + ln for ln in body.splitlines()) + "\n\t}\n}\n")

@@ -194,8 +194,9 @@ def parser() -> argparse.ArgumentParser:
                help="measure the time in every call (lat_ns): an entry probe per call, about twice the "
                     "in-kernel cost of the exit-only record (docs/BENCHMARKS.md)")
     add_option(p, "--path", env="SYSWATCH_PATH", default=[], repeatable=True, type=path_prefix, metavar="PREFIX",
-               dest="path", help="only events whose file path starts with PREFIX (the path as the process "
-                                 "sees it, e.g. /var/lib/postgresql, or pipe:, socket:); repeatable")
+               dest="path", help="only events on a file at or below PREFIX, by whole components, as the "
+                                 "process sees it (/var/log: /var/log/syslog, not /var/logs), or every "
+                                 "kernel name of a kind (pipe:, socket:); repeatable")
     add_option(p, "--no-paths", env="SYSWATCH_NO_PATHS", flag=True, default=False, dest="no_paths",
                help="leave file paths and socket ends out of events (privacy; file types, inodes and "
                     "devices stay)")

@@ -39,6 +39,7 @@ from syswatch.collector.program import FLUSH, INTERVAL, KICK, NAME, NAME_MORE, O
 from syswatch.collector.streamio import ZMQ_THREADS, Rules, StreamIO
 from syswatch.shared import record
 from syswatch.shared.protocol import json_string
+from syswatch.shared.selection import path_matches
 
 COMM_CACHE_MAX = 4096                  # distinct names kept; a renaming storm just refills it
 FILE_CACHE_MAX = 65_536                # (pid, fd) -> the event's file JSON
@@ -353,7 +354,7 @@ class Parser:
                 out_fields, out_path = self.files.out_json(int(pid), int(fdo), int(inoo), int(devo), int(modeo),
                                                            int(nko), flo == b"2")
                 file_fields += out_fields
-                keep = keep or bool(prefixes) and any(out_path.startswith(p) for p in prefixes)
+                keep = keep or bool(prefixes) and any(path_matches(out_path, p) for p in prefixes)
             if prefixes and not keep:
                 n_filtered += 1
                 continue
@@ -385,7 +386,7 @@ class Parser:
                 kname = None                   # longer than one chunk: from /proc instead
         js, path = self.files.event_json(int(fkey[0]), int(fkey[1]), int(ino), int(dev), int(mode),
                                          int(namekey), flags == b"3", kname)
-        keep = not self.path_prefixes or any(path.startswith(p) for p in self.path_prefixes)
+        keep = not self.path_prefixes or any(path_matches(path, p) for p in self.path_prefixes)
         hit = (sig, js, keep)
         if nhex is None:                       # a name only the kernel gives is not cached by (pid, fd)
             if len(self._file_cache) >= FILE_CACHE_MAX:

@@ -11,7 +11,8 @@ API gives one value per field (``?pid=7``), the scripts take repeated flags (``-
 is made), so an unused filter costs nothing, and ``empty`` lets a caller skip matching altogether.
 
 A path prefix matches whole path components: ``/var/log`` selects ``/var/log`` and
-``/var/log/syslog``, not ``/var/logs``; a prefix ending in ``/`` selects what is below it. Calls
+``/var/log/syslog``, not ``/var/logs``; a prefix ending in ``/`` selects what is below it, one ending
+in ``:`` every kernel name of that kind (``pipe:`` selects ``pipe:[123]``). Calls
 with two descriptors (sendfile, splice, copy_file_range, tee) match on either end (``path`` or
 ``path_out``, ``file_type`` or ``file_type_out``). An event without latency (not measured) never
 passes ``min_latency``; one without a path never passes a path filter.
@@ -33,7 +34,7 @@ def path_matches(path: str, prefix: str) -> bool:
     """Whether ``path`` is ``prefix`` or below it (whole components; see the module doc)."""
     if not path.startswith(prefix):
         return False
-    return len(path) == len(prefix) or prefix.endswith("/") or path[len(prefix)] == "/"
+    return len(path) == len(prefix) or prefix.endswith(("/", ":")) or path[len(prefix)] == "/"
 
 
 def container_matches(ref: str, cid: str, name: str) -> bool:

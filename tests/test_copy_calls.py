@@ -86,6 +86,11 @@ def test_a_two_fd_call_carries_both_files_through_every_view():
     # the collector's --path: either end keeps the call
     _, kept = _parse(opens + lines, path_prefixes=("/dst",))
     assert [e["syscall"] for v in kept.values() for e in v] == ["copy_file_range"]
+    # ... by whole components, the rule of tail and the API (shared.selection.path_matches)
+    _, kept = _parse(opens + lines, path_prefixes=("/ds",))
+    assert [e["syscall"] for v in kept.values() for e in v] == []
+    _, kept = _parse(opens + lines, path_prefixes=("socket:",))
+    assert [e["syscall"] for v in kept.values() for e in v] == ["sendfile"]
 
 
 @pytest.mark.unit

@@ -64,6 +64,7 @@ def test_overhead_rows_cover_every_tracer_and_workload(quick):
     got = {(row["tracer"], row["workload"]) for row in rows}
     tracers = {"bpf-empty", "bpf-empty-exit", "bpf-count", "bpf-printf", "bpf23-empty", "bpf23-empty-exit",
                "bpf23-count", "bpf23-printf", "bpf23-inflight", "bpf23-record", "bpf23-events",
+               "bpf23-exit", "bpf23-files", "bpf23-files-lat", "bpf23-rawtp",
                "collector-events", "collector-events-all", "collector-counts", "compose-events", "compose-counts",
                "strace"}
     assert quick["results"]["overhead"]["skipped"] == {}
@@ -116,9 +117,13 @@ def test_saturation_is_exact_and_names_what_ran(quick):
         assert r["job_status"] == 0 and r["made"] > 4 * r["dd_n"] * 2, r
         accounted = r["delivered"] + r["lost"] + r["dropped"]
         shown = {k: v for k, v in r.items() if k != "status"} | {"status": r["status"]}
-        # both bpftrace versions, exactly: 0.23 by its ring buffer's counter, 0.17 by the per-CPU kicks
-        # (two CI quick runs accounted 89-90% before idle CPUs kicked too: see collector/program.py)
-        assert accounted == r["made"], shown
+        # 0.17: exact, by the per-CPU kicks (two CI quick runs accounted 89-90% before idle CPUs kicked
+        # too: see collector/program.py). 0.23: its ring buffer's own loss counter also counts the open
+        # probe's file-naming lines it dropped (issue 22), so losses can be over-counted, never missed.
+        if r["status"].get("output") == "ringbuf":
+            assert accounted >= r["made"], shown
+        else:
+            assert accounted == r["made"], shown
     by = {r["tracer"]: r["status"] for r in sat["multi"]}
     assert by["compose-events"]["bpftrace"].startswith("0.23") and by["compose-events"]["output"] == "ringbuf"
     assert by["collector-events"]["output"] == "perf"

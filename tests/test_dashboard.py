@@ -88,7 +88,8 @@ def stack(tmp_path_factory):
     collector = api = driver = None
     loopers: dict[str, Looper] = {}
     try:
-        collector = CollectorProcess(tmp, "--comm", ALPHA, "--comm", BETA, "--echo-rate", "0")
+        # --latency: the latency views need lat_ns (off by default since issue 24)
+        collector = CollectorProcess(tmp, "--comm", ALPHA, "--comm", BETA, "--echo-rate", "0", "--latency")
         api = ApiProcess(tmp / "ips.sqlite3", collector=collector.endpoint).start()
         wait_for(lambda: api.get("/healthz").json()["collector_connected"], 20, 0.2, "the API to hear the collector")
         driver = start_chromium(tmp / "profile")

@@ -80,7 +80,7 @@ def traced(tmp_path_factory):
         stop.append(lambda: (child.kill(), child.wait()))
         assert child.stdin is not None and child.stdout is not None
         pid = json.loads(child.stdout.readline())["pid"]
-        col = CollectorProcess(tmp, "--hostname", HOST, "--pid", str(pid), "--echo-rate", "0")
+        col = CollectorProcess(tmp, "--hostname", HOST, "--pid", str(pid), "--echo-rate", "0", "--latency")
         stop.append(col.kill)
         api = ApiProcess(tmp / "ips.sqlite3", collector=col.endpoint)
         stop.append(api.stop)

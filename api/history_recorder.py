@@ -46,7 +46,10 @@ TICK_S = 0.25                   # the thread's round
 RETRY_S = 2.0                   # after a failed write
 MAINTAIN_S = 1.0                # rollups, retention and the size limit, this often
 GC_NAMES_S = 3600.0
-MAX_QUEUED_EVENTS = 100_000     # events handed over and not yet aggregated (~1 KB each); more are dropped, counted
+# events handed over and not yet aggregated (~0.7 KB each, kept alive while queued: 25,000 hold ~20 MB);
+# more are dropped, counted. CI saw 100,000 of them grow the API by 60 MiB under a flood while the
+# recorder lagged, beside the bounds of the stream's own buffers.
+MAX_QUEUED_EVENTS = 25_000
 WAKE_EVENTS = 10_000            # this many queued wake the recorder before its round is due
 MAX_KEYS_PER_SECOND = 50_000    # distinct record keys in one (host, second); more go to remainders
 MAX_PENDING = 900               # closed (host, second) intervals kept while the store cannot write

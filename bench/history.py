@@ -174,7 +174,7 @@ def run(args: argparse.Namespace, out: Path, log) -> dict:
         base_received = app.stats.events_received
         sent = 0
         clock.delivered = (lambda: sent) if args.direct else (lambda: app.stats.events_received - base_received)
-        sync_every = max(1, min(60, 40_000 // per_second))   # seconds fed between waits: the queues stay short
+        sync_every = max(1, min(60, 20_000 // per_second))   # seconds fed between waits: the queues stay short
         log(f"feeding {seconds} simulated seconds of {args.hosts} host(s), {per_second} events per simulated "
             f"second ({seconds * per_second:,} events)")
         rec_cpu0, ingest_cpu0 = cpu_of_thread(rec.native_id), cpu_of_thread(app.subscriber.native_id)

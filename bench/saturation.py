@@ -250,8 +250,12 @@ def bpftrace_alone(binary: str, dd_n: int, out: Path | None) -> dict:
             reader.join(10)
     if out:
         data = out.read_bytes()
-        lines, total = data.count(b'"printf"'), len(data)
-        lost = sum(int(n) for n in re.findall(rb'"lost_events", "data": \{"events": (\d+)\}', data))
+        if data.lstrip().startswith(b"{"):           # -f json (counts mode, and v2's events program)
+            lines, total = data.count(b'"printf"'), len(data)
+            lost = sum(int(n) for n in re.findall(rb'"lost_events", "data": \{"events": (\d+)\}', data))
+        else:                                         # the events program's text lines (-B full, issue 24)
+            lines, total = data.count(b"\n"), len(data)
+            lost = sum(int(n) for n in re.findall(rb"Lost (\d+) events", data))
     else:
         lines, total, lost = counted["lines"], counted["bytes"], None
     per_line = total / lines if lines else 1

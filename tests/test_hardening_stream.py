@@ -169,9 +169,11 @@ def test_a_loss_shows_in_status_even_if_bpftrace_never_reports_it(tmp_path, bpft
         assert lost > 0, ("the burst overflowed the buffers, so something must be counted lost",
                           delivered, stale, coll.stderr()[-1500:])
         assert seen_at is not None and seen_at < 10, seen_at
-        # + the write of "done"; bpftrace's own count (a floor) may add the few kick lines that were
-        # lost too while the buffers were full (at most one per CPU and second)
-        assert made + 1 <= delivered + lost <= made + 1 + 4 * os.cpu_count(), (delivered, lost, made)
+        # + the write of "done" and the read of "go" (waiting when the probes attached, seen at its
+        # exit); bpftrace's own count (a floor) may add the few kick lines that were lost too while the
+        # buffers were full (at most one per CPU and second), and with 0.23's ring buffer the
+        # file-naming lines it dropped (a handful: see test_overload)
+        assert made + 1 <= delivered + lost <= made + 2 + 4 * os.cpu_count() + 64, (delivered, lost, made)
     finally:
         child.kill()
         child.wait()

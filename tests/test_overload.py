@@ -69,13 +69,16 @@ def test_policy_sizes_the_buffer_and_a_burst_is_accounted_exactly(tmp_path, bpft
                     total, last_change = delivered + lost, time.monotonic()
                 elif total >= made + 1 and time.monotonic() - last_change > 2:
                     break
-        # + the write of "done"; 0.17's own report may add the few kick lines lost with the burst
-        slack = 0 if ringbuf else 4 * os.cpu_count()
-        assert made + 1 <= delivered + lost <= made + 1 + slack, (delivered, lost, made, stale,
+        # + the write of "done" and the read of "go", which was waiting when the probes attached and is
+        # seen at its exit (one probe per call, issue 24); 0.17's own report may add the few kick lines
+        # lost with the burst; 0.23's ring-buffer count also holds the file-naming lines it dropped
+        # (issue 22: one per file named in the burst, a handful), so it may over-count, never under-count
+        slack = 64 if ringbuf else 4 * os.cpu_count()
+        assert made + 1 <= delivered + lost <= made + 2 + slack, (delivered, lost, made, stale,
                                                                   coll.stderr()[-1500:])
         if ringbuf and policy == "buffer":
             # 128 MiB holds the whole burst (~120 bytes a record): late, but nothing dropped
-            assert lost == 0 and delivered == made + 1, (delivered, lost)
+            assert lost == 0 and delivered == made + 2, (delivered, lost)
         if policy == "drop":
             assert lost > 0, "16 MiB (4 MiB per CPU) cannot hold the burst: something must be counted"
     finally:

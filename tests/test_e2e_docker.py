@@ -151,6 +151,37 @@ def test_a_container_s_events_carry_its_id_and_name_and_the_api_is_left_out(stac
         ctx.term()
 
 
+def test_a_container_s_file_is_named_by_its_own_path(stack):
+    """Issue 22: a file that exists only inside a container is named by the path its process sees
+    (walked up to the process's root, across its mounts: the overlay root and /dev), never by where
+    the host keeps it (/var/lib/docker/...). Ground truth: the container's own paths, which do not
+    exist on the host."""
+    name = f"swe2e-file-{uuid.uuid4().hex[:6]}"
+    data = "swe2e-data"
+    inside = "/swe2e-files/in the container.txt"            # a space too: the name arrives whole
+    assert not os.path.exists(os.path.dirname(inside))
+    ctx = zmq.Context()
+    sock = zmqsock.make_subscriber(ctx, stack.collector_endpoint, (protocol.EVENT_PREFIX,))
+    try:
+        cid = docker("run", "-d", "--rm", "--name", name, "debian:bookworm-slim", "sh", "-c",
+                     f"mkdir -p /swe2e-files && printf {data} > '{inside}' && "
+                     f"while :; do cat '{inside}' > /dev/null; done").stdout.strip()[:12]
+        reads, writes = [], []
+        for msg in receive(sock, time.monotonic() + 30):
+            mine = [e for e in msg.events if e["comm"] == "cat" and e["container_id"] == cid]
+            reads += [e for e in mine if e["syscall"] == "read" and e["ret"] == len(data)]
+            writes += [e for e in mine if e["syscall"] == "write" and e["count"] == len(data)]
+            if len(reads) >= 20 and len(writes) >= 20:
+                break
+        assert len(reads) >= 20 and len(writes) >= 20, (len(reads), len(writes))
+        assert {e["path"] for e in reads} == {inside}, {e["path"] for e in reads}
+        assert {e["path"] for e in writes} == {"/dev/null"}, {e["path"] for e in writes}
+    finally:
+        docker("rm", "-f", name, check=False)
+        sock.close()
+        ctx.term()
+
+
 def test_ip_list_survives_api_restart_and_recreate(stack):
     ips = ["10.0.0.1", 3232235777, "2001:db8::1"]
     assert stack.http("POST", "/clear_ip_list", {"clear_ip_list": True})[0] == 200

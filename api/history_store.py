@@ -35,11 +35,12 @@ import errno
 import fcntl
 import os
 import sqlite3
-import stat
 import threading
 import time
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable
+
+from syswatch.api import dbfile
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x53574849            # "SWHI": PRAGMA application_id of a syswatch history file
@@ -182,24 +183,7 @@ class HistoryStore:
     # --- opening ---------------------------------------------------------------------------------------
     def _check_file(self) -> None:
         path = self.path
-        directory = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(directory):
-            raise StoreUnusable(f"the directory of the history database {path!r} does not exist: create it "
-                                f"(mkdir -p {directory}) or pick another --history-db / SYSWATCH_HISTORY_DB")
-        if not os.path.exists(path):
-            if not os.access(directory, os.W_OK):
-                raise StoreUnusable(f"cannot create the history database {path!r}: directory {directory} is not "
-                                    f"writable by this user (uid {os.getuid()}); pick another --history-db")
-            return
-        mode = os.stat(path).st_mode
-        if not stat.S_ISREG(mode):
-            what = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
-            raise StoreUnusable(f"the history database path {path!r} is {what}; it was left untouched: give the "
-                                f"path of a regular file with --history-db / SYSWATCH_HISTORY_DB")
-        if not os.access(path, os.R_OK | os.W_OK):
-            raise StoreUnusable(f"the history database {path!r} is not readable and writable by this user "
-                                f"(uid {os.getuid()}): fix its permissions or pick another --history-db")
-        if os.path.getsize(path) == 0:
+        if not dbfile.check_path(path, "history database", "--history-db", "SYSWATCH_HISTORY_DB", StoreUnusable):
             return
         try:
             conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True)

@@ -18,10 +18,10 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import stat
 import threading
 from typing import Iterable
 
+from syswatch.api import dbfile
 from syswatch.api.validation import Entry, canonical_key
 
 SCHEMA_VERSION = 1
@@ -36,9 +36,6 @@ CREATE TABLE IF NOT EXISTS ips (
 COLUMNS = [("seq", "INTEGER", 0, 1), ("addr", "TEXT", 1, 0), ("value", "TEXT", 1, 0)]
 BUSY_TIMEOUT_MS = 10_000
 SQLITE_FULL = 13  # SQLite's primary result code for "database or disk is full"
-
-FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-              (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
 class DatabaseUnusable(Exception):
@@ -100,30 +97,8 @@ class IPList:
     def _check_file(self) -> None:
         """Refuse (without writing) a file that is not a readable, writable syswatch database."""
         path = self.path
-        directory = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(directory):
-            raise DatabaseUnusable(f"the directory of the database {path!r} does not exist: "
-                                   f"create it (mkdir -p {directory}) or pick another --db / SYSWATCH_DB")
-        if not os.path.exists(path):
-            if not os.access(directory, os.W_OK):
-                raise DatabaseUnusable(f"cannot create the database {path!r}: directory {directory} "
-                                       f"is not writable by this user (uid {os.getuid()})")
+        if not dbfile.check_path(path, "database", "--db", "SYSWATCH_DB", DatabaseUnusable):
             return
-        if os.path.isdir(path):
-            raise DatabaseUnusable(f"the database path {path!r} is a directory; give a file path with --db")
-        mode = os.stat(path).st_mode
-        for is_kind, kind in FILE_KINDS:
-            if is_kind(mode):
-                raise DatabaseUnusable(f"the database path {path!r} is {kind}, not a regular file; it was left "
-                                       f"untouched: give the path of a regular file with --db / SYSWATCH_DB")
-        if not stat.S_ISREG(mode):
-            raise DatabaseUnusable(f"the database path {path!r} is not a regular file; it was left untouched: "
-                                   f"give the path of a regular file with --db / SYSWATCH_DB")
-        if not os.access(path, os.R_OK | os.W_OK):
-            raise DatabaseUnusable(f"the database {path!r} is not readable and writable by this user "
-                                   f"(uid {os.getuid()}): fix its permissions or pick another --db")
-        if os.path.getsize(path) == 0:
-            return  # an empty file is a new SQLite database
         try:
             # rw: a hot WAL left by kill -9 needs recovery
             conn = sqlite3.connect(f"file:{_uri_path(path)}?mode=rw", uri=True)

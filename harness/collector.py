@@ -8,11 +8,12 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import zmq
 
-from harness import ROOT
+from harness import ROOT, procs
 from harness.procs import die_with_parent, free_port
 from harness.workloads import Child
 from syswatch.shared.protocol import decode
@@ -73,13 +74,7 @@ class CollectorProcess:
 
     def kill(self) -> None:
         """Teardown: SIGTERM (bpftrace detaches in order), SIGKILL only if that hangs."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        procs.stop(self.proc, signal.SIGTERM, 5)
 
 
 class StreamReader:
@@ -152,3 +147,25 @@ def assert_delivered(mine: list[dict], child: Child, lost: int) -> None:
     assert missing <= lost, f"{missing} events missing but only {lost} counted as lost"
     if lost == 0:
         assert got == want
+
+
+@contextmanager
+def events_and_counts(workdir: Path, *args: str, interval: str = "0.5"):
+    """An events and a counts collector with the same ``args`` (in workdir/ev and workdir/cn), each with a
+    reader past its first status: yields (events reader, counts reader, the events collector's first
+    status); both collectors and readers are stopped on the way out, also when the test fails."""
+    (workdir / "ev").mkdir()
+    (workdir / "cn").mkdir()
+    ev_coll = CollectorProcess(workdir / "ev", *args)
+    cn_coll = CollectorProcess(workdir / "cn", "--mode", "counts", "--interval", interval, *args)
+    ev_sub = StreamReader(ev_coll.endpoint, ("syscall.", "status"))
+    cn_sub = StreamReader(cn_coll.endpoint, ("counts", "status"))
+    try:
+        status = ev_sub.wait_status()
+        cn_sub.wait_status()
+        yield ev_sub, cn_sub, status
+    finally:
+        ev_sub.close()
+        cn_sub.close()
+        ev_coll.kill()
+        cn_coll.kill()

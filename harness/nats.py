@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
-from harness import ROOT
+from harness import ROOT, procs
 from harness.procs import die_with_parent, free_port
 
 
@@ -59,13 +60,8 @@ class NatsServer:
         return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            procs.stop(self.proc, signal.SIGTERM, 15)
 
     def __enter__(self):
         return self.start()
@@ -146,11 +142,5 @@ class BridgeProcess:
                 for s in f.samples if s.name.startswith("syswatch_bridge_")}
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        procs.stop(self.proc, signal.SIGTERM, 15)
         return self.proc.returncode

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
 import requests
 
+from harness import procs
 from harness.procs import die_with_parent, free_port
 
 JOB = "syswatch"           # the scrape job: the Grafana dashboard's $job
@@ -65,10 +67,4 @@ class Prometheus:
             return False
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        procs.stop(self.proc, signal.SIGTERM, 15)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from harness.api import ApiInProcess, Feed, event, metric
-from harness.collector import CollectorProcess, StreamReader
+from harness.collector import events_and_counts
 from syswatch.collector import cli
 from syswatch.collector.files import Files
 from syswatch.collector.parser import Parser
@@ -214,15 +214,7 @@ def test_copy_calls_equal_strace_and_counts_add_up(tmp_path, bpftrace_bin):
     script = tmp_path / "work.py"
     script.write_text(WORKLOAD)
     args = ("--syscalls", COPY_CALLS, "--echo-rate", "0", "--bpftrace", bpftrace_bin, "-n", "swcp", "-n", "swcopy")
-    (tmp_path / "ev").mkdir()
-    (tmp_path / "cn").mkdir()
-    ev_coll = CollectorProcess(tmp_path / "ev", *args)
-    cn_coll = CollectorProcess(tmp_path / "cn", "--mode", "counts", "--interval", "0.5", *args)
-    ev_sub = StreamReader(ev_coll.endpoint, ("syscall.", "status"))
-    cn_sub = StreamReader(cn_coll.endpoint, ("counts", "status"))
-    try:
-        st0 = ev_sub.wait_status()
-        cn_sub.wait_status()
+    with events_and_counts(tmp_path, *args) as (ev_sub, cn_sub, st0):
         want: dict[int, list[tuple]] = {}
         for name, argv in (("cp", [str(swcp), "big.bin", "copy.bin"]), ("py", ["python3", str(script), "."])):
             trace = tmp_path / f"{name}.strace"
@@ -266,8 +258,3 @@ def test_copy_calls_equal_strace_and_counts_add_up(tmp_path, bpftrace_bin):
             if sum(v for (_, k), v in cn_sums.items() if k == "calls") >= total or time.monotonic() > deadline:
                 break
         assert cn_sums == ev_sums
-    finally:
-        ev_sub.close()
-        cn_sub.close()
-        ev_coll.kill()
-        cn_coll.kill()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.collector import CollectorProcess, StreamReader
+from harness.collector import CollectorProcess, StreamReader, events_and_counts
 from harness.workloads import Script
 from syswatch.shared import record
 from tests.conftest import have, is_root, require
@@ -310,50 +310,39 @@ def test_counts_file_rows_add_up_to_events_mode_totals(tmp_path, tools):
         (tmp_path / f"f{i:03d}").write_bytes(b"c" * 500)
     child = Script("", COUNTS_BODY, tmp_path)
     args = ("--pid", str(child.pid), "--echo-rate", "0", "--syscalls", FAMILY)
-    (tmp_path / "ev").mkdir()
-    (tmp_path / "cn").mkdir()
-    events_coll = CollectorProcess(tmp_path / "ev", *args)
-    counts_coll = CollectorProcess(tmp_path / "cn", "--mode", "counts", "--interval", "0.5", *args)
-    ev_sub = StreamReader(events_coll.endpoint, ("syscall.", "status"))
-    cn_sub = StreamReader(counts_coll.endpoint, ("counts", "status"))
     try:
-        ev_sub.wait_status()
-        cn_sub.wait_status()
-        child.run()
-        n_calls = 3 * (120 * 2 + 1) + 1                 # + the read of "go": it returns after the probes attach
-        events = events_until(ev_sub, lambda ev: len([e for e in ev if e["pid"] == child.pid]) >= n_calls)
-        totals: Counter = Counter()
-        files: Counter = Counter()
-        rest: Counter = Counter()
-        deadline = time.monotonic() + 30
-        for msg in cn_sub.messages(30):
-            if msg.topic == "counts":
-                for r in msg.payload["rows"]:
-                    totals.update({"calls": r["calls"], "bytes": r["bytes"], "errors": r["errors"]})
-                for f in msg.payload.get("files", []):
-                    for k in ("calls", "bytes", "errors"):
-                        files[(f["path"], f["syscall"], k)] += f[k]
-                rest.update({k: v for k, v in msg.payload.get("files_rest", {}).items() if k != "files"})
-            if totals["calls"] >= n_calls or time.monotonic() > deadline:
-                break
-        mine = [e for e in events if e["pid"] == child.pid]
-        assert len(mine) == n_calls and totals["calls"] == n_calls, (len(mine), totals)
-        want = Counter()
-        for e in mine:
-            want[(e["path"], e["syscall"], "calls")] += 1
-            want[(e["path"], e["syscall"], "bytes")] += max(e["ret"], 0)
-        assert totals == Counter(calls=n_calls, bytes=sum(max(e["ret"], 0) for e in mine), errors=3)
-        for key, val in files.items():                  # every file row shown equals the events' sum
-            assert want[key] >= val, key                 # (a file may be in the top in one interval only)
-        for k in ("calls", "bytes", "errors"):                 # files shown + the rest = the rows, exactly
-            assert sum(v for (_, _, kk), v in files.items() if kk == k) + rest[k] == totals[k], k
-        assert {p for (p, _, _) in files} >= {str(tmp_path / "f119")}   # the busiest files, by path
+        with events_and_counts(tmp_path, *args) as (ev_sub, cn_sub, _):
+            child.run()
+            n_calls = 3 * (120 * 2 + 1) + 1                 # + the read of "go": it returns after the probes attach
+            events = events_until(ev_sub, lambda ev: len([e for e in ev if e["pid"] == child.pid]) >= n_calls)
+            totals: Counter = Counter()
+            files: Counter = Counter()
+            rest: Counter = Counter()
+            deadline = time.monotonic() + 30
+            for msg in cn_sub.messages(30):
+                if msg.topic == "counts":
+                    for r in msg.payload["rows"]:
+                        totals.update({"calls": r["calls"], "bytes": r["bytes"], "errors": r["errors"]})
+                    for f in msg.payload.get("files", []):
+                        for k in ("calls", "bytes", "errors"):
+                            files[(f["path"], f["syscall"], k)] += f[k]
+                    rest.update({k: v for k, v in msg.payload.get("files_rest", {}).items() if k != "files"})
+                if totals["calls"] >= n_calls or time.monotonic() > deadline:
+                    break
+            mine = [e for e in events if e["pid"] == child.pid]
+            assert len(mine) == n_calls and totals["calls"] == n_calls, (len(mine), totals)
+            want = Counter()
+            for e in mine:
+                want[(e["path"], e["syscall"], "calls")] += 1
+                want[(e["path"], e["syscall"], "bytes")] += max(e["ret"], 0)
+            assert totals == Counter(calls=n_calls, bytes=sum(max(e["ret"], 0) for e in mine), errors=3)
+            for key, val in files.items():                  # every file row shown equals the events' sum
+                assert want[key] >= val, key                 # (a file may be in the top in one interval only)
+            for k in ("calls", "bytes", "errors"):                 # files shown + the rest = the rows, exactly
+                assert sum(v for (_, _, kk), v in files.items() if kk == k) + rest[k] == totals[k], k
+            assert {p for (p, _, _) in files} >= {str(tmp_path / "f119")}   # the busiest files, by path
     finally:
         child.kill()
-        ev_sub.close()
-        cn_sub.close()
-        events_coll.kill()
-        counts_coll.kill()
 
 
 # the entry/exit program every earlier version ran (issue 24's baseline), printing (tid, count, lat)

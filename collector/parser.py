@@ -37,7 +37,8 @@ from syswatch.collector.files import Files
 from syswatch.collector.kernel import Kernel
 from syswatch.collector.program import FLUSH, INTERVAL, KICK, NAME, NAME_MORE, OPEN, OPENED, READY
 from syswatch.collector.streamio import ZMQ_THREADS, Rules, StreamIO
-from syswatch.shared import record
+from syswatch.shared import errnos, record
+from syswatch.shared.latency import NBUCKETS, U64, bucket, lower, upper
 from syswatch.shared.protocol import json_string
 from syswatch.shared.selection import path_matches
 
@@ -88,6 +89,37 @@ def json_record(line: bytes) -> tuple[str, object] | None:
         return msg["type"], msg["data"]
     except (ValueError, KeyError, TypeError, UnicodeError, RecursionError):
         return None
+
+
+def hist_buckets(entries: object) -> list[int]:
+    """bpftrace's JSON of one hist() (``[{"min": 4096, "max": 8191, "count": 1}, ...]``: 0.17 and
+    0.23 alike; buckets outside the first and last that hold calls are left out, zero buckets between
+    them are printed) as shared/latency.py's list from bucket 0, or ValueError. A bucket is placed
+    by its bounds, never by its position, and both bounds must be the log2 bucket's."""
+    if type(entries) is not list or len(entries) > NBUCKETS:
+        raise ValueError("a hist is a list of at most 65 buckets")
+    out: list[int] = []
+    for b in entries:
+        lo, hi, n = b["min"], b["max"], b["count"]
+        if type(lo) is not int or type(n) is not int or n < 0 or not 0 <= lo <= U64:
+            raise ValueError("a hist bucket's bounds and count are non-negative integers")
+        i = bucket(lo)
+        if lower(i) != lo or hi != upper(i) - 1:
+            raise ValueError(f"hist bucket [{lo}, {hi}] is not a log2 bucket")
+        if i < len(out) and out[i]:
+            raise ValueError("a hist bucket printed twice")
+        out.extend([0] * (i + 1 - len(out)))
+        out[i] = n
+    return out
+
+
+def add_buckets(into: list[int], more: list[int]) -> None:
+    """``into += more``, bucket by bucket; trailing zeros are left out."""
+    into.extend([0] * (len(more) - len(into)))
+    for i, n in enumerate(more):
+        into[i] += n
+    while into and not into[-1]:
+        into.pop()
 
 
 class NoContainers:
@@ -216,7 +248,7 @@ class Parser:
             self.reported_lost += data["events"]
         elif kind == "attached_probes":
             pass                           # bpftrace's own start-up record
-        elif kind in ("stats", "map") and isinstance(data, dict) and len(data) == 1:
+        elif kind in ("stats", "map", "hist") and isinstance(data, dict) and len(data) == 1:
             self._map(line, data)
         elif kind == "printf" and data == _INTERVAL_DATA:
             out.intervals.append(self._finish_interval())
@@ -460,27 +492,36 @@ class Parser:
             self._kernel_total[0] += calls
             self._kernel_total[1] += total
             return
-        if kind not in ("calls", "errors", "lat") or gen not in ("a", "b") or not isinstance(entries, dict):
+        if kind not in ("calls", "errors", "lat", "hist") or gen not in ("a", "b") or not isinstance(entries, dict):
             return self.bad_line(line)
         for key, val in entries.items():
             try:
-                pid, cgroup, idx, fd, ino, dev, mode, comm = key.split(",", 7)
+                if kind == "errors":           # keyed by the errno too, before the name
+                    pid, cgroup, idx, fd, ino, dev, mode, errno, comm = key.split(",", 8)
+                else:
+                    pid, cgroup, idx, fd, ino, dev, mode, comm = key.split(",", 7)
                 syscall = self.syscalls[int(idx)]
                 raw = unescape_bpftrace(comm) if self.keys_escaped_twice else comm.encode("latin-1")
                 rkey = (int(pid), int(cgroup), syscall, decode_comm(raw), int(fd), int(ino), int(dev), int(mode))
                 row = self._pending.get(rkey)
                 if row is None:
-                    row = self._pending[rkey] = {"calls": 0, "bytes": 0, "errors": 0, "lat_ns_sum": 0}
+                    row = self._pending[rkey] = {"calls": 0, "bytes": 0, "errors": 0, "lat_ns_sum": 0,
+                                                 "lat_hist": [], "errnos": {}}
                 if kind == "calls":
                     calls, total = val["count"], val["total"]
                     if type(calls) is not int or type(total) is not int or calls < 0 or total < 0:
                         raise ValueError("negative or non-integer stats")
                     row["calls"] += calls
                     row["bytes"] += total
+                elif kind == "hist":
+                    add_buckets(row["lat_hist"], hist_buckets(val))
                 else:
                     if type(val) is not int or val < 0:
                         raise ValueError("negative or non-integer count")
                     row["errors" if kind == "errors" else "lat_ns_sum"] += val
+                    if kind == "errors":
+                        name = errnos.label(-int(errno))
+                        row["errnos"][name] = row["errnos"].get(name, 0) + val
             except (ValueError, KeyError, TypeError, IndexError, UnicodeError):
                 self.bad_line(line)
 
@@ -514,6 +555,12 @@ class Parser:
             for k in sums:
                 row[k] += r[k]
                 frow[k] += r[k]
+            if r["errnos"]:
+                into = row.setdefault("errnos", {})
+                for name, n in r["errnos"].items():
+                    into[name] = into.get(name, 0) + n
+            if self.latency:
+                add_buckets(row.setdefault("lat_hist", []), r["lat_hist"])
         self._pending.clear()
         rows = [r for r in procs.values() if r["calls"]]
         self.events += sum(r["calls"] for r in rows)

@@ -22,7 +22,7 @@ import math
 import re
 from typing import Any, Iterable, NamedTuple, Sequence
 
-from syswatch.shared import record
+from syswatch.shared import errnos, latency, record
 
 VERSION = 2
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
@@ -70,7 +70,8 @@ EVENT_OPTIONAL_STRS = {name: bounds for name, bounds in record.EVENT_STRS.items(
 EVENT_FIELDS = tuple(f.name for f in record.FIELDS)
 ROW_INTS = {"pid": (0, U32), "calls": (0, U64), "bytes": (0, U64), "errors": (0, U64)}
 ROW_FIELDS = ("pid", "comm", "container_id", "container_name", "syscall", "calls", "bytes", "errors",
-              "lat_ns_sum")           # lat_ns_sum: only when the collector measures latency
+              "lat_ns_sum", "lat_hist",   # lat_ns_sum, lat_hist: only when the collector measures latency
+              "errnos")                   # only in a row with errors
 # counts mode, per file: the interval's top files and the rest (files + rest = the interval's rows)
 FILE_ROW_INTS = {"ino": (0, U64), "dev": (0, U64), "calls": (0, U64), "bytes": (0, U64), "errors": (0, U64)}
 FILES_REST_INTS = {"files": (0, U64), "calls": (0, U64), "bytes": (0, U64), "errors": (0, U64)}
@@ -226,11 +227,27 @@ def clean_row(r: object) -> dict:
     out: dict[str, Any] = {key: _int(r, key, bounds, "counts row") for key, bounds in ROW_INTS.items()}
     if "lat_ns_sum" in r:
         out["lat_ns_sum"] = _int(r, "lat_ns_sum", (0, U64), "counts row")
+    if "lat_hist" in r:
+        try:
+            out["lat_hist"] = latency.check_buckets(r["lat_hist"])
+        except ValueError as e:
+            raise ProtocolError(f"counts row field 'lat_hist': {e}") from None
+    if "errnos" in r:
+        out["errnos"] = _errnos(r["errnos"])
     out["comm"] = _str(r, "comm", MAX_COMM, "counts row")
     out["container_id"] = _container_id(r, "counts row")
     out["container_name"] = _str(r, "container_name", MAX_CONTAINER_NAME, "counts row", default="")
     out["syscall"] = _syscall(r, "counts row")
     return out
+
+
+def _errnos(e: object) -> dict:
+    """A counts row's ``errnos``: {errno name (shared/errnos.py, or "other"): calls}, bounded by the table."""
+    if type(e) is not dict or any(k not in errnos.LABELS or type(n) is not int or not 0 <= n <= U64
+                                  for k, n in e.items()):
+        raise ProtocolError("counts row field 'errnos' must map errno names (shared/errnos.py, or "
+                            f"{errnos.OTHER!r}) to call counts, got {_short(e)}")
+    return e
 
 
 def _syscall(r: dict, what: str) -> str:

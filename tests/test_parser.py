@@ -14,7 +14,7 @@ from syswatch.collector.files import Files
 from syswatch.collector.parser import KICK_STALE_S, MALFORMED_KEPT, Parser, decode_comm
 from syswatch.collector.program import REFERENCE_KERNEL
 from syswatch.collector.streamio import Rules
-from syswatch.shared import record
+from syswatch.shared import latency, record
 
 
 def bt_escape(raw: bytes) -> bytes:
@@ -496,13 +496,13 @@ def test_counts_rows_files_and_the_rest_add_up():
                                            "13,77,0,4,101,266338304,33188,a,b c": stat(1, 9),
                                            "12,1,1,1,4,6,8630,bash": stat(2, 52),
                                            "12,1,0,5,102,266338304,33188,bash": stat(1, 1)}),
-                   map_line("@errors_a", {"13,77,0,4,101,266338304,33188,a,b c": 1}),
+                   map_line("@errors_a", {"13,77,0,4,101,266338304,33188,11,a,b c": 1}),
                    stats_line("@total_a", stat(7, 92)), map_line("@unreadable", 0), b"", INTERVAL)
     assert iv.rows == [
         {"pid": 12, "comm": "bash", "container_id": "", "container_name": "", "syscall": "read", "calls": 4,
          "bytes": 31, "errors": 0},
         {"pid": 13, "comm": "a,b c", "container_id": "0123456789ab", "container_name": 'we"b', "syscall": "read",
-         "calls": 1, "bytes": 9, "errors": 1},
+         "calls": 1, "bytes": 9, "errors": 1, "errnos": {"EAGAIN": 1}},
         {"pid": 12, "comm": "bash", "container_id": "", "container_name": "", "syscall": "write", "calls": 2,
          "bytes": 52, "errors": 0}]
     assert [(f["path"], f["file_type"], f["syscall"], f["calls"], f["bytes"]) for f in iv.files] == [
@@ -531,6 +531,42 @@ def test_counts_latency_sums_only_with_latency():
     (iv,) = counts(parser(mode="counts"), stats_line("@calls_a", {"12,1,0,3,100,266338304,33188,bash": stat(3, 30)}),
                    INTERVAL)
     assert "lat_ns_sum" not in iv.rows[0] and "lat_ns_sum" not in iv.files[0]
+    assert "lat_hist" not in iv.rows[0] and "errnos" not in iv.rows[0]
+
+
+def hist_line(mapname: str, entries: dict) -> bytes:
+    return json.dumps({"type": "hist", "data": {mapname: entries}}).encode()
+
+
+def hist_of(*lat_ns: int) -> list:
+    """bpftrace's JSON of hist() over ``lat_ns``: from the lowest bucket that holds a call to the highest."""
+    bs = [latency.bucket(n) for n in lat_ns]
+    return [{"min": latency.lower(i), "max": latency.upper(i) - 1, "count": bs.count(i)}
+            for i in range(min(bs), max(bs) + 1)]
+
+
+@pytest.mark.unit
+def test_counts_latency_buckets_and_errnos_per_row():
+    """A process row merges its files' hist() buckets and errno counts; buckets are placed by their
+    bounds (bpftrace leaves out the empty ones outside the calls), names stay whole after commas."""
+    p = parser(mode="counts", latency=True)
+    (iv,) = counts(p, stats_line("@calls_a", {"12,1,0,3,100,266338304,33188,a,b": stat(3, 30),
+                                              "12,1,0,9,0,0,0,a,b": stat(4, 0)}),
+                   map_line("@errors_a", {"12,1,0,9,0,0,0,9,a,b": 3, "12,1,0,9,0,0,0,11,a,b": 1}),
+                   map_line("@lat_a", {"12,1,0,3,100,266338304,33188,a,b": 45_000_000, "12,1,0,9,0,0,0,a,b": 40}),
+                   hist_line("@hist_a", {"12,1,0,3,100,266338304,33188,a,b": hist_of(5_000_000, 40_000_000, 0),
+                                         "12,1,0,9,0,0,0,a,b": hist_of(9, 10, 11, 10)}),
+                   INTERVAL)
+    (row,) = iv.rows
+    want = [0] * 27
+    want[0], want[4], want[23], want[26] = 1, 4, 1, 1
+    assert row["lat_hist"] == want and sum(row["lat_hist"]) == row["calls"] == 7
+    assert row["errnos"] == {"EBADF": 3, "EAGAIN": 1} and row["errors"] == 4 and p.malformed == 0
+    for bad in ([{"min": 3, "max": 3, "count": 1}], [{"min": 4, "max": 8, "count": 1}],
+                [{"min": 4, "max": 7, "count": -1}], [{"min": 4, "max": 7, "count": 1}] * 2, {"x": 1}):
+        p = parser(mode="counts", latency=True)
+        counts(p, hist_line("@hist_a", {"12,1,0,9,0,0,0,a,b": bad}), INTERVAL)
+        assert p.malformed == 1, bad
 
 
 @pytest.mark.unit
@@ -551,9 +587,10 @@ def test_counts_lost_and_malformed():
                               stats_line("@open_a", {"1,1,0,1,1,1,1,x": stat(1, 1)}),
                               stats_line("@calls_a", {"x,1,0,1,1,1,1,y": stat(1, 1)}),
                               stats_line("@calls_a", {"1,1,9,1,1,1,1,y": stat(1, 1)}),
-                              map_line("@errors_a", {"1,1,0,1,1,1,1,y": -5}),
+                              map_line("@errors_a", {"1,1,0,1,1,1,1,9,y": -5}),
+                              map_line("@errors_a", {"1,1,0,1,1,1,1,y": 1}),
                               b'{"type": "lost_events", "data": {"events": "x"}}']))
-    assert p.lost == 4 and p.malformed == 6 and len(out.malformed) == MALFORMED_KEPT
+    assert p.lost == 4 and p.malformed == 7 and len(out.malformed) == MALFORMED_KEPT
     assert out.malformed[0] == b"not json"
 
 

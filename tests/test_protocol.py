@@ -28,12 +28,13 @@ STATUS = {"host": "h", "ts_ns": 1, "mode": "events", "probe": "tracepoint", "sys
           "uptime_s": 0.5}
 ROW = {"pid": 1, "comm": "x", "container_id": "", "container_name": "", "syscall": "pread64", "calls": 1,
        "bytes": 2, "errors": 0, "lat_ns_sum": 9}
+FAILED_ROW = {**ROW, "calls": 3, "errors": 2, "lat_hist": [0, 0, 0, 1, 2], "errnos": {"EBADF": 1, "other": 1}}
 
 
 @pytest.mark.unit
 def test_round_trips():
     for topic, payload in [("status", STATUS), ("syscall.read", {"host": "h", "events": [EVENT]}),
-                           ("counts", {"host": "h", "ts_ns": 1, "interval_ns": 10**9, "rows": [ROW]})]:
+                           ("counts", {"host": "h", "ts_ns": 1, "interval_ns": 10**9, "rows": [ROW, FAILED_ROW]})]:
         msg = decode(encode(topic, payload))
         assert msg.topic == topic and msg.payload == {"v": 2, **payload}
 
@@ -89,6 +90,14 @@ def _ev(**over):
     ([b"status", json.dumps({**STATUS, "v": 2, "syscalls": ["open"]}).encode()], "known syscalls"),
     ([b"counts", json.dumps({"v": 2, "host": "h", "ts_ns": 1, "interval_ns": 1,
                              "rows": [{**ROW, "bytes": -1}]}).encode()], "bytes"),
+    ([b"counts", json.dumps({"v": 2, "host": "h", "ts_ns": 1, "interval_ns": 1,
+                             "rows": [{**ROW, "lat_hist": [1] * 66}]}).encode()], "lat_hist.*at most 65"),
+    ([b"counts", json.dumps({"v": 2, "host": "h", "ts_ns": 1, "interval_ns": 1,
+                             "rows": [{**ROW, "lat_hist": [-1]}]}).encode()], "lat_hist"),
+    ([b"counts", json.dumps({"v": 2, "host": "h", "ts_ns": 1, "interval_ns": 1,
+                             "rows": [{**ROW, "errnos": {"x" * 99: 1}}]}).encode()], "errnos"),
+    ([b"counts", json.dumps({"v": 2, "host": "h", "ts_ns": 1, "interval_ns": 1,
+                             "rows": [{**ROW, "errnos": {"EBADF": -1}}]}).encode()], "errnos"),
 ])
 @pytest.mark.unit
 def test_malformed_frames(frames, match):

@@ -39,7 +39,10 @@ from syswatch.shared.protocol import (
 
 log = logging.getLogger("syswatch.collector")
 
-ROWS_PER_MESSAGE = 10_000           # counts rows per message: ~2.5 MB, under the API's 8 MiB limit
+# Counts rows per message. A row is at most ~7.7 KB encoded (65 latency buckets and all 151 errno names,
+# each a u64; escaped names), a file row ~25 KB (a 4 KiB path of control bytes): 500 rows (3.9 MB) and
+# an interval's 100 files (2.5 MB) stay under the API's 8 MiB limit.
+ROWS_PER_MESSAGE = 500
 STATUS_EVERY_S = 1.0
 LOG_STATUS_EVERY_S = 10.0
 READY_TIMEOUT_S = 120.0              # compiling takes ~1 s, far longer on a loaded machine

@@ -171,3 +171,30 @@ def test_exclusions_and_refusal_counters_are_optional_and_bounded():
         assert "excluded" not in clean_status(dict(STATUS, excluded=bad)), bad
     for bad in (-1, 2**64, 1.0, "3", True):
         assert "curve_refused_total" not in clean_status(dict(STATUS, curve_refused_total=bad))
+
+
+@pytest.mark.unit
+def test_a_counts_message_of_the_largest_rows_fits_the_api_s_limit():
+    """The collector splits an interval's rows into messages of ROWS_PER_MESSAGE; the first also holds
+    the interval's files. Every field at its largest (65 u64 latency buckets, every errno name, names of
+    control characters at their length bounds, 4 KiB paths): the message still fits the API's 8 MiB, and
+    decodes. Counts rows are per process, so an interval may hold thousands."""
+    from syswatch.api.ingest import SUB_MAXMSGSIZE
+    from syswatch.collector.loop import ROWS_PER_MESSAGE
+    from syswatch.collector.parser import TOP_FILES
+    from syswatch.shared import errnos, latency, record
+    u64 = record.U64
+    row = {"pid": 2**22, "comm": "\x01" * 15, "container_id": "0123456789ab",
+           "container_name": "\x01" * record.MAX_CONTAINER_NAME, "syscall": "copy_file_range", "calls": u64,
+           "bytes": u64, "errors": u64, "lat_ns_sum": u64, "lat_hist": [u64] * latency.NBUCKETS,
+           "errnos": {name: u64 for name in errnos.LABELS}}
+    file_row = {"path": "\x01" * 4096 + " (deleted)", "syscall": "copy_file_range", "file_type": "sock",
+                "sock": "\x01" * 120, "ino": u64, "dev": u64, "calls": u64, "bytes": u64, "errors": u64,
+                "lat_ns_sum": u64}
+    payload = {"host": "h" * 255, "ts_ns": 1, "interval_ns": 1, "rows": [row] * ROWS_PER_MESSAGE,
+               "files": [file_row] * TOP_FILES, "files_rest": {"files": 1, "calls": 1, "bytes": 1,
+                                                                          "errors": 0}}
+    frames = encode("counts", payload)
+    size = sum(len(f) for f in frames)
+    assert size < SUB_MAXMSGSIZE, f"{size:,} bytes"
+    assert len(decode(frames)[1]["rows"]) == ROWS_PER_MESSAGE

@@ -25,6 +25,8 @@ LABELS = {
     "bpf23-files": "bpftrace 0.23, the collector's events program (exit-only, files)",
     "bpf23-files-lat": "bpftrace 0.23, the same with --latency",
     "bpf23-rawtp": "bpftrace 0.23, the record from rawtracepoint:sys_exit",
+    "bpf23-counts-sum": "bpftrace 0.23, the collector's counts program with --latency, latency sum only",
+    "bpf23-counts-hist": "bpftrace 0.23, the same with the per-row latency histogram",
     "strace": "strace -f -e trace=read,write",
     "collector-events": "collector, events mode + subscriber",
     "collector-counts": "collector, counts mode + subscriber",

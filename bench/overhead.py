@@ -27,6 +27,8 @@ TRACERS = ["bpf-empty", "bpf-empty-exit", "bpf-count", "bpf-printf",
            "bpf23-exit", "bpf23-files", "bpf23-files-lat", "bpf23-rawtp",
            "collector-events", "collector-events-all", "collector-counts", "compose-events", "compose-counts",
            "strace"]
+# Run only when named (bench.run --tracers): issue 25's counts-mode histogram against the sum alone.
+EXTRA_TRACERS = ["bpf23-counts-sum", "bpf23-counts-hist"]
 COMPOSE = ("compose-events", "compose-counts")
 
 
@@ -99,7 +101,7 @@ def run(plan: Plan, log: Callable[[str], None], only_tracers: list[str] | None =
         shm = None
     tmp = Path(tempfile.mkdtemp(prefix="syswatch-bench-", dir=shm))
     wls = {False: make_workloads(plan, tmp), True: make_workloads(plan, tmp, for_strace=True)}
-    names = [t for t in TRACERS if not only_tracers or t in only_tracers]
+    names = [t for t in TRACERS + EXTRA_TRACERS if t in only_tracers] if only_tracers else list(TRACERS)
     skipped = {}
     why = trixie_missing() if any(t in tracers.RAW23 for t in names) else None
     if why:

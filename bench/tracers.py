@@ -73,6 +73,23 @@ def _rendered(**kw) -> str:
                                     version=parse("bpftrace v0.23.2"), **kw))
 
 
+def _counts(hist: bool) -> str:
+    """The collector's counts program with --latency for bpftrace 0.23 on this machine's kernel, intervals of
+    1 s; ``hist=False`` leaves out the per-row latency histogram (issue 25's yardstick: the sum alone)."""
+    import re
+
+    from syswatch.collector.bpfversion import parse
+    from syswatch.collector.kernel import detect
+    text = program.render("counts", "tracepoint", ["read", "write"], kicks=False, kernel=detect(),
+                          version=parse("bpftrace v0.23.2"), latency=True)
+    text = text[text.index("\nBEGIN"):].replace("$3", "$1").replace("$2", "1000")
+    if not hist:
+        text = re.sub(r"\n\s*@hist_[ab]\[[^\n]*= hist\(\$l\);", "", text)
+        text = re.sub(r"\s*(print|clear)\(@hist_[ab]\);", "", text)
+        assert "@hist_" not in text, "the histogram is still in the program"
+    return text
+
+
 def _exit_record() -> str:
     """The exit-only record of issue 24 without the file: fd and count from the saved registers
     (checked), the file's columns printed as 0."""
@@ -125,9 +142,12 @@ LAZY_PROGRAMS = {
     "bpf-files": lambda: _rendered(),
     "bpf-files-lat": lambda: _rendered(latency=True),
     "bpf-rawtp": rawtp_program,
+    "bpf-counts-sum": lambda: _counts(hist=False),
+    "bpf-counts-hist": lambda: _counts(hist=True),
 }
 RAW_PROGRAMS.update({k: "" for k in LAZY_PROGRAMS})
 RAW_FLAGS = {k: ["-B", "full"] for k in LAZY_PROGRAMS}
+RAW_FORMAT.update({"bpf-counts-sum": "json", "bpf-counts-hist": "json"})     # counts mode runs -f json
 # bpftrace 0.23 (trixie) runs the same programs: bpf23-X is RAW_PROGRAMS["bpf-X"]
 RAW23 = {f"bpf23-{k[len('bpf-'):]}": k for k in RAW_PROGRAMS}
 

@@ -202,6 +202,7 @@ class Parser:
         self.unreadable = 0
         self.filtered = 0
         self.unattributed = 0              # counts mode: calls a full map kept out of the keyed rows
+        self.hist_incomplete = 0           # counts mode: rows sent without lat_hist (a full hist map)
         self.reported_lost = 0             # bpftrace's lost_events records (counts mode: the loss count)
         self._lost_shown = 0               # what status said last: ``lost`` never steps back
         self._kicks: dict[int, int] = {}       # CPU -> kick lines that arrived
@@ -535,6 +536,7 @@ class Parser:
         sums = ("calls", "bytes", "errors") + (("lat_ns_sum",) if self.latency else ())
         procs: dict[tuple, dict] = {}
         files: dict[tuple, dict] = {}
+        partial: set[tuple] = set()              # rows with a key whose histogram missed calls
         seen = [0, 0]
         for (pid, cgroup, syscall, comm, fd, ino, dev, mode), r in self._pending.items():
             seen[0] += r["calls"]
@@ -560,7 +562,15 @@ class Parser:
                 for name, n in r["errnos"].items():
                     into[name] = into.get(name, 0) + n
             if self.latency:
+                # a full hist map (its entries are key x bucket, so it fills before @calls) leaves
+                # calls out of the buckets: such a row sends no lat_hist, its calls count as
+                # unmeasured and its mean (lat_ns_sum over all of them) stays right
+                if sum(r["lat_hist"]) != r["calls"]:
+                    partial.add((pid, cgroup, syscall, comm))
                 add_buckets(row.setdefault("lat_hist", []), r["lat_hist"])
+        for key in partial:
+            del procs[key]["lat_hist"]
+            self.hist_incomplete += 1
         self._pending.clear()
         rows = [r for r in procs.values() if r["calls"]]
         self.events += sum(r["calls"] for r in rows)

@@ -570,6 +570,27 @@ def test_counts_latency_buckets_and_errnos_per_row():
 
 
 @pytest.mark.unit
+def test_a_row_whose_histogram_missed_calls_sends_none():
+    """A full hist map (bpftrace keys it by key and bucket) leaves calls out of a key's buckets: that
+    process row sends no lat_hist (the API counts its calls as unmeasured; lat_ns_sum keeps the mean),
+    and a row whose keys are all whole keeps its buckets."""
+    p = parser(mode="counts", latency=True)
+    (iv,) = counts(p, stats_line("@calls_a", {"12,1,0,3,100,266338304,33188,a": stat(3, 30),
+                                              "12,1,0,4,101,266338304,33188,a": stat(2, 20),
+                                              "13,1,0,3,100,266338304,33188,b": stat(2, 20)}),
+                   map_line("@lat_a", {"12,1,0,3,100,266338304,33188,a": 300, "12,1,0,4,101,266338304,33188,a": 200,
+                                       "13,1,0,3,100,266338304,33188,b": 20}),
+                   hist_line("@hist_a", {"12,1,0,3,100,266338304,33188,a": hist_of(100, 100, 100),
+                                         "12,1,0,4,101,266338304,33188,a": hist_of(100),
+                                         "13,1,0,3,100,266338304,33188,b": hist_of(10, 10)}),
+                   INTERVAL)
+    rows = {r["pid"]: r for r in iv.rows}
+    assert "lat_hist" not in rows[12] and rows[12]["lat_ns_sum"] == 500 and rows[12]["calls"] == 5
+    assert sum(rows[13]["lat_hist"]) == rows[13]["calls"] == 2
+    assert p.hist_incomplete == 1 and p.malformed == 0
+
+
+@pytest.mark.unit
 def test_counts_high_bytes_as_bpftrace_escapes_them():
     # bpftrace 0.17 prints byte 0xff of a name as \uffffffff, 0xc3 as \uffffffc3 (seen on this kernel)
     raw = b'{"type": "stats", "data": {"@calls_b": {"7,1,1,1,4,6,8630,a\\\\b\\t\\uffffffff\\uffffffc3\\uffffffa9' \

@@ -15,7 +15,7 @@ from syswatch.collector import program
 from syswatch.shared.config import add_option
 from syswatch.shared.metricsserver import listen_text
 from syswatch.shared.protocol import DEFAULT_ENDPOINT, DEFAULT_SYSCALLS, SYSCALLS
-from syswatch.shared.units import parse_duration
+from syswatch.shared.selection import add_filter_flags
 
 EPILOG = """\
 examples:
@@ -129,19 +129,6 @@ def syscall_list(text: str) -> list[str]:
         raise ValueError(str(exc)) from None
 
 
-def uid(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 2**32 - 1:
-        raise ValueError(f"{text!r}: a uid is a number 0..4294967295 (id -u NAME gives it)")
-    return value
-
-
-def path_prefix(text: str) -> str:
-    if not text or len(text) > 4096 or "\n" in text or "\0" in text:
-        raise ValueError(f"{text!r}: a path prefix is 1 to 4096 characters without newlines")
-    return text
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="syswatch-collector",
@@ -163,22 +150,12 @@ def parser() -> argparse.ArgumentParser:
                help="seconds between counts messages in counts mode")
     add_option(p, "--echo-rate", env="SYSWATCH_ECHO_RATE", default=50, type=non_negative_int, metavar="LINES",
                help="console echo lines per second at most, 0 = off")
-    add_option(p, "-p", "--pid", env="SYSWATCH_PID", default=[], type=int, repeatable=True, metavar="PID",
-               dest="pid", help="trace only this PID; repeatable, env comma separated")
-    add_option(p, "-n", "--comm", env="SYSWATCH_COMM", default=[], repeatable=True, metavar="NAME", dest="comm",
-               help="trace only processes with this name (15 bytes at most); repeatable")
-    add_option(p, "-c", "--container", env="SYSWATCH_CONTAINER", default=[], repeatable=True, metavar="ID|NAME",
-               dest="container", help="trace only this container (id prefix or name, filtered in the kernel "
-                                      "by its cgroup); repeatable")
-    add_option(p, "-u", "--uid", env="SYSWATCH_UID", default=[], type=uid, repeatable=True, metavar="UID",
-               dest="uid", help="trace only calls made by this user id (filtered in the kernel); repeatable")
-    add_option(p, "-t", "--tid", env="SYSWATCH_TID", default=[], type=int, repeatable=True, metavar="TID",
-               dest="tid", help="trace only calls made by this thread id (filtered in the kernel); repeatable")
-    add_option(p, "-x", "--failed", env="SYSWATCH_FAILED", flag=True, default=False,
-               help="only calls that failed (ret < 0), dropped in the kernel when the call returns")
-    add_option(p, "--min-latency", env="SYSWATCH_MIN_LATENCY", default=0, type=parse_duration, metavar="DURATION",
-               dest="min_latency", help="only calls that took at least this long (500us, 20ms, 1s), dropped in "
-                                        "the kernel; turns --latency on")
+    add_filter_flags(p, where={
+        "pid": ", in the kernel's predicate", "tid": ", in the kernel's predicate",
+        "uid": ", in the kernel's predicate", "comm": ", in the kernel's predicate",
+        "container": ", in the kernel by its cgroup", "path": ", before publishing",
+        "failed": ", dropped in the kernel when the call returns",
+        "min_latency": ", dropped in the kernel when the call returns; turns --latency on"})
     add_option(p, "-d", "--duration", env="SYSWATCH_DURATION", default=None, type=duration, metavar="SECONDS",
                help="stop after this many seconds")
     add_option(p, "--bpftrace", env="SYSWATCH_BPFTRACE", default="bpftrace", metavar="PATH",
@@ -193,10 +170,6 @@ def parser() -> argparse.ArgumentParser:
     add_option(p, "--latency", env="SYSWATCH_LATENCY", flag=True, default=False,
                help="measure the time in every call (lat_ns): an entry probe per call, about twice the "
                     "in-kernel cost of the exit-only record (docs/BENCHMARKS.md)")
-    add_option(p, "--path", env="SYSWATCH_PATH", default=[], repeatable=True, type=path_prefix, metavar="PREFIX",
-               dest="path", help="only events on a file at or below PREFIX, by whole components, as the "
-                                 "process sees it (/var/log: /var/log/syslog, not /var/logs), or every "
-                                 "kernel name of a kind (pipe:, socket:); repeatable")
     add_option(p, "--no-paths", env="SYSWATCH_NO_PATHS", flag=True, default=False, dest="no_paths",
                help="leave file paths and socket ends out of events (privacy; file types, inodes and "
                     "devices stay)")

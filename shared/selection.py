@@ -25,6 +25,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from syswatch.shared.config import add_option
+from syswatch.shared.units import parse_duration
+
 # The fields of a selection that pick by value, and the event key each one reads.
 BY_VALUE = {"pids": "pid", "tids": "tid", "uids": "uid", "comms": "comm", "syscalls": "syscall", "hosts": "host"}
 ALWAYS = ("pid", "tid", "uid", "comm", "syscall")   # keys every EVENT has (rows are never checked on tid, uid)
@@ -182,3 +185,49 @@ class Selection:
         if self.min_latency_ns:
             parts.append(f"min_latency={self.min_latency_ns}ns")
         return ", ".join(parts) or "none"
+
+
+# --- the filters as command-line flags ----------------------------------------------------------
+# One table for the collector (which applies them in the kernel where it can) and the subscriber
+# scripts (which apply them to what arrives): the letters are BCC's (opensnoop: -p, -t, -u, -n, -x)
+# and Inspektor Gadget's -c; docs/COLLECTOR.md compares them with bpftrace, strace and top.
+
+def uid(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 2**32 - 1:
+        raise ValueError(f"{text!r}: a uid is a number 0..4294967295 (id -u NAME gives it)")
+    return value
+
+
+def path_prefix(text: str) -> str:
+    if not text or len(text) > 4096 or "\n" in text or "\0" in text:
+        raise ValueError(f"{text!r}: a path prefix is 1 to 4096 characters without newlines")
+    return text
+
+
+# (flags, variable, parser, metavar, dest, what it keeps): each repeatable, the variable comma separated
+VALUE_FLAGS: tuple[tuple[tuple[str, ...], str, Callable, str, str, str], ...] = (
+    (("-p", "--pid"), "SYSWATCH_PID", int, "PID", "pid", "calls of this process id"),
+    (("-t", "--tid"), "SYSWATCH_TID", int, "TID", "tid", "calls made by this thread id"),
+    (("-u", "--uid"), "SYSWATCH_UID", uid, "UID", "uid", "calls made by this user id (a number)"),
+    (("-n", "--comm"), "SYSWATCH_COMM", str, "NAME", "comm", "processes with this name (15 bytes at most)"),
+    (("-c", "--container"), "SYSWATCH_CONTAINER", str, "ID|NAME", "container",
+     "this container (id prefix or name)"),
+    (("--path",), "SYSWATCH_PATH", path_prefix, "PREFIX", "path",
+     "calls on a file at or below PREFIX by whole components, as the process sees it (/var/log: "
+     "/var/log/syslog, not /var/logs), or every kernel name of a kind (pipe:, socket:)"),
+)
+
+
+def add_filter_flags(p, where: dict[str, str] | None = None) -> None:
+    """The filter flags on argparse parser ``p``; ``where`` adds to a flag's help (by dest) where and how
+    it is applied. Sets ``pid tid uid comm container path`` (lists), ``failed``, ``min_latency`` (ns)."""
+    where = where or {}
+    for flags, env, parse, metavar, dest, what in VALUE_FLAGS:
+        add_option(p, *flags, env=env, default=[], type=parse, repeatable=True, metavar=metavar, dest=dest,
+                   help=f"only {what}{where.get(dest, '')}; repeatable")
+    add_option(p, "-x", "--failed", env="SYSWATCH_FAILED", flag=True, default=False, dest="failed",
+               help=f"only calls that failed (ret < 0, shown by errno name){where.get('failed', '')}")
+    add_option(p, "--min-latency", env="SYSWATCH_MIN_LATENCY", default=0, type=parse_duration, metavar="DURATION",
+               dest="min_latency", help="only calls that took at least this long: a number and a unit, 500us, "
+                                        f"20ms, 1s{where.get('min_latency', '')} (default: none)")

@@ -18,47 +18,20 @@ from syswatch.shared import curve
 from syswatch.shared.config import add_option
 from syswatch.shared.escaping import visible
 from syswatch.shared.protocol import DEFAULT_ENDPOINT, Message, ProtocolError, decode
-from syswatch.shared.selection import Selection
-from syswatch.shared.units import parse_duration
+from syswatch.shared.selection import Selection, add_filter_flags
 from syswatch.shared.zmqsock import EndpointError, check_endpoint, make_subscriber
-
-
-def _uid(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 2**32 - 1:
-        raise ValueError(f"{text!r}: a uid is a number 0..4294967295 (id -u NAME gives it)")
-    return value
 
 
 def add_common_flags(p: argparse.ArgumentParser, duration_letter: bool = True) -> None:
     """--endpoint (repeatable: one view over several collectors), the event filters, -d/--duration, -V.
 
-    The filter letters are BCC's (opensnoop: -p PID, -t TID, -u UID, -n NAME, -x failed only, -d
-    DURATION) and Inspektor Gadget's -c container; docs/COLLECTOR.md compares them with bpftrace,
-    strace and top. syswatch-top takes ``duration_letter=False``: its -d is top's delay."""
+    The filters are shared/selection.py's flags, spelled as on the collector; -d DURATION is BCC's.
+    syswatch-top takes ``duration_letter=False``: its -d is top's delay."""
     add_option(p, "-e", "--endpoint", env="SYSWATCH_COLLECTOR", default=[DEFAULT_ENDPOINT], repeatable=True,
                type=check_endpoint, metavar="ENDPOINT", dest="endpoint",
                help="a collector's ZeroMQ endpoint; repeat for several collectors (CurveZMQ keys from "
                     "SYSWATCH_CURVE_SERVER_KEY/SYSWATCH_CURVE_CLIENT_KEY)")
-    add_option(p, "-p", "--pid", env="SYSWATCH_PID", default=[], type=int, repeatable=True, dest="pid",
-               metavar="PID", help="only this PID; repeatable")
-    add_option(p, "-n", "--comm", env="SYSWATCH_COMM", default=[], repeatable=True, dest="comm", metavar="NAME",
-               help="only this process name; repeatable")
-    add_option(p, "-c", "--container", env="SYSWATCH_CONTAINER", default=[], repeatable=True, dest="container",
-               metavar="ID|NAME", help="only this container (id prefix or name as the collector reports it); "
-                                       "repeatable")
-    add_option(p, "-u", "--uid", env="SYSWATCH_UID", default=[], type=_uid, repeatable=True, dest="uid",
-               metavar="UID", help="only calls made by this user id (a number); repeatable")
-    add_option(p, "-t", "--tid", env="SYSWATCH_TID", default=[], type=int, repeatable=True, dest="tid",
-               metavar="TID", help="only calls made by this thread id; repeatable")
-    add_option(p, "-x", "--failed", env="SYSWATCH_FAILED", flag=True,
-               help="only calls that failed (ret < 0, shown by errno name)")
-    add_option(p, "--min-latency", env="SYSWATCH_MIN_LATENCY", default=0, type=parse_duration, metavar="DURATION",
-               help="only calls that took at least this long: a number and a unit, 500us, 20ms, 1s "
-                    "(default: none)")
-    add_option(p, "--path", env="SYSWATCH_PATH", default=[], repeatable=True, dest="path", metavar="PREFIX",
-               help="only calls on this path or below it (whole components: /var/log, not /var/logs); "
-                    "repeatable")
+    add_filter_flags(p, where={"path": "; needs a collector that sends paths"})
     if duration_letter:
         add_option(p, "-d", "--duration", env="SYSWATCH_DURATION", default=0.0, type=float, metavar="SECONDS",
                    dest="duration", help="stop after this many seconds; 0 = never")

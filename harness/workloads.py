@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -279,3 +280,70 @@ class Writer:
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait()
+
+
+# Reads of known latency and failures of known errno (issue 25's tests): a pipe fed by a thread after
+# each delay, then reads of a closed fd (EBADF) and of a non-blocking empty pipe (EAGAIN). Prints its
+# pid, waits for a line on stdin ("go": the tracer is ready), then each call's own time in ns.
+PACED_READS = r"""
+import errno, fcntl, json, os, sys, threading, time
+delays, fails = json.loads(sys.argv[1]), int(sys.argv[2])
+r, w = os.pipe()
+empty_r, _empty_w = os.pipe()
+fcntl.fcntl(empty_r, fcntl.F_SETFL, fcntl.fcntl(empty_r, fcntl.F_GETFL) | os.O_NONBLOCK)
+closed = os.dup(w)
+os.close(closed)
+print(json.dumps({"pid": os.getpid()}), flush=True)
+sys.stdin.readline()
+def feed():
+    for d in delays:
+        if d:
+            time.sleep(d)
+        os.write(w, b"x")
+threading.Thread(target=feed).start()
+reads, failed, errors = [], [], []
+for _ in delays:
+    t0 = time.perf_counter_ns()
+    os.read(r, 1)
+    reads.append(time.perf_counter_ns() - t0)
+for fd in [closed] * fails + [empty_r] * fails:
+    t0 = time.perf_counter_ns()
+    try:
+        os.read(fd, 1)
+    except OSError as exc:
+        failed.append(time.perf_counter_ns() - t0)
+        errors.append(exc.errno)
+assert errors == [errno.EBADF] * fails + [errno.EAGAIN] * fails, errors
+print(json.dumps({"reads": reads, "failed": failed}), flush=True)
+"""
+
+
+class PacedReads:
+    """PACED_READS as a child: ``pid`` once started; ``run()`` lets it go and returns its own timings
+    ({"reads": [ns per read], "failed": [ns per failing read]}); ``kill()`` in a finally."""
+
+    def __init__(self, delays: list[float], fails: int):
+        self.proc = subprocess.Popen([sys.executable, "-c", PACED_READS, json.dumps(delays), str(fails)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     preexec_fn=die_with_parent)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.pid = json.loads(self.proc.stdout.readline())["pid"]
+
+    def run(self, timeout: float = 30) -> dict:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        took = json.loads(self.proc.stdout.readline())
+        assert self.proc.wait(timeout) == 0
+        return took
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def nearest_rank(values: list[int], q: float) -> int:
+    """The ``q`` quantile of ``values`` by the nearest-rank method (a value that occurred)."""
+    ranked = sorted(values)
+    return ranked[max(1, math.ceil(q * len(ranked))) - 1]

@@ -9,15 +9,12 @@ errnos name every failure exactly; /stats shows the same histogram, the errnos, 
 bucket of the child's own."""
 from __future__ import annotations
 
-import json
-import math
-import subprocess
-import sys
 from collections import Counter
 
 from harness.api import ApiProcess
 from harness.collector import CollectorProcess, StreamReader
-from harness.procs import die_with_parent, wait_for
+from harness.procs import wait_for
+from harness.workloads import PacedReads, nearest_rank
 from syswatch.collector import parser
 from syswatch.shared import latency
 
@@ -26,49 +23,11 @@ FAILS = 15                                   # EBADF, then as many EAGAIN
 READS = len(DELAYS) + 2 * FAILS
 SLOW_NS = 2_000_000                          # a read this slow waited for the feeder
 
-CHILD = r"""
-import errno, fcntl, json, os, sys, threading, time
-delays, fails = json.loads(sys.argv[1]), int(sys.argv[2])
-r, w = os.pipe()
-empty_r, _empty_w = os.pipe()
-fcntl.fcntl(empty_r, fcntl.F_SETFL, fcntl.fcntl(empty_r, fcntl.F_GETFL) | os.O_NONBLOCK)
-closed = os.dup(w)
-os.close(closed)
-print(json.dumps({"pid": os.getpid()}), flush=True)
-sys.stdin.readline()                         # "go": the collector is tracing
-def feed():
-    for d in delays:
-        if d:
-            time.sleep(d)
-        os.write(w, b"x")
-threading.Thread(target=feed).start()
-took, errors = [], []
-for _ in delays:
-    t0 = time.perf_counter_ns()
-    os.read(r, 1)
-    took.append(time.perf_counter_ns() - t0)
-for fd in [closed] * fails + [empty_r] * fails:
-    try:
-        os.read(fd, 1)
-    except OSError as exc:
-        errors.append(exc.errno)
-assert errors == [errno.EBADF] * fails + [errno.EAGAIN] * fails, errors
-print(json.dumps({"took": took}), flush=True)
-"""
-
-
-def nearest_rank(values: list[int], q: float) -> int:
-    ranked = sorted(values)
-    return ranked[max(1, math.ceil(q * len(ranked))) - 1]
-
-
 def test_counts_rows_carry_exact_histograms_and_errnos(tmp_path, bpftrace_bin):
-    child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(DELAYS), str(FAILS)], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
-    stop = [lambda: (child.kill(), child.wait())]
+    child = PacedReads(DELAYS, FAILS)
+    stop = [child.kill]
+    pid = child.pid
     try:
-        assert child.stdin is not None and child.stdout is not None
-        pid = json.loads(child.stdout.readline())["pid"]
         col = CollectorProcess(tmp_path, "--mode", "counts", "--interval", "0.25", "--latency", "--pid", str(pid),
                                "--bpftrace", bpftrace_bin)
         stop.append(col.kill)
@@ -80,10 +39,7 @@ def test_counts_rows_carry_exact_histograms_and_errnos(tmp_path, bpftrace_bin):
         sub.wait_status()
         wait_for(lambda: api.get("/stats").json()["collectors"][0]["connected"], 30, 0.2,
                  "the API to hear the collector")
-        child.stdin.write("go\n")
-        child.stdin.flush()
-        took = json.loads(child.stdout.readline())["took"]
-        assert child.wait(30) == 0
+        took = child.run()["reads"]
         rows, reads = [], 0
         for msg in sub.messages(30):
             if msg.topic == "counts":

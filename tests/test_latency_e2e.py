@@ -9,16 +9,14 @@ dashboard's p99 query, asked of Prometheus, lands within one bucket of the child
 from __future__ import annotations
 
 import json
-import math
-import subprocess
-import sys
 
 import pytest
 
 from harness import ROOT, prometheus
 from harness.api import ApiProcess
 from harness.collector import CollectorProcess, StreamReader
-from harness.procs import die_with_parent, wait_for
+from harness.procs import wait_for
+from harness.workloads import PacedReads, nearest_rank
 from syswatch.shared import latency
 from tests.conftest import have, is_root, require
 
@@ -26,39 +24,7 @@ HOST = "latency-e2e"
 DASHBOARD = ROOT / "deploy" / "grafana" / "syswatch.json"
 # read delays in seconds: 40 reads find data already there, the rest wait for the feeder
 DELAYS = [0.0] * 40 + [0.003] * 30 + [0.012] * 20 + [0.025] * 9 + [0.050]
-
-CHILD = r"""
-import errno, fcntl, json, os, sys, threading, time
-delays = json.loads(sys.argv[1])
-r, w = os.pipe()
-empty_r, _empty_w = os.pipe()
-fcntl.fcntl(empty_r, fcntl.F_SETFL, fcntl.fcntl(empty_r, fcntl.F_GETFL) | os.O_NONBLOCK)
-closed = os.dup(w)
-os.close(closed)
-print(json.dumps({"pid": os.getpid()}), flush=True)
-sys.stdin.readline()                         # "go": the collector is tracing
-def feed():
-    for d in delays:
-        if d:
-            time.sleep(d)
-        os.write(w, b"x")
-threading.Thread(target=feed).start()
-took, errors = [], []
-for _ in delays:
-    t0 = time.perf_counter_ns()
-    os.read(r, 1)
-    took.append(time.perf_counter_ns() - t0)
-for fd, expect in [(closed, errno.EBADF)] * 25 + [(empty_r, errno.EAGAIN)] * 25:
-    t0 = time.perf_counter_ns()
-    try:
-        os.read(fd, 1)
-    except OSError as exc:
-        took.append(time.perf_counter_ns() - t0)
-        errors.append(exc.errno)
-assert errors == [errno.EBADF] * 25 + [errno.EAGAIN] * 25, errors
-print(json.dumps({"took": took}), flush=True)
-"""
-
+FAILS = 25                                   # EBADF, then as many EAGAIN
 
 def p99_query() -> str:
     dash = json.loads(DASHBOARD.read_text())
@@ -75,11 +41,9 @@ def traced(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("latency")
     stop = []
     try:
-        child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(DELAYS)], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
-        stop.append(lambda: (child.kill(), child.wait()))
-        assert child.stdin is not None and child.stdout is not None
-        pid = json.loads(child.stdout.readline())["pid"]
+        child = PacedReads(DELAYS, FAILS)
+        stop.append(child.kill)
+        pid = child.pid
         col = CollectorProcess(tmp, "--hostname", HOST, "--pid", str(pid), "--echo-rate", "0", "--latency")
         stop.append(col.kill)
         api = ApiProcess(tmp / "ips.sqlite3", collector=col.endpoint)
@@ -93,10 +57,8 @@ def traced(tmp_path_factory):
         stop.append(prom.stop)
         wait_for(prom.ready, 60, 0.2, "prometheus to be ready")
         wait_for(lambda: prom.scrapes() >= 3, 60, 0.5, "scrapes before the workload (the zero samples)")
-        child.stdin.write("go\n")
-        child.stdin.flush()
-        took = json.loads(child.stdout.readline())["took"]
-        assert child.wait(30) == 0
+        own = child.run()
+        took = own["reads"] + own["failed"]
         events = []
         for msg in reader.messages(30):
             events += [e for e in msg.events if e["pid"] == pid]
@@ -110,11 +72,6 @@ def traced(tmp_path_factory):
     finally:
         for fn in reversed(stop):
             fn()
-
-
-def nearest_rank(values: list[int], q: float) -> int:
-    ranked = sorted(values)
-    return ranked[max(1, math.ceil(q * len(ranked))) - 1]
 
 
 def test_the_histogram_holds_each_call_in_its_bucket_and_adds_up(traced):

@@ -321,7 +321,8 @@ def _rate(sub: StreamReader, seconds: float) -> tuple[float, list[dict]]:
 def test_consumers_share_of_an_idle_stream_is_small(tmp_path, prereqs):
     """A host-wide collector with the API, a tail.py and this test's reader attached: their ZeroMQ
     signalling is left out (none of it is published), and what of them stays in the stream (tail's
-    output, at most one write a second) is at most 5% of it."""
+    output, about one write a second) is at most 5% of it, or on a nearly silent host at most 1.5
+    events a second."""
     coll = CollectorProcess(tmp_path, "--echo-rate", "0")
     with ApiProcess(tmp_path / "ips.sqlite3", collector=coll.endpoint) as api:
         tail = subprocess.Popen([sys.executable, str(ROOT / "subscribers" / "tail.py"), "-e", coll.endpoint],
@@ -343,9 +344,13 @@ def test_consumers_share_of_an_idle_stream_is_small(tmp_path, prereqs):
                        if w.startswith("eventfd:")}
             signalling = [e for e in theirs if (e["pid"], e["fd"]) in zmq_fds]
             assert seen and not signalling, f"consumers' ZeroMQ signalling was published: {signalling[:3]}"
+            # tail writes a line per message it gets, about one a second here: on a stream so idle
+            # (CI saw 16 events/s) that this is over 5%, it must stay under 1.5 a second; a feedback
+            # loop would break both bounds by far
             share = len(theirs) / len(seen)
-            assert share <= 0.05, (f"consumers made {len(theirs)} of {len(seen)} events ({share:.1%})",
-                                   Counter((e["pid"], e["comm"], e["syscall"], e["fd"]) for e in theirs))
+            assert share <= 0.05 or len(theirs) <= 1.5 * 10, (
+                f"consumers made {len(theirs)} of {len(seen)} events ({share:.1%}) in 10 s",
+                Counter((e["pid"], e["comm"], e["syscall"], e["fd"]) for e in theirs))
             assert "verified: its ZeroMQ eventfd signalling" in coll.stderr()
         finally:
             sub.close()

@@ -18,8 +18,12 @@
                     issue 24's programs: the exit-only record (fd and count from the saved
                     registers, checked; no file); the collector's events program as it renders it
                     now (exit-only, the file of every event, the open probe that names files,
-                    text output, -B full); the same with --latency (an entry probe per call); and
-                    the same record from one raw tracepoint on every syscall's exit (tried)
+                    per-CPU kicks, text output, -B full); the same with --latency (an entry probe
+                    per call); and the same record from one raw tracepoint on every syscall's exit
+                    (tried)
+    bpf23-files-nokick / bpf23-files-kickc (only when named in --tracers)
+                    the events program without the kicks (before 2026-12-07), and with the kicks'
+                    count in a per-CPU count() map instead of a shared hash
     strace          strace -f -e trace=read,write -o /dev/null (wraps the workload)
     collector-events / collector-counts
                     python3 -m collector.collector in that mode, with a subscriber attached (the
@@ -65,11 +69,13 @@ def _runnable(text: str) -> str:
     return text[text.index("\nBEGIN"):].replace("$3", "$1").replace("$2", "0")
 
 
-def _rendered(**kw) -> str:
-    """The collector's events program for bpftrace 0.23 (no kicks) on this machine's kernel."""
+def _rendered(kicks: bool = True, **kw) -> str:
+    """The collector's events program for bpftrace 0.23 on this machine's kernel; ``kicks=False``
+    leaves out the per-CPU count of printed events and the kick line (the collector's loss count
+    with a ring buffer since 2026-12-07; the program of earlier runs)."""
     from syswatch.collector.bpfversion import parse
     from syswatch.collector.kernel import detect
-    return _runnable(program.render("events", "tracepoint", ["read", "write"], kicks=False, kernel=detect(),
+    return _runnable(program.render("events", "tracepoint", ["read", "write"], kicks=kicks, kernel=detect(),
                                     version=parse("bpftrace v0.23.2"), **kw))
 
 
@@ -141,6 +147,9 @@ LAZY_PROGRAMS = {
     "bpf-exit": _exit_record,
     "bpf-files": lambda: _rendered(),
     "bpf-files-lat": lambda: _rendered(latency=True),
+    "bpf-files-nokick": lambda: _rendered(kicks=False),
+    # the kicks' count in a per-CPU count() map (bpftrace 0.23 sums it when read): no shared bucket lock
+    "bpf-files-kickc": lambda: _rendered().replace("@sent[cpu] = @sent[cpu] + 1;", "@sent[cpu] = count();"),
     "bpf-rawtp": rawtp_program,
     "bpf-counts-sum": lambda: _counts(hist=False),
     "bpf-counts-hist": lambda: _counts(hist=True),

@@ -81,7 +81,7 @@ class Collector:
         self.files = Files(prepared.kernel, paths=config.paths, pids=tuple(config.filters.pids))
         self.parser = Parser(config.mode, list(config.syscalls), prepared.containers,
                              keys_escaped_twice=version.map_key_strings_escaped_twice,
-                             kick_cpus=() if version.ringbuf_output else online_cpus(),
+                             kick_cpus=online_cpus(), ring_buffer=version.ringbuf_output,
                              latency=config.latency, files=self.files, path_prefixes=config.path_prefixes)
         self.exclusions = Exclusions([os.getpid()], endpoint_port(sock), ipc_path=endpoint_ipc_path(sock))
         self.bt: Bpftrace | None = None
@@ -159,7 +159,7 @@ class Collector:
     def _start(self, probe: str) -> None:
         config, prepared = self.config, self.prepared
         text = program.render(config.mode, probe, config.syscalls, config.filters.pids, config.filters.comms,
-                              prepared.cgroups, kicks=not prepared.version.ringbuf_output, latency=config.latency,
+                              prepared.cgroups, latency=config.latency, cpus=self.parser.kick_cpus,
                               paths=config.paths, kernel=prepared.kernel, version=prepared.version,
                               uids=config.filters.uids, tids=config.filters.tids, failed=config.filters.failed,
                               min_latency_ns=config.filters.min_latency_ns)

@@ -183,11 +183,14 @@ class Parser:
     def __init__(self, mode: str, syscalls: list[str], containers=None, keys_escaped_twice: bool = False,
                  kick_cpus: Iterable[int] = (), clock: Callable[[], float] = time.monotonic,
                  latency: bool = False, files: Files | None = None, path_prefixes: Iterable[str] = (),
-                 top_files: int = TOP_FILES):
+                 top_files: int = TOP_FILES, ring_buffer: bool = False):
         self.mode = mode
-        # events mode with kicks (0.17): every online CPU kicks about once a second from ready on,
-        # so one that never kicks (bpftrace stopped before its first kick) shows as stale too
+        # events mode: every online CPU kicks about once a second from ready on, so one that never
+        # kicks (bpftrace stopped before its first kick) shows as stale too
         self.kick_cpus = list(kick_cpus) if mode == "events" else []
+        # bpftrace 0.18+: one ring buffer, whose loss count also holds the flush, kick and file-naming
+        # lines it dropped, and whose END prints every CPU's last kick behind all events
+        self.ring_buffer = ring_buffer
         self.keys_escaped_twice = keys_escaped_twice   # bpftrace 0.22+ escapes map-key strings once more
         self.syscalls = list(syscalls)
         self.containers = containers or NoContainers()
@@ -439,16 +442,17 @@ class Parser:
         return tail
     @property
     def lost(self) -> int:
-        """Events lost, for status. Ring-buffer bpftrace (no kicks) and counts mode: bpftrace's own
-        count, exact and prompt. Events mode with kicks (0.17): the kicks' per-CPU count, exact and
-        known within a second; bpftrace's count also holds the kick lines it lost, so it is used
-        (minus the lost kicks known so far) only once some CPU's kicks stopped coming: a stopped
-        bpftrace, or a CPU whose buffer stopped delivering."""
+        """Events lost, for status. Counts mode (and events mode before the first kick): bpftrace's
+        own count. Events mode: the kicks' per-CPU count, exact and known within a second.
+        bpftrace's count holds more than events (kick lines; with a ring buffer flush and
+        file-naming lines too), so it is used only with per-CPU perf buffers (0.17), less the lost
+        kicks known so far, once some CPU's kicks stopped coming: a stopped bpftrace, or a CPU whose
+        buffer stopped delivering. A ring buffer's END kicks follow every event: nothing to add."""
         if self.mode != "events" or not self._kick_at:
             lost = self.reported_lost
         else:
             lost = sum(self._lost_by_cpu.values())
-            if self.stale_cpus():
+            if not self.ring_buffer and self.stale_cpus():
                 lost = max(lost, self.reported_lost - sum(self._kicks_lost.values()))
         self._lost_shown = max(self._lost_shown, lost)      # a counter: never steps back
         return self._lost_shown

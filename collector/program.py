@@ -249,8 +249,8 @@ HEADERS = {
  * buffer, behind the events it printed before: profile:hz kicks a busy CPU and power:cpu_idle an
  * idle one. The collector's loss count for that CPU is the count minus the events of that CPU that
  * arrived: exact, and known within a second. Kicks are numbered per CPU, so the collector knows how
- * many of bpftrace's lost events were kicks. (bpftrace 0.18+ with its ring buffer reports losses
- * exactly and at once: the collector then renders this program without @sent and the kick.)
+ * many of bpftrace's lost events were kicks. With bpftrace 0.18+'s one ring buffer the same holds
+ * (a CPU's kick is reserved after its events), and END prints every CPU's last kick.
  *
  * Output (text, -B full): numbers only, names in hex, so no name can break a line; the same probe
  * prints a flush marker every 5 ms (print() flushes bpftrace's output). nsecs is CLOCK_MONOTONIC:
@@ -549,10 +549,11 @@ tracepoint:power:cpu_idle
 
 
 def _events(syscalls: list[str], probe: str, pred: str, kicks: bool, latency: bool, paths: bool,
-            kernel: Kernel, chunk: int, when: ExitFilter) -> str:
-    """``kicks``: per-CPU @sent counts and the kick line (0.17's perf buffers report a loss only
-    when a later event reaches that CPU). bpftrace 0.18+ reads its ring buffer's one loss counter
-    at every poll and reports it exactly and at once, so its program leaves both out."""
+            kernel: Kernel, chunk: int, when: ExitFilter, end_kicks: tuple[int, ...] = ()) -> str:
+    """``kicks``: per-CPU @sent counts and the kick line, the collector's exact loss count.
+    ``end_kicks``: the CPUs whose last kick END prints (ring buffer: it follows every event in the
+    one buffer, so a stopped bpftrace's last second is counted too; per-CPU perf buffers give no
+    such order, so 0.17's collector falls back to bpftrace's own count once kicks stop)."""
     out = [HEADERS["events"], "BEGIN\n{\n\t/* every probe is attached once BEGIN runs: the collector waits "
            f"for this line */\n\tprintf(\"{READY}\\n\");\n\tprint(\"{FLUSH}\");\n}}\n"]
     for idx, name in enumerate(syscalls):
@@ -563,7 +564,9 @@ def _events(syscalls: list[str], probe: str, pred: str, kicks: bool, latency: bo
         out.append(_EXIT_CLEANUP)
     out.append(_flush_and_kick(kicks))
     clears = ["@flush_at"] + (["@start"] if latency else []) + (["@sent", "@kicks", "@kick_at"] if kicks else [])
-    out.append("\nEND\n{\n" + "".join(f"\tclear({m});\n" for m in clears) + "}\n")
+    last = "".join(f"\t@kicks[{c}] = @kicks[{c}] + 1;\n\tprintf(\"{KICK} %d %d %d\\n\", {c}, @sent[{c}], @kicks[{c}]);\n"
+                   for c in (end_kicks if kicks else ()))
+    out.append("\nEND\n{\n" + last + "".join(f"\tclear({m});\n" for m in clears) + "}\n")
     return "".join(out)
 
 
@@ -646,11 +649,12 @@ tracepoint:sched:sched_process_exit
 def render(mode: str, probe: str = "tracepoint", syscalls=DEFAULT_SYSCALLS, pids=(), comms=(),
            cgroups=(), kicks: bool = True, latency: bool = False, paths: bool = True,
            kernel: Kernel | None = None, version=None, uids=(), tids=(), failed: bool = False,
-           min_latency_ns: int = 0) -> str:
+           min_latency_ns: int = 0, cpus=()) -> str:
     """The program text for ``mode`` (events|counts), ``probe`` (kprobe|tracepoint) and filters.
 
-    ``kicks``: events mode's own loss count (bpftrace 0.17); False for bpftrace with ring-buffer
-    output, whose loss reports are exact and prompt (the shipped .bt files are the 0.17 form).
+    ``kicks``: events mode's own loss count, per CPU (False: bpftrace's count alone, which with a
+    ring buffer also holds the flush and file-naming lines it dropped: the bench's older programs).
+    ``cpus``: the online CPUs, whose last kicks END prints when ``version`` has a ring buffer.
     ``latency``: an entry probe keeps the start time (lat_ns). ``paths``: the open probe that names
     files (off with --no-paths). ``kernel``: the running kernel's layout (collector/kernel.py; the
     default is the reference layout of the shipped files). ``version``: the bpftrace that runs it.
@@ -664,7 +668,8 @@ def render(mode: str, probe: str = "tracepoint", syscalls=DEFAULT_SYSCALLS, pids
     chunk = name_chunk(version)
     names = check_syscalls(list(syscalls))
     if mode == "events":
-        return _events(names, probe, pred, kicks, latency, paths, kernel, chunk, when)
+        end_kicks = tuple(cpus) if version is not None and version.ringbuf_output else ()
+        return _events(names, probe, pred, kicks, latency, paths, kernel, chunk, when, end_kicks)
     if mode == "counts":
         return _counts(names, probe, pred, latency, paths, kernel, chunk, when)
     raise ValueError(f"mode must be events or counts, not {mode!r}")

@@ -301,10 +301,25 @@ def test_online_cpus_falls_back_to_the_cpu_count(tmp_path, text):
 
 
 @pytest.mark.unit
-def test_ring_buffer_output_counts_bpftrace_s_own_report():
-    p = parser()                                                      # no kicks: bpftrace 0.18+
-    p.parse(b"Lost 1016068 events")
-    assert p.lost == 1016068
+def test_ring_buffer_losses_come_from_the_kicks_not_bpftrace_s_count():
+    """Issue 24: bpftrace 0.18+'s one ring buffer counts every line it dropped (flush markers, the
+    open probe's file-naming lines, kicks) as a lost event, so its count over-counts; the kicks
+    count events only, and END's last kick (behind every event in the one buffer) closes the last
+    second, so bpftrace's count is not used even once the kicks stop."""
+    clock = Clock()
+    p = parser(kick_cpus=[0, 1], clock=clock, ring_buffer=True)
+    p.parse(b"syswatch-ready")
+    p.parse(b"\n".join([line(b"a", cpu=0)] * 4 + [line(b"b", cpu=1)] * 2 + [kick(0, 6, 1), kick(1, 2, 1)]))
+    p.parse(b"Lost 30 events")                                        # 2 events + 28 naming and flush lines
+    assert p.lost == 2
+    p.parse(b"\n".join([line(b"a", cpu=0)] * 3 + [kick(0, 12, 2), kick(1, 5, 2)]))   # END: the last kicks
+    assert p.lost == 2 + 3 + 3
+    clock.now += KICK_STALE_S + 1                                     # bpftrace stopped
+    assert p.stale_cpus() == [0, 1] and p.lost == 8
+    p0 = parser(kick_cpus=[0], clock=clock)                           # 0.17's perf buffers: no END order
+    p0.parse(b"\n".join([b"syswatch-ready", line(b"a", cpu=0), kick(0, 1, 1), b"Lost 9 events"]))
+    clock.now += KICK_STALE_S + 1
+    assert p0.lost == 9
 
 
 @pytest.mark.unit

@@ -13,6 +13,7 @@ import pytest
 from syswatch.api.aggregates import COUNTERS, StreamStats
 from syswatch.api.validation import BadRequest, event_query
 from syswatch.collector import program
+from syswatch.collector.bpfversion import parse
 from syswatch.collector.echo import Echo
 from syswatch.shared import protocol
 from syswatch.shared.config import add_option
@@ -72,7 +73,6 @@ def test_render_refuses_what_cannot_be_a_predicate(bad, message):
 
 
 def test_env_names_follow_the_bpftrace_version():
-    from syswatch.collector.bpfversion import parse
     assert program.env(parse("bpftrace v0.17.0")) == {"BPFTRACE_PERF_RB_PAGES": "1024",
                                                       "BPFTRACE_MAP_KEYS_MAX": "65536", "BPFTRACE_STRLEN": "128"}
     assert program.env(parse("bpftrace v0.23.2")) == {"BPFTRACE_PERF_RB_PAGES": "4096",
@@ -84,15 +84,24 @@ def test_env_names_follow_the_bpftrace_version():
         program.env(None, "block")
 
 
-def test_ring_buffer_programs_leave_out_the_kick():
-    """0.18+ reports its ring buffer's losses exactly at every poll: no per-CPU count, no kick line;
-    the event line (and so the parser) and the flush marker stay the same."""
-    perf, ring = (text.split("*/", 1)[1] for text in (program.render("events"), program.render("events", kicks=False)))
-    assert "@sent" in perf and program.KICK in perf and "tracepoint:power:cpu_idle" in perf
-    assert "@sent" not in ring and program.KICK not in ring and program.FLUSH in ring
-    fmt = [ln.strip() for ln in perf.splitlines() if ln.strip().startswith('printf("%d %d')]
-    assert len(fmt) == 4 and fmt == [ln.strip() for ln in ring.splitlines() if ln.strip().startswith('printf("%d %d')]
-    assert program.render("counts", kicks=False) == program.render("counts")
+def test_ring_buffer_programs_print_every_cpu_s_last_kick_at_end():
+    """Both output paths count per CPU (@sent and the kick); with a ring buffer END prints each
+    given CPU's last kick, behind every event; perf buffers give END no such order, so 0.17's
+    program has none. kicks=False (the bench's older programs) has neither; the event lines and
+    the flush marker are the same in all three."""
+    ring = parse("bpftrace v0.23.2")
+    perf, rb, none = (program.render("events", version=v, cpus=[0, 1], kicks=k).split("*/", 1)[1]
+                      for v, k in ((parse("bpftrace v0.17.0"), True), (ring, True), (ring, False)))
+    for text in (perf, rb):
+        assert "@sent[cpu] = @sent[cpu] + 1;" in text and program.KICK in text and "tracepoint:power:cpu_idle" in text
+    end = rb.split("\nEND\n", 1)[1]
+    assert [ln.strip() for ln in end.splitlines() if program.KICK in ln] == [
+        f'printf("{program.KICK} %d %d %d\\n", {c}, @sent[{c}], @kicks[{c}]);' for c in (0, 1)]
+    assert program.KICK not in perf.split("\nEND\n", 1)[1]
+    assert "@sent" not in none and program.KICK not in none and program.FLUSH in none
+    fmt = [[ln.strip() for ln in t.splitlines() if ln.strip().startswith('printf("%d %d')] for t in (perf, rb, none)]
+    assert len(fmt[0]) == 4 and fmt[0] == fmt[1] == fmt[2]
+    assert program.render("counts", kicks=False, version=ring, cpus=[0]) == program.render("counts", version=ring)
 
 
 def test_status_overload_is_optional_and_bounded():

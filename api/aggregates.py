@@ -43,7 +43,11 @@ CONNECTED_WINDOW_S = 3.0        # the collector sends a status every second
 RATE_WINDOW_S = 5.0             # events/s is averaged over this many seconds
 MAX_TRACKED_PROCESSES = 20_000  # process rows kept over all hosts (a fork bomb cannot grow it forever)
 MAX_TRACKED_CONTAINERS = 5_000
-MAX_TRACKED_FILES = 20_000      # file rows kept over all hosts (a process opening a million files)
+# file rows kept over all hosts (a process opening a million files). Every connection a traced
+# server accepts is a new file (a socket inode), so a busy host keeps this table full: at ~350 B a
+# row (tracemalloc, socket rows) 10,000 are ~3.5 MB, 20,000 were ~7 MB, which the hour's soak saw
+# as each API's RSS floor rising 6-10 MiB over its 15 minutes (~40 new sockets a second)
+MAX_TRACKED_FILES = 10_000
 MAX_HOSTS = 64                  # hosts the API holds at most (and --hosts-per-collector per endpoint)
 HOSTS_PER_ENDPOINT = 1          # a collector sends one host name (--hosts-per-collector)
 HOST_EXPIRY_S = 600.0           # a host silent this long is forgotten, its name free (--host-expiry)

@@ -24,7 +24,7 @@ LABELS = {
     "bpf23-exit": "bpftrace 0.23, exit-only record (fd, count from registers)",
     "bpf23-files": "bpftrace 0.23, the collector's events program (exit-only, files, kicks)",
     "bpf23-files-nokick": "bpftrace 0.23, the same without the per-CPU kicks",
-    "bpf23-files-kickc": "bpftrace 0.23, the same with the kicks' count in a per-CPU count()",
+    "bpf23-files-kickh": "bpftrace 0.23, the same with the kicks' count in a hash map",
     "bpf23-files-lat": "bpftrace 0.23, the same with --latency",
     "bpf23-rawtp": "bpftrace 0.23, the record from rawtracepoint:sys_exit",
     "bpf23-counts-sum": "bpftrace 0.23, the collector's counts program with --latency, latency sum only",

@@ -28,7 +28,7 @@ TRACERS = ["bpf-empty", "bpf-empty-exit", "bpf-count", "bpf-printf",
            "collector-events", "collector-events-all", "collector-counts", "compose-events", "compose-counts",
            "strace"]
 # Run only when named (bench.run --tracers): issue 25's counts-mode histogram against the sum alone.
-EXTRA_TRACERS = ["bpf23-counts-sum", "bpf23-counts-hist", "bpf23-files-nokick", "bpf23-files-kickc"]
+EXTRA_TRACERS = ["bpf23-counts-sum", "bpf23-counts-hist", "bpf23-files-nokick", "bpf23-files-kickh"]
 COMPOSE = ("compose-events", "compose-counts")
 
 

@@ -21,9 +21,9 @@
                     per-CPU kicks, text output, -B full); the same with --latency (an entry probe
                     per call); and the same record from one raw tracepoint on every syscall's exit
                     (tried)
-    bpf23-files-nokick / bpf23-files-kickc (only when named in --tracers)
+    bpf23-files-nokick / bpf23-files-kickh (only when named in --tracers)
                     the events program without the kicks (before 2026-12-07), and with the kicks'
-                    count in a per-CPU count() map instead of a shared hash
+                    count in a hash map keyed by CPU (bpftrace before 0.21) instead of count()
     strace          strace -f -e trace=read,write -o /dev/null (wraps the workload)
     collector-events / collector-counts
                     python3 -m collector.collector in that mode, with a subscriber attached (the
@@ -148,8 +148,9 @@ LAZY_PROGRAMS = {
     "bpf-files": lambda: _rendered(),
     "bpf-files-lat": lambda: _rendered(latency=True),
     "bpf-files-nokick": lambda: _rendered(kicks=False),
-    # the kicks' count in a per-CPU count() map (bpftrace 0.23 sums it when read): no shared bucket lock
-    "bpf-files-kickc": lambda: _rendered().replace("@sent[cpu] = @sent[cpu] + 1;", "@sent[cpu] = count();"),
+    # the kicks' count in a hash map keyed by CPU (what bpftrace before 0.21 runs) instead of count()
+    "bpf-files-kickh": lambda: _rendered().replace(program.SENT_COUNT.add, program.SENT_HASH.add)
+                                          .replace(", (uint64)@sent[cpu], ", ", @sent[cpu], "),
     "bpf-rawtp": rawtp_program,
     "bpf-counts-sum": lambda: _counts(hist=False),
     "bpf-counts-hist": lambda: _counts(hist=True),

@@ -88,6 +88,13 @@ class Version(NamedTuple):
         return self.at_least(0, 21)
 
     @property
+    def aggregation_reads(self) -> bool:
+        """A count() map's value can be read in a probe (0.21+: the per-CPU values summed, cast to
+        uint64 to print), so a per-CPU counter needs no shared hash map's lock (collector/program.py's
+        kicks)."""
+        return self.at_least(0, 21)
+
+    @property
     def map_key_strings_escaped_twice(self) -> bool:
         """-f json map keys (print/stats of a map keyed by [pid, comm]): 0.22+ escapes a string
         key part once more before the JSON escape, so after json.loads the key still holds

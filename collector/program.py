@@ -417,7 +417,25 @@ def _arguments(pr: Probes, latency: bool, kernel: Kernel, count: bool = True, ou
             + f"$fl = ({pr.check}) ? 1 : 0;")
 
 
-def _event_probe(idx: int, name: str, pr: Probes, pred: str, latency: bool, kicks: bool, kernel: Kernel,
+class Sent(NamedTuple):
+    """How the events program counts each CPU's printed events for the kicks: ``add`` follows each
+    event's printf, ``read`` is the kick's value for CPU ``{cpu}``."""
+    add: str
+    read: str
+
+
+# a hash map keyed by CPU (any bpftrace), or a per-CPU count() read as the sum of its slots (0.21+:
+# no bucket lock). Measured 2026-12-07, bpftrace 0.23, dd bs=1, the workload's CPU against the empty
+# probe's, medians of 4 runs of 3 pairs: count() 1.83x, the hash 2.03x, no kicks 1.79x (noise ~20%).
+SENT_HASH = Sent("@sent[cpu] = @sent[cpu] + 1;", "@sent[{cpu}]")
+SENT_COUNT = Sent("@sent[cpu] = count();", "(uint64)@sent[{cpu}]")
+
+
+def sent_counter(version) -> Sent:
+    return SENT_COUNT if version is not None and version.aggregation_reads else SENT_HASH
+
+
+def _event_probe(idx: int, name: str, pr: Probes, pred: str, latency: bool, sent: Sent | None, kernel: Kernel,
                  chunk: int, when: ExitFilter = ExitFilter()) -> str:
     args = _exprs(idx, latency, kernel, pr.ret, bool(pr.args.fd_out))
     if pr.args.fd_out:
@@ -428,8 +446,8 @@ def _event_probe(idx: int, name: str, pr: Probes, pred: str, latency: bool, kick
 {_out_walk()}
 printf({record_format(latency, False, True)},
     {args});"""
-        if kicks:
-            body += "\n@sent[cpu] = @sent[cpu] + 1;"
+        if sent:
+            body += "\n" + sent.add
         # (uint64): these tracepoints declare their fds int, read's unsigned int; @start has one type
         return _probe(pr.leave, pred, body, latency, pr, f"(nsecs, (uint64){pr.fd}, {pr.cnt})", when)
     body = f"""{_arguments(pr, latency, kernel)}
@@ -443,7 +461,7 @@ if ($dev == {kernel.anon_dev} || $dev == {kernel.memfd_dev}) {{
 }} else {{
 	printf({record_format(latency)},
 	    {args});
-}}""" + ("\n@sent[cpu] = @sent[cpu] + 1;" if kicks else "")
+}}""" + ("\n" + sent.add if sent else "")
     return _probe(pr.leave, pred, body, latency, pr, f"(nsecs, {pr.fd}, {pr.cnt})", when)
 
 
@@ -523,7 +541,7 @@ tracepoint:sched:sched_process_exec
 """
 
 
-def _flush_and_kick(kicks: bool) -> str:
+def _flush_and_kick(sent: Sent | None) -> str:
     kick = """
 	if (nsecs >= @kick_at[cpu]) {
 		/* on every CPU, about once a second: the events it printed so far, behind them in its
@@ -532,8 +550,8 @@ def _flush_and_kick(kicks: bool) -> str:
 		   a burst's loss on a CPU that then idles would never be counted. */
 		@kick_at[cpu] = nsecs + 900000000;
 		@kicks[cpu] = @kicks[cpu] + 1;
-		printf("%s %%d %%d %%d\\n", cpu, @sent[cpu], @kicks[cpu]);
-	}""" % KICK if kicks else ""
+		printf("%s %%d %%d %%d\\n", cpu, %s, @kicks[cpu]);
+	}""" % (KICK, sent.read.format(cpu="cpu")) if sent else ""
     return f"""
 profile:hz:99,
 tracepoint:power:cpu_idle
@@ -548,24 +566,24 @@ tracepoint:power:cpu_idle
 """
 
 
-def _events(syscalls: list[str], probe: str, pred: str, kicks: bool, latency: bool, paths: bool,
+def _events(syscalls: list[str], probe: str, pred: str, sent: Sent | None, latency: bool, paths: bool,
             kernel: Kernel, chunk: int, when: ExitFilter, end_kicks: tuple[int, ...] = ()) -> str:
-    """``kicks``: per-CPU @sent counts and the kick line, the collector's exact loss count.
+    """``sent``: per-CPU @sent counts and the kick line, the collector's exact loss count (None: none).
     ``end_kicks``: the CPUs whose last kick END prints (ring buffer: it follows every event in the
     one buffer, so a stopped bpftrace's last second is counted too; per-CPU perf buffers give no
     such order, so 0.17's collector falls back to bpftrace's own count once kicks stop)."""
     out = [HEADERS["events"], "BEGIN\n{\n\t/* every probe is attached once BEGIN runs: the collector waits "
            f"for this line */\n\tprintf(\"{READY}\\n\");\n\tprint(\"{FLUSH}\");\n}}\n"]
     for idx, name in enumerate(syscalls):
-        out.append(_event_probe(idx, name, probes(name, probe), pred, latency, kicks, kernel, chunk, when))
+        out.append(_event_probe(idx, name, probes(name, probe), pred, latency, sent, kernel, chunk, when))
     if paths:
         out.append(_open_probes(pred, kernel, chunk, probe))
     if latency:
         out.append(_EXIT_CLEANUP)
-    out.append(_flush_and_kick(kicks))
-    clears = ["@flush_at"] + (["@start"] if latency else []) + (["@sent", "@kicks", "@kick_at"] if kicks else [])
-    last = "".join(f"\t@kicks[{c}] = @kicks[{c}] + 1;\n\tprintf(\"{KICK} %d %d %d\\n\", {c}, @sent[{c}], @kicks[{c}]);\n"
-                   for c in (end_kicks if kicks else ()))
+    out.append(_flush_and_kick(sent))
+    clears = ["@flush_at"] + (["@start"] if latency else []) + (["@sent", "@kicks", "@kick_at"] if sent else [])
+    last = "".join(f"\t@kicks[{c}] = @kicks[{c}] + 1;\n\tprintf(\"{KICK} %d %d %d\\n\", {c}, "
+                   f"{sent.read.format(cpu=c)}, @kicks[{c}]);\n" for c in end_kicks) if sent else ""
     out.append("\nEND\n{\n" + last + "".join(f"\tclear({m});\n" for m in clears) + "}\n")
     return "".join(out)
 
@@ -669,7 +687,8 @@ def render(mode: str, probe: str = "tracepoint", syscalls=DEFAULT_SYSCALLS, pids
     names = check_syscalls(list(syscalls))
     if mode == "events":
         end_kicks = tuple(cpus) if version is not None and version.ringbuf_output else ()
-        return _events(names, probe, pred, kicks, latency, paths, kernel, chunk, when, end_kicks)
+        return _events(names, probe, pred, sent_counter(version) if kicks else None, latency, paths, kernel,
+                       chunk, when, end_kicks)
     if mode == "counts":
         return _counts(names, probe, pred, latency, paths, kernel, chunk, when)
     raise ValueError(f"mode must be events or counts, not {mode!r}")

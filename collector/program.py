@@ -435,6 +435,12 @@ def sent_counter(version) -> Sent:
     return SENT_COUNT if version is not None and version.aggregation_reads else SENT_HASH
 
 
+def _kick(sent: Sent, cpu: str, indent: str) -> str:
+    """CPU ``cpu``'s kick: its number, then the line with its count of printed events."""
+    return (f"{indent}@kicks[{cpu}] = @kicks[{cpu}] + 1;\n"
+            f"{indent}printf(\"{KICK} %d %d %d\\n\", {cpu}, {sent.read.format(cpu=cpu)}, @kicks[{cpu}]);\n")
+
+
 def _event_probe(idx: int, name: str, pr: Probes, pred: str, latency: bool, sent: Sent | None, kernel: Kernel,
                  chunk: int, when: ExitFilter = ExitFilter()) -> str:
     args = _exprs(idx, latency, kernel, pr.ret, bool(pr.args.fd_out))
@@ -549,9 +555,7 @@ def _flush_and_kick(sent: Sent | None) -> str:
 		   includes). cpu_idle kicks an idle CPU, where the profile probe does not fire: without it
 		   a burst's loss on a CPU that then idles would never be counted. */
 		@kick_at[cpu] = nsecs + 900000000;
-		@kicks[cpu] = @kicks[cpu] + 1;
-		printf("%s %%d %%d %%d\\n", cpu, %s, @kicks[cpu]);
-	}""" % (KICK, sent.read.format(cpu="cpu")) if sent else ""
+%s	}""" % _kick(sent, "cpu", "\t\t") if sent else ""
     return f"""
 profile:hz:99,
 tracepoint:power:cpu_idle
@@ -582,8 +586,7 @@ def _events(syscalls: list[str], probe: str, pred: str, sent: Sent | None, laten
         out.append(_EXIT_CLEANUP)
     out.append(_flush_and_kick(sent))
     clears = ["@flush_at"] + (["@start"] if latency else []) + (["@sent", "@kicks", "@kick_at"] if sent else [])
-    last = "".join(f"\t@kicks[{c}] = @kicks[{c}] + 1;\n\tprintf(\"{KICK} %d %d %d\\n\", {c}, "
-                   f"{sent.read.format(cpu=c)}, @kicks[{c}]);\n" for c in end_kicks) if sent else ""
+    last = "".join(_kick(sent, str(c), "\t") for c in end_kicks) if sent else ""
     out.append("\nEND\n{\n" + last + "".join(f"\tclear({m});\n" for m in clears) + "}\n")
     return "".join(out)
 

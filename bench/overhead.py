@@ -28,7 +28,8 @@ TRACERS = ["bpf-empty", "bpf-empty-exit", "bpf-count", "bpf-printf",
            "collector-events", "collector-events-all", "collector-counts", "compose-events", "compose-counts",
            "strace"]
 # Run only when named (bench.run --tracers): issue 25's counts-mode histogram against the sum alone.
-EXTRA_TRACERS = ["bpf23-counts-sum", "bpf23-counts-hist", "bpf23-files-nokick", "bpf23-files-kickh"]
+EXTRA_TRACERS = ["bpf23-counts-sum", "bpf23-counts-hist", "bpf23-counts-histfn", "bpf-counts-sum", "bpf-counts-hist",
+                 "bpf-counts-histfn", "bpf23-files-nokick", "bpf23-files-kickh"]
 COMPOSE = ("compose-events", "compose-counts")
 
 

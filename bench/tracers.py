@@ -79,9 +79,11 @@ def _rendered(kicks: bool = True, **kw) -> str:
                                     version=parse("bpftrace v0.23.2"), **kw))
 
 
-def _counts(hist: bool) -> str:
+def _counts(hist: str) -> str:
     """The collector's counts program with --latency for bpftrace 0.23 on this machine's kernel, intervals of
-    1 s; ``hist=False`` leaves out the per-row latency histogram (issue 25's yardstick: the sum alone)."""
+    1 s. ``hist``: "bucket" as the collector runs it (the calls counted per latency bucket), "sum" without
+    the histogram (issue 25's yardstick: the sum alone), "hist" with bpftrace's hist() per row instead
+    (the collector's program of 2026-12-06)."""
     import re
 
     from syswatch.collector.bpfversion import parse
@@ -89,10 +91,18 @@ def _counts(hist: bool) -> str:
     text = program.render("counts", "tracepoint", ["read", "write"], kicks=False, kernel=detect(),
                           version=parse("bpftrace v0.23.2"), latency=True)
     text = text[text.index("\nBEGIN"):].replace("$3", "$1").replace("$2", "1000")
-    if not hist:
-        text = re.sub(r"\n\s*@hist_[ab]\[[^\n]*= hist\(\$l\);", "", text)
-        text = re.sub(r"\s*(print|clear)\(@hist_[ab]\);", "", text)
-        assert "@hist_" not in text, "the histogram is still in the program"
+    if hist != "bucket":
+        bucket = program._log2_bucket("$l", "$lb")
+        assert bucket.splitlines()[0] in text, "the bucket statements are not in the program"
+        for line in bucket.splitlines():
+            text = re.sub(r"\n\s*" + re.escape(line) + r"(?=\n)", "", text)
+        text = text.replace("$lb, comm]", "comm]")
+        assert "$lb" not in text and "$v" not in text, "the bucket is still in the program"
+    if hist == "hist":
+        text, n = re.subn(r"(\n\s*)@lat_([ab])(\[[^\n]*\]) = sum\(\$l\);",
+                          r"\g<0>\1@hist_\2\3 = hist($l);", text)
+        text = re.sub(r"(print|clear)\(@lat_([ab])\);", r"\g<0> \1(@hist_\2);", text)
+        assert n == 4 and text.count("print(@hist_") == 2, "hist() is not in the program"
     return text
 
 
@@ -152,12 +162,13 @@ LAZY_PROGRAMS = {
     "bpf-files-kickh": lambda: _rendered().replace(program.SENT_COUNT.add, program.SENT_HASH.add)
                                           .replace(", (uint64)@sent[cpu], ", ", @sent[cpu], "),
     "bpf-rawtp": rawtp_program,
-    "bpf-counts-sum": lambda: _counts(hist=False),
-    "bpf-counts-hist": lambda: _counts(hist=True),
+    "bpf-counts-sum": lambda: _counts(hist="sum"),
+    "bpf-counts-hist": lambda: _counts(hist="bucket"),
+    "bpf-counts-histfn": lambda: _counts(hist="hist"),
 }
 RAW_PROGRAMS.update({k: "" for k in LAZY_PROGRAMS})
 RAW_FLAGS = {k: ["-B", "full"] for k in LAZY_PROGRAMS}
-RAW_FORMAT.update({"bpf-counts-sum": "json", "bpf-counts-hist": "json"})     # counts mode runs -f json
+RAW_FORMAT.update({k: "json" for k in LAZY_PROGRAMS if k.startswith("bpf-counts-")})     # counts mode runs -f json
 # bpftrace 0.23 (trixie) runs the same programs: bpf23-X is RAW_PROGRAMS["bpf-X"]
 RAW23 = {f"bpf23-{k[len('bpf-'):]}": k for k in RAW_PROGRAMS}
 

@@ -90,7 +90,6 @@ class Collector:
         self._partial = b""
         self._last_logged = (0, 0, 0)
         self._last_stale: list[int] = []
-        self._hist_warned = False              # the full-histogram warning is logged once
         self._next_status_log = 0.0
         self._malformed_logged = 0
         self._malformed_window = 0.0
@@ -347,10 +346,6 @@ class Collector:
             else:
                 log.warning("every CPU's loss count is current again")
             self._last_stale = st["stale_cpus"]
-        if self.parser.hist_incomplete and not self._hist_warned:
-            self._hist_warned = True
-            log.warning("a latency histogram map was full (BPFTRACE_MAP_KEYS_MAX keys and buckets): rows of "
-                        "that interval were sent without lat_hist, their calls count as unmeasured")
         self._send(encode(TOPIC_STATUS, st), 0)
         counts = self.config.mode == "counts"
         self.metrics_snapshot = {

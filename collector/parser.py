@@ -38,7 +38,7 @@ from syswatch.collector.kernel import Kernel
 from syswatch.collector.program import FLUSH, INTERVAL, KICK, NAME, NAME_MORE, OPEN, OPENED, READY
 from syswatch.collector.streamio import ZMQ_THREADS, Rules, StreamIO
 from syswatch.shared import errnos, record
-from syswatch.shared.latency import NBUCKETS, U64, bucket, lower, upper
+from syswatch.shared.latency import NBUCKETS
 from syswatch.shared.protocol import json_string
 from syswatch.shared.selection import path_matches
 
@@ -91,26 +91,13 @@ def json_record(line: bytes) -> tuple[str, object] | None:
         return None
 
 
-def hist_buckets(entries: object) -> list[int]:
-    """bpftrace's JSON of one hist() (``[{"min": 4096, "max": 8191, "count": 1}, ...]``: 0.17 and
-    0.23 alike; buckets outside the first and last that hold calls are left out, zero buckets between
-    them are printed) as shared/latency.py's list from bucket 0, or ValueError. A bucket is placed
-    by its bounds, never by its position, and both bounds must be the log2 bucket's."""
-    if type(entries) is not list or len(entries) > NBUCKETS:
-        raise ValueError("a hist is a list of at most 65 buckets")
-    out: list[int] = []
-    for b in entries:
-        lo, hi, n = b["min"], b["max"], b["count"]
-        if type(lo) is not int or type(n) is not int or n < 0 or not 0 <= lo <= U64:
-            raise ValueError("a hist bucket's bounds and count are non-negative integers")
-        i = bucket(lo)
-        if lower(i) != lo or hi != upper(i) - 1:
-            raise ValueError(f"hist bucket [{lo}, {hi}] is not a log2 bucket")
-        if i < len(out) and out[i]:
-            raise ValueError("a hist bucket printed twice")
-        out.extend([0] * (i + 1 - len(out)))
-        out[i] = n
-    return out
+def add_bucket(into: list[int], i: int, n: int) -> None:
+    """Add ``n`` calls to bucket ``i`` (0..64, shared/latency.py's) of the list ``into``; ValueError
+    for a bucket no latency has (a forged or misread key)."""
+    if not 0 <= i < NBUCKETS or n < 0:
+        raise ValueError(f"latency bucket {i} is not one of 0..{NBUCKETS - 1}")
+    into.extend([0] * (i + 1 - len(into)))
+    into[i] += n
 
 
 def add_buckets(into: list[int], more: list[int]) -> None:
@@ -205,7 +192,6 @@ class Parser:
         self.unreadable = 0
         self.filtered = 0
         self.unattributed = 0              # counts mode: calls a full map kept out of the keyed rows
-        self.hist_incomplete = 0           # counts mode: rows sent without lat_hist (a full hist map)
         self.reported_lost = 0             # bpftrace's lost_events records (counts mode: the loss count)
         self._lost_shown = 0               # what status said last: ``lost`` never steps back
         self._kicks: dict[int, int] = {}       # CPU -> kick lines that arrived
@@ -497,12 +483,13 @@ class Parser:
             self._kernel_total[0] += calls
             self._kernel_total[1] += total
             return
-        if kind not in ("calls", "errors", "lat", "hist") or gen not in ("a", "b") or not isinstance(entries, dict):
+        if kind not in ("calls", "errors", "lat") or gen not in ("a", "b") or not isinstance(entries, dict):
             return self.bad_line(line)
+        bucketed = kind == "calls" and self.latency     # @calls keyed by the latency bucket too
         for key, val in entries.items():
             try:
-                if kind == "errors":           # keyed by the errno too, before the name
-                    pid, cgroup, idx, fd, ino, dev, mode, errno, comm = key.split(",", 8)
+                if kind == "errors" or bucketed:  # the errno or the bucket before the name
+                    pid, cgroup, idx, fd, ino, dev, mode, extra, comm = key.split(",", 8)
                 else:
                     pid, cgroup, idx, fd, ino, dev, mode, comm = key.split(",", 7)
                 syscall = self.syscalls[int(idx)]
@@ -518,14 +505,14 @@ class Parser:
                         raise ValueError("negative or non-integer stats")
                     row["calls"] += calls
                     row["bytes"] += total
-                elif kind == "hist":
-                    add_buckets(row["lat_hist"], hist_buckets(val))
+                    if bucketed:
+                        add_bucket(row["lat_hist"], int(extra), calls)
                 else:
                     if type(val) is not int or val < 0:
                         raise ValueError("negative or non-integer count")
                     row["errors" if kind == "errors" else "lat_ns_sum"] += val
                     if kind == "errors":
-                        name = errnos.label(-int(errno))
+                        name = errnos.label(-int(extra))
                         row["errnos"][name] = row["errnos"].get(name, 0) + val
             except (ValueError, KeyError, TypeError, IndexError, UnicodeError):
                 self.bad_line(line)
@@ -540,7 +527,6 @@ class Parser:
         sums = ("calls", "bytes", "errors") + (("lat_ns_sum",) if self.latency else ())
         procs: dict[tuple, dict] = {}
         files: dict[tuple, dict] = {}
-        partial: set[tuple] = set()              # rows with a key whose histogram missed calls
         seen = [0, 0]
         for (pid, cgroup, syscall, comm, fd, ino, dev, mode), r in self._pending.items():
             seen[0] += r["calls"]
@@ -565,16 +551,8 @@ class Parser:
                 into = row.setdefault("errnos", {})
                 for name, n in r["errnos"].items():
                     into[name] = into.get(name, 0) + n
-            if self.latency:
-                # a full hist map (its entries are key x bucket, so it fills before @calls) leaves
-                # calls out of the buckets: such a row sends no lat_hist, its calls count as
-                # unmeasured and its mean (lat_ns_sum over all of them) stays right
-                if sum(r["lat_hist"]) != r["calls"]:
-                    partial.add((pid, cgroup, syscall, comm))
+            if self.latency:                     # @calls' buckets: they add up to its calls
                 add_buckets(row.setdefault("lat_hist", []), r["lat_hist"])
-        for key in partial:
-            del procs[key]["lat_hist"]
-            self.hist_incomplete += 1
         self._pending.clear()
         rows = [r for r in procs.values() if r["calls"]]
         self.events += sum(r["calls"] for r in rows)

@@ -540,7 +540,8 @@ def test_counts_calls_a_full_map_left_out_go_to_the_rest():
 @pytest.mark.unit
 def test_counts_latency_sums_only_with_latency():
     p = parser(mode="counts", latency=True)
-    (iv,) = counts(p, stats_line("@calls_a", {"12,1,0,3,100,266338304,33188,bash": stat(3, 30)}),
+    (iv,) = counts(p, stats_line("@calls_a", bucketed("12,1,0,3,100,266338304,33188,bash", 3000, 3000, 3000,
+                                                      nbytes=10)),
                    map_line("@lat_a", {"12,1,0,3,100,266338304,33188,bash": 9000}), INTERVAL)
     assert iv.rows[0]["lat_ns_sum"] == 9000 and iv.files[0]["lat_ns_sum"] == 9000
     (iv,) = counts(parser(mode="counts"), stats_line("@calls_a", {"12,1,0,3,100,266338304,33188,bash": stat(3, 30)}),
@@ -549,60 +550,61 @@ def test_counts_latency_sums_only_with_latency():
     assert "lat_hist" not in iv.rows[0] and "errnos" not in iv.rows[0]
 
 
-def hist_line(mapname: str, entries: dict) -> bytes:
-    return json.dumps({"type": "hist", "data": {mapname: entries}}).encode()
-
-
-def hist_of(*lat_ns: int) -> list:
-    """bpftrace's JSON of hist() over ``lat_ns``: from the lowest bucket that holds a call to the highest."""
+def bucketed(key: str, *lat_ns: int, nbytes: int = 0) -> dict:
+    """@calls' entries with --latency for the calls of ``key`` (pid,...,mode,name) that took
+    ``lat_ns``, each moving ``nbytes``: the latency bucket before the name, as the program keys them."""
+    head, name = key.split(",", 7)[:7], key.split(",", 7)[7]
     bs = [latency.bucket(n) for n in lat_ns]
-    return [{"min": latency.lower(i), "max": latency.upper(i) - 1, "count": bs.count(i)}
-            for i in range(min(bs), max(bs) + 1)]
+    return {",".join(head + [str(i), name]): stat(bs.count(i), bs.count(i) * nbytes) for i in sorted(set(bs))}
 
 
 @pytest.mark.unit
 def test_counts_latency_buckets_and_errnos_per_row():
-    """A process row merges its files' hist() buckets and errno counts; buckets are placed by their
-    bounds (bpftrace leaves out the empty ones outside the calls), names stay whole after commas."""
+    """A process row merges its files' bucketed calls and errno counts; the buckets add up to the
+    calls, names stay whole after commas."""
     p = parser(mode="counts", latency=True)
-    (iv,) = counts(p, stats_line("@calls_a", {"12,1,0,3,100,266338304,33188,a,b": stat(3, 30),
-                                              "12,1,0,9,0,0,0,a,b": stat(4, 0)}),
+    (iv,) = counts(p, stats_line("@calls_a", {**bucketed("12,1,0,3,100,266338304,33188,a,b", 5_000_000, 40_000_000, 0,
+                                                         nbytes=10),
+                                              **bucketed("12,1,0,9,0,0,0,a,b", 9, 10, 11, 10)}),
                    map_line("@errors_a", {"12,1,0,9,0,0,0,9,a,b": 3, "12,1,0,9,0,0,0,11,a,b": 1}),
                    map_line("@lat_a", {"12,1,0,3,100,266338304,33188,a,b": 45_000_000, "12,1,0,9,0,0,0,a,b": 40}),
-                   hist_line("@hist_a", {"12,1,0,3,100,266338304,33188,a,b": hist_of(5_000_000, 40_000_000, 0),
-                                         "12,1,0,9,0,0,0,a,b": hist_of(9, 10, 11, 10)}),
                    INTERVAL)
     (row,) = iv.rows
     want = [0] * 27
     want[0], want[4], want[23], want[26] = 1, 4, 1, 1
-    assert row["lat_hist"] == want and sum(row["lat_hist"]) == row["calls"] == 7
+    assert row["lat_hist"] == want and sum(row["lat_hist"]) == row["calls"] == 7 and row["bytes"] == 30
+    assert row["lat_ns_sum"] == 45_000_040 and iv.files[0]["calls"] == 3
     assert row["errnos"] == {"EBADF": 3, "EAGAIN": 1} and row["errors"] == 4 and p.malformed == 0
-    for bad in ([{"min": 3, "max": 3, "count": 1}], [{"min": 4, "max": 8, "count": 1}],
-                [{"min": 4, "max": 7, "count": -1}], [{"min": 4, "max": 7, "count": 1}] * 2, {"x": 1}):
+    for bad in ("12,1,0,9,0,0,0,65,a", "12,1,0,9,0,0,0,-1,a", "12,1,0,9,0,0,0,x,a", "12,1,0,9,0,0,0,a"):
         p = parser(mode="counts", latency=True)
-        counts(p, hist_line("@hist_a", {"12,1,0,9,0,0,0,a,b": bad}), INTERVAL)
+        counts(p, stats_line("@calls_a", {bad: stat(1, 0)}), INTERVAL)
         assert p.malformed == 1, bad
 
 
 @pytest.mark.unit
-def test_a_row_whose_histogram_missed_calls_sends_none():
-    """A full hist map (bpftrace keys it by key and bucket) leaves calls out of a key's buckets: that
-    process row sends no lat_hist (the API counts its calls as unmeasured; lat_ns_sum keeps the mean),
-    and a row whose keys are all whole keeps its buckets."""
-    p = parser(mode="counts", latency=True)
-    (iv,) = counts(p, stats_line("@calls_a", {"12,1,0,3,100,266338304,33188,a": stat(3, 30),
-                                              "12,1,0,4,101,266338304,33188,a": stat(2, 20),
-                                              "13,1,0,3,100,266338304,33188,b": stat(2, 20)}),
-                   map_line("@lat_a", {"12,1,0,3,100,266338304,33188,a": 300, "12,1,0,4,101,266338304,33188,a": 200,
-                                       "13,1,0,3,100,266338304,33188,b": 20}),
-                   hist_line("@hist_a", {"12,1,0,3,100,266338304,33188,a": hist_of(100, 100, 100),
-                                         "12,1,0,4,101,266338304,33188,a": hist_of(100),
-                                         "13,1,0,3,100,266338304,33188,b": hist_of(10, 10)}),
-                   INTERVAL)
-    rows = {r["pid"]: r for r in iv.rows}
-    assert "lat_hist" not in rows[12] and rows[12]["lat_ns_sum"] == 500 and rows[12]["calls"] == 5
-    assert sum(rows[13]["lat_hist"]) == rows[13]["calls"] == 2
-    assert p.hist_incomplete == 1 and p.malformed == 0
+def test_the_program_buckets_as_shared_latency():
+    """The kernel's bucket statements, run by hand on the values that bound every bucket, give
+    shared/latency.py's bucket (the bit length) for each."""
+    import re
+
+    from syswatch.collector.program import _log2_bucket
+    text = _log2_bucket("$l", "$lb")
+
+    def run(ns: int) -> int:
+        env = {"$l": ns}
+        for stmt in re.findall(r"(?:if \(.*?\) \{ .*? \}|[^;\n]+;)", text):
+            m = re.fullmatch(r"if \(\$v >= (0x[0-9a-f]+)\) \{ (.*) \}", stmt)
+            if m and env["$v"] < int(m.group(1), 16):
+                continue
+            for assign in (m.group(2) if m else stmt).split(";"):
+                if assign.strip():
+                    var, expr = assign.split("=", 1)
+                    expr = re.sub(r"\(uint64\)", "", expr).replace("$", "d_")
+                    env[var.strip()] = eval(expr, {}, {k.replace("$", "d_"): v for k, v in env.items()})
+        return env["$lb"]
+
+    values = sorted({0, 1, 2**64 - 1} | {v for i in range(64) for v in (2**i, 2**i - 1, 2**i + 1)})
+    assert [run(v) for v in values] == [latency.bucket(v) for v in values]
 
 
 @pytest.mark.unit

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+from bench import legacy
 from bench.compose import ComposeCollectorTracer
 from bench.tracers import RAW23, RAW_PROGRAMS, CollectorTracer, RawBpftrace, Strace, Tracer
 from harness.bpftrace import TRIXIE_FIX, trixie_bpftrace
@@ -37,6 +38,8 @@ LABELS = {
     "collector-events": "collector, events mode + subscriber",
     "collector-counts": "collector, counts mode + subscriber",
     "collector-events-all": "collector, events mode, --syscalls all + subscriber",
+    "collector23-events": "collector (bpftrace 0.23), events mode + subscriber",
+    "v2collector23-events": "protocol v2's collector (git 2eab2df, bpftrace 0.23), events mode + subscriber",
     "compose-events": "compose collector (0.23), events mode + subscriber",
     "compose-counts": "compose collector (0.23), counts mode + subscriber",
 }
@@ -57,6 +60,12 @@ def make(name: str) -> Tracer:
         return RawBpftrace(name, RAW23[name], binary)
     if name == "collector-events-all":           # issue 30: the copy calls' probes attached, not called
         return CollectorTracer("events", extra=("--syscalls", "all"), name=name)
+    if name in ("collector23-events", "v2collector23-events"):   # issue 22: v2's product against this one
+        binary = trixie_bpftrace()
+        if binary is None:
+            raise RuntimeError(TRIXIE_FIX)
+        return CollectorTracer("events", extra=("--bpftrace", binary), name=name,
+                               revision=legacy.V2_REVISION if name.startswith("v2") else "")
     if name.startswith("collector-"):
         return CollectorTracer(name.split("-", 1)[1])
     if name.startswith("compose-"):

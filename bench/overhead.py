@@ -29,7 +29,8 @@ TRACERS = ["bpf-empty", "bpf-empty-exit", "bpf-count", "bpf-printf",
            "strace"]
 # Run only when named (bench.run --tracers): issue 25's counts-mode histogram against the sum alone.
 EXTRA_TRACERS = ["bpf23-counts-sum", "bpf23-counts-hist", "bpf23-counts-histfn", "bpf-counts-sum", "bpf-counts-hist",
-                 "bpf-counts-histfn", "bpf23-files-nokick", "bpf23-files-kickh"]
+                 "bpf-counts-histfn", "bpf23-files-nokick", "bpf23-files-kickh", "collector23-events",
+                 "v2collector23-events"]
 COMPOSE = ("compose-events", "compose-counts")
 
 

@@ -28,6 +28,10 @@
     collector-events / collector-counts
                     python3 -m collector.collector in that mode, with a subscriber attached (the
                     host's bpftrace: bookworm's 0.17)
+    collector23-events / v2collector23-events (only when named in --tracers)
+                    the collector in events mode with bpftrace 0.23 (the collector image's) and a
+                    subscriber: this checkout's, and protocol v2's (git legacy.V2_REVISION, before
+                    files: issue 22's "what v2 events mode costs", the whole product against the whole)
     compose-events / compose-counts
                     the compose stack's collector (image on trixie, bpftrace 0.23) in that mode,
                     started from docker-compose.yml (bench/compose.py), with a subscriber attached
@@ -46,7 +50,7 @@ from pathlib import Path
 
 from bench import legacy
 from bench.subscriber import BenchSubscriber
-from harness import procs
+from harness import ROOT, procs
 from harness.collector import CollectorProcess
 from syswatch.collector import program
 from syswatch.shared import record
@@ -266,8 +270,10 @@ class CollectorTracer(Tracer):
     """``python3 -m collector.collector --mode MODE`` on a free port (harness.collector.CollectorProcess),
     with a BenchSubscriber attached."""
 
-    def __init__(self, mode: str, interval: float = 1.0, extra: tuple[str, ...] = (), name: str = ""):
+    def __init__(self, mode: str, interval: float = 1.0, extra: tuple[str, ...] = (), name: str = "",
+                 revision: str = ""):
         self.mode = mode
+        self.revision = revision             # run the collector of this git revision (the bench's v2)
         self.name = name or f"collector-{mode}"
         self.interval = interval
         self.extra = list(extra)             # e.g. ("-c", NAME): then the bench's own writes are not traced
@@ -283,7 +289,14 @@ class CollectorTracer(Tracer):
         if self.mode == "counts":
             args += ["--interval", str(self.interval)]
         self.dir = Path(tempfile.mkdtemp(prefix=f"syswatch-bench-{self.name}."))
-        self.collector = CollectorProcess(self.dir, *args, *self.extra, wait=False)
+        root = None
+        if self.revision:                    # that revision's files, under the run's own directory
+            root = self.dir / "tree"
+            root.mkdir()
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", self.revision], capture_output=True,
+                                     check=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+        self.collector = CollectorProcess(self.dir, *args, *self.extra, wait=False, root=root)
         self.proc, self.endpoint = self.collector.proc, self.collector.endpoint
         self.subscriber = BenchSubscriber(self.endpoint)
         self.subscriber.start()

@@ -24,14 +24,15 @@ class CollectorProcess:
     """``python -m collector.collector`` on a free port, output in files under ``tmp``."""
 
     def __init__(self, tmp: Path, *args: str, env: dict | None = None, wait: bool = True,
-                 bind: str | None = None, wrap: list[str] | None = None):
-        """``wrap``: a command prefix, e.g. harness.unit.setpriv(caps) for the unit's capability set."""
+                 bind: str | None = None, wrap: list[str] | None = None, root: Path | None = None):
+        """``wrap``: a command prefix, e.g. harness.unit.setpriv(caps) for the unit's capability set.
+        ``root``: the source tree whose collector runs (default: this checkout; the bench's v2)."""
         self.endpoint = f"tcp://127.0.0.1:{free_port()}"
         bind = bind or self.endpoint
         self.out_path, self.err_path = tmp / "collector.out", tmp / "collector.err"
         self.proc = subprocess.Popen(
             [*(wrap or []), sys.executable, "-m", "collector.collector", "--bind", bind, *args],
-            cwd=ROOT, stdout=open(self.out_path, "w"), stderr=open(self.err_path, "w"),
+            cwd=root or ROOT, stdout=open(self.out_path, "w"), stderr=open(self.err_path, "w"),
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, preexec_fn=die_with_parent)
         if wait:
             self.wait_monitoring()

@@ -297,3 +297,16 @@ def test_history_bench_runs_and_reports(tmp_path):
     for row in ("rows written per second", "recorder thread CPU", "| 1 s | 1 h |", "last hour by container",
                 "a day by process"):
         assert row in text, row
+
+
+def test_the_v2_collector_tracer_runs_that_revisions_collector(monkeypatch):
+    """v2collector23-events (issue 22's "what v2 events mode costs") runs the collector of git
+    legacy.V2_REVISION, which every clone holds, with the collector image's bpftrace."""
+    from bench import legacy
+    files = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "-r", "--name-only", legacy.V2_REVISION, "collector/"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert "collector/collector.py" in files
+    monkeypatch.setattr(catalog, "trixie_bpftrace", lambda: "/opt/bpftrace-0.23")
+    t = catalog.make("v2collector23-events")
+    assert (t.revision, t.extra, t.mode) == (legacy.V2_REVISION, ["--bpftrace", "/opt/bpftrace-0.23"], "events")
+    assert catalog.make("collector23-events").revision == ""

@@ -45,6 +45,14 @@ LABELS = {
 }
 
 
+def _trixie() -> str:
+    """The bpftrace 0.23 wrapper (scripts/trixie-bpftrace.sh), or what to run to get it."""
+    binary = trixie_bpftrace()
+    if binary is None:
+        raise RuntimeError(TRIXIE_FIX)
+    return binary
+
+
 def make(name: str) -> Tracer:
     """The set-up called ``name`` (a key of LABELS), not started yet."""
     if name == "none":
@@ -54,17 +62,11 @@ def make(name: str) -> Tracer:
     if name in RAW_PROGRAMS:
         return RawBpftrace(name)
     if name in RAW23:
-        binary = trixie_bpftrace()
-        if binary is None:
-            raise RuntimeError(TRIXIE_FIX)
-        return RawBpftrace(name, RAW23[name], binary)
+        return RawBpftrace(name, RAW23[name], _trixie())
     if name == "collector-events-all":           # issue 30: the copy calls' probes attached, not called
         return CollectorTracer("events", extra=("--syscalls", "all"), name=name)
     if name in ("collector23-events", "v2collector23-events"):   # issue 22: v2's product against this one
-        binary = trixie_bpftrace()
-        if binary is None:
-            raise RuntimeError(TRIXIE_FIX)
-        return CollectorTracer("events", extra=("--bpftrace", binary), name=name,
+        return CollectorTracer("events", extra=("--bpftrace", _trixie()), name=name,
                                revision=legacy.V2_REVISION if name.startswith("v2") else "")
     if name.startswith("collector-"):
         return CollectorTracer(name.split("-", 1)[1])

@@ -618,12 +618,11 @@ def _counts(syscalls: list[str], probe: str, pred: str, latency: bool, paths: bo
                      f"if ($ret < 0) {{ @errors_{gen}{errkey} = count(); }}"
                      + (f"\n@lat_{gen}{key} = sum($l);" if latency else ""))
                for gen in "ab"}
-        measure = f"$l = nsecs - $e.0;\n{_log2_bucket('$l', '$lb')}\n" if latency else ""
+        measure = "\n" + _block("$l = nsecs - $e.0;\n" + _log2_bucket("$l", "$lb"), 1) if latency else ""
         body = f"""{_arguments(pr, latency, kernel, count=False)}
 {_file_walk(kernel, two_fd=bool(pr.args.fd_out))}
 if ($fl & 1) {{
-	$b = $ret > 0 ? $ret : 0;
-{_block(measure, 1)}
+	$b = $ret > 0 ? $ret : 0;{measure}
 	if (@gen == 0) {{
 {_block(upd["a"], 2)}
 	}} else {{
